@@ -1,0 +1,169 @@
+"""The lab's life cycle: validate -> plan -> render -> runtime -> converge; down; status.
+
+No printing here: progress goes through a callback, results are returned or raised.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from . import live, render
+from .defaults import defaults
+from .plan import Plan, build
+from .runtime import procs
+from .runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces
+from .state import NAME_RE, LabState, known_labs, lab_dir, load_state, remove_lab_dir
+from .topology import load
+from .waits import WaitTimeout, wait_until
+from .yamlsrc import SourceError
+
+Progress = Callable[[str], None]
+DEFAULT_TOPOLOGY = "topologies/active-active-bgp.yaml"
+
+
+class LabError(Exception):
+    """A lab operation failed; the message says what and, for up, what did not converge."""
+
+
+def _quiet(_: str):
+    pass
+
+
+def check_name(name: str) -> str:
+    if not NAME_RE.match(name):
+        raise SourceError(f"--name {name!r}: use 1-32 letters, digits, '-' or '_', "
+                          "starting with a letter or digit")
+    return name
+
+
+def is_alive(name: str) -> bool:
+    """A lab is alive while any of its namespaces or tagged processes exist."""
+    return bool(lab_namespaces(name) or procs.tagged(name))
+
+
+def running_labs() -> list[str]:
+    return sorted(set(known_labs()) | all_lab_names())
+
+
+def resolve_name(name: str | None) -> str:
+    """--name, or the only lab there is."""
+    if name:
+        return check_name(name)
+    labs = running_labs()
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabError("no lab is up (vpnlab up starts one)")
+    raise LabError(f"several labs are up ({', '.join(labs)}): choose one with --name")
+
+
+def plan_of(state: LabState) -> Plan:
+    return build(load(state.topology_file), state.timers)
+
+
+def runtime_of(state: LabState) -> NetnsRuntime:
+    if state.runtime != "netns":
+        raise LabError(f"runtime {state.runtime!r} is not available in this version")
+    return NetnsRuntime(state)
+
+
+# ------------------------------------------------------------------ up
+def up(topology_file: str | Path, name: str | None = None, timers: str = "azure",
+       progress: Progress = _quiet, keep_on_failure: bool = False) -> dict:
+    topology_file = Path(topology_file)
+    if timers not in defaults()["timers"]:
+        raise SourceError(f"--timers {timers!r}: allowed: {', '.join(defaults()['timers'])}")
+    name = check_name(name or topology_file.stem)
+    progress(f"validating {topology_file}")
+    plan = build(load(topology_file), timers)           # bad input stops here
+    if is_alive(name):
+        raise LabError(f"lab {name!r} is already up; 'vpnlab down --name {name}' first, "
+                       "or choose another --name")
+    down(name)                                          # leftovers of a crashed run
+    state = LabState(name=name, timers=timers)
+    rendered = render.render(plan, state.nodes_dir)
+    rt = NetnsRuntime(state)
+    try:
+        state.kernel_esp = rt.kernel_has_esp()
+        # One data plane design on every kernel: userspace ESP (libipsec); see README.
+        state.dataplane = "libipsec"
+        state.save()
+        shutil.copyfile(topology_file, state.topology_file)
+        state.topology_file.chmod(0o600)
+        render.write(rendered, state.nodes_dir)
+        _build(rt, plan, progress)
+        state.phase = "up"
+        state.save()
+        progress("waiting for tunnels, BGP sessions and routes")
+        budget = defaults()["waits"]["converge"][timers]
+        try:
+            wait_until(lambda: live.convergence(rt, plan), lambda p: not p,
+                       "convergence", budget, interval=0.25)
+        except WaitTimeout as err:
+            raise LabError(f"lab {name!r} did not converge within {budget} s; not converged: "
+                           + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)]))
+        return status(name, rt=rt, plan=plan)
+    except BaseException:
+        state.phase = "failed"
+        state.save()
+        if not keep_on_failure:
+            progress("cleaning up after the failed start")
+            rt.teardown()
+            remove_lab_dir(name)
+        raise
+    finally:
+        rt.close()
+
+
+def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
+    nodes = plan.ordered_nodes()
+    progress(f"creating {len(nodes)} namespaces and {len(plan.links)} links")
+    rt.create(plan)
+    routers = [n.name for n in nodes if n.frr is not None]
+    progress(f"starting FRR on {len(routers)} routers")
+    for r in routers:
+        rt.start_frr(r)
+    for r in routers:
+        rt.configure_frr(r, defaults()["waits"]["daemon_start"])
+    # Azure ends first, so the devices' first IKE_SA_INIT finds a responder.
+    for side in ("az", "op"):
+        ends = [getattr(t, "azure_end" if side == "az" else "onprem_end") for t in plan.tunnels]
+        progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
+        for e in ends:
+            rt.start_charon(e)
+        for e in ends:
+            rt.route_into_tunnel(e, defaults()["waits"]["daemon_start"])
+
+
+# ------------------------------------------------------------------ down
+def down(name: str) -> list[str]:
+    """Remove exactly this lab: its processes, namespaces and files. Idempotent."""
+    check_name(name)
+    state = load_state(name) or LabState(name=name)
+    problems = NetnsRuntime(state).teardown()
+    if not problems:
+        remove_lab_dir(name)
+    return problems
+
+
+# ------------------------------------------------------------------ status
+def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) -> dict:
+    state = load_state(name)
+    if state is None:
+        if is_alive(name):
+            raise LabError(f"lab {name!r} has leftovers but no state; 'vpnlab down --name {name}'")
+        raise LabError(f"no lab named {name!r} (state folder {lab_dir(name)} is missing)")
+    rt = rt or runtime_of(state)
+    plan = plan or plan_of(state)
+    try:
+        return {
+            "name": name, "runtime": state.runtime, "dataplane": state.dataplane,
+            "kernel_esp": state.kernel_esp, "timers": state.timers, "phase": state.phase,
+            "nodes": [{"name": n.name, "role": n.role, "namespace": rt.namespace(n.name)}
+                      for n in plan.ordered_nodes()],
+            "tunnels": live.tunnels(rt, plan),
+            "bgp": live.bgp(rt, plan),
+        }
+    finally:
+        rt.close()

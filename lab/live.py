@@ -1,0 +1,120 @@
+"""Live state of a running lab, through the daemons' APIs: VICI for strongSwan,
+`vtysh ... json` for FRR. Pure queries; nothing here changes the lab."""
+from __future__ import annotations
+
+import json
+import socket
+
+import vici
+
+from .plan import Plan
+
+
+def _vici_sas(path) -> list[dict]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(3)
+        sock.connect(str(path))
+        return list(vici.Session(sock).list_sas())
+
+
+def tunnel_state(rt, node: str) -> dict:
+    """IKE and CHILD SA state of one tunnel endpoint, as strongSwan names it."""
+    try:
+        sas = _vici_sas(rt.vici_socket(node))
+    except OSError as err:
+        return {"state": "UNREACHABLE", "error": err.strerror or str(err)}
+    best = {"state": "DOWN", "established_seconds": None, "child_state": None}
+    for entry in sas:
+        for ike in entry.values():
+            state = ike["state"].decode()
+            children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
+            cand = {"state": state,
+                    "established_seconds": int(ike["established"]) if "established" in ike else None,
+                    "child_state": "INSTALLED" if "INSTALLED" in children else (children[0] if children else None)}
+            if best["state"] != "ESTABLISHED" or (state == "ESTABLISHED" and cand["child_state"] == "INSTALLED"):
+                best = cand
+    return best
+
+
+def tunnels(rt, plan: Plan) -> list[dict]:
+    out = []
+    for t in plan.tunnels:
+        az = tunnel_state(rt, t.azure_end)
+        out.append({"tunnel": t.name, "connection": t.connection, "gateway_instance": t.gateway_instance,
+                    "device": t.device, "state": az["state"],
+                    "established_seconds": az.get("established_seconds"),
+                    "child_state": az.get("child_state")})
+    return out
+
+
+def _vtysh_json(rt, node: str, command: str):
+    res = rt.vtysh(node, command)
+    if res.returncode != 0:
+        raise RuntimeError(f"{node}: vtysh '{command}' failed: {(res.stderr or res.stdout).strip()}")
+    return json.loads(res.stdout or "{}")
+
+
+def bgp_peers(rt, node: str) -> dict:
+    data = _vtysh_json(rt, node, "show bgp ipv4 unicast summary json")
+    return data.get("peers", data.get("ipv4Unicast", {}).get("peers", {}))
+
+
+def bgp(rt, plan: Plan) -> list[dict]:
+    out, cache = [], {}
+    for s in plan.bgp:
+        if s.node not in cache:
+            try:
+                cache[s.node] = bgp_peers(rt, s.node)
+            except Exception as err:  # noqa: BLE001 - reported as the session's state
+                cache[s.node] = {"__error__": str(err)}
+        peer = cache[s.node].get(s.peer, {})
+        state = peer.get("state") or ("UNREACHABLE" if "__error__" in cache[s.node] else "Missing")
+        out.append({"node": s.node, "peer": s.peer, "peer_node": s.peer_node, "kind": s.kind,
+                    "state": state, "prefixes_received": peer.get("pfxRcd")})
+    return out
+
+
+def fib_prefixes(rt, node: str) -> dict[str, int]:
+    """Prefix -> number of installed next hops, from zebra's view of the FIB."""
+    routes = _vtysh_json(rt, node, "show ip route json")
+    out = {}
+    for prefix, entries in routes.items():
+        for e in entries:
+            if e.get("installed"):
+                out[prefix] = sum(1 for nh in e.get("nexthops", []) if nh.get("fib"))
+    return out
+
+
+def missing_routes(rt, plan: Plan) -> list[str]:
+    missing = []
+    for node, prefixes in plan.expected_routes.items():
+        if not prefixes or plan.nodes[node].frr is None:
+            continue
+        try:
+            fib = fib_prefixes(rt, node)
+        except Exception as err:  # noqa: BLE001
+            missing.append(f"{node}: {err}")
+            continue
+        missing += [f"{node}: {p}" for p in prefixes if p not in fib]
+    return missing
+
+
+def ping(rt, node: str, address: str, count: int = 1, timeout: int = 2) -> bool:
+    res = rt.exec(node, ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout), address],
+                  timeout=count * timeout + 5)
+    return res.returncode == 0
+
+
+def convergence(rt, plan: Plan) -> list[str]:
+    """What is not converged yet: tunnels not ESTABLISHED/INSTALLED, BGP sessions not
+    Established, expected prefixes missing from a FIB. Empty when converged."""
+    problems = []
+    for t in tunnels(rt, plan):
+        if t["state"] != "ESTABLISHED" or t["child_state"] != "INSTALLED":
+            problems.append(f"tunnel {t['tunnel']}: {t['state']}/{t['child_state']}")
+    for b in bgp(rt, plan):
+        if b["state"] != "Established":
+            problems.append(f"bgp {b['node']} -> {b['peer']} ({b['peer_node']}): {b['state']}")
+    if not problems:
+        problems += [f"route {m}" for m in missing_routes(rt, plan)]
+    return problems

@@ -1,0 +1,395 @@
+"""From a validated topology to the lab plan: nodes, links, addresses, tunnels, BGP.
+
+Internal addressing is allocated here, deterministically (sorted names, fixed ranges),
+so the same file always yields the same lab. Nothing here touches the system.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from .defaults import defaults
+from .topology import Topology
+
+INTERNET = "internet"
+ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
+              "vm", "host")
+
+
+@dataclass
+class Iface:
+    name: str
+    addresses: list[str] = field(default_factory=list)   # "a.b.c.d/len"
+    kind: str = "veth"                                    # veth | bridge | lo
+    master: str | None = None                             # bridge in the same node
+    proxy_arp: bool = False
+
+
+@dataclass
+class Route:
+    dst: str
+    via: str | None = None
+    dev: str | None = None
+    table: int | None = None
+
+
+@dataclass
+class Rule:
+    iif: str
+    table: int
+    priority: int
+
+
+@dataclass
+class Neighbor:
+    address: str
+    asn: int
+    internal: bool = False
+    multihop: bool = False
+    passive: bool = False
+    next_hop_self: bool = False
+    update_source: str | None = None
+    route_map_out: str | None = None
+
+
+@dataclass
+class Frr:
+    asn: int | None
+    router_id: str
+    timers: dict
+    static: list[tuple[str, str]] = field(default_factory=list)   # (prefix, next hop or dev)
+    networks: list[str] = field(default_factory=list)
+    neighbors: list[Neighbor] = field(default_factory=list)
+    vnet_prefixes: list[str] = field(default_factory=list)
+    maximum_paths: int = 8
+
+
+@dataclass
+class Node:
+    name: str
+    role: str
+    interfaces: list[Iface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)     # kernel routes set by the runtime
+    rules: list[Rule] = field(default_factory=list)
+    forwarding: bool = False
+    frr: Frr | None = None          # context for frr.conf.j2
+    charon: dict | None = None       # context for strongswan.conf.j2 / swanctl.conf.j2
+    nft: dict | None = None          # context for nftables.conf.j2
+
+    def iface(self, name: str) -> Iface:
+        return next(i for i in self.interfaces if i.name == name)
+
+
+@dataclass
+class Link:
+    a: str
+    a_if: str
+    b: str
+    b_if: str
+
+
+@dataclass
+class BgpSession:
+    node: str
+    peer: str            # peer address
+    peer_node: str
+    kind: str            # ebgp (over a tunnel) | sdn (gateway instance <-> VNet router)
+
+
+@dataclass
+class Tunnel:
+    name: str            # <connection>-in<k>
+    connection: str
+    gateway: str
+    gateway_instance: str
+    device: str
+    azure_end: str       # tunnel-endpoint node names
+    onprem_end: str
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, Node]
+    links: list[Link]
+    tunnels: list[Tunnel]
+    bgp: list[BgpSession]
+    expected_routes: dict[str, list[str]]   # node -> prefixes that must be in its FIB
+    pings: list[tuple[str, str]]            # (from node, to address) that must answer
+
+    def ordered_nodes(self) -> list[Node]:
+        return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
+
+
+def instance_count(gw) -> int:
+    return 2 if gw.active_active else 1
+
+
+def instance_name(gw_name: str, k: int) -> str:
+    return f"{gw_name}-in{k}"
+
+
+def gateway_subnet_ips(prefix: IPv4Network, active_active: bool) -> list[IPv4Address]:
+    """Azure's BGP addresses in the GatewaySubnet: .4/.5 active-active, last usable
+    address active-standby ([4.2]; the general rule beyond these examples is UNCONFIRMED)."""
+    if active_active:
+        return [prefix.network_address + 4, prefix.network_address + 5]
+    return [prefix.broadcast_address - 1]
+
+
+class _Builder:
+    def __init__(self, t: Topology, timers: str):
+        self.t = t
+        self.d = defaults()
+        self.timers = self.d["timers"][timers]
+        self.nodes: dict[str, Node] = {}
+        self.links: list[Link] = []
+        self.tunnels: list[Tunnel] = []
+        self.bgp: list[BgpSession] = []
+        self.expected: dict[str, list[str]] = {}
+        self.pings: list[tuple[str, str]] = []
+        self.inet_ports = 0
+        self.underlay = IPv4Network(self.d["internal"]["underlay"])
+        self.public_gw: dict[IPv4Network, str] = {}
+
+    # -- helpers
+    def add(self, node: Node) -> Node:
+        self.nodes[node.name] = node
+        return node
+
+    def link(self, a: Node, a_if: Iface, b: Node, b_if: Iface):
+        a.interfaces.append(a_if)
+        b.interfaces.append(b_if)
+        self.links.append(Link(a.name, a_if.name, b.name, b_if.name))
+
+    def attach_public(self, node: Node, ip: IPv4Address):
+        """Connect a router to the internet bridge with a public /24 address."""
+        net = IPv4Network(f"{ip}/24", strict=False)
+        inet = self.nodes[INTERNET]
+        br = inet.iface("br0")
+        gw = str(net.network_address + 1)
+        if f"{gw}/24" not in br.addresses:
+            br.addresses.append(f"{gw}/24")
+        self.inet_ports += 1
+        self.link(node, Iface("pub", [f"{ip}/24"]),
+                  inet, Iface(f"p{self.inet_ports}", master="br0"))
+        return gw
+
+    def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: list[str],
+            first_host: int, role: str) -> str:
+        """A bridge on the router with .1, and a host namespace per host name."""
+        gw = prefix.network_address + 1
+        router.interfaces.append(Iface(ifname, [f"{gw}/{prefix.prefixlen}"], kind="bridge"))
+        for i, host in enumerate(hosts):
+            addr = prefix.network_address + first_host + i
+            h = self.add(Node(host, role, routes=[Route("0.0.0.0/0", via=str(gw))]))
+            self.link(h, Iface("eth0", [f"{addr}/{prefix.prefixlen}"]),
+                      router, Iface(f"{ifname}h{i}", master=ifname))
+        return str(gw)
+
+    # -- build
+    def build(self) -> Plan:
+        self.add(Node(INTERNET, "internet", [Iface("br0", kind="bridge")], forwarding=True))
+        for gw_index, gw_name in enumerate(sorted(self.t.virtual_network_gateways)):
+            self.gateway(gw_index, gw_name)
+        for site in sorted(self.t.local_network_gateways):
+            self.device(site)
+        for conn in sorted(self.t.connections):
+            self.connection(conn)
+        self.finish_routing()
+        return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings)
+
+    def gateway(self, gw_index: int, gw_name: str):
+        gw = self.t.virtual_network_gateways[gw_name]
+        vnet = self.t.virtual_networks[gw.virtual_network]
+        asn = gw.bgp.asn if gw.bgp else self.d["azure"]["asn"]
+        sdn = self.add(Node(f"{gw.virtual_network}-sdn", "vnet-router", forwarding=True))
+        gws = vnet.subnets["GatewaySubnet"].address_prefix
+        sdn_ip = gws.network_address + 1
+        sdn.interfaces.append(Iface("gws", [f"{sdn_ip}/{gws.prefixlen}"], kind="bridge"))
+        sdn.frr = Frr(asn, str(sdn_ip), self.timers)
+        first_vm_host = 4   # Azure reserves .1-.3 of every subnet
+        for i, (sub_name, sub) in enumerate(sorted(vnet.subnets.items())):
+            if sub_name != "GatewaySubnet":
+                gw_ip = self.lan(sdn, f"s{i}", sub.address_prefix, sub.vms, first_vm_host, "vm")
+                for vm in sub.vms:
+                    self.expected[vm] = []
+        bgp_ips = gateway_subnet_ips(gws, gw.active_active)
+        for k in range(instance_count(gw)):
+            name = instance_name(gw_name, k)
+            public_ip = IPv4Network(self.d["internal"]["azure_public"]).network_address + 10 + 2 * gw_index + k
+            node = self.add(Node(name, "gateway-instance", forwarding=True))
+            inet_gw = self.attach_public(node, public_ip)
+            self.link(node, Iface("gws", [f"{bgp_ips[k]}/{gws.prefixlen}"]),
+                      sdn, Iface(f"gws{k}", master="gws"))
+            apipa = []
+            if gw.bgp and k < len(gw.bgp.peering_addresses):
+                apipa = [str(a) for a in gw.bgp.peering_addresses[k].apipa_addresses]
+            node.interfaces.append(Iface("lo", [f"{a}/32" for a in apipa], kind="lo"))
+            vnet_prefixes = [str(p) for p in vnet.address_space]
+            node.frr = Frr(asn, str(bgp_ips[k]), self.timers,
+                           static=[(p, str(sdn_ip)) for p in vnet_prefixes] + [("0.0.0.0/0", inet_gw)],
+                           networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes)
+            node.frr.neighbors.append(Neighbor(str(sdn_ip), asn, internal=True, next_hop_self=True,
+                                               update_source=str(bgp_ips[k]),
+                                               route_map_out="TO-SDN"))
+            sdn.frr.neighbors.append(Neighbor(str(bgp_ips[k]), asn, internal=True))
+            self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
+            self.bgp.append(BgpSession(sdn.name, str(bgp_ips[k]), name, "sdn"))
+            node.charon = dict(public_ip=str(public_ip), bgp_ip=str(bgp_ips[k]), apipa=apipa)
+            node.nft = dict(dnat=[], inner=[], mss_clamp=None)
+
+    def device(self, site: str):
+        lng = self.t.local_network_gateways[site]
+        node = self.add(Node(site, "device", forwarding=True))
+        inet_gw = self.attach_public(node, lng.gateway_ip)
+        addresses = []
+        for i, prefix in enumerate(self.t.site_lan(site)):
+            hosts = self.t.site_hosts(site) if i == 0 else []
+            self.lan(node, f"lan{i}", prefix, hosts, 10, "host")
+            addresses.append(str(prefix.network_address + 1))
+            for h in hosts:
+                self.expected[h] = []
+        lo = []
+        if lng.bgp and str(lng.bgp.peering_address) not in addresses:
+            lo.append(f"{lng.bgp.peering_address}/32")
+        node.interfaces.append(Iface("lo", lo, kind="lo"))
+        router_id = str(lng.bgp.peering_address) if lng.bgp else str(lng.gateway_ip)
+        node.frr = Frr(lng.bgp.asn if lng.bgp else None, router_id, self.timers,
+                       static=[("0.0.0.0/0", inet_gw)],
+                       networks=[str(p) for p in self.t.site_lan(site)])
+        node.charon = dict(public_ip=str(lng.gateway_ip))
+        node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
+
+    def tunnel_end(self, router: Node, tunnel: str, side: str) -> tuple[Node, str]:
+        """A tunnel namespace beside a router: underlay veth + inner veth (the tunnel
+        interface). Returns the node and the router's inner interface name."""
+        j = sum(1 for i in router.interfaces if i.name.startswith("t") and i.name.endswith("u"))
+        net = IPv4Network((int(self.underlay.network_address) + 4 * j, 30))
+        r_ip, t_ip = net.network_address + 1, net.network_address + 2
+        end = self.add(Node(f"{tunnel}-{side}", "tunnel-endpoint", forwarding=True))
+        self.link(router, Iface(f"t{j}u", [f"{r_ip}/30"]), end, Iface("ul", [f"{t_ip}/30"]))
+        self.link(router, Iface(f"t{j}", proxy_arp=True), end, Iface("in", proxy_arp=True))
+        end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
+        end.routes.append(Route("0.0.0.0/0", dev="in", table=102))
+        end.rules += [Rule("ipsec0", 102, 100), Rule("in", 101, 101)]
+        end.charon = dict(local_addr=str(t_ip), router=router.name, router_ip=str(r_ip))
+        router.nft["inner"].append(f"t{j}")
+        return end, f"t{j}"
+
+    def connection(self, conn_name: str):
+        c = self.t.connections[conn_name]
+        gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
+        lng = self.t.local_network_gateways[c.local_network_gateway]
+        vnet = self.t.virtual_networks[gw.virtual_network]
+        device = self.nodes[c.local_network_gateway]
+        for k in range(instance_count(gw)):
+            inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
+            tname = f"{conn_name}-in{k}"
+            az_end, az_if = self.tunnel_end(inst, tname, "az")
+            op_end, op_if = self.tunnel_end(device, tname, "op")
+            self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
+                                       device.name, az_end.name, op_end.name))
+            az_pub, op_pub = inst.charon["public_ip"], device.charon["public_ip"]
+            inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"]))
+            device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"]))
+            common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
+                          secret=c.shared_key.get_secret_value(), dpd_timeout=self.dpd(c))
+            az_end.charon.update(common, side="azure", local_id=az_pub, remote_id=op_pub,
+                                 remote_addr=op_pub, policy=self.azure_policy(c),
+                                 initiate=c.connection_mode == "InitiatorOnly")
+            op_end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub,
+                                 remote_addr=az_pub, policy=self.device_policy(c), initiate=True)
+            if c.enable_bgp:
+                self.bgp_over(inst, az_if, device, op_if, gw, lng, k)
+            else:
+                for p in self.t.site_lan(c.local_network_gateway):
+                    inst.frr.static.append((str(p), az_if))
+                    inst.frr.networks.append(str(p))
+                for p in vnet.address_space:
+                    device.frr.static.append((str(p), op_if))
+
+    def bgp_over(self, inst: Node, az_if: str, device: Node, op_if: str, gw, lng, k: int):
+        peer = str(lng.bgp.peering_address)
+        apipa_peer = lng.bgp.peering_address.is_link_local
+        # Azure picks its custom APIPA address when the site peers from APIPA [4.3];
+        # per-connection selection is issue 5: the first address of the instance is used.
+        local = inst.charon["apipa"][0] if apipa_peer else inst.charon["bgp_ip"]
+        inst.frr.static.append((f"{peer}/32", az_if))
+        inst.frr.neighbors.append(Neighbor(peer, lng.bgp.asn, multihop=True,
+                                           update_source=local, passive=apipa_peer))
+        device.frr.static.append((f"{local}/32", op_if))
+        device.frr.neighbors.append(Neighbor(local, gw.bgp.asn, multihop=True, update_source=peer))
+        self.bgp.append(BgpSession(inst.name, peer, device.name, "ebgp"))
+        self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
+
+    def dpd(self, c) -> int:
+        return self.timers["dpd_timeout"] or c.dpd_timeout_seconds
+
+    def azure_policy(self, c) -> dict:
+        az = self.d["azure"]
+        if c.ipsec_policies:
+            return custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
+        return dict(ike=az["ike_proposals"], esp=az["esp_proposals_responder"],
+                    ike_lifetime=az["ike_lifetime_seconds"],
+                    child_lifetime=az["child_lifetime_seconds"],
+                    child_kilobytes=az["child_lifetime_kilobytes"])
+
+    def device_policy(self, c) -> dict:
+        az, dev = self.d["azure"], self.d["device"]
+        if c.ipsec_policies:   # a careful engineer mirrors the custom policy
+            return custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
+        return dict(ike=dev["ike_proposals"], esp=dev["esp_proposals"],
+                    ike_lifetime=az["ike_lifetime_seconds"],
+                    child_lifetime=az["child_lifetime_seconds"],
+                    child_kilobytes=az["child_lifetime_kilobytes"])
+
+    def finish_routing(self):
+        """What must be reachable once converged: every VM <-> every on-prem host, and
+        the prefixes each router must have in its FIB."""
+        for conn_name in sorted(self.t.connections):
+            c = self.t.connections[conn_name]
+            gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
+            vnet = self.t.virtual_networks[gw.virtual_network]
+            site_prefixes = [str(p) for p in self.t.site_lan(c.local_network_gateway)]
+            vnet_prefixes = [str(p) for p in vnet.address_space]
+            self._expect(c.local_network_gateway, vnet_prefixes)
+            self._expect(f"{gw.virtual_network}-sdn", site_prefixes)
+            for k in range(instance_count(gw)):
+                self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
+            vms = [(vm, sub) for sub in vnet.subnets.values() for vm in sub.vms]
+            hosts = self.t.site_hosts(c.local_network_gateway)
+            for vm, _ in vms:
+                for h in hosts:
+                    self.pings.append((vm, self._address(h)))
+                    self.pings.append((h, self._address(vm)))
+
+    def _expect(self, node: str, prefixes: list[str]):
+        have = self.expected.setdefault(node, [])
+        have += [p for p in prefixes if p not in have]
+
+    def _address(self, node: str) -> str:
+        return self.nodes[node].iface("eth0").addresses[0].split("/")[0]
+
+
+_ENC = {"GCMAES256": "aes256gcm16", "GCMAES192": "aes192gcm16", "GCMAES128": "aes128gcm16",
+        "AES256": "aes256", "AES192": "aes192", "AES128": "aes128", "DES3": "3des", "DES": "des",
+        "None": "null"}
+_INTEG = {"SHA384": "sha384", "SHA256": "sha256", "SHA1": "sha1", "MD5": "md5"}
+_DH = {"DHGroup24": "modp2048s256", "ECP384": "ecp384", "ECP256": "ecp256",
+       "DHGroup14": "modp2048", "DHGroup2048": "modp2048", "DHGroup2": "modp1024",
+       "DHGroup1": "modp768", "None": None}
+_PFS = {"PFS24": "modp2048s256", "ECP384": "ecp384", "ECP256": "ecp256", "PFS2048": "modp2048",
+        "PFS2": "modp1024", "PFS1": "modp768", "None": None}
+
+
+def custom_policy(p, ike_lifetime: int) -> dict:
+    """Azure custom IPsec/IKE policy -> strongSwan proposals (mapping is ours, DERIVED)."""
+    ike = "-".join(x for x in (_ENC[p.ike_encryption], _INTEG[p.ike_integrity], _DH[p.dh_group]) if x)
+    esp_integ = None if p.ipsec_encryption.startswith("GCM") else _INTEG.get(p.ipsec_integrity)
+    esp = "-".join(x for x in (_ENC[p.ipsec_encryption], esp_integ, _PFS[p.pfs_group]) if x)
+    return dict(ike=[ike], esp=[esp], ike_lifetime=ike_lifetime,
+                child_lifetime=p.sa_lifetime_seconds, child_kilobytes=p.sa_datasize_kilobytes)
+
+
+def build(t: Topology, timers: str = "azure") -> Plan:
+    return _Builder(t, timers).build()

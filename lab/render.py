@@ -1,0 +1,66 @@
+"""Rendered node configs: Jinja2 templates under lab/templates, one folder per node."""
+from __future__ import annotations
+
+import base64
+import math
+import os
+from pathlib import Path
+
+import jinja2
+
+from .defaults import defaults
+from .plan import Node, Plan
+
+PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 x509 "
+           "pubkey kdf kernel-libipsec kernel-netlink socket-default vici updown").split()
+SECRET_FILES = {"swanctl.conf"}
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("lab", "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["b64"] = lambda s: base64.b64encode(s.encode()).decode()
+    return env
+
+
+def retransmit(dpd_timeout: int) -> dict:
+    """charon gives up on a peer after (tries + 1) * timeout seconds of silence."""
+    tries = 3
+    return dict(tries=tries, timeout=round(dpd_timeout / (tries + 1), 2))
+
+
+def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str, str]:
+    ctx = dict(node=node, dir=str(node_dir))
+    files = {}
+    if node.frr is not None:
+        files["frr.conf"] = env.get_template("frr.conf.j2").render(ctx, frr=node.frr)
+        files["vtysh.conf"] = "service integrated-vtysh-config\n"
+    if node.nft is not None:
+        files["nftables.conf"] = env.get_template("nftables.conf.j2").render(
+            ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"])
+    if node.charon is not None and node.role == "tunnel-endpoint":
+        c = node.charon
+        files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
+            ctx, c=c, plugins=PLUGINS, retransmit=retransmit(c["dpd_timeout"]))
+        files["swanctl.conf"] = env.get_template("swanctl.conf.j2").render(
+            ctx, c=c, dpd_delay=max(1, math.ceil(c["dpd_timeout"] / 3)))
+    return files
+
+
+def render(plan: Plan, nodes_dir: Path) -> dict[str, dict[str, str]]:
+    """Render every node's configs in memory (no file is written)."""
+    env = _env()
+    return {n.name: node_files(env, n, nodes_dir / n.name) for n in plan.ordered_nodes()}
+
+
+def write(rendered: dict[str, dict[str, str]], nodes_dir: Path):
+    for node, files in rendered.items():
+        d = nodes_dir / node
+        d.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            path = d / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600 if name in SECRET_FILES else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)

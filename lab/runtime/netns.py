@@ -1,0 +1,222 @@
+"""The embedded runtime: every node is a network namespace, links are veths.
+
+Only this package runs subprocesses and touches netlink. Daemons run inside their
+node's namespace: FRR per router (its own vty/zserv socket folder), one charon per
+tunnel with a private /run (charon's pid file path is compiled in).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from pyroute2 import NetNS, netns
+
+from ..plan import Node, Plan
+from ..state import LabState, namespace_prefix
+from ..waits import wait_until
+from . import procs
+
+FRR_DAEMONS = ("zebra", "staticd", "bgpd")
+FRR_DIR = "/usr/lib/frr"
+CHARON = "/usr/lib/ipsec/charon"
+TABLE_INTO_TUNNEL = 101     # tunnel namespace: traffic from the inner veth -> ipsec0
+
+
+class RuntimeError_(Exception):
+    pass
+
+
+class NetnsRuntime:
+    name = "netns"
+
+    def __init__(self, state: LabState):
+        self.state = state
+        self.prefix = namespace_prefix(state.name)
+        self._ipr: dict[str, NetNS] = {}
+
+    # ------------------------------------------------------------ naming & access
+    def namespace(self, node: str) -> str:
+        return self.prefix + node
+
+    def node_dir(self, node: str) -> Path:
+        return self.state.nodes_dir / node
+
+    def ipr(self, node: str) -> NetNS:
+        if node not in self._ipr:
+            self._ipr[node] = NetNS(self.namespace(node))
+        return self._ipr[node]
+
+    def close(self):
+        for ipr in self._ipr.values():
+            with contextlib.suppress(Exception):
+                ipr.close()
+        self._ipr.clear()
+
+    def exec(self, node: str, argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+        return procs.run(["ip", "netns", "exec", self.namespace(node), *argv], timeout=timeout, **kw)
+
+    def exec_argv(self, node: str, argv: list[str]) -> list[str]:
+        """Argument vector that runs argv inside a node (for interactive use)."""
+        return ["ip", "netns", "exec", self.namespace(node), *argv]
+
+    def vtysh(self, node: str, command: str, timeout: float = 10) -> subprocess.CompletedProcess:
+        return self.exec(node, ["vtysh", "--vty_socket", str(self.node_dir(node)), "-c", command],
+                         timeout=timeout)
+
+    def vici_socket(self, node: str) -> Path:
+        return self.node_dir(node) / "run" / "charon.vici"
+
+    # ------------------------------------------------------------ kernel facts
+    @staticmethod
+    def kernel_has_esp() -> bool:
+        """Try to install an ESP state in a scratch namespace."""
+        scratch = f"vpnlab-probe-{os.getpid()}"
+        netns.create(scratch)
+        try:
+            res = procs.run(["ip", "netns", "exec", scratch, "ip", "xfrm", "state", "add",
+                             "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x100",
+                             "mode", "tunnel", "aead", "rfc4106(gcm(aes))",
+                             "0x" + "11" * 20, "128"])
+            return res.returncode == 0
+        finally:
+            netns.remove(scratch)
+
+    # ------------------------------------------------------------ build
+    def create(self, plan: Plan):
+        """Namespaces, links, addresses, kernel routes and firewall rules."""
+        for node in plan.ordered_nodes():
+            ns = self.namespace(node.name)
+            self.state.namespaces.append(ns)
+            self.state.save()
+            netns.create(ns)
+            self._sysctls(node.name, {"net.ipv4.ip_forward": int(node.forwarding),
+                                      "net.ipv4.conf.all.rp_filter": 0,
+                                      "net.ipv4.conf.default.rp_filter": 0,
+                                      "net.ipv6.conf.all.disable_ipv6": 1,
+                                      "net.ipv6.conf.default.disable_ipv6": 1,
+                                      "net.ipv4.conf.all.send_redirects": 0,
+                                      "net.ipv4.conf.default.send_redirects": 0})
+            ipr = self.ipr(node.name)
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            for iface in node.interfaces:
+                if iface.kind == "bridge":
+                    ipr.link("add", ifname=iface.name, kind="bridge")
+        for link in plan.links:
+            self.ipr(link.a).link("add", ifname=link.a_if, kind="veth",
+                                  peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
+        for node in plan.ordered_nodes():
+            self._configure(node)
+
+    def _sysctls(self, node: str, values: dict):
+        netns.pushns(self.namespace(node))
+        try:
+            for key, value in values.items():
+                Path("/proc/sys", *key.split(".")).write_text(str(value))
+        finally:
+            netns.popns()
+
+    def _configure(self, node: Node):
+        ipr = self.ipr(node.name)
+        proxy = {}
+        for iface in node.interfaces:
+            idx = ipr.link_lookup(ifname=iface.name)[0]
+            if iface.master:
+                ipr.link("set", index=idx, master=ipr.link_lookup(ifname=iface.master)[0])
+            for cidr in iface.addresses:
+                addr, plen = cidr.split("/")
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+            ipr.link("set", index=idx, state="up")
+            if iface.proxy_arp:
+                proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1
+        if proxy:
+            self._sysctls(node.name, proxy)
+        for route in node.routes:
+            self._route(node.name, route.dst, route.via, route.dev, route.table)
+        for rule in node.rules:
+            ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
+        conf = self.node_dir(node.name) / "nftables.conf"
+        if conf.exists():
+            self.exec(node.name, ["nft", "-f", str(conf)], check=True)
+
+    def _route(self, node, dst, via=None, dev=None, table=None):
+        ipr = self.ipr(node)
+        spec = {"dst": dst, "table": table or 254}
+        if via:
+            spec["gateway"] = via
+        if dev:
+            spec["oif"] = ipr.link_lookup(ifname=dev)[0]
+        ipr.route("replace", **spec)
+
+    # ------------------------------------------------------------ daemons
+    def _record(self, pid: int, node: str, daemon: str):
+        self.state.processes.append({"pid": pid, "node": node, "daemon": daemon})
+        self.state.save()
+
+    def start_frr(self, node: str):
+        d = self.node_dir(node)
+        shutil.chown(d, "frr", "frr")
+        for daemon in FRR_DAEMONS:
+            argv = self.exec_argv(node, [f"{FRR_DIR}/{daemon}", "--vty_socket", str(d),
+                                         "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
+                                         "-f", "/dev/null", "-u", "frr", "-g", "frr"])
+            self._record(procs.spawn(argv, self.state.name, d / f"{daemon}.out"), node, daemon)
+
+    def configure_frr(self, node: str, budget: float = 15):
+        d = self.node_dir(node)
+        wait_until(lambda: [x for x in FRR_DAEMONS if not (d / f"{x}.vty").exists()],
+                   lambda missing: not missing, f"FRR vty sockets of {node}", budget)
+        res = self.exec(node, ["vtysh", "--vty_socket", str(d), "--config_dir", str(d), "-b"])
+        if res.returncode != 0:
+            raise RuntimeError_(f"{node}: FRR refused its config {d / 'frr.conf'}: "
+                                f"{(res.stdout + res.stderr).strip()[-400:]}")
+
+    def start_charon(self, node: str):
+        d = self.node_dir(node)
+        run = d / "run"
+        run.mkdir(exist_ok=True)
+        script = 'mount --bind "$1" /run && exec "$2"'
+        argv = self.exec_argv(node, ["unshare", "-m", "--propagation", "private",
+                                     "sh", "-c", script, "charon-run", str(run), CHARON])
+        pid = procs.spawn(argv, self.state.name, d / "charon.out",
+                          env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
+        self._record(pid, node, "charon")
+
+    def route_into_tunnel(self, node: str, budget: float = 15):
+        """Once charon made ipsec0, send what arrives on the inner veth into it."""
+        ipr = self.ipr(node)
+        wait_until(lambda: ipr.link_lookup(ifname="ipsec0"), bool,
+                   f"charon's ipsec0 device in {node}", budget)
+        idx = ipr.link_lookup(ifname="ipsec0")[0]
+        ipr.link("set", index=idx, state="up")
+        self._route(node, "0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL)
+
+    # ------------------------------------------------------------ teardown
+    def teardown(self) -> list[str]:
+        """End the lab's processes (recorded or tagged), delete its namespaces.
+        Returns what could not be removed."""
+        self.close()
+        pids = {p["pid"] for p in self.state.processes} | set(procs.tagged(self.state.name))
+        survivors = procs.end(sorted(pids), self.state.name)
+        problems = [f"process {p} survived SIGKILL" for p in survivors]
+        for ns in set(self.state.namespaces) | set(lab_namespaces(self.state.name)):
+            try:
+                netns.remove(ns)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                problems.append(f"namespace {ns}: {err}")
+        return problems
+
+
+def lab_namespaces(lab: str) -> list[str]:
+    prefix = namespace_prefix(lab)
+    return [ns for ns in netns.listnetns() if ns.startswith(prefix)]
+
+
+def all_lab_names() -> set[str]:
+    """Labs that have namespaces on this machine (whether or not their state survived)."""
+    return {ns.split(".")[1] for ns in netns.listnetns()
+            if ns.startswith("vpnlab.") and ns.count(".") >= 2}
