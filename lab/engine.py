@@ -122,10 +122,14 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
     rt.create(plan)
     routers = [n.name for n in nodes if n.frr is not None]
     progress(f"starting FRR on {len(routers)} routers")
+    budget = defaults()["waits"]["daemon_start"]
     for r in routers:
-        rt.start_frr(r)
+        rt.start_frr(r, ("zebra",))
     for r in routers:
-        rt.configure_frr(r, defaults()["waits"]["daemon_start"])
+        rt.wait_zebra(r, budget)
+        rt.start_frr(r, ("staticd", "bgpd"))
+    for r in routers:
+        rt.configure_frr(r, budget)
     # Azure ends first, so the devices' first IKE_SA_INIT finds a responder.
     for side in ("az", "op"):
         ends = [getattr(t, "azure_end" if side == "az" else "onprem_end") for t in plan.tunnels]
@@ -133,7 +137,7 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
         for e in ends:
             rt.start_charon(e)
         for e in ends:
-            rt.route_into_tunnel(e, defaults()["waits"]["daemon_start"])
+            rt.route_into_tunnel(e, budget)
 
 
 # ------------------------------------------------------------------ down

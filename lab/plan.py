@@ -50,6 +50,7 @@ class Neighbor:
     next_hop_self: bool = False
     update_source: str | None = None
     route_map_out: str | None = None
+    timers: dict | None = None       # None: the router's timer profile
 
 
 @dataclass
@@ -231,8 +232,9 @@ class _Builder:
                            networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes)
             node.frr.neighbors.append(Neighbor(str(sdn_ip), asn, internal=True, next_hop_self=True,
                                                update_source=str(bgp_ips[k]),
-                                               route_map_out="TO-SDN"))
-            sdn.frr.neighbors.append(Neighbor(str(bgp_ips[k]), asn, internal=True))
+                                               route_map_out="TO-SDN", timers=self.d["sdn_timers"]))
+            sdn.frr.neighbors.append(Neighbor(str(bgp_ips[k]), asn, internal=True,
+                                              timers=self.d["sdn_timers"]))
             self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
             self.bgp.append(BgpSession(sdn.name, str(bgp_ips[k]), name, "sdn"))
             node.charon = dict(public_ip=str(public_ip), bgp_ip=str(bgp_ips[k]), apipa=apipa)

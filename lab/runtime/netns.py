@@ -155,14 +155,20 @@ class NetnsRuntime:
         self.state.processes.append({"pid": pid, "node": node, "daemon": daemon})
         self.state.save()
 
-    def start_frr(self, node: str):
+    def start_frr(self, node: str, daemons: tuple[str, ...]):
+        """Start FRR daemons of a node. Start zebra alone first and wait for its zserv
+        socket (wait_zebra): a client that finds no zebra retries only 10 s later."""
         d = self.node_dir(node)
         shutil.chown(d, "frr", "frr")
-        for daemon in FRR_DAEMONS:
+        for daemon in daemons:
             argv = self.exec_argv(node, [f"{FRR_DIR}/{daemon}", "--vty_socket", str(d),
                                          "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
                                          "-f", "/dev/null", "-u", "frr", "-g", "frr"])
             self._record(procs.spawn(argv, self.state.name, d / f"{daemon}.out"), node, daemon)
+
+    def wait_zebra(self, node: str, budget: float = 15):
+        sock = self.node_dir(node) / "zserv.api"
+        wait_until(sock.exists, bool, f"zebra's zserv socket of {node}", budget)
 
     def configure_frr(self, node: str, budget: float = 15):
         d = self.node_dir(node)

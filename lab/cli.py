@@ -1,0 +1,177 @@
+"""vpnlab: the command line. Data to stdout (tables, or JSON on request), progress and
+errors to stderr. Exit codes: 0 ok, 1 the lab failed, 2 bad input."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from . import engine
+from .yamlsrc import SourceError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _progress():
+    status = err.status("starting")
+
+    def update(message: str):
+        err.log(message)
+        status.update(message)
+    return status, update
+
+
+def cmd_up(args) -> int:
+    status, update = _progress()
+    with status:
+        result = engine.up(args.file, name=args.name, timers=args.timers, progress=update,
+                           keep_on_failure=args.keep_on_failure)
+    return _show_status(result, args.json)
+
+
+def cmd_status(args) -> int:
+    return _show_status(engine.status(engine.resolve_name(args.name)), args.json)
+
+
+def _show_status(s: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return 0
+    out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
+              f"  timers {s['timers']}  phase {s['phase']}")
+    t = Table("tunnel", "gateway instance", "device", "IKE", "CHILD", "up (s)", title="Tunnels")
+    for x in s["tunnels"]:
+        color = "green" if x["state"] == "ESTABLISHED" else "red"
+        t.add_row(x["tunnel"], x["gateway_instance"], x["device"], f"[{color}]{x['state']}[/]",
+                  str(x["child_state"] or "-"), str(x["established_seconds"] or "-"))
+    out.print(t)
+    b = Table("node", "peer", "peer node", "kind", "state", "prefixes", title="BGP sessions")
+    for x in s["bgp"]:
+        color = "green" if x["state"] == "Established" else "red"
+        b.add_row(x["node"], x["peer"], x["peer_node"], x["kind"], f"[{color}]{x['state']}[/]",
+                  str(x["prefixes_received"] if x["prefixes_received"] is not None else "-"))
+    out.print(b)
+    return 0
+
+
+def cmd_down(args) -> int:
+    names = engine.running_labs() if args.all else [engine.check_name(args.name)] if args.name \
+        else engine.running_labs()[:1] if len(engine.running_labs()) <= 1 else None
+    if names is None:
+        raise engine.LabError(f"several labs are up ({', '.join(engine.running_labs())}): "
+                              "choose one with --name, or --all")
+    failed = False
+    for name in names:
+        problems = engine.down(name)
+        for p in problems:
+            err.print(f"[red]{name}: {p}[/]")
+        failed |= bool(problems)
+        err.print(f"lab {name}: {'left problems behind' if problems else 'down'}")
+    return 1 if failed else 0
+
+
+def cmd_exec(args) -> int:
+    from .engine import load_state, runtime_of
+    name = engine.resolve_name(args.name)
+    state = load_state(name)
+    if state is None:
+        raise engine.LabError(f"no lab named {name!r}")
+    plan = engine.plan_of(state)
+    if args.node not in plan.nodes:
+        raise SourceError(f"unknown node {args.node!r}; nodes: {', '.join(sorted(plan.nodes))}")
+    if not args.command:
+        raise SourceError("give a command after --, e.g. vpnlab exec vm1 -- ping 10.20.1.10")
+    argv = runtime_of(state).exec_argv(args.node, args.command)
+    os.execvp(argv[0], argv)   # exit code passes through
+
+
+def cmd_graph(args) -> int:
+    from .graph import lab_graph, mermaid, png
+    name = engine.resolve_name(args.name)
+    state = engine.load_state(name)
+    if state is None:
+        raise engine.LabError(f"no lab named {name!r}")
+    g = lab_graph(engine.plan_of(state), engine.status(name))
+    if args.format == "mermaid":
+        text = mermaid(g)
+        if args.output:
+            open(args.output, "w").write(text)
+        else:
+            print(text, end="")
+    else:
+        path = args.output or f"{name}.png"
+        png(g, path)
+        err.print(f"wrote {path}")
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from .topology import load
+    load(args.file)
+    err.print(f"{args.file}: valid")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpnlab", description="Azure VPN Gateway lab with strongSwan and FRR")
+    sub = p.add_subparsers(dest="verb", required=True)
+    up = sub.add_parser("up", help="build, start and wait for convergence")
+    up.add_argument("file", nargs="?", default=engine.DEFAULT_TOPOLOGY)
+    up.add_argument("--name", help="lab name (default: the file's stem)")
+    up.add_argument("--timers", default="azure", choices=["azure", "fast"])
+    up.add_argument("--json", action="store_true")
+    up.add_argument("--keep-on-failure", action="store_true",
+                    help="leave a lab that did not converge running, for debugging")
+    up.set_defaults(func=cmd_up)
+    st = sub.add_parser("status", help="tunnels and BGP sessions, live")
+    st.add_argument("--name")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    dn = sub.add_parser("down", help="remove a lab (idempotent)")
+    g = dn.add_mutually_exclusive_group()
+    g.add_argument("--name")
+    g.add_argument("--all", action="store_true")
+    dn.set_defaults(func=cmd_down)
+    ex = sub.add_parser("exec", help="run a command in a node")
+    ex.add_argument("--name")
+    ex.add_argument("node")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+    gr = sub.add_parser("graph", help="the topology with tunnel and BGP state")
+    gr.add_argument("--name")
+    gr.add_argument("--format", default="mermaid", choices=["mermaid", "png"])
+    gr.add_argument("-o", "--output")
+    gr.set_defaults(func=cmd_graph)
+    va = sub.add_parser("validate", help="check a topology file, start nothing")
+    va.add_argument("file")
+    va.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if args.verb != "validate" and os.geteuid() != 0:
+        err.print("vpnlab needs root: it creates network namespaces and starts daemons")
+        return 2
+    try:
+        return args.func(args)
+    except SourceError as e:
+        err.print(str(e), markup=False, highlight=False)
+        return 2
+    except engine.LabError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
