@@ -17,11 +17,21 @@ out = Console()
 err = Console(stderr=True)
 
 
+def _now() -> str:
+    import time
+    return time.strftime("%H:%M:%S")
+
+
+def _fail(message: str):
+    """Errors go to stderr unwrapped, so that file:line: field stays on one line."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _progress():
     status = err.status("starting")
 
     def update(message: str):
-        err.log(message)
+        err.print(f"[dim]{_now()}[/] {message}", soft_wrap=True)
         status.update(message)
     return status, update
 
@@ -69,7 +79,7 @@ def cmd_down(args) -> int:
     for name in names:
         problems = engine.down(name)
         for p in problems:
-            err.print(f"[red]{name}: {p}[/]")
+            _fail(f"{name}: {p}")
         failed |= bool(problems)
         err.print(f"lab {name}: {'left problems behind' if problems else 'down'}")
     return 1 if failed else 0
@@ -163,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SourceError as e:
-        err.print(str(e), markup=False, highlight=False)
+        _fail(str(e))
         return 2
     except engine.LabError as e:
-        err.print(f"error: {e}", markup=False, highlight=False)
+        _fail(f"error: {e}")
         return 1
     except KeyboardInterrupt:
         err.print("interrupted")

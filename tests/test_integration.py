@@ -1,0 +1,214 @@
+"""Real labs: namespaces, strongSwan and FRR, driven through the `vpnlab` CLI.
+
+Each lab is torn down before anything about it is asserted after teardown, and every
+test that removes a lab checks that nothing of it is left: namespaces, processes, files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import live
+from lab.engine import load_state, plan_of, runtime_of
+from lab.runtime import procs
+from lab.runtime.netns import lab_namespaces
+from lab.state import lab_dir
+from lab.waits import wait_until
+
+ROOT = Path(__file__).parent.parent
+AA = ROOT / "topologies/active-active-bgp.yaml"
+STATIC = ROOT / "topologies/single-site-static.yaml"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces"),
+]
+
+
+def vpnlab(*args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lab.cli", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def leftovers(name: str) -> dict:
+    return {k: v for k, v in {"namespaces": lab_namespaces(name), "processes": procs.tagged(name),
+                              "files": lab_dir(name).exists()}.items() if v}
+
+
+def up(path, name) -> dict:
+    vpnlab("down", "--name", name)
+    res = vpnlab("up", path, "--name", name, "--timers", "fast", "--json")
+    assert res.returncode == 0, f"up failed:\n{res.stderr[-3000:]}"
+    return json.loads(res.stdout)
+
+
+def status(name) -> dict:
+    res = vpnlab("status", "--name", name, "--json")
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def root_namespace() -> dict:
+    show = lambda *a: subprocess.run(["ip", *a], capture_output=True, text=True).stdout
+    return {"links": show("-br", "link"), "addresses": show("-br", "addr"),
+            "routes": show("route", "show", "table", "all"), "rules": show("rule")}
+
+
+@pytest.fixture(scope="module")
+def aa():
+    global ROOT_BEFORE
+    ROOT_BEFORE = root_namespace()
+    up(AA, "it-aa")
+    state = load_state("it-aa")
+    yield runtime_of(state), plan_of(state)
+    res = vpnlab("down", "--name", "it-aa")
+    assert res.returncode == 0, res.stderr
+    assert leftovers("it-aa") == {}
+
+
+# ------------------------------------------------------------ default topology
+def test_status_json_contract_and_four_established_tunnels(aa):
+    s = status("it-aa")
+    assert {"name", "runtime", "dataplane", "nodes", "tunnels", "bgp"} <= set(s)
+    assert s["name"] == "it-aa" and s["runtime"] == "netns" and s["dataplane"] == "libipsec"
+    assert all({"name", "role", "namespace"} <= set(n) for n in s["nodes"])
+    tunnels = s["tunnels"]
+    assert len(tunnels) == 4
+    assert {(t["gateway_instance"], t["device"]) for t in tunnels} == {
+        (f"hub-gw-in{k}", f"onprem-dev{d}") for k in (0, 1) for d in (0, 1)}
+    for t in tunnels:
+        assert {"connection", "gateway_instance", "device", "state", "established_seconds"} <= set(t)
+        assert t["state"] == "ESTABLISHED" and t["child_state"] == "INSTALLED"
+        assert isinstance(t["established_seconds"], int)
+
+
+def test_every_bgp_session_established_from_both_ends(aa):
+    sessions = status("it-aa")["bgp"]
+    ebgp = {(b["node"], b["peer_node"]): b for b in sessions if b["kind"] == "ebgp"}
+    assert len(ebgp) == 8          # 4 tunnels, seen from both ends
+    for (node, peer_node), b in ebgp.items():
+        assert (peer_node, node) in ebgp
+        assert b["state"] == "Established", b
+        assert b["prefixes_received"] >= 1, b
+    assert all(b["state"] == "Established" for b in sessions)
+
+
+def test_vm_and_onprem_hosts_ping_each_other_through_the_tunnels(aa):
+    rt, plan = aa
+    before = {t.azure_end: _child_bytes(rt, t.azure_end) for t in plan.tunnels}
+    assert plan.pings, "the plan names pairs to ping"
+    for node, address in plan.pings:
+        assert live.ping(rt, node, address, count=3), f"{node} -> {address}"
+    after = {t.azure_end: _child_bytes(rt, t.azure_end) for t in plan.tunnels}
+    # the pings crossed the ESP SAs (and not some other path)
+    assert sum(after.values()) > sum(before.values())
+
+
+def _child_bytes(rt, node) -> int:
+    total = 0
+    for entry in live._vici_sas(rt.vici_socket(node)):
+        for ike in entry.values():
+            for child in ike.get("child-sas", {}).values():
+                total += int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))
+    return total
+
+
+def test_vnet_and_devices_spread_over_both_instances(aa):
+    rt, _ = aa
+    sdn = live.fib_prefixes(rt, "hub-sdn")
+    assert sdn["10.20.1.0/24"] == 2 and sdn["10.20.2.0/24"] == 2
+    for dev in ("onprem-dev0", "onprem-dev1"):
+        assert live.fib_prefixes(rt, dev)["10.10.0.0/16"] == 2
+
+
+def test_gateway_does_not_advertise_the_vnet_back_to_the_vnet_router(aa):
+    rt, _ = aa
+    assert "10.10.0.0/16" not in live.fib_prefixes(rt, "hub-sdn")
+
+
+def test_exec_passes_the_exit_code_through(aa):
+    assert vpnlab("exec", "--name", "it-aa", "vm1", "--", "sh", "-c", "exit 7").returncode == 7
+    res = vpnlab("exec", "--name", "it-aa", "vm1", "--", "ip", "-br", "addr", "show", "eth0")
+    assert res.returncode == 0 and "10.10.1.4/24" in res.stdout
+
+
+def test_nothing_of_the_lab_in_the_root_namespace(aa):
+    assert root_namespace() == ROOT_BEFORE
+
+
+def test_shared_keys_never_in_status_or_logs(aa):
+    text = vpnlab("status", "--name", "it-aa", "--json").stdout + vpnlab("status", "--name", "it-aa").stdout
+    logs = "".join(p.read_text(errors="replace") for p in lab_dir("it-aa").rglob("*.log"))
+    for key in ("Lab.Dev0.Psk.ChangeMe", "Lab.Dev1.Psk.ChangeMe"):
+        assert key not in text and key not in logs
+
+
+def test_up_with_a_name_in_use_is_refused_and_the_lab_survives(aa):
+    res = vpnlab("up", AA, "--name", "it-aa", "--timers", "fast")
+    assert res.returncode == 1 and "already up" in res.stderr
+    assert all(t["state"] == "ESTABLISHED" for t in status("it-aa")["tunnels"])
+
+
+def test_bad_file_starts_nothing(aa):
+    res = vpnlab("up", ROOT / "tests/bad/unknown-gateway.yaml", "--name", "it-bad")
+    assert res.returncode == 2
+    assert "unknown gateway 'hub-gwx'; known: hub-gw" in res.stderr
+    assert leftovers("it-bad") == {}
+
+
+def test_two_labs_side_by_side_and_down_is_scoped(aa):
+    rt, plan = aa
+    s = up(STATIC, "it-static")
+    assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
+    state = load_state("it-static")
+    srt, splan = runtime_of(state), plan_of(state)
+    for node, address in splan.pings:
+        assert live.ping(srt, node, address, count=2), f"{node} -> {address}"
+    res = vpnlab("down", "--name", "it-static")
+    assert res.returncode == 0, res.stderr
+    assert leftovers("it-static") == {}
+    assert live.convergence(rt, plan) == []      # the other lab is untouched
+
+
+# ------------------------------------------------------------ teardown
+def test_down_leaves_nothing_and_is_idempotent():
+    up(STATIC, "it-down")
+    assert leftovers("it-down")
+    assert vpnlab("down", "--name", "it-down").returncode == 0
+    assert leftovers("it-down") == {}
+    assert vpnlab("down", "--name", "it-down").returncode == 0
+
+
+def _start_up_and_wait_for_daemons(name) -> subprocess.Popen:
+    vpnlab("down", "--name", name)
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", str(STATIC), "--name", name,
+                             "--timers", "fast"], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    wait_until(lambda: (load_state(name).processes if load_state(name) else []),
+               lambda p: any(x["daemon"] == "charon" for x in p),
+               f"lab {name} to start its first charon", 60)
+    return proc
+
+
+def test_down_after_up_was_killed_with_sigkill():
+    proc = _start_up_and_wait_for_daemons("it-kill")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert procs.tagged("it-kill"), "the killed up left daemons for down to find"
+    res = vpnlab("down", "--name", "it-kill")
+    assert res.returncode == 0, res.stderr
+    assert leftovers("it-kill") == {}
+
+
+def test_interrupted_up_cleans_up_after_itself():
+    proc = _start_up_and_wait_for_daemons("it-int")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(30) != 0
+    assert leftovers("it-int") == {}
