@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import vici
 
@@ -36,10 +37,17 @@ def tunnel_state(rt, node: str) -> dict:
     return best
 
 
+def _each(fn, items) -> list:
+    """Query many nodes at once: each query waits on a daemon, not on the CPU."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
+        return list(pool.map(fn, items))
+
+
 def tunnels(rt, plan: Plan) -> list[dict]:
     out = []
-    for t in plan.tunnels:
-        az = tunnel_state(rt, t.azure_end)
+    states = _each(lambda t: tunnel_state(rt, t.azure_end), plan.tunnels)
+    for t, az in zip(plan.tunnels, states):
         out.append({"tunnel": t.name, "connection": t.connection, "gateway_instance": t.gateway_instance,
                     "device": t.device, "state": az["state"],
                     "established_seconds": az.get("established_seconds"),
@@ -60,13 +68,15 @@ def bgp_peers(rt, node: str) -> dict:
 
 
 def bgp(rt, plan: Plan) -> list[dict]:
-    out, cache = [], {}
+    def query(node):
+        try:
+            return bgp_peers(rt, node)
+        except Exception as err:  # noqa: BLE001 - reported as the session's state
+            return {"__error__": str(err)}
+    nodes = sorted({s.node for s in plan.bgp})
+    cache = dict(zip(nodes, _each(query, nodes)))
+    out = []
     for s in plan.bgp:
-        if s.node not in cache:
-            try:
-                cache[s.node] = bgp_peers(rt, s.node)
-            except Exception as err:  # noqa: BLE001 - reported as the session's state
-                cache[s.node] = {"__error__": str(err)}
         peer = cache[s.node].get(s.peer, {})
         state = peer.get("state") or ("UNREACHABLE" if "__error__" in cache[s.node] else "Missing")
         out.append({"node": s.node, "peer": s.peer, "peer_node": s.peer_node, "kind": s.kind,
@@ -86,17 +96,15 @@ def fib_prefixes(rt, node: str) -> dict[str, int]:
 
 
 def missing_routes(rt, plan: Plan) -> list[str]:
-    missing = []
-    for node, prefixes in plan.expected_routes.items():
-        if not prefixes or plan.nodes[node].frr is None:
-            continue
+    def check(item):
+        node, prefixes = item
         try:
             fib = fib_prefixes(rt, node)
         except Exception as err:  # noqa: BLE001
-            missing.append(f"{node}: {err}")
-            continue
-        missing += [f"{node}: {p}" for p in prefixes if p not in fib]
-    return missing
+            return [f"{node}: {err}"]
+        return [f"{node}: {p}" for p in prefixes if p not in fib]
+    wanted = [(n, p) for n, p in plan.expected_routes.items() if p and plan.nodes[n].frr is not None]
+    return [m for found in _each(check, wanted) for m in found]
 
 
 def ping(rt, node: str, address: str, count: int = 1, timeout: int = 2) -> bool:

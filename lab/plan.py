@@ -23,6 +23,7 @@ class Iface:
     kind: str = "veth"                                    # veth | bridge | lo
     master: str | None = None                             # bridge in the same node
     proxy_arp: bool = False
+    mtu: int | None = None
 
 
 @dataclass
@@ -270,7 +271,11 @@ class _Builder:
         r_ip, t_ip = net.network_address + 1, net.network_address + 2
         end = self.add(Node(f"{tunnel}-{side}", "tunnel-endpoint", forwarding=True))
         self.link(router, Iface(f"t{j}u", [f"{r_ip}/30"]), end, Iface("ul", [f"{t_ip}/30"]))
-        self.link(router, Iface(f"t{j}", proxy_arp=True), end, Iface("in", proxy_arp=True))
+        # the inner veth is the tunnel interface: MTU 1400 as Azure advises [3.1], which
+        # also matches libipsec's ipsec0, so large segments are not silently lost
+        mtu = self.d["internal"]["tunnel_mtu"]
+        self.link(router, Iface(f"t{j}", proxy_arp=True, mtu=mtu),
+                  end, Iface("in", proxy_arp=True, mtu=mtu))
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=102))
         end.rules += [Rule("ipsec0", 102, 100), Rule("in", 101, 101)]

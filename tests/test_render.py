@@ -55,7 +55,7 @@ def test_azure_defaults_in_gateway_configs():
 
 def test_fast_timers_profile():
     files = render(build(load(ROOT / "topologies/active-active-bgp.yaml"), "fast"), NODES_DIR)
-    assert "timers 1 3" in files["hub-gw-in0"]["frr.conf"]
+    assert "neighbor 169.254.21.10 timers 3 9" in files["hub-gw-in0"]["frr.conf"]
     assert "dpd_delay = 3s" in files["hub-to-dev0-in0-op"]["swanctl.conf"]
 
 

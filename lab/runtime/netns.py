@@ -128,6 +128,8 @@ class NetnsRuntime:
             for cidr in iface.addresses:
                 addr, plen = cidr.split("/")
                 ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+            if iface.mtu:
+                ipr.link("set", index=idx, mtu=iface.mtu)
             ipr.link("set", index=idx, state="up")
             if iface.proxy_arp:
                 proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1

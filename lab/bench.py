@@ -1,0 +1,136 @@
+"""`make bench`: time from `up` to converged and peak memory, for the default topology
+and generated active-active topologies of 1, 10 and 30 sites (2 tunnels per site).
+Prints a table and writes JSON. Run as root; uses fast timers."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from . import engine
+from .runtime import procs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def generated_topology(sites: int) -> dict:
+    """One active-active VpnGw4 gateway (ASN 65515, APIPA) and N single-device sites."""
+    return {
+        "virtual_networks": {"hub": {"address_space": ["10.10.0.0/16"], "subnets": {
+            "GatewaySubnet": {"address_prefix": "10.10.255.0/27"},
+            "workload": {"address_prefix": "10.10.1.0/24", "vms": ["vm1"]}}}},
+        "virtual_network_gateways": {"hub-gw": {
+            "virtual_network": "hub", "sku": "VpnGw4", "active_active": True,
+            "bgp": {"asn": 65515, "peering_addresses": [{"apipa_addresses": ["169.254.21.1"]},
+                                                         {"apipa_addresses": ["169.254.22.1"]}]}}},
+        "local_network_gateways": {f"site{i}": {
+            "gateway_ip": f"198.51.100.{10 + i}", "address_space": [f"10.20.{i}.0/24"],
+            "bgp": {"asn": 65010 + i, "peering_address": f"169.254.21.{100 + i}"}}
+            for i in range(sites)},
+        "connections": {f"hub-to-site{i}": {
+            "virtual_network_gateway": "hub-gw", "local_network_gateway": f"site{i}",
+            "shared_key": f"Bench.Key.{i}", "enable_bgp": True} for i in range(sites)},
+    }
+
+
+def _rss_mb(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass
+    return total / 1024
+
+
+class PeakMemory(threading.Thread):
+    """Samples the summed RSS of the lab's tagged processes until stopped."""
+
+    def __init__(self, lab: str):
+        super().__init__(daemon=True)
+        self.lab, self.peak, self.stop = lab, 0.0, threading.Event()
+
+    def run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, _rss_mb(procs.tagged(self.lab)))
+            self.stop.wait(0.5)
+
+
+def measure(label: str, path: Path, sites: int) -> dict:
+    name = f"bench-{label}"
+    engine.down(name)
+    sampler = PeakMemory(name)
+    sampler.start()
+    start = time.monotonic()
+    row = {"topology": label, "sites": sites}
+    try:
+        result = engine.up(path, name=name, timers="fast")
+        seconds = time.monotonic() - start
+        sampler.peak = max(sampler.peak, _rss_mb(procs.tagged(name)))
+        row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
+                   processes=len(procs.tagged(name)), converged_seconds=round(seconds, 2))
+    except engine.LabError as err:
+        row.update(error=str(err))
+    finally:
+        sampler.stop.set()
+        sampler.join()
+        engine.down(name)
+    row["peak_rss_mb"] = round(sampler.peak, 1)
+    return row
+
+
+def machine() -> dict:
+    mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
+                      if l.startswith("MemTotal")).split()[1])
+    return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lab.bench")
+    ap.add_argument("--sites", default="1,10,30")
+    ap.add_argument("--out", default="bench-results/bench.json")
+    args = ap.parse_args(argv)
+    console = Console()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [("default", ROOT / engine.DEFAULT_TOPOLOGY, 2)]
+        for n in (int(x) for x in args.sites.split(",")):
+            path = Path(tmp) / f"sites-{n}.yaml"
+            path.write_text(yaml.safe_dump(generated_topology(n)))
+            cases.append((f"sites-{n}", path, n))
+        for label, path, sites in cases:
+            console.print(f"[dim]measuring {label}...[/]")
+            rows.append(measure(label, path, sites))
+    table = Table("topology", "sites", "tunnels", "namespaces", "processes", "converged (s)",
+                  "peak RSS (MB)", "s / tunnel", title=f"vpnlab up, fast timers ({machine()})")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
+                          f"{r['peak_rss_mb']:.0f}", "-")
+            console.print(f"[red]{r['topology']}: {r['error']}[/]")
+            continue
+        table.add_row(r["topology"], str(r["sites"]), str(r["tunnels"]), str(r["namespaces"]),
+                      str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                      f"{r['converged_seconds'] / r['tunnels']:.2f}")
+    console.print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
+    console.print(f"wrote {out}")
+    return 1 if any("error" in r for r in rows) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
