@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sites", default="1,10,30")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(width=130)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("default", ROOT / engine.DEFAULT_TOPOLOGY, 2)]
@@ -113,8 +113,9 @@ def main(argv=None) -> int:
         for label, path, sites in cases:
             console.print(f"[dim]measuring {label}...[/]")
             rows.append(measure(label, path, sites))
+    console.print(f"machine: {machine()}")
     table = Table("topology", "sites", "tunnels", "namespaces", "processes", "converged (s)",
-                  "peak RSS (MB)", "s / tunnel", title=f"vpnlab up, fast timers ({machine()})")
+                  "peak RSS (MB)", "s / tunnel", title="vpnlab up -> converged, fast timers")
     for r in rows:
         if "error" in r:
             table.add_row(r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
