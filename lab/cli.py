@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 from rich.console import Console
@@ -75,6 +76,9 @@ def cmd_down(args) -> int:
     if names is None:
         raise engine.LabError(f"several labs are up ({', '.join(engine.running_labs())}): "
                               "choose one with --name, or --all")
+    if not names:
+        err.print("no lab is up")
+        return 0
     failed = False
     for name in names:
         problems = engine.down(name)
@@ -163,7 +167,19 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends vpnlab the way Ctrl-C does, so that a half-built lab is removed.
+    Helper processes forked by libraries (pyroute2) inherit the handler: they just exit."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
     args = parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]

@@ -117,8 +117,10 @@ class Topology(Model):
     connections: dict[Name, Connection] = {}
 
     def site_lan(self, site: str) -> list[IPv4Network]:
+        """The device's LAN prefixes: device.lan_prefixes, else the address space less
+        host routes (a /32 there is usually the BGP peer, not a LAN)."""
         lng = self.local_network_gateways[site]
-        return list(lng.device.lan_prefixes or lng.address_space)
+        return list(lng.device.lan_prefixes or [p for p in lng.address_space if p.prefixlen <= 30])
 
     def site_hosts(self, site: str) -> list[str]:
         return list(self.local_network_gateways[site].device.hosts or [f"{site}-host"])

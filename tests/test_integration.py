@@ -139,6 +139,18 @@ def test_exec_passes_the_exit_code_through(aa):
     assert res.returncode == 0 and "10.10.1.4/24" in res.stdout
 
 
+def test_graph_shows_tunnel_and_bgp_state(aa):
+    res = vpnlab("graph", "--name", "it-aa")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("graph LR")
+    assert res.stdout.count("ESTABLISHED") == 4 and res.stdout.count("BGP Established") == 4
+
+
+def test_status_of_an_unknown_lab_fails_clearly():
+    res = vpnlab("status", "--name", "no-such-lab")
+    assert res.returncode == 1 and "no lab named 'no-such-lab'" in res.stderr
+
+
 def test_nothing_of_the_lab_in_the_root_namespace(aa):
     assert root_namespace() == ROOT_BEFORE
 
@@ -207,8 +219,9 @@ def test_down_after_up_was_killed_with_sigkill():
     assert leftovers("it-kill") == {}
 
 
-def test_interrupted_up_cleans_up_after_itself():
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_up_cleans_up_after_itself(sig):
     proc = _start_up_and_wait_for_daemons("it-int")
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     assert proc.wait(30) != 0
     assert leftovers("it-int") == {}
