@@ -4,26 +4,25 @@ No printing here: progress goes through a callback, results are returned or rais
 """
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Callable
 
 from . import live, render
 from .defaults import defaults
+from .errors import LabError
 from .plan import Plan, build
 from .runtime import procs
 from .runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces
-from .state import NAME_RE, LabState, known_labs, lab_dir, load_state, remove_lab_dir
+from .state import (NAME_RE, LabState, claim_lock, known_labs, lab_dir, load_state,
+                    remove_lab_dir)
 from .topology import load
 from .waits import WaitTimeout, wait_until
 from .yamlsrc import SourceError
 
 Progress = Callable[[str], None]
 DEFAULT_TOPOLOGY = "topologies/active-active-bgp.yaml"
-
-
-class LabError(Exception):
-    """A lab operation failed; the message says what and, for up, what did not converge."""
 
 
 def _quiet(_: str):
@@ -38,8 +37,11 @@ def check_name(name: str) -> str:
 
 
 def is_alive(name: str) -> bool:
-    """A lab is alive while any of its namespaces or tagged processes exist."""
-    return bool(lab_namespaces(name) or procs.tagged(name))
+    """A lab is alive while any of its namespaces or tagged processes exist, or while
+    an `up` is still building it."""
+    state = load_state(name)
+    building = state is not None and state.phase == "building" and procs.alive(state.owner_pid)
+    return bool(building or lab_namespaces(name) or procs.tagged(name))
 
 
 def running_labs() -> list[str]:
@@ -77,11 +79,13 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
     name = check_name(name or topology_file.stem)
     progress(f"validating {topology_file}")
     plan = build(load(topology_file), timers)           # bad input stops here
-    if is_alive(name):
-        raise LabError(f"lab {name!r} is already up; 'vpnlab down --name {name}' first, "
-                       "or choose another --name")
-    down(name)                                          # leftovers of a crashed run
-    state = LabState(name=name, timers=timers)
+    with claim_lock():
+        if is_alive(name):
+            raise LabError(f"lab {name!r} is already up; 'vpnlab down --name {name}' first, "
+                           "or choose another --name")
+        down(name)                                      # leftovers of a crashed run
+        state = LabState(name=name, timers=timers, owner_pid=os.getpid())
+        state.save()
     rendered = render.render(plan, state.nodes_dir)
     rt = NetnsRuntime(state)
     try:

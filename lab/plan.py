@@ -211,10 +211,9 @@ class _Builder:
         sdn.frr = Frr(asn, str(sdn_ip), self.timers)
         first_vm_host = 4   # Azure reserves .1-.3 of every subnet
         for i, (sub_name, sub) in enumerate(sorted(vnet.subnets.items())):
-            if sub_name != "GatewaySubnet":
-                gw_ip = self.lan(sdn, f"s{i}", sub.address_prefix, sub.vms, first_vm_host, "vm")
-                for vm in sub.vms:
-                    self.expected[vm] = []
+            vms = self.t.subnet_vms(gw.virtual_network, sub_name)
+            if vms:
+                self.lan(sdn, f"s{i}", sub.address_prefix, vms, first_vm_host, "vm")
         bgp_ips = gateway_subnet_ips(gws, gw.active_active)
         for k in range(instance_count(gw)):
             name = instance_name(gw_name, k)
@@ -250,8 +249,6 @@ class _Builder:
             hosts = self.t.site_hosts(site) if i == 0 else []
             self.lan(node, f"lan{i}", prefix, hosts, 10, "host")
             addresses.append(str(prefix.network_address + 1))
-            for h in hosts:
-                self.expected[h] = []
         lo = []
         if lng.bgp and str(lng.bgp.peering_address) not in addresses:
             lo.append(f"{lng.bgp.peering_address}/32")
@@ -363,9 +360,9 @@ class _Builder:
             self._expect(f"{gw.virtual_network}-sdn", site_prefixes)
             for k in range(instance_count(gw)):
                 self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
-            vms = [(vm, sub) for sub in vnet.subnets.values() for vm in sub.vms]
+            vms = [vm for sub in sorted(vnet.subnets) for vm in self.t.subnet_vms(gw.virtual_network, sub)]
             hosts = self.t.site_hosts(c.local_network_gateway)
-            for vm, _ in vms:
+            for vm in vms:
                 for h in hosts:
                     self.pings.append((vm, self._address(h)))
                     self.pings.append((h, self._address(vm)))

@@ -2,6 +2,8 @@
 `down` can clean up after an `up` that was killed)."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
@@ -33,6 +35,7 @@ class LabState:
     dataplane: str = ""
     kernel_esp: bool = False
     phase: str = "building"          # building | up | failed
+    owner_pid: int = 0               # the `up` that is building it
     namespaces: list[str] = field(default_factory=list)
     processes: list[dict] = field(default_factory=list)   # {pid, node, daemon}
 
@@ -53,6 +56,19 @@ class LabState:
         tmp = self.dir / "state.json.tmp"
         tmp.write_text(json.dumps(asdict(self), indent=1))
         tmp.replace(self.dir / "state.json")
+
+
+@contextlib.contextmanager
+def claim_lock():
+    """Serialises claiming lab names (check + first state file), across processes."""
+    root = state_root()
+    root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def lab_dir(name: str) -> Path:

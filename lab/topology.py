@@ -122,6 +122,12 @@ class Topology(Model):
         lng = self.local_network_gateways[site]
         return list(lng.device.lan_prefixes or [p for p in lng.address_space if p.prefixlen <= 30])
 
+    def subnet_vms(self, vnet: str, subnet: str) -> list[str]:
+        """Every VNet subnet gets at least one VM to send traffic from."""
+        if subnet == "GatewaySubnet":
+            return []
+        return list(self.virtual_networks[vnet].subnets[subnet].vms or [f"{vnet}-{subnet}-vm"])
+
     def site_hosts(self, site: str) -> list[str]:
         return list(self.local_network_gateways[site].device.hosts or [f"{site}-host"])
 
@@ -296,8 +302,8 @@ def semantic_errors(t: Topology):
     # Names become node names: VMs and hosts must not collide with each other or sites.
     owners: dict[str, tuple] = {}
     for vnet_name, vnet in t.virtual_networks.items():
-        for sub_name, sub in vnet.subnets.items():
-            for i, vm in enumerate(sub.vms):
+        for sub_name in vnet.subnets:
+            for i, vm in enumerate(t.subnet_vms(vnet_name, sub_name)):
                 yield from _claim(owners, vm, ("virtual_networks", vnet_name, "subnets", sub_name, "vms", i))
     for site in t.local_network_gateways:
         yield from _claim(owners, site, ("local_network_gateways", site))

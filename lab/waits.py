@@ -4,10 +4,12 @@ from __future__ import annotations
 import time
 from typing import Callable, TypeVar
 
+from .errors import LabError
+
 T = TypeVar("T")
 
 
-class WaitTimeout(Exception):
+class WaitTimeout(LabError):
     def __init__(self, what: str, budget: float, last):
         super().__init__(f"gave up after {budget:g} s waiting for {what}; last seen: {last}")
         self.what, self.budget, self.last = what, budget, last

@@ -74,3 +74,17 @@ def test_static_site_routes_through_the_tunnel():
     assert ("10.30.0.0/16", "t0") in plan.nodes["branch"].frr.static
     assert plan.nodes["branch"].frr.asn is None
     assert [t.name for t in plan.tunnels] == ["spoke-to-branch-in0"]
+
+
+def test_every_subnet_gets_a_vm_and_vms_start_at_dot_four(tmp_path):
+    text = (ROOT / "topologies/single-site-static.yaml").read_text().replace(
+        "app: {address_prefix: 10.30.1.0/24, vms: [app-vm]}",
+        "app: {address_prefix: 10.30.1.0/24, vms: [app-vm, app-vm2]}\n"
+        "      data: {address_prefix: 10.30.2.0/24}")
+    path = tmp_path / "t.yaml"
+    path.write_text(text)
+    plan = build(load(path), "azure")
+    addr = lambda n: plan.nodes[n].iface("eth0").addresses[0]
+    assert addr("app-vm") == "10.30.1.4/24" and addr("app-vm2") == "10.30.1.5/24"
+    assert addr("spoke-data-vm") == "10.30.2.4/24"          # Azure reserves .1-.3
+    assert ("spoke-data-vm", "10.40.1.10") in plan.pings

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pyroute2 import NetNS, netns
 
+from ..errors import RuntimeFailure
 from ..plan import Node, Plan
 from ..state import LabState, namespace_prefix
 from ..waits import wait_until
@@ -23,10 +24,6 @@ FRR_DAEMONS = ("zebra", "staticd", "bgpd")
 FRR_DIR = "/usr/lib/frr"
 CHARON = "/usr/lib/ipsec/charon"
 TABLE_INTO_TUNNEL = 101     # tunnel namespace: traffic from the inner veth -> ipsec0
-
-
-class RuntimeError_(Exception):
-    pass
 
 
 class NetnsRuntime:
@@ -178,7 +175,7 @@ class NetnsRuntime:
                    lambda missing: not missing, f"FRR vty sockets of {node}", budget)
         res = self.exec(node, ["vtysh", "--vty_socket", str(d), "--config_dir", str(d), "-b"])
         if res.returncode != 0:
-            raise RuntimeError_(f"{node}: FRR refused its config {d / 'frr.conf'}: "
+            raise RuntimeFailure(f"{node}: FRR refused its config {d / 'frr.conf'}: "
                                 f"{(res.stdout + res.stderr).strip()[-400:]}")
 
     def start_charon(self, node: str):
@@ -195,8 +192,9 @@ class NetnsRuntime:
     def route_into_tunnel(self, node: str, budget: float = 15):
         """Once charon made ipsec0, send what arrives on the inner veth into it."""
         ipr = self.ipr(node)
+        log = self.node_dir(node) / "charon.log"
         wait_until(lambda: ipr.link_lookup(ifname="ipsec0"), bool,
-                   f"charon's ipsec0 device in {node}", budget)
+                   f"charon's ipsec0 device in {node} (see {log})", budget)
         idx = ipr.link_lookup(ifname="ipsec0")[0]
         ipr.link("set", index=idx, state="up")
         self._route(node, "0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL)
