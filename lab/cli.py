@@ -70,12 +70,20 @@ def _show_status(s: dict, as_json: bool) -> int:
     return 0
 
 
-def cmd_down(args) -> int:
-    names = engine.running_labs() if args.all else [engine.check_name(args.name)] if args.name \
-        else engine.running_labs()[:1] if len(engine.running_labs()) <= 1 else None
-    if names is None:
-        raise engine.LabError(f"several labs are up ({', '.join(engine.running_labs())}): "
+def _labs_to_remove(args) -> list[str]:
+    if args.all:
+        return engine.running_labs()
+    if args.name:
+        return [engine.check_name(args.name)]
+    labs = engine.running_labs()
+    if len(labs) > 1:
+        raise engine.LabError(f"several labs are up ({', '.join(labs)}): "
                               "choose one with --name, or --all")
+    return labs
+
+
+def cmd_down(args) -> int:
+    names = _labs_to_remove(args)
     if not names:
         err.print("no lab is up")
         return 0
@@ -90,27 +98,20 @@ def cmd_down(args) -> int:
 
 
 def cmd_exec(args) -> int:
-    from .engine import load_state, runtime_of
-    name = engine.resolve_name(args.name)
-    state = load_state(name)
-    if state is None:
-        raise engine.LabError(f"no lab named {name!r}")
+    state = engine.require_state(engine.resolve_name(args.name))
     plan = engine.plan_of(state)
     if args.node not in plan.nodes:
         raise SourceError(f"unknown node {args.node!r}; nodes: {', '.join(sorted(plan.nodes))}")
     if not args.command:
         raise SourceError("give a command after --, e.g. vpnlab exec vm1 -- ping 10.20.1.10")
-    argv = runtime_of(state).exec_argv(args.node, args.command)
+    argv = engine.runtime_of(state).exec_argv(args.node, args.command)
     os.execvp(argv[0], argv)   # exit code passes through
 
 
 def cmd_graph(args) -> int:
     from .graph import lab_graph, mermaid, png
     name = engine.resolve_name(args.name)
-    state = engine.load_state(name)
-    if state is None:
-        raise engine.LabError(f"no lab named {name!r}")
-    g = lab_graph(engine.plan_of(state), engine.status(name))
+    g = lab_graph(engine.plan_of(engine.require_state(name)), engine.status(name))
     if args.format == "mermaid":
         text = mermaid(g)
         if args.output:

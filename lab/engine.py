@@ -60,6 +60,15 @@ def resolve_name(name: str | None) -> str:
     raise LabError(f"several labs are up ({', '.join(labs)}): choose one with --name")
 
 
+def require_state(name: str) -> LabState:
+    state = load_state(name)
+    if state is None:
+        if is_alive(name):
+            raise LabError(f"lab {name!r} has leftovers but no state; 'vpnlab down --name {name}'")
+        raise LabError(f"no lab named {name!r} (state folder {lab_dir(name)} is missing)")
+    return state
+
+
 def plan_of(state: LabState) -> Plan:
     return build(load(state.topology_file), state.timers)
 
@@ -106,7 +115,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
                        "convergence", budget, interval=0.25)
         except WaitTimeout as err:
             raise LabError(f"lab {name!r} did not converge within {budget} s; not converged: "
-                           + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)]))
+                           + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
         return status(name, rt=rt, plan=plan)
     except BaseException:
         state.phase = "failed"
@@ -157,11 +166,7 @@ def down(name: str) -> list[str]:
 
 # ------------------------------------------------------------------ status
 def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) -> dict:
-    state = load_state(name)
-    if state is None:
-        if is_alive(name):
-            raise LabError(f"lab {name!r} has leftovers but no state; 'vpnlab down --name {name}'")
-        raise LabError(f"no lab named {name!r} (state folder {lab_dir(name)} is missing)")
+    state = require_state(name)
     rt = rt or runtime_of(state)
     plan = plan or plan_of(state)
     try:

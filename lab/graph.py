@@ -53,7 +53,7 @@ def png(g: nx.MultiGraph, path: str):
     import matplotlib.pyplot as plt
 
     layers = {"vm": 0, "host": 4, "vnet-router": 1, "gateway-instance": 2, "device": 3}
-    for n, data in g.nodes(data=True):
+    for _, data in g.nodes(data=True):
         data["layer"] = layers[data["role"]]
     pos = nx.multipartite_layout(g, subset_key="layer")
     fig, ax = plt.subplots(figsize=(12, 7))

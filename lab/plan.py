@@ -12,6 +12,10 @@ from .defaults import defaults
 from .topology import Topology
 
 INTERNET = "internet"
+# Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
+# what comes out of ipsec0 goes back to the router through the inner veth.
+TABLE_INTO_TUNNEL = 101
+TABLE_FROM_TUNNEL = 102
 ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "vm", "host")
 
@@ -74,6 +78,7 @@ class Node:
     routes: list[Route] = field(default_factory=list)     # kernel routes set by the runtime
     rules: list[Rule] = field(default_factory=list)
     forwarding: bool = False
+    public_ip: str | None = None     # routers on the internet
     frr: Frr | None = None          # context for frr.conf.j2
     charon: dict | None = None       # context for strongswan.conf.j2 / swanctl.conf.j2
     nft: dict | None = None          # context for nftables.conf.j2
@@ -151,7 +156,7 @@ class _Builder:
         self.pings: list[tuple[str, str]] = []
         self.inet_ports = 0
         self.underlay = IPv4Network(self.d["internal"]["underlay"])
-        self.public_gw: dict[IPv4Network, str] = {}
+        self.bgp_addresses: dict[str, dict] = {}   # instance -> {bgp_ip, apipa}
 
     # -- helpers
     def add(self, node: Node) -> Node:
@@ -163,8 +168,10 @@ class _Builder:
         b.interfaces.append(b_if)
         self.links.append(Link(a.name, a_if.name, b.name, b_if.name))
 
-    def attach_public(self, node: Node, ip: IPv4Address):
-        """Connect a router to the internet bridge with a public /24 address."""
+    def attach_public(self, node: Node, ip: IPv4Address) -> str:
+        """Connect a router to the internet bridge with a public /24 address; returns
+        the internet's address on that /24 (the router's default gateway)."""
+        node.public_ip = str(ip)
         net = IPv4Network(f"{ip}/24", strict=False)
         inet = self.nodes[INTERNET]
         br = inet.iface("br0")
@@ -177,7 +184,7 @@ class _Builder:
         return gw
 
     def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: list[str],
-            first_host: int, role: str) -> str:
+            first_host: int, role: str):
         """A bridge on the router with .1, and a host namespace per host name."""
         gw = prefix.network_address + 1
         router.interfaces.append(Iface(ifname, [f"{gw}/{prefix.prefixlen}"], kind="bridge"))
@@ -186,7 +193,6 @@ class _Builder:
             h = self.add(Node(host, role, routes=[Route("0.0.0.0/0", via=str(gw))]))
             self.link(h, Iface("eth0", [f"{addr}/{prefix.prefixlen}"]),
                       router, Iface(f"{ifname}h{i}", master=ifname))
-        return str(gw)
 
     # -- build
     def build(self) -> Plan:
@@ -237,7 +243,7 @@ class _Builder:
                                               timers=self.d["sdn_timers"]))
             self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
             self.bgp.append(BgpSession(sdn.name, str(bgp_ips[k]), name, "sdn"))
-            node.charon = dict(public_ip=str(public_ip), bgp_ip=str(bgp_ips[k]), apipa=apipa)
+            self.bgp_addresses[name] = dict(bgp_ip=str(bgp_ips[k]), apipa=apipa)
             node.nft = dict(dnat=[], inner=[], mss_clamp=None)
 
     def device(self, site: str):
@@ -257,7 +263,6 @@ class _Builder:
         node.frr = Frr(lng.bgp.asn if lng.bgp else None, router_id, self.timers,
                        static=[("0.0.0.0/0", inet_gw)],
                        networks=[str(p) for p in self.t.site_lan(site)])
-        node.charon = dict(public_ip=str(lng.gateway_ip))
         node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
 
     def tunnel_end(self, router: Node, tunnel: str, side: str) -> tuple[Node, str]:
@@ -274,9 +279,9 @@ class _Builder:
         self.link(router, Iface(f"t{j}", proxy_arp=True, mtu=mtu),
                   end, Iface("in", proxy_arp=True, mtu=mtu))
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
-        end.routes.append(Route("0.0.0.0/0", dev="in", table=102))
-        end.rules += [Rule("ipsec0", 102, 100), Rule("in", 101, 101)]
-        end.charon = dict(local_addr=str(t_ip), router=router.name, router_ip=str(r_ip))
+        end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
+        end.rules += [Rule("ipsec0", TABLE_FROM_TUNNEL, 100), Rule("in", TABLE_INTO_TUNNEL, 101)]
+        end.charon = dict(local_addr=str(t_ip))
         router.nft["inner"].append(f"t{j}")
         return end, f"t{j}"
 
@@ -293,7 +298,7 @@ class _Builder:
             op_end, op_if = self.tunnel_end(device, tname, "op")
             self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
                                        device.name, az_end.name, op_end.name))
-            az_pub, op_pub = inst.charon["public_ip"], device.charon["public_ip"]
+            az_pub, op_pub = inst.public_ip, device.public_ip
             inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"]))
             device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"]))
             common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
@@ -317,7 +322,8 @@ class _Builder:
         apipa_peer = lng.bgp.peering_address.is_link_local
         # Azure picks its custom APIPA address when the site peers from APIPA [4.3];
         # per-connection selection is issue 5: the first address of the instance is used.
-        local = inst.charon["apipa"][0] if apipa_peer else inst.charon["bgp_ip"]
+        addresses = self.bgp_addresses[inst.name]
+        local = addresses["apipa"][0] if apipa_peer else addresses["bgp_ip"]
         inst.frr.static.append((f"{peer}/32", az_if))
         inst.frr.neighbors.append(Neighbor(peer, lng.bgp.asn, multihop=True,
                                            update_source=local, passive=apipa_peer))

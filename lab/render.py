@@ -39,7 +39,7 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
     if node.nft is not None:
         files["nftables.conf"] = env.get_template("nftables.conf.j2").render(
             ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"])
-    if node.charon is not None and node.role == "tunnel-endpoint":
+    if node.charon is not None:
         c = node.charon
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
             ctx, c=c, plugins=PLUGINS, retransmit=retransmit(c["dpd_timeout"]))

@@ -6,7 +6,6 @@ path and what is allowed; nothing is started before this succeeds.
 """
 from __future__ import annotations
 
-import ipaddress
 import typing
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -215,9 +214,11 @@ def semantic_errors(t: Topology):
                     yield (("virtual_networks", vnet_name, "subnets", b_name, "address_prefix"),
                            f"{b.address_prefix} overlaps subnet {a_name} ({a.address_prefix})")
     for site, lng in t.local_network_gateways.items():
-        field = "address_space" if not lng.device.lan_prefixes else "device"
-        for i, prefix in enumerate(t.site_lan(site)):
-            spaces.append((("local_network_gateways", site, field, i), prefix))
+        for i, prefix in enumerate(lng.address_space):
+            spaces.append((("local_network_gateways", site, "address_space", i), prefix))
+        for i, prefix in enumerate(lng.device.lan_prefixes):
+            if prefix not in lng.address_space:
+                spaces.append((("local_network_gateways", site, "device", "lan_prefixes", i), prefix))
         if not t.site_lan(site):
             yield (("local_network_gateways", site, "address_space"),
                    "the lab's on-prem device needs a LAN: give address_space or device.lan_prefixes")
@@ -230,8 +231,14 @@ def semantic_errors(t: Topology):
                 yield loc_b, f"{b} overlaps {a} ({'.'.join(map(str, loc_a))}); Azure requires non-overlapping address spaces"
 
     # Gateways.
+    gateway_of_vnet: dict[str, str] = {}
     for gw_name, gw in t.virtual_network_gateways.items():
         loc = ("virtual_network_gateways", gw_name)
+        if gw.virtual_network in gateway_of_vnet:
+            yield loc + ("virtual_network",), (f"virtual network '{gw.virtual_network}' already has "
+                                              f"gateway '{gateway_of_vnet[gw.virtual_network]}' "
+                                              "(one VPN gateway per virtual network)")
+        gateway_of_vnet[gw.virtual_network] = gw_name
         sku = defaults()["skus"][gw.sku]
         if gw.virtual_network not in t.virtual_networks:
             yield loc + ("virtual_network",), (f"unknown virtual network '{gw.virtual_network}'; "
@@ -311,8 +318,14 @@ def semantic_errors(t: Topology):
             yield from _claim(owners, host, ("local_network_gateways", site, "device", "hosts", i))
 
     # Connections.
+    pairs: dict[tuple, str] = {}
     for name, c in t.connections.items():
         loc = ("connections", name)
+        pair = (c.virtual_network_gateway, c.local_network_gateway)
+        if pair in pairs:
+            yield loc + ("local_network_gateway",), (
+                f"connection '{pairs[pair]}' already joins {pair[0]} and {pair[1]}")
+        pairs[pair] = name
         gw = t.virtual_network_gateways.get(c.virtual_network_gateway)
         lng = t.local_network_gateways.get(c.local_network_gateway)
         if gw is None:

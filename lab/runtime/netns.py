@@ -7,7 +7,6 @@ tunnel with a private /run (charon's pid file path is compiled in).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 from pyroute2 import NetNS, netns
 
 from ..errors import RuntimeFailure
-from ..plan import Node, Plan
+from ..plan import TABLE_INTO_TUNNEL, Node, Plan
 from ..state import LabState, namespace_prefix
 from ..waits import wait_until
 from . import procs
@@ -23,7 +22,6 @@ from . import procs
 FRR_DAEMONS = ("zebra", "staticd", "bgpd")
 FRR_DIR = "/usr/lib/frr"
 CHARON = "/usr/lib/ipsec/charon"
-TABLE_INTO_TUNNEL = 101     # tunnel namespace: traffic from the inner veth -> ipsec0
 
 
 class NetnsRuntime:
@@ -67,10 +65,10 @@ class NetnsRuntime:
         return self.node_dir(node) / "run" / "charon.vici"
 
     # ------------------------------------------------------------ kernel facts
-    @staticmethod
-    def kernel_has_esp() -> bool:
-        """Try to install an ESP state in a scratch namespace."""
-        scratch = f"vpnlab-probe-{os.getpid()}"
+    def kernel_has_esp(self) -> bool:
+        """Try to install an ESP state in a scratch namespace (named like the lab's, so
+        that down finds it if this process dies here)."""
+        scratch = self.namespace("esp-probe")
         netns.create(scratch)
         try:
             res = procs.run(["ip", "netns", "exec", scratch, "ip", "xfrm", "state", "add",
