@@ -67,6 +67,10 @@ def _show_status(s: dict, as_json: bool) -> int:
         b.add_row(x["node"], x["peer"], x["peer_node"], x["kind"], f"[{color}]{x['state']}[/]",
                   str(x["prefixes_received"] if x["prefixes_received"] is not None else "-"))
     out.print(b)
+    up_t = sum(x["state"] == "ESTABLISHED" for x in s["tunnels"])
+    up_b = sum(x["state"] == "Established" for x in s["bgp"])
+    out.print(f"tunnels {up_t}/{len(s['tunnels'])} ESTABLISHED, "
+              f"BGP sessions {up_b}/{len(s['bgp'])} Established")
     return 0
 
 

@@ -188,6 +188,24 @@ def test_two_labs_side_by_side_and_down_is_scoped(aa):
     assert live.convergence(rt, plan) == []      # the other lab is untouched
 
 
+def test_ikev1_connection_on_a_route_based_gateway(tmp_path):
+    path = tmp_path / "ikev1.yaml"
+    path.write_text(STATIC.read_text().replace("connection_protocol: IKEv2",
+                                               "connection_protocol: IKEv1"))
+    try:
+        s = up(path, "it-ikev1")
+        assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
+        state = load_state("it-ikev1")
+        rt, plan = runtime_of(state), plan_of(state)
+        sas = live._vici_sas(rt.vici_socket(plan.tunnels[0].azure_end))
+        assert [ike["version"] for entry in sas for ike in entry.values()] == [b"1"]
+        for node, address in plan.pings:
+            assert live.ping(rt, node, address, count=2), f"{node} -> {address}"
+    finally:
+        vpnlab("down", "--name", "it-ikev1")
+    assert leftovers("it-ikev1") == {}
+
+
 # ------------------------------------------------------------ teardown
 def test_down_leaves_nothing_and_is_idempotent():
     up(STATIC, "it-down")

@@ -127,7 +127,9 @@ class NetnsRuntime:
                 ipr.link("set", index=idx, mtu=iface.mtu)
             ipr.link("set", index=idx, state="up")
             if iface.proxy_arp:
+                # answer at once: the kernel delays proxy ARP replies by up to 0.8 s
                 proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1
+                proxy[f"net.ipv4.neigh.{iface.name}.proxy_delay"] = 0
         if proxy:
             self._sysctls(node.name, proxy)
         for route in node.routes:
