@@ -19,9 +19,6 @@ from rich.table import Table
 from . import engine
 from .runtime import procs
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
 def generated_topology(sites: int) -> dict:
     """One active-active VpnGw4 gateway (ASN 65515, APIPA) and N single-device sites."""
     return {
@@ -105,7 +102,7 @@ def main(argv=None) -> int:
     console = Console(width=130)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        cases = [("default", ROOT / engine.DEFAULT_TOPOLOGY, 2)]
+        cases = [("default", engine.default_topology(), 2)]
         for n in (int(x) for x in args.sites.split(",")):
             path = Path(tmp) / f"sites-{n}.yaml"
             path.write_text(yaml.safe_dump(generated_topology(n)))

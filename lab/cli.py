@@ -40,7 +40,7 @@ def _progress():
 def cmd_up(args) -> int:
     status, update = _progress()
     with status:
-        result = engine.up(args.file, name=args.name, timers=args.timers, progress=update,
+        result = engine.up(args.file or engine.default_topology(), name=args.name, timers=args.timers, progress=update,
                            keep_on_failure=args.keep_on_failure)
     return _show_status(result, args.json)
 
@@ -140,7 +140,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vpnlab", description="Azure VPN Gateway lab with strongSwan and FRR")
     sub = p.add_subparsers(dest="verb", required=True)
     up = sub.add_parser("up", help="build, start and wait for convergence")
-    up.add_argument("file", nargs="?", default=engine.DEFAULT_TOPOLOGY)
+    up.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
     up.add_argument("--name", help="lab name (default: the file's stem)")
     up.add_argument("--timers", default="azure", choices=["azure", "fast"])
     up.add_argument("--json", action="store_true")

@@ -25,6 +25,12 @@ Progress = Callable[[str], None]
 DEFAULT_TOPOLOGY = "topologies/active-active-bgp.yaml"
 
 
+def default_topology() -> Path:
+    """The default file, from the working folder or else from the project checkout."""
+    here = Path(DEFAULT_TOPOLOGY)
+    return here if here.exists() else Path(__file__).resolve().parent.parent / DEFAULT_TOPOLOGY
+
+
 def _quiet(_: str):
     pass
 
