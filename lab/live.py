@@ -19,22 +19,24 @@ def _vici_sas(path) -> list[dict]:
 
 
 def tunnel_state(rt, node: str) -> dict:
-    """IKE and CHILD SA state of one tunnel endpoint, as strongSwan names it."""
+    """IKE and CHILD SA state of one tunnel endpoint, as strongSwan names it. Where
+    several IKE SAs exist (a rekey in flight), an established one with an installed
+    CHILD SA is the one reported."""
     try:
         sas = _vici_sas(rt.vici_socket(node))
     except OSError as err:
-        return {"state": "UNREACHABLE", "error": err.strerror or str(err)}
-    best = {"state": "DOWN", "established_seconds": None, "child_state": None}
+        return {"state": "UNREACHABLE", "established_seconds": None, "child_state": None,
+                "error": err.strerror or str(err)}
+    found = []
     for entry in sas:
         for ike in entry.values():
-            state = ike["state"].decode()
             children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
-            cand = {"state": state,
-                    "established_seconds": int(ike["established"]) if "established" in ike else None,
-                    "child_state": "INSTALLED" if "INSTALLED" in children else (children[0] if children else None)}
-            if best["state"] != "ESTABLISHED" or (state == "ESTABLISHED" and cand["child_state"] == "INSTALLED"):
-                best = cand
-    return best
+            found.append({"state": ike["state"].decode(),
+                          "established_seconds": int(ike["established"]) if "established" in ike else None,
+                          "child_state": "INSTALLED" if "INSTALLED" in children else next(iter(children), None)})
+    rank = lambda sa: (sa["state"] == "ESTABLISHED", sa["child_state"] == "INSTALLED")
+    return max(found, key=rank, default={"state": "DOWN", "established_seconds": None,
+                                         "child_state": None})
 
 
 def _each(fn, items) -> list:
