@@ -188,16 +188,24 @@ def _names(d: dict) -> str:
     return ", ".join(sorted(d)) or "(none defined)"
 
 
+def _reserved_nets() -> list[IPv4Network]:
+    internal = defaults()["internal"]
+    return [IPv4Network(internal["underlay"]), IPv4Network(internal["azure_public"]),
+            *map(IPv4Network, internal["site_public"])]
+
+
 def semantic_errors(t: Topology):
     """Azure's rules across fields; yields (field path, message)."""
-    az = defaults()["azure"]
-    internal = defaults()["internal"]
-    reserved_nets = [IPv4Network(internal["underlay"]), IPv4Network(internal["azure_public"]),
-                     *map(IPv4Network, internal["site_public"])]
-    apipa_low, apipa_high = (IPv4Address(a) for a in az["apipa_range"])
-    link_local = IPv4Network("169.254.0.0/16")
+    yield from _address_space_errors(t)
+    yield from _gateway_errors(t)
+    yield from _site_errors(t)
+    yield from _name_errors(t)
+    yield from _connection_errors(t)
 
-    # Address spaces: no overlaps across VNets and sites, none in lab-internal ranges.
+
+def _address_space_errors(t: Topology):
+    """Address spaces: no overlaps across VNets and sites, none in lab-internal ranges."""
+    reserved_nets = _reserved_nets()
     spaces = []
     for vnet_name, vnet in t.virtual_networks.items():
         for i, prefix in enumerate(vnet.address_space):
@@ -230,7 +238,11 @@ def semantic_errors(t: Topology):
             if a.overlaps(b):
                 yield loc_b, f"{b} overlaps {a} ({'.'.join(map(str, loc_a))}); Azure requires non-overlapping address spaces"
 
-    # Gateways.
+
+def _gateway_errors(t: Topology):
+    """Gateways."""
+    az = defaults()["azure"]
+    apipa_low, apipa_high = (IPv4Address(a) for a in az["apipa_range"])
     gateway_of_vnet: dict[str, str] = {}
     for gw_name, gw in t.virtual_network_gateways.items():
         loc = ("virtual_network_gateways", gw_name)
@@ -280,7 +292,11 @@ def semantic_errors(t: Topology):
                                    f"{'policy-based ' if gw.vpn_type == 'PolicyBased' else ''}"
                                    f"allows at most {limit} tunnels")
 
-    # Local network gateways.
+
+def _site_errors(t: Topology):
+    """Local network gateways."""
+    internal = defaults()["internal"]
+    reserved_nets = _reserved_nets()
     site_nets = [IPv4Network(n) for n in internal["site_public"]]
     seen_ips: dict = {}
     for site, lng in t.local_network_gateways.items():
@@ -306,7 +322,9 @@ def semantic_errors(t: Topology):
             if any(addr in r for r in reserved_nets):
                 yield loc + ("bgp", "peering_address"), f"{addr} is in a range the lab reserves"
 
-    # Names become node names: VMs and hosts must not collide with each other or sites.
+
+def _name_errors(t: Topology):
+    """Names become node names: VMs and hosts must not collide with each other or sites."""
     owners: dict[str, tuple] = {}
     for vnet_name, vnet in t.virtual_networks.items():
         for sub_name in vnet.subnets:
@@ -317,7 +335,10 @@ def semantic_errors(t: Topology):
         for i, host in enumerate(t.site_hosts(site)):
             yield from _claim(owners, host, ("local_network_gateways", site, "device", "hosts", i))
 
-    # Connections.
+
+def _connection_errors(t: Topology):
+    """Connections."""
+    link_local = IPv4Network("169.254.0.0/16")
     pairs: dict[tuple, str] = {}
     for name, c in t.connections.items():
         loc = ("connections", name)
