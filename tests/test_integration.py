@@ -119,6 +119,15 @@ def _child_bytes(rt, node) -> int:
     return total
 
 
+def test_tunnel_mtu_1400_is_announced_not_silently_lost(aa):
+    ok = vpnlab("exec", "--name", "it-aa", "vm1", "--", "ping", "-c1", "-W2", "-M", "do",
+                "-s", "1372", "10.20.1.10")           # 1400 bytes: fits the tunnel
+    assert ok.returncode == 0, ok.stdout
+    big = vpnlab("exec", "--name", "it-aa", "vm1", "--", "ping", "-c1", "-W2", "-M", "do",
+                 "-s", "1472", "10.20.1.10")          # 1500 bytes with DF: the gateway says so
+    assert big.returncode != 0 and "mtu = 1400" in big.stdout + big.stderr
+
+
 def test_vnet_and_devices_spread_over_both_instances(aa):
     rt, _ = aa
     sdn = live.fib_prefixes(rt, "hub-sdn")
