@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 from rich.console import Console
 from rich.table import Table
@@ -18,11 +19,6 @@ out = Console()
 err = Console(stderr=True)
 
 
-def _now() -> str:
-    import time
-    return time.strftime("%H:%M:%S")
-
-
 def _fail(message: str):
     """Errors go to stderr unwrapped, so that file:line: field stays on one line."""
     print(message, file=sys.stderr, flush=True)
@@ -32,7 +28,7 @@ def _progress():
     status = err.status("starting")
 
     def update(message: str):
-        err.print(f"[dim]{_now()}[/] {message}", soft_wrap=True)
+        err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", soft_wrap=True)
         status.update(message)
     return status, update
 
@@ -40,7 +36,8 @@ def _progress():
 def cmd_up(args) -> int:
     status, update = _progress()
     with status:
-        result = engine.up(args.file or engine.default_topology(), name=args.name, timers=args.timers, progress=update,
+        result = engine.up(args.file or engine.default_topology(), name=args.name,
+                           timers=args.timers, progress=update,
                            keep_on_failure=args.keep_on_failure)
     return _show_status(result, args.json)
 

@@ -142,19 +142,17 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
     routers = [n.name for n in nodes if n.frr is not None]
     progress(f"starting FRR on {len(routers)} routers")
     budget = defaults()["waits"]["daemon_start"]
-    for r in routers:
-        rt.start_frr(r, ("zebra",))
+    rt.start_frr(routers, ("zebra",))
     for r in routers:
         rt.wait_zebra(r, budget)
-        rt.start_frr(r, ("staticd", "bgpd"))
+    rt.start_frr(routers, ("staticd", "bgpd"))
     for r in routers:
         rt.configure_frr(r, budget)
     # Azure ends first, so the devices' first IKE_SA_INIT finds a responder.
     for side in ("az", "op"):
         ends = [getattr(t, "azure_end" if side == "az" else "onprem_end") for t in plan.tunnels]
         progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
-        for e in ends:
-            rt.start_charon(e)
+        rt.start_charons(ends)
         for e in ends:
             rt.route_into_tunnel(e, budget)
 

@@ -32,23 +32,28 @@ class Source:
         return f"{self.path}:{line}: {dotted}" if line else f"{self.path}: {dotted}"
 
 
-def _convert(node, loc: tuple, lines: dict, path: Path):
-    lines[loc] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node)
-            if key in out:
-                raise SourceError(f"{path}:{key_node.start_mark.line + 1}: duplicate key '{key}'")
-            out[key] = _convert(value_node, loc + (key,), lines, path)
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(v, loc + (i,), lines, path) for i, v in enumerate(node.value)]
-    return _scalar(node)
+class _Converter:
+    """Turns PyYAML's node tree into plain data, noting each value's line and refusing
+    duplicate keys (which plain YAML loading silently overwrites)."""
 
+    def __init__(self, path: Path):
+        self.path, self.lines = path, {}
+        self.scalars = yaml.SafeLoader("")
 
-def _scalar(node):
-    return yaml.SafeLoader("").construct_object(node, deep=True)
+    def convert(self, node, loc: tuple = ()):
+        self.lines[loc] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in node.value:
+                key = self.scalars.construct_object(key_node)
+                if key in out:
+                    raise SourceError(f"{self.path}:{key_node.start_mark.line + 1}: "
+                                      f"duplicate key '{key}'")
+                out[key] = self.convert(value_node, loc + (key,))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.convert(v, loc + (i,)) for i, v in enumerate(node.value)]
+        return self.scalars.construct_object(node)
 
 
 def load(path: Path | str) -> Source:
@@ -63,6 +68,6 @@ def load(path: Path | str) -> Source:
         mark = err.problem_mark or err.context_mark
         line = f":{mark.line + 1}" if mark else ""
         raise SourceError(f"{path}{line}: malformed YAML: {err.problem or err}") from None
-    lines: dict[tuple, int] = {}
-    data = _convert(node, (), lines, path) if node is not None else None
-    return Source(path, data, lines)
+    converter = _Converter(path)
+    data = converter.convert(node) if node is not None else None
+    return Source(path, data, converter.lines)

@@ -48,6 +48,12 @@ def up(path, name) -> dict:
     return json.loads(res.stdout)
 
 
+def assert_pings(rt, plan, count=2):
+    assert plan.pings, "the plan names pairs to ping"
+    for node, address in plan.pings:
+        assert live.ping(rt, node, address, count=count), f"{node} -> {address}"
+
+
 def status(name) -> dict:
     res = vpnlab("status", "--name", name, "--json")
     assert res.returncode == 0, res.stderr
@@ -102,9 +108,7 @@ def test_every_bgp_session_established_from_both_ends(aa):
 def test_vm_and_onprem_hosts_ping_each_other_through_the_tunnels(aa):
     rt, plan = aa
     before = {t.azure_end: _child_bytes(rt, t.azure_end) for t in plan.tunnels}
-    assert plan.pings, "the plan names pairs to ping"
-    for node, address in plan.pings:
-        assert live.ping(rt, node, address, count=3), f"{node} -> {address}"
+    assert_pings(rt, plan, count=3)
     after = {t.azure_end: _child_bytes(rt, t.azure_end) for t in plan.tunnels}
     # the pings crossed the ESP SAs (and not some other path)
     assert sum(after.values()) > sum(before.values())
@@ -189,8 +193,7 @@ def test_two_labs_side_by_side_and_down_is_scoped(aa):
     assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
     state = load_state("it-static")
     srt, splan = runtime_of(state), plan_of(state)
-    for node, address in splan.pings:
-        assert live.ping(srt, node, address, count=2), f"{node} -> {address}"
+    assert_pings(srt, splan)
     res = vpnlab("down", "--name", "it-static")
     assert res.returncode == 0, res.stderr
     assert leftovers("it-static") == {}
@@ -208,8 +211,7 @@ def test_ikev1_connection_on_a_route_based_gateway(tmp_path):
         rt, plan = runtime_of(state), plan_of(state)
         sas = live._vici_sas(rt.vici_socket(plan.tunnels[0].azure_end))
         assert [ike["version"] for entry in sas for ike in entry.values()] == [b"1"]
-        for node, address in plan.pings:
-            assert live.ping(rt, node, address, count=2), f"{node} -> {address}"
+        assert_pings(rt, plan)
     finally:
         vpnlab("down", "--name", "it-ikev1")
     assert leftovers("it-ikev1") == {}

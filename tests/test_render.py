@@ -34,11 +34,6 @@ def test_rendering_matches_golden(path):
         assert got[rel] == want[rel], f"{rel} differs from the golden file"
 
 
-def test_rendering_is_deterministic():
-    path = ROOT / "topologies/active-active-bgp.yaml"
-    assert rendered(path) == rendered(path)
-
-
 def test_azure_defaults_in_gateway_configs():
     files = rendered(ROOT / "topologies/active-active-bgp.yaml")
     swan = files["hub-to-dev0-in0-az/swanctl.conf"]

@@ -82,11 +82,11 @@ class NetnsRuntime:
     # ------------------------------------------------------------ build
     def create(self, plan: Plan):
         """Namespaces, links, addresses, kernel routes and firewall rules."""
-        for node in plan.ordered_nodes():
-            ns = self.namespace(node.name)
-            self.state.namespaces.append(ns)
-            self.state.save()
-            netns.create(ns)
+        nodes = plan.ordered_nodes()
+        self.state.namespaces += [self.namespace(n.name) for n in nodes]
+        self.state.save()                     # before creating: down must find them all
+        for node in nodes:
+            netns.create(self.namespace(node.name))
             self._sysctls(node.name, {"net.ipv4.ip_forward": int(node.forwarding),
                                       "net.ipv4.conf.all.rp_filter": 0,
                                       "net.ipv4.conf.default.rp_filter": 0,
@@ -151,19 +151,22 @@ class NetnsRuntime:
 
     # ------------------------------------------------------------ daemons
     def _record(self, pid: int, node: str, daemon: str):
+        """Remembered in the state file at the end of each batch; until then the
+        process tag lets down find it."""
         self.state.processes.append({"pid": pid, "node": node, "daemon": daemon})
-        self.state.save()
 
-    def start_frr(self, node: str, daemons: tuple[str, ...]):
-        """Start FRR daemons of a node. Start zebra alone first and wait for its zserv
+    def start_frr(self, nodes: list[str], daemons: tuple[str, ...]):
+        """Start FRR daemons on routers. Start zebra alone first and wait for its zserv
         socket (wait_zebra): a client that finds no zebra retries only 10 s later."""
-        d = self.node_dir(node)
-        shutil.chown(d, "frr", "frr")
-        for daemon in daemons:
-            argv = self.exec_argv(node, [f"{FRR_DIR}/{daemon}", "--vty_socket", str(d),
-                                         "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
-                                         "-f", "/dev/null", "-u", "frr", "-g", "frr"])
-            self._record(procs.spawn(argv, self.state.name, d / f"{daemon}.out"), node, daemon)
+        for node in nodes:
+            d = self.node_dir(node)
+            shutil.chown(d, "frr", "frr")
+            for daemon in daemons:
+                argv = self.exec_argv(node, [f"{FRR_DIR}/{daemon}", "--vty_socket", str(d),
+                                             "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
+                                             "-f", "/dev/null", "-u", "frr", "-g", "frr"])
+                self._record(procs.spawn(argv, self.state.name, d / f"{daemon}.out"), node, daemon)
+        self.state.save()
 
     def wait_zebra(self, node: str, budget: float = 15):
         sock = self.node_dir(node) / "zserv.api"
@@ -178,16 +181,19 @@ class NetnsRuntime:
             raise RuntimeFailure(f"{node}: FRR refused its config {d / 'frr.conf'}: "
                                 f"{(res.stdout + res.stderr).strip()[-400:]}")
 
-    def start_charon(self, node: str):
-        d = self.node_dir(node)
-        run = d / "run"
-        run.mkdir(exist_ok=True)
+    def start_charons(self, nodes: list[str]):
+        """One charon per tunnel end, each with a private /run."""
         script = 'mount --bind "$1" /run && exec "$2"'
-        argv = self.exec_argv(node, ["unshare", "-m", "--propagation", "private",
-                                     "sh", "-c", script, "charon-run", str(run), CHARON])
-        pid = procs.spawn(argv, self.state.name, d / "charon.out",
-                          env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
-        self._record(pid, node, "charon")
+        for node in nodes:
+            d = self.node_dir(node)
+            run = d / "run"
+            run.mkdir(exist_ok=True)
+            argv = self.exec_argv(node, ["unshare", "-m", "--propagation", "private",
+                                         "sh", "-c", script, "charon-run", str(run), CHARON])
+            pid = procs.spawn(argv, self.state.name, d / "charon.out",
+                              env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
+            self._record(pid, node, "charon")
+        self.state.save()
 
     def route_into_tunnel(self, node: str, budget: float = 15):
         """Once charon made ipsec0, send what arrives on the inner veth into it."""
