@@ -12,7 +12,7 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from . import engine
+from . import engine, faults
 from .yamlsrc import SourceError
 
 out = Console()
@@ -68,6 +68,9 @@ def _show_status(s: dict, as_json: bool) -> int:
     up_b = sum(x["state"] == "Established" for x in s["bgp"])
     out.print(f"tunnels {up_t}/{len(s['tunnels'])} ESTABLISHED, "
               f"BGP sessions {up_b}/{len(s['bgp'])} Established")
+    for f in s.get("faults", []):
+        since = time.strftime("%H:%M:%S", time.localtime(f["injected_at"]))
+        out.print(f"[yellow]fault[/] {f['key']} {f['params'] or ''} since {since}")
     return 0
 
 
@@ -126,6 +129,44 @@ def cmd_graph(args) -> int:
     return 0
 
 
+def cmd_fail(args) -> int:
+    params = {"percent": args.percent, "delay_ms": args.delay_ms, "jitter_ms": args.jitter_ms,
+              "daemon": args.daemon}
+    if args.planned is not None:
+        params["planned"] = args.planned
+    fault = engine.fail(engine.resolve_name(args.name), args.kind, args.target,
+                        **{k: v for k, v in params.items() if v is not None})
+    err.print(f"injected {fault['key']} {fault['params'] or ''}; undo with: vpnlab heal {fault['key']}",
+              soft_wrap=True)
+    return 0
+
+
+def cmd_heal(args) -> int:
+    if not args.keys and not args.all:
+        raise SourceError("name the faults to heal (see 'vpnlab status'), or --all")
+    _, update = _progress()
+    healed = engine.heal(engine.resolve_name(args.name), None if args.all else args.keys,
+                         wait=not args.no_wait, progress=update)
+    for f in healed:
+        extra = f.get("detail", {}).get("packets_dropped")
+        err.print(f"healed {f['key']}" + (f" ({extra} packets dropped while it lasted)"
+                                          if extra is not None else ""))
+    if not healed:
+        err.print("no active fault")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_html
+    try:
+        results = json.loads(open(args.results).read())
+    except (OSError, ValueError) as e:
+        raise SourceError(f"{args.results}: not a vpnlab results file ({e})") from None
+    write_html(results, args.output)
+    err.print(f"wrote {args.output} ({len(results.get('scenarios', []))} scenarios)")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from .topology import load
     load(args.file)
@@ -163,6 +204,31 @@ def parser() -> argparse.ArgumentParser:
     gr.add_argument("--format", default="mermaid", choices=["mermaid", "png"])
     gr.add_argument("-o", "--output")
     gr.set_defaults(func=cmd_graph)
+    fl = sub.add_parser("fail", help="inject a fault (see 'vpnlab fail --help')",
+                        description=faults.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fl.add_argument("kind", choices=faults.KINDS)
+    fl.add_argument("target", help="a node (instance, device, crash) or NODE:IFACE (link faults)")
+    fl.add_argument("--name")
+    pl = fl.add_mutually_exclusive_group()
+    pl.add_argument("--planned", dest="planned", action="store_true", default=None,
+                    help="graceful: BGP Cease and IKE DELETE before the daemons stop")
+    pl.add_argument("--unplanned", dest="planned", action="store_false",
+                    help="links down and daemons killed: peers must notice by themselves")
+    fl.add_argument("--percent", type=float, help="loss: share of packets dropped")
+    fl.add_argument("--delay-ms", type=float, help="delay (netem only)")
+    fl.add_argument("--jitter-ms", type=float, help="delay (netem only)")
+    fl.add_argument("--daemon", help="crash: charon (tunnel end) or bgpd (router)")
+    fl.set_defaults(func=cmd_fail)
+    hl = sub.add_parser("heal", help="undo faults and wait for convergence")
+    hl.add_argument("keys", nargs="*", metavar="FAULT", help="e.g. instance:hub-gw-in0")
+    hl.add_argument("--all", action="store_true")
+    hl.add_argument("--name")
+    hl.add_argument("--no-wait", action="store_true", help="return once the daemons run again")
+    hl.set_defaults(func=cmd_heal)
+    rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")
+    rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
+    rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")
+    rp.set_defaults(func=cmd_report)
     va = sub.add_parser("validate", help="check a topology file, start nothing")
     va.add_argument("file")
     va.set_defaults(func=cmd_validate)
@@ -185,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    if args.verb != "validate" and os.geteuid() != 0:
+    if args.verb not in ("validate", "report") and os.geteuid() != 0:
         err.print("vpnlab needs root: it creates network namespaces and starts daemons")
         return 2
     try:

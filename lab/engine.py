@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from . import live, render
+from . import faults, live, render
 from .defaults import defaults
 from .errors import LabError
 from .plan import Plan, build
@@ -115,13 +115,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         state.phase = "up"
         state.save()
         progress("waiting for tunnels, BGP sessions and routes")
-        budget = defaults()["waits"]["converge"][timers]
-        try:
-            wait_until(lambda: live.convergence(rt, plan), lambda p: not p,
-                       "convergence", budget, interval=0.25)
-        except WaitTimeout as err:
-            raise LabError(f"lab {name!r} did not converge within {budget} s; not converged: "
-                           + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
+        wait_converged(rt, plan, timers)
         return status(name, rt=rt, plan=plan)
     except BaseException:
         state.phase = "failed"
@@ -142,19 +136,12 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
     routers = [n.name for n in nodes if n.frr is not None]
     progress(f"starting FRR on {len(routers)} routers")
     budget = defaults()["waits"]["daemon_start"]
-    rt.start_frr(routers, ("zebra",))
-    for r in routers:
-        rt.wait_zebra(r, budget)
-    rt.start_frr(routers, ("staticd", "bgpd"))
-    for r in routers:
-        rt.configure_frr(r, budget)
+    rt.start_routers(routers, budget)
     # Azure ends first, so the devices' first IKE_SA_INIT finds a responder.
     for side in ("az", "op"):
         ends = [getattr(t, "azure_end" if side == "az" else "onprem_end") for t in plan.tunnels]
         progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
-        rt.start_charons(ends)
-        for e in ends:
-            rt.route_into_tunnel(e, budget)
+        rt.start_tunnel_ends(ends, budget)
 
 
 # ------------------------------------------------------------------ down
@@ -181,6 +168,44 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
                       for n in plan.ordered_nodes()],
             "tunnels": live.tunnels(rt, plan),
             "bgp": live.bgp(rt, plan),
+            "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
+                       for f in state.faults],
         }
     finally:
         rt.close()
+
+
+# ------------------------------------------------------------------ faults
+def fail(name: str, kind: str, target: str, **params) -> dict:
+    state = require_state(name)
+    rt = runtime_of(state)
+    try:
+        return faults.inject(rt, plan_of(state), kind, target, **params)
+    finally:
+        rt.close()
+
+
+def heal(name: str, keys: list[str] | None = None, wait: bool = False,
+         progress: Progress = _quiet) -> list[dict]:
+    """Undo faults (all when keys is None); with wait, until the lab converged again."""
+    state = require_state(name)
+    rt, plan = runtime_of(state), plan_of(state)
+    try:
+        healed = (faults.heal_all(rt, plan) if keys is None
+                  else [faults.heal(rt, plan, k) for k in keys])
+        if wait:
+            progress("waiting for tunnels, BGP sessions and routes")
+            wait_converged(rt, plan, state.timers)
+        return healed
+    finally:
+        rt.close()
+
+
+def wait_converged(rt, plan: Plan, timers: str, budget: float | None = None):
+    budget = budget or defaults()["waits"]["converge"][timers]
+    try:
+        wait_until(lambda: live.convergence(rt, plan), lambda p: not p,
+                   "convergence", budget, interval=0.25)
+    except WaitTimeout as err:
+        raise LabError(f"lab {rt.state.name!r} did not converge within {budget} s; not converged: "
+                       + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None

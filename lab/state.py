@@ -38,6 +38,7 @@ class LabState:
     owner_pid: int = 0               # the `up` that is building it
     namespaces: list[str] = field(default_factory=list)
     processes: list[dict] = field(default_factory=list)   # {pid, node, daemon}
+    faults: list[dict] = field(default_factory=list)      # active faults (lab.faults)
 
     @property
     def dir(self) -> Path:

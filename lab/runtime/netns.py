@@ -7,7 +7,10 @@ tunnel with a private /run (charon's pid file path is compiled in).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -88,6 +91,8 @@ class NetnsRuntime:
         for node in nodes:
             netns.create(self.namespace(node.name))
             self._sysctls(node.name, {"net.ipv4.ip_forward": int(node.forwarding),
+                                      # ECMP per flow (5-tuple), as Azure spreads flows
+                                      "net.ipv4.fib_multipath_hash_policy": 1,
                                       "net.ipv4.conf.all.rp_filter": 0,
                                       "net.ipv4.conf.default.rp_filter": 0,
                                       "net.ipv6.conf.all.disable_ipv6": 1,
@@ -195,6 +200,21 @@ class NetnsRuntime:
             self._record(pid, node, "charon")
         self.state.save()
 
+    def start_routers(self, nodes: list[str], budget: float):
+        """FRR on routers: zebra first (clients retry it only after 10 s), then the rest,
+        then the integrated config."""
+        self.start_frr(nodes, ("zebra",))
+        for r in nodes:
+            self.wait_zebra(r, budget)
+        self.start_frr(nodes, ("staticd", "bgpd"))
+        for r in nodes:
+            self.configure_frr(r, budget)
+
+    def start_tunnel_ends(self, nodes: list[str], budget: float):
+        self.start_charons(nodes)
+        for e in nodes:
+            self.route_into_tunnel(e, budget)
+
     def route_into_tunnel(self, node: str, budget: float = 15):
         """Once charon made ipsec0, send what arrives on the inner veth into it."""
         ipr = self.ipr(node)
@@ -204,6 +224,91 @@ class NetnsRuntime:
         idx = ipr.link_lookup(ifname="ipsec0")[0]
         ipr.link("set", index=idx, state="up")
         self._route(node, "0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL)
+
+    # ------------------------------------------------------------ faults
+    def daemon_pids(self, node: str, daemon: str) -> list[int]:
+        """Live PIDs of a node's daemon, as recorded when the lab started it."""
+        return [p["pid"] for p in self.state.processes
+                if p["node"] == node and p["daemon"] == daemon and procs.alive(p["pid"])
+                and procs.carries_tag(p["pid"], self.state.name)]
+
+    def stop_daemon(self, node: str, daemon: str, graceful: bool) -> list[int]:
+        """SIGTERM (graceful) or SIGKILL (a crash: no goodbye) a node's daemon; waits
+        until it is gone. A stale control socket is removed so a restart is not fooled."""
+        pids = self.daemon_pids(node, daemon)
+        if graceful:
+            survivors = procs.end(pids, self.state.name)
+        else:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            survivors = procs.end(pids, self.state.name, grace=0.5)
+        if survivors:
+            raise RuntimeFailure(f"{node}: {daemon} {survivors} survived SIGKILL")
+        stale = ("run/charon.vici", "run/charon.pid") if daemon == "charon" else (f"{daemon}.vty", f"{daemon}.pid")
+        for name in stale:     # a killed daemon leaves them; charon refuses to start
+            with contextlib.suppress(FileNotFoundError):
+                (self.node_dir(node) / name).unlink()
+        return pids
+
+    def set_link(self, node: str, ifname: str, up: bool):
+        ipr = self.ipr(node)
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise RuntimeFailure(f"{node} has no interface {ifname!r}")
+        ipr.link("set", index=found[0], state="up" if up else "down")
+
+    def link_is_up(self, node: str, ifname: str) -> bool:
+        link = self.ipr(node).get_links(ifname=ifname)[0]
+        return link.get_attr("IFLA_OPERSTATE") == "UP"
+
+    def restore_routes(self, node: Node):
+        """Kernel routes the runtime set (a link that went down took them away)."""
+        for route in node.routes:
+            self._route(node.name, route.dst, route.via, route.dev, route.table)
+
+    def nft(self, node: str, ruleset: str):
+        res = self.exec(node, ["nft", "-f", "-"], input=ruleset)
+        if res.returncode != 0:
+            raise RuntimeFailure(f"{node}: nft refused the rules: {res.stderr.strip()}")
+
+    def nft_json(self, node: str, *args: str) -> dict:
+        import json
+        res = self.exec(node, ["nft", "-j", *args])
+        return json.loads(res.stdout) if res.returncode == 0 and res.stdout else {}
+
+    def kernel_has_netem(self) -> bool:
+        """netem (delay, jitter) is a kernel option: try it in a scratch namespace."""
+        scratch = self.namespace("netem-probe")
+        netns.create(scratch)
+        try:
+            res = procs.run(["ip", "netns", "exec", scratch, "tc", "qdisc", "add", "dev", "lo",
+                             "root", "netem", "delay", "1ms"])
+            return res.returncode == 0
+        finally:
+            netns.remove(scratch)
+
+    def tc(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = self.exec(node, ["tc", *args])
+        if check and res.returncode != 0:
+            raise RuntimeFailure(f"{node}: tc {' '.join(args)}: {res.stderr.strip()}")
+        return res
+
+    # ------------------------------------------------------------ measurement helpers
+    def spawn(self, node: str, argv: list[str], log: Path, daemon: str) -> int:
+        """A lab-tagged helper process in a node (capture, iperf3 server); recorded so
+        that down ends it if the caller does not."""
+        pid = procs.spawn(self.exec_argv(node, argv), self.state.name, log)
+        self._record(pid, node, daemon)
+        self.state.save()
+        return pid
+
+    def helper(self, argv: list[str]) -> subprocess.Popen:
+        """A short-lived measurement process talking over pipes; tagged, so that down
+        ends it if its caller died."""
+        return procs.helper(argv, self.state.name)
+
+    def end(self, pids: list[int], grace: float = 3.0) -> list[int]:
+        return procs.end(pids, self.state.name, grace)
 
     # ------------------------------------------------------------ teardown
     def teardown(self) -> list[str]:
@@ -221,6 +326,16 @@ class NetnsRuntime:
             except OSError as err:
                 problems.append(f"namespace {ns}: {err}")
         return problems
+
+
+def netns_socket(namespace: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket that lives in a namespace: setns applies to the calling thread only, and
+    a socket keeps the namespace it was made in."""
+    netns.pushns(namespace)
+    try:
+        return socket.socket(socket.AF_INET, kind)
+    finally:
+        netns.popns()
 
 
 def lab_namespaces(lab: str) -> list[str]:

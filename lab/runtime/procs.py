@@ -22,6 +22,13 @@ def spawn(argv: list[str], lab: str, log: Path, env: dict | None = None) -> int:
     return proc.pid
 
 
+def helper(argv: list[str], lab: str) -> subprocess.Popen:
+    """A tagged child with text pipes (the caller drives it and waits for it)."""
+    key, value = process_tag(lab).split("=", 1)
+    return subprocess.Popen(argv, env={**os.environ, key: value}, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def run(argv: list[str], timeout: float = 30, check: bool = False, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=check,
                           env={"PATH": PATH, "LANG": "C"}, **kw)

@@ -1,0 +1,242 @@
+"""pytest plugin (entry point `pytest11`): real labs as fixtures, scenario records, and
+the report. Any repository can write scenarios against its own topology files:
+
+    LAB_TOPOLOGY = "topologies/my-design.yaml"     # module level, beside the tests or in rootdir
+
+    def test_failover(lab, scenario):
+        scenario.start(lab, "vm1", "branch-host")
+        at = scenario.fail("instance", "hub-gw-in0", planned=True)
+        scenario.wait_flowing(at)
+        ...
+
+Fixtures: `lab` (one lab per module), `lab_factory` (several labs), `scenario` (the record
+of one test). Teardown always happens before anything about daemon errors is asserted;
+after every test the lab must be as it was (no fault left, converged, one SA per tunnel
+end, no helper process), and after every module nothing of the lab may be left.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from . import engine, live
+from .defaults import defaults
+from .runtime import procs
+from .runtime.netns import lab_namespaces
+from .scenario import LabHandle, Scenario
+from .state import lab_dir
+
+DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received signal 11|"
+                           r"Backtrace for|assertion .* failed|core dumped", re.I)
+HELPER_DAEMONS = {"charon", "zebra", "staticd", "bgpd"}
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("vpnlab", "vpnlab labs and scenarios")
+    g.addoption("--keep-lab", action="store_true", help="leave labs up after the tests")
+    g.addoption("--lab-on-error", choices=["teardown", "pause"], default="teardown",
+                help="pause: on a failure, keep the lab and wait for Enter before teardown")
+    g.addoption("--lab-timers", choices=sorted(defaults()["timers"]), default="fast")
+    g.addoption("--lab-results", default="reports/vpnlab-results.json",
+                help="scenario results as JSON ('vpnlab report' renders them)")
+    g.addoption("--lab-report", default="reports/vpnlab-report.html", help="HTML report")
+
+
+def pytest_configure(config):
+    config._vpnlab = {"scenarios": [], "labs": {}}
+
+
+# ------------------------------------------------------------------ labs
+def _lab_name(module) -> str:
+    stem = re.sub(r"[^A-Za-z0-9_-]", "-", Path(module.__file__).stem.removeprefix("test_"))
+    return ("sc-" + stem)[:32]
+
+
+def _topology(request) -> Path:
+    wanted = getattr(request.module, "LAB_TOPOLOGY", None)
+    if wanted is None:
+        return engine.default_topology()
+    for base in (Path(request.module.__file__).parent, Path(request.config.rootpath), Path.cwd()):
+        if (base / wanted).exists():
+            return base / wanted
+    raise pytest.UsageError(f"{request.module.__file__}: LAB_TOPOLOGY {wanted!r} not found")
+
+
+def _bring_up(config, topology: Path, name: str, timers: str | None) -> LabHandle:
+    engine.down(name)                                   # leftovers of an earlier run
+    engine.up(topology, name=name, timers=timers or config.getoption("--lab-timers"))
+    handle = LabHandle(name)
+    config._vpnlab["labs"][name] = handle
+    return handle
+
+
+def _tear_down(config, handle: LabHandle):
+    """down first, then assert: nothing left, and no daemon crashed on its own."""
+    config._vpnlab["labs"].pop(handle.name, None)
+    if config.getoption("--keep-lab"):
+        print(f"\nvpnlab: --keep-lab: lab {handle.name} left up ('vpnlab down --name {handle.name}')")
+        return
+    logs = {p.relative_to(lab_dir(handle.name)).as_posix(): p.read_text(errors="replace")
+            for p in lab_dir(handle.name).rglob("*.log")}
+    handle.close()
+    problems = engine.down(handle.name)
+    left = {k: v for k, v in {"namespaces": lab_namespaces(handle.name),
+                              "processes": procs.tagged(handle.name),
+                              "files": lab_dir(handle.name).exists()}.items() if v}
+    crashes = [f"{path}: {line.strip()}" for path, text in logs.items()
+               for line in text.splitlines() if DAEMON_ERRORS.search(line)]
+    assert not problems and not left, f"lab {handle.name} left things behind: {problems} {left}"
+    assert not crashes, "daemons reported errors:\n" + "\n".join(crashes[:20])
+
+
+@pytest.fixture(scope="session")
+def lab_factory(request):
+    """make(topology, name=None, timers=None) -> LabHandle; torn down at session end."""
+    made = []
+
+    def make(topology, name: str | None = None, timers: str | None = None) -> LabHandle:
+        handle = _bring_up(request.config, Path(topology), name or Path(topology).stem, timers)
+        made.append(handle)
+        return handle
+    yield make
+    for handle in made:
+        if handle.name in request.config._vpnlab["labs"]:
+            _tear_down(request.config, handle)
+
+
+@pytest.fixture(scope="module")
+def lab(request):
+    handle = _bring_up(request.config, _topology(request), _lab_name(request.module), None)
+    yield handle
+    _tear_down(request.config, handle)
+
+
+# ------------------------------------------------------------------ scenarios
+@pytest.fixture
+def scenario(request):
+    doc = (request.function.__doc__ or "").strip()
+    sc = Scenario(request.node.name, re.sub(r"\s+", " ", doc.split("\n\n")[0]))
+    request.node._vpnlab_scenario = sc
+    yield sc
+    sc.stop()
+    if sc.lab is not None:
+        sc.logs = _logs(sc.lab, sc.nodes)
+
+
+def _logs(handle: LabHandle, nodes: set[str], lines: int = 60) -> dict[str, str]:
+    secrets = [c.shared_key.get_secret_value() for c in handle.topology.connections.values()]
+    out = {}
+    for node in sorted(nodes):
+        for name in ("charon.log", "frr.log"):
+            path = handle.rt.node_dir(node) / name
+            if path.exists():
+                text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+                for s in secrets:
+                    text = text.replace(s, "<redacted>")
+                out[f"{node}/{name}"] = text
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _lab_hygiene(request):
+    """After a test that used a lab: no fault left, converged again, exactly one IKE SA
+    and one CHILD SA per tunnel end, no helper process (probe, iperf3, capture) left."""
+    yield
+    if "lab" not in request.fixturenames:
+        return
+    handle = request.getfixturevalue("lab")
+    problems = []
+    left = handle.active_faults()
+    if left:
+        problems.append(f"faults left injected: {left} (healed now)")
+        handle.heal()
+    try:
+        handle.wait_converged()
+    except engine.LabError as err:
+        problems.append(str(err))
+    try:
+        handle.eventually(lambda: _sa_counts(handle), {t.azure_end: [1, 1] for t in handle.plan.tunnels},
+                          "reconverge", "one IKE SA and one CHILD SA per tunnel end")
+    except AssertionError as err:
+        problems.append(str(err))
+    daemons = {p["pid"] for p in handle.rt.state.processes if p["daemon"] in HELPER_DAEMONS}
+    from .state import load_state
+    state = load_state(handle.name)
+    daemons |= {p["pid"] for p in state.processes if p["daemon"] in HELPER_DAEMONS}
+    helpers = [p for p in procs.tagged(handle.name) if p not in daemons]
+    if helpers:
+        problems.append(f"helper processes left running: {helpers}")
+        handle.rt.end(helpers)
+    assert not problems, "; ".join(problems)
+
+
+def _sa_counts(handle: LabHandle) -> dict:
+    out = {}
+    for t in handle.plan.tunnels:
+        sas = [ike for entry in live._vici_sas(handle.rt.vici_socket(t.azure_end)) for ike in entry.values()]
+        out[t.azure_end] = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
+    return out
+
+
+# ------------------------------------------------------------------ reporting
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    sc = getattr(item, "_vpnlab_scenario", None)
+    if report.failed and call.when == "call" and item.config.getoption("--lab-on-error") == "pause":
+        _pause(item)
+    if sc is None:
+        return
+    if report.when == "call" or report.failed:
+        sc.outcome = "failed" if report.failed else report.outcome
+        if report.failed:
+            sc.failure = str(report.longrepr)[-3000:]
+    if report.when == "teardown":
+        record = sc.to_json()
+        record.update(nodeid=item.nodeid, outcome=getattr(sc, "outcome", report.outcome),
+                      failure=getattr(sc, "failure", None), logs=getattr(sc, "logs", {}))
+        item.config._vpnlab["scenarios"].append(record)
+
+
+def _pause(item):
+    labs = ", ".join(item.config._vpnlab["labs"]) or "none"
+    capman = item.config.pluginmanager.getplugin("capturemanager")
+    if capman:
+        capman.suspend_global_capture(in_=True)
+    print(f"\nvpnlab: {item.nodeid} failed; labs kept up for inspection: {labs}\n"
+          f"  vpnlab status --name NAME / vpnlab exec --name NAME NODE -- CMD")
+    if sys.stdin.isatty():
+        input("press Enter to tear down and go on ")
+    else:
+        print("vpnlab: stdin is not a terminal: not pausing")
+    if capman:
+        capman.resume_global_capture()
+
+
+def pytest_sessionfinish(session):
+    data = session.config._vpnlab
+    if not data["scenarios"]:
+        return
+    from .report import write_html
+    results = {"generated_at": time.time(), "machine": _machine(), "scenarios": data["scenarios"]}
+    path = Path(session.config.getoption("--lab-results"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1))
+    html = Path(session.config.getoption("--lab-report"))
+    write_html(results, html)
+    tr = session.config.pluginmanager.getplugin("terminalreporter")
+    if tr:
+        tr.write_line(f"vpnlab: results {path}, report {html}")
+
+
+def _machine() -> dict:
+    import os
+    import platform
+    return {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
