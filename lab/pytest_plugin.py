@@ -29,11 +29,11 @@ from .defaults import defaults
 from .runtime import procs
 from .runtime.netns import lab_namespaces
 from .scenario import LabHandle, Scenario
-from .state import lab_dir
+from .state import lab_dir, load_state
 
 DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received signal 11|"
                            r"Backtrace for|assertion .* failed|core dumped", re.I)
-HELPER_DAEMONS = {"charon", "zebra", "staticd", "bgpd"}
+LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd"}
 
 
 def pytest_addoption(parser):
@@ -47,8 +47,11 @@ def pytest_addoption(parser):
     g.addoption("--lab-report", default="reports/vpnlab-report.html", help="HTML report")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config._vpnlab = {"scenarios": [], "labs": {}}
+    if hasattr(config.option, "xmlpath") and not config.option.xmlpath:
+        config.option.xmlpath = "reports/junit.xml"     # JUnit by default
 
 
 # ------------------------------------------------------------------ labs
@@ -164,10 +167,8 @@ def _lab_hygiene(request):
                           "reconverge", "one IKE SA and one CHILD SA per tunnel end")
     except AssertionError as err:
         problems.append(str(err))
-    daemons = {p["pid"] for p in handle.rt.state.processes if p["daemon"] in HELPER_DAEMONS}
-    from .state import load_state
-    state = load_state(handle.name)
-    daemons |= {p["pid"] for p in state.processes if p["daemon"] in HELPER_DAEMONS}
+    state = load_state(handle.name) or handle.state
+    daemons = {p["pid"] for p in state.processes if p["daemon"] in LAB_DAEMONS}
     helpers = [p for p in procs.tagged(handle.name) if p not in daemons]
     if helpers:
         problems.append(f"helper processes left running: {helpers}")

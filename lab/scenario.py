@@ -56,6 +56,18 @@ class LabHandle:
     def node(self, name: str) -> NodeHandle:
         return NodeHandle(self, name)
 
+    def timer(self, name: str) -> float:
+        """A value of the lab's timer profile (bgp_hold, bgp_keepalive, dpd_timeout...)."""
+        value = defaults()["timers"][self.timers][name]
+        if value is None and name == "dpd_timeout":
+            value = defaults()["azure"]["dpd_timeout_seconds"]["default"]
+        return value
+
+    def detection_budget(self, margin: float = 3) -> float:
+        """How long a silent failure may last: the longer of BGP hold and DPD, plus the
+        margin for rerouting."""
+        return max(self.timer("bgp_hold"), self.timer("dpd_timeout")) + margin
+
     def budget(self, name: str | float) -> float:
         waits = defaults()["scenario_waits"][self.timers]
         seconds = waits[name] if isinstance(name, str) else float(name)

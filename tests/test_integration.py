@@ -158,6 +158,44 @@ def test_graph_shows_tunnel_and_bgp_state(aa):
     assert res.stdout.count("ESTABLISHED") == 4 and res.stdout.count("BGP Established") == 4
 
 
+def test_fail_and_heal_from_the_cli(aa):
+    rt, plan = aa
+    res = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", "it-aa")
+    assert res.returncode == 0, res.stderr
+    assert "vpnlab heal carrier:onprem-dev0:t0" in res.stderr
+    s = status("it-aa")
+    assert [f["key"] for f in s["faults"]] == ["carrier:onprem-dev0:t0"]
+    assert not rt.link_is_up("onprem-dev0", "t0")
+    again = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", "it-aa")
+    assert again.returncode == 1 and "already injected" in again.stderr
+    res = vpnlab("heal", "--all", "--name", "it-aa")
+    assert res.returncode == 0 and "healed carrier:onprem-dev0:t0" in res.stderr, res.stderr
+    assert status("it-aa")["faults"] == [] and rt.link_is_up("onprem-dev0", "t0")
+    assert live.convergence(rt, plan) == []
+
+
+def test_blackhole_counts_what_it_dropped(aa):
+    rt, plan = aa
+    assert vpnlab("fail", "blackhole", "onprem-dev0:pub", "--name", "it-aa").returncode == 0
+    assert not live.ping(rt, "onprem-dev0", "203.0.113.10", count=2, timeout=1)
+    res = vpnlab("heal", "blackhole:onprem-dev0:pub", "--name", "it-aa")
+    assert res.returncode == 0, res.stderr
+    dropped = int(res.stderr.split("(")[1].split()[0])
+    assert dropped >= 2
+    assert live.ping(rt, "onprem-dev0", "203.0.113.10", count=1)
+
+
+def test_bad_faults_are_refused_and_nothing_changes(aa):
+    res = vpnlab("fail", "carrier", "onprem-dev0:nope", "--name", "it-aa")
+    assert res.returncode == 2 and "onprem-dev0 has no link 'nope'; its links: pub" in res.stderr
+    res = vpnlab("heal", "instance:hub-gw-in0", "--name", "it-aa")
+    assert res.returncode == 1 and "no active fault 'instance:hub-gw-in0'; active: none" in res.stderr
+    if not aa[0].kernel_has_netem():
+        res = vpnlab("fail", "delay", "onprem-dev0:pub", "--delay-ms", "20", "--name", "it-aa")
+        assert res.returncode == 1 and "no netem" in res.stderr
+    assert status("it-aa")["faults"] == []
+
+
 def test_status_of_an_unknown_lab_fails_clearly():
     res = vpnlab("status", "--name", "no-such-lab")
     assert res.returncode == 1 and "no lab named 'no-such-lab'" in res.stderr
