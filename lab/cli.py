@@ -51,7 +51,7 @@ def _show_status(s: dict, as_json: bool) -> int:
         print(json.dumps(s, indent=2))
         return 0
     out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
-              f"  timers {s['timers']}  phase {s['phase']}")
+              f"  timers {s['timers']}  phase {s['phase']}  delay/jitter: {s['impairments']['delay']}")
     t = Table("tunnel", "gateway instance", "device", "IKE", "CHILD", "up (s)", title="Tunnels")
     for x in s["tunnels"]:
         color = "green" if x["state"] == "ESTABLISHED" else "red"

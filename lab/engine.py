@@ -105,6 +105,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
     rt = NetnsRuntime(state)
     try:
         state.kernel_esp = rt.kernel_has_esp()
+        state.kernel_netem = rt.kernel_has_netem()
         # One data plane design on every kernel: userspace ESP (libipsec); see README.
         state.dataplane = "libipsec"
         state.save()
@@ -164,6 +165,7 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
         return {
             "name": name, "runtime": state.runtime, "dataplane": state.dataplane,
             "kernel_esp": state.kernel_esp, "timers": state.timers, "phase": state.phase,
+            "impairments": impairments(state),
             "nodes": [{"name": n.name, "role": n.role, "namespace": rt.namespace(n.name)}
                       for n in plan.ordered_nodes()],
             "tunnels": live.tunnels(rt, plan),
@@ -176,6 +178,12 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
 
 
 # ------------------------------------------------------------------ faults
+def impairments(state: LabState) -> dict:
+    """How each kind of link fault is made on this kernel."""
+    return {"carrier": "link down", "blackhole": "nftables", "loss": "nftables",
+            "delay": "netem" if state.kernel_netem else "unavailable: the kernel has no netem"}
+
+
 def fail(name: str, kind: str, target: str, **params) -> dict:
     state = require_state(name)
     rt = runtime_of(state)

@@ -234,7 +234,7 @@ def _remove_drop_rules(rt, plan, fault):
 
 
 def _netem(rt, plan, fault):
-    if not rt.kernel_has_netem():
+    if not rt.state.kernel_netem:
         raise LabError("this kernel has no netem (sch_netem): delay and jitter cannot be "
                        "emulated here; use 'loss' or 'blackhole' (nftables) instead")
     node, ifname = _split(fault["target"])

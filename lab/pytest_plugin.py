@@ -125,6 +125,8 @@ def scenario(request):
     doc = (request.function.__doc__ or "").strip()
     sc = Scenario(request.node.name, re.sub(r"\s+", " ", doc.split("\n\n")[0]))
     request.node._vpnlab_scenario = sc
+    if "lab" in request.fixturenames:
+        sc.lab = request.getfixturevalue("lab")
     yield sc
     sc.stop()
     if sc.lab is not None:

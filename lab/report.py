@@ -25,10 +25,11 @@ def timeline_png(sc: dict) -> str | None:
     labels = rows + [f"loss {d}" for d in directions]
     fig, ax = plt.subplots(figsize=(11, 0.5 * len(labels) + 1.6))
     for i, kind in enumerate(rows):
-        for e in (e for e in sc["events"] if e["kind"] == kind):
+        for n, e in enumerate(e for e in sc["events"] if e["kind"] == kind):
             ax.plot([e["t_s"]], [i], "|", color=COLORS.get(kind, "#333"), markersize=14, mew=2)
-            ax.annotate(e["what"][:48], (e["t_s"], i), xytext=(3, 6), textcoords="offset points",
-                        fontsize=6.5, rotation=12)
+            # alternate above and below, so that events close in time stay readable
+            ax.annotate(e["what"][:48], (e["t_s"], i), xytext=(3, 6 if n % 2 == 0 else -12),
+                        textcoords="offset points", fontsize=6.5, rotation=8)
     row = len(rows)
     for p in sc["probes"]:
         for d in p["directions"]:

@@ -34,6 +34,7 @@ class LabState:
     timers: str = "azure"
     dataplane: str = ""
     kernel_esp: bool = False
+    kernel_netem: bool = False
     phase: str = "building"          # building | up | failed
     owner_pid: int = 0               # the `up` that is building it
     namespaces: list[str] = field(default_factory=list)

@@ -27,7 +27,6 @@ def test_intended_matrix_holds_and_pings_agree(lab, scenario):
     disjoint paths each, site <-> site not at all: both sites use ASN 65010, so BGP loop
     prevention stops transit), and the data plane agrees: pings answer exactly where the
     matrix says it reaches."""
-    scenario.lab = lab
     want = routing.intended(lab.plan, lab.topology)
     seen = routing.observe(lab.rt, lab.plan, lab.topology)
     scenario.record("pairs checked", len(want))
@@ -45,7 +44,6 @@ def test_matrix_after_fault(lab, scenario, fault):
     """During the fault the matrix changes exactly as the design predicts (paths lost,
     pairs unreachable); after healing it is the intended one again."""
     (kind, target, params), during = FAULTS[fault]
-    scenario.lab = lab
     want = routing.intended(lab.plan, lab.topology)
     before = routing.observe(lab.rt, lab.plan, lab.topology)
     scenario.fail(kind, target, **params)

@@ -83,6 +83,9 @@ def test_status_json_contract_and_four_established_tunnels(aa):
     s = status("it-aa")
     assert {"name", "runtime", "dataplane", "nodes", "tunnels", "bgp"} <= set(s)
     assert s["name"] == "it-aa" and s["runtime"] == "netns" and s["dataplane"] == "libipsec"
+    netem = aa[0].kernel_has_netem()
+    assert s["impairments"]["delay"] == ("netem" if netem else "unavailable: the kernel has no netem")
+    assert s["impairments"]["blackhole"] == "nftables"
     assert all({"name", "role", "namespace"} <= set(n) for n in s["nodes"])
     tunnels = s["tunnels"]
     assert len(tunnels) == 4
