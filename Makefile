@@ -11,7 +11,7 @@ APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
   iperf3 tcpdump iputils-ping util-linux
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps lab down status test test-unit bench clean
+.PHONY: deps system-deps lab down status test test-unit scenarios bench clean
 
 deps: system-deps $(VENV)/.installed
 
@@ -40,6 +40,10 @@ down: deps
 test: deps
 	mkdir -p reports
 	$(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
+
+scenarios: deps
+	mkdir -p reports
+	$(PY) -m pytest -v -s scenarios $(PYTEST_ARGS)
 
 test-unit: deps
 	$(PY) -m pytest -v -m "not integration" $(PYTEST_ARGS)

@@ -162,8 +162,7 @@ class Watcher(threading.Thread):
                 for t in live.tunnels(self.lab.rt, self.lab.plan):
                     now[f"tunnel {t['tunnel']}"] = "up" if t["state"] == "ESTABLISHED" else "down"
                 for b in live.bgp(self.lab.rt, self.lab.plan):
-                    if b["kind"] == "ebgp":
-                        now[f"BGP {b['node']} -> {b['peer_node']}"] = "up" if b["state"] == "Established" else "down"
+                    now[f"BGP {b['node']} -> {b['peer_node']}"] = "up" if b["state"] == "Established" else "down"
                 for key, value in now.items():
                     if self.last and self.last.get(key) != value:
                         self.record(f"{key} {value}", kind="tunnel" if key.startswith("tunnel") else "bgp")
