@@ -25,10 +25,10 @@ def timeline_png(sc: dict) -> str | None:
     labels = rows + [f"loss {d}" for d in directions]
     fig, ax = plt.subplots(figsize=(11, 0.5 * len(labels) + 1.6))
     for i, kind in enumerate(rows):
-        for n, e in enumerate(e for e in sc["events"] if e["kind"] == kind):
-            ax.plot([e["t_s"]], [i], "|", color=COLORS.get(kind, "#333"), markersize=14, mew=2)
+        for n, (t, label) in enumerate(_grouped([e for e in sc["events"] if e["kind"] == kind])):
+            ax.plot([t], [i], "|", color=COLORS.get(kind, "#333"), markersize=14, mew=2)
             # alternate above and below, so that events close in time stay readable
-            ax.annotate(e["what"][:48], (e["t_s"], i), xytext=(3, 6 if n % 2 == 0 else -12),
+            ax.annotate(label, (t, i), xytext=(3, 6 if n % 2 == 0 else -12),
                         textcoords="offset points", fontsize=6.5, rotation=8)
     row = len(rows)
     for p in sc["probes"]:
@@ -46,6 +46,17 @@ def timeline_png(sc: dict) -> str | None:
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
+
+
+def _grouped(events: list[dict], within: float = 0.3) -> list[tuple[float, str]]:
+    """Events of one row less than `within` s apart share a tick: "first (+N more)"."""
+    out: list[list] = []
+    for e in events:
+        if out and e["t_s"] - out[-1][0] < within:
+            out[-1][2] += 1
+        else:
+            out.append([e["t_s"], e["what"][:48], 0])
+    return [(t, label + (f" (+{n} more)" if n else "")) for t, label, n in out]
 
 
 def _numbers(sc: dict) -> str:
@@ -97,10 +108,11 @@ background:#f6f6f6;padding:.5em}pre.fail{background:#fdecea}img{max-width:100%}"
 def render(results: dict) -> str:
     m = results.get("machine", {})
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(results.get("generated_at", time.time())))
-    passed = sum(s["outcome"] == "passed" for s in results["scenarios"])
+    outcomes = [s["outcome"] for s in results["scenarios"]]
+    counts = ", ".join(f"{outcomes.count(o)} {o}" for o in ("passed", "failed", "skipped") if o in outcomes)
     head = (f"<h1>vpnlab scenario report</h1><p>{when} on {html.escape(str(m.get('host', '?')))} "
             f"(kernel {html.escape(str(m.get('kernel', '?')))}, {m.get('cpus', '?')} CPUs): "
-            f"{passed}/{len(results['scenarios'])} scenarios passed</p>")
+            f"{len(outcomes)} scenarios: {counts}</p>")
     body = "".join(_scenario(s) for s in results["scenarios"])
     return f"<!doctype html><meta charset=utf-8><title>vpnlab report</title><style>{STYLE}</style>{head}{body}"
 

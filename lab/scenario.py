@@ -274,11 +274,14 @@ class Scenario:
         return result
 
     def _involved(self, target: str) -> set[str]:
+        """The target and, for a router or a tunnel end, both ends of its tunnels."""
         node = target.partition(":")[0]
         out = {node}
         for t in self.lab.plan.tunnels:
             if node in (t.gateway_instance, t.device):
                 out |= {t.azure_end, t.onprem_end}
+            if node in (t.azure_end, t.onprem_end):
+                out |= {t.azure_end, t.onprem_end, t.gateway_instance, t.device}
         return out
 
     def to_json(self) -> dict:

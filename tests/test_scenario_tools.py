@@ -129,4 +129,4 @@ def test_report_is_one_self_contained_file():
     assert "what &lt;it&gt; does" in page and "<=" not in page.replace("&lt;=", "")
     assert 'src="data:image/png;base64,' in page
     assert "http://" not in page and "https://" not in page
-    assert "1/1 scenarios passed" in page
+    assert "1 scenarios: 1 passed" in page
