@@ -192,6 +192,11 @@ class Scenario:
         self._probe: Probe | None = None
         self._watcher: Watcher | None = None
 
+    @property
+    def probe(self) -> Probe | None:
+        """The running probe (between start and stop)."""
+        return self._probe
+
     def event(self, what: str, kind: str = "note", at_ns: int | None = None) -> int:
         at_ns = at_ns or time.monotonic_ns()
         self.events.append({"t_s": round((at_ns - self.origin_ns) / 1e9, 3), "kind": kind, "what": what})

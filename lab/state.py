@@ -8,9 +8,11 @@ import json
 import os
 import re
 import shutil
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+_SAVE_LOCK = threading.Lock()
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
@@ -54,10 +56,12 @@ class LabState:
         return self.dir / "topology.yaml"
 
     def save(self):
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(self.dir / "state.json")
+        """Atomic replace; threads of one process (concurrent helpers) take turns."""
+        with _SAVE_LOCK:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.dir / f"state.json.{os.getpid()}.tmp"
+            tmp.write_text(json.dumps(asdict(self), indent=1))
+            tmp.replace(self.dir / "state.json")
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ def test_only_ike_and_esp_in_udp_cross_the_internet(lab, scenario, tmp_path):
     public = [IPv4Network(p) for p in (defaults()["internal"]["azure_public"], *defaults()["internal"]["site_public"])]
     with Capture(lab.rt, "internet", "br0", tmp_path / "internet.pcap") as cap:
         scenario.start(lab, "vm1", "onprem-dev0-host")
-        scenario.wait_probe_packets(2000, scenario._probe.origin_ns)
+        scenario.wait_probe_packets(2000, scenario.probe.origin_ns)
         # the device's end goes quiet, so the Azure end's own IKE_SA_INIT stays unanswered
         scenario.fail("crash", t.onprem_end, daemon="charon")
         control.ike_terminate(lab.rt, t.azure_end, t.connection, force=True, timeout=0.5)
