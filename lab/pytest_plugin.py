@@ -165,7 +165,8 @@ def _lab_hygiene(request):
     except engine.LabError as err:
         problems.append(str(err))
     try:
-        handle.eventually(lambda: _sa_counts(handle), {t.azure_end: [1, 1] for t in handle.plan.tunnels},
+        ends = [e for t in handle.plan.tunnels for e in (t.azure_end, t.onprem_end)]
+        handle.eventually(lambda: _sa_counts(handle, ends), {e: [1, 1] for e in ends},
                           "reconverge", "one IKE SA and one CHILD SA per tunnel end")
     except AssertionError as err:
         problems.append(str(err))
@@ -178,11 +179,12 @@ def _lab_hygiene(request):
     assert not problems, "; ".join(problems)
 
 
-def _sa_counts(handle: LabHandle) -> dict:
+def _sa_counts(handle: LabHandle, ends: list[str]) -> dict:
+    """Tunnel end -> [IKE SAs, CHILD SAs]."""
     out = {}
-    for t in handle.plan.tunnels:
-        sas = [ike for entry in live._vici_sas(handle.rt.vici_socket(t.azure_end)) for ike in entry.values()]
-        out[t.azure_end] = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
+    for end in ends:
+        sas = [ike for entry in live._vici_sas(handle.rt.vici_socket(end)) for ike in entry.values()]
+        out[end] = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
     return out
 
 
