@@ -156,6 +156,31 @@ def cmd_heal(args) -> int:
     return 0
 
 
+def cmd_metrics(args) -> int:
+    from .metrics import metrics
+    state = engine.require_state(engine.resolve_name(args.name))
+    rt = engine.runtime_of(state)
+    try:
+        rows = metrics(rt, engine.plan_of(state))
+    finally:
+        rt.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    # one table per set of dimensions (tunnel, instance, BGP peer), a column per metric
+    groups: dict[tuple, dict[tuple, dict]] = {}
+    for r in rows:
+        dims = tuple(r["dimensions"])
+        groups.setdefault(dims, {}).setdefault(tuple(r["dimensions"].values()), {})[r["name"]] = r["value"]
+    for dims, by_key in groups.items():
+        names = list(dict.fromkeys(n for values in by_key.values() for n in values))
+        t = Table(*dims, *names, title="Azure Monitor metrics: " + ", ".join(dims))
+        for key, values in by_key.items():
+            t.add_row(*key, *(str(values.get(n, "-")) for n in names))
+        out.print(t)
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_html
     try:
@@ -225,6 +250,10 @@ def parser() -> argparse.ArgumentParser:
     hl.add_argument("--name")
     hl.add_argument("--no-wait", action="store_true", help="return once the daemons run again")
     hl.set_defaults(func=cmd_heal)
+    mt = sub.add_parser("metrics", help="Azure Monitor's gateway metrics, from live state")
+    mt.add_argument("--name")
+    mt.add_argument("--json", action="store_true")
+    mt.set_defaults(func=cmd_metrics)
     rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")
     rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")

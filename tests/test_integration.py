@@ -199,6 +199,43 @@ def test_bad_faults_are_refused_and_nothing_changes(aa):
     assert status("it-aa")["faults"] == []
 
 
+def _metrics() -> dict:
+    res = vpnlab("metrics", "--name", "it-aa", "--json")
+    assert res.returncode == 0, res.stderr
+    return {(r["name"], *r["dimensions"].values()): r["value"] for r in json.loads(res.stdout)}
+
+
+def test_metrics_under_azures_names_and_dimensions(aa):
+    rt, plan = aa
+    before = _metrics()
+    assert {k[0] for k in before} == {
+        "TunnelIngressBytes", "TunnelEgressBytes", "TunnelIngressPackets", "TunnelEgressPackets",
+        "TunnelAverageBandwidth", "MmsaCount", "QmsaCount", "AverageBandwidth",
+        "VnetAddressPrefixCount", "BgpPeerStatus", "BgpRoutesLearned", "BgpRoutesAdvertised"}
+    for conn, ip in (("hub-to-dev0", "198.51.100.10"), ("hub-to-dev1", "198.51.100.20")):
+        for k in (0, 1):
+            assert before[("MmsaCount", conn, ip, f"GatewayTenantWorker_IN_{k}")] == 1
+            assert before[("QmsaCount", conn, ip, f"GatewayTenantWorker_IN_{k}")] == 1
+    for peer in ("169.254.21.10", "169.254.22.10"):
+        for k in (0, 1):
+            assert before[("BgpPeerStatus", peer, f"GatewayTenantWorker_IN_{k}")] == 1
+            assert before[("BgpRoutesLearned", peer, f"GatewayTenantWorker_IN_{k}")] == 1
+    assert live.ping(rt, "vm1", "10.20.1.10", count=5)
+    after = _metrics()
+    egress = lambda m: sum(v for k, v in m.items() if k[0] == "TunnelEgressBytes" and k[1] == "hub-to-dev0")
+    assert egress(after) - egress(before) >= 5 * 84       # five echo requests went out to dev0
+
+
+def test_metrics_show_a_lost_bgp_speaker(aa):
+    assert vpnlab("fail", "crash", "hub-gw-in0", "--name", "it-aa").returncode == 0
+    try:
+        m = _metrics()
+        assert m[("BgpPeerStatus", "169.254.21.10", "GatewayTenantWorker_IN_0")] == 0
+        assert m[("BgpPeerStatus", "169.254.21.10", "GatewayTenantWorker_IN_1")] == 1
+    finally:
+        assert vpnlab("heal", "--all", "--name", "it-aa").returncode == 0
+
+
 def test_status_of_an_unknown_lab_fails_clearly():
     res = vpnlab("status", "--name", "no-such-lab")
     assert res.returncode == 1 and "no lab named 'no-such-lab'" in res.stderr

@@ -1,0 +1,85 @@
+"""Azure Monitor's gateway metrics (azure-reference.md 7.4), computed from the lab's
+live state under Azure's REST names and dimensions, so that alerting can be rehearsed.
+
+Counters are those of the SAs installed now (strongSwan counts per SA, so a rekey
+starts them again); AverageBandwidth is the average since each SA was installed.
+Not emulated yet: packet drop counts (libipsec does not count them) and the
+traffic-selector mismatch drops (they need policy-based selectors, issue 4).
+"""
+from __future__ import annotations
+
+from . import live
+from .plan import Plan
+
+
+def instance_name(node: str) -> str:
+    """Azure's name of a gateway instance in metrics and logs (hub-gw-in0 -> IN_0)."""
+    k = node.rsplit("-in", 1)[1]
+    return f"GatewayTenantWorker_IN_{k}"
+
+
+def _tunnel_counters(rt, node: str) -> dict:
+    out = {"ike": 0, "child": 0, "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
+           "bandwidth": 0.0}
+    try:
+        sas = live._vici_sas(rt.vici_socket(node))
+    except OSError:
+        return out                                   # the tunnel end is down: nothing counted
+    for entry in sas:
+        for ike in entry.values():
+            out["ike"] += ike["state"] == b"ESTABLISHED"
+            for child in ike.get("child-sas", {}).values():
+                if child["state"] != b"INSTALLED":
+                    continue
+                out["child"] += 1
+                for key in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
+                    out[key] += int(child.get(key.replace("_", "-"), 0))
+                age = max(1, int(child.get("install-time", 1)))
+                out["bandwidth"] += (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
+    return out
+
+
+def metrics(rt, plan: Plan) -> list[dict]:
+    rows = []
+
+    def add(name, value, unit, **dims):
+        rows.append({"name": name, "value": value, "unit": unit, "dimensions": dims})
+
+    counters = dict(zip([t.name for t in plan.tunnels],
+                        live._each(lambda t: _tunnel_counters(rt, t.azure_end), plan.tunnels)))
+    per_instance: dict[str, float] = {}
+    for t in plan.tunnels:
+        c = counters[t.name]
+        dims = {"ConnectionName": t.connection, "RemoteIP": plan.nodes[t.device].public_ip,
+                "Instance": instance_name(t.gateway_instance)}
+        # Ingress: from the tunnel into Azure (what the Azure end receives)
+        add("TunnelIngressBytes", c["bytes_in"], "Bytes", **dims)
+        add("TunnelEgressBytes", c["bytes_out"], "Bytes", **dims)
+        add("TunnelIngressPackets", c["packets_in"], "Count", **dims)
+        add("TunnelEgressPackets", c["packets_out"], "Count", **dims)
+        add("TunnelAverageBandwidth", round(c["bandwidth"], 1), "BytesPerSecond", **dims)
+        add("MmsaCount", c["ike"], "Count", **dims)
+        add("QmsaCount", c["child"], "Count", **dims)
+        per_instance[t.gateway_instance] = per_instance.get(t.gateway_instance, 0) + c["bandwidth"]
+    instances = sorted({t.gateway_instance for t in plan.tunnels})
+    for node in instances:
+        add("AverageBandwidth", round(per_instance[node], 1), "BytesPerSecond",
+            Instance=instance_name(node))
+        add("VnetAddressPrefixCount", len(plan.nodes[node].frr.vnet_prefixes), "Count",
+            Instance=instance_name(node))
+    sessions = [s for s in plan.bgp if s.kind == "ebgp" and s.node in instances]
+    peers = dict(zip(instances, live._each(lambda n: _peers(rt, n), instances)))
+    for s in sessions:
+        p = peers[s.node].get(s.peer, {})
+        dims = {"BgpPeerAddress": s.peer, "Instance": instance_name(s.node)}
+        add("BgpPeerStatus", int(p.get("state") == "Established"), "Count", **dims)
+        add("BgpRoutesLearned", p.get("pfxRcd", 0), "Count", **dims)
+        add("BgpRoutesAdvertised", p.get("pfxSnt", 0), "Count", **dims)
+    return rows
+
+
+def _peers(rt, node: str) -> dict:
+    try:
+        return live.bgp_peers(rt, node)
+    except Exception:  # noqa: BLE001 - a lost instance: its peers count as down
+        return {}
