@@ -185,9 +185,9 @@ def cmd_report(args) -> int:
     from .report import write_html
     try:
         results = json.loads(open(args.results).read())
-    except (OSError, ValueError) as e:
-        raise SourceError(f"{args.results}: not a vpnlab results file ({e})") from None
-    write_html(results, args.output)
+        write_html(results, args.output)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"{args.results}: not a vpnlab results file ({type(e).__name__}: {e})") from None
     err.print(f"wrote {args.output} ({len(results.get('scenarios', []))} scenarios)")
     return 0
 
@@ -239,9 +239,9 @@ def parser() -> argparse.ArgumentParser:
                     help="graceful: BGP Cease and IKE DELETE before the daemons stop")
     pl.add_argument("--unplanned", dest="planned", action="store_false",
                     help="links down and daemons killed: peers must notice by themselves")
-    fl.add_argument("--percent", type=float, help="loss: share of packets dropped")
+    fl.add_argument("--percent", type=float, help="loss (and delay): share of packets dropped")
     fl.add_argument("--delay-ms", type=float, help="delay (netem only)")
-    fl.add_argument("--jitter-ms", type=float, help="delay (netem only)")
+    fl.add_argument("--jitter-ms", type=float, help="jitter (netem only)")
     fl.add_argument("--daemon", help="crash: charon (tunnel end) or bgpd (router)")
     fl.set_defaults(func=cmd_fail)
     hl = sub.add_parser("heal", help="undo faults and wait for convergence")

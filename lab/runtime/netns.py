@@ -7,6 +7,7 @@ tunnel with a private /run (charon's pid file path is compiled in).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -69,16 +70,22 @@ class NetnsRuntime:
 
     # ------------------------------------------------------------ kernel facts
     def kernel_has_esp(self) -> bool:
-        """Try to install an ESP state in a scratch namespace (named like the lab's, so
-        that down finds it if this process dies here)."""
-        scratch = self.namespace("esp-probe")
+        return self._works_in_scratch("esp-probe", [
+            "ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+            "spi", "0x100", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"])
+
+    def kernel_has_netem(self) -> bool:
+        """netem (delay, jitter) is a kernel option."""
+        return self._works_in_scratch("netem-probe", ["tc", "qdisc", "add", "dev", "lo", "root",
+                                                      "netem", "delay", "1ms"])
+
+    def _works_in_scratch(self, name: str, argv: list[str]) -> bool:
+        """Whether the kernel accepts argv, tried in a scratch namespace (named like the
+        lab's, so that down finds it if this process dies here)."""
+        scratch = self.namespace(name)
         netns.create(scratch)
         try:
-            res = procs.run(["ip", "netns", "exec", scratch, "ip", "xfrm", "state", "add",
-                             "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp", "spi", "0x100",
-                             "mode", "tunnel", "aead", "rfc4106(gcm(aes))",
-                             "0x" + "11" * 20, "128"])
-            return res.returncode == 0
+            return procs.run(["ip", "netns", "exec", scratch, *argv]).returncode == 0
         finally:
             netns.remove(scratch)
 
@@ -272,20 +279,8 @@ class NetnsRuntime:
             raise RuntimeFailure(f"{node}: nft refused the rules: {res.stderr.strip()}")
 
     def nft_json(self, node: str, *args: str) -> dict:
-        import json
         res = self.exec(node, ["nft", "-j", *args])
         return json.loads(res.stdout) if res.returncode == 0 and res.stdout else {}
-
-    def kernel_has_netem(self) -> bool:
-        """netem (delay, jitter) is a kernel option: try it in a scratch namespace."""
-        scratch = self.namespace("netem-probe")
-        netns.create(scratch)
-        try:
-            res = procs.run(["ip", "netns", "exec", scratch, "tc", "qdisc", "add", "dev", "lo",
-                             "root", "netem", "delay", "1ms"])
-            return res.returncode == 0
-        finally:
-            netns.remove(scratch)
 
     def tc(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         res = self.exec(node, ["tc", *args])
