@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from lab import live
+from lab import control, live
 from lab.engine import load_state, plan_of, runtime_of
 from lab.runtime import procs
 from lab.runtime.netns import lab_namespaces
@@ -293,6 +293,38 @@ def test_ikev1_connection_on_a_route_based_gateway(tmp_path):
     finally:
         vpnlab("down", "--name", "it-ikev1")
     assert leftovers("it-ikev1") == {}
+
+
+def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path):
+    """A custom policy replaces Azure's defaults: the IKE SA and the CHILD SA use exactly
+    its algorithms, and its PFS group appears at the first CHILD_SA rekey (PFS is only
+    negotiated then)."""
+    path = tmp_path / "custom.yaml"
+    path.write_text(STATIC.read_text().replace("    connection_protocol: IKEv2", """    connection_protocol: IKEv2
+    ipsec_policies:
+      - {ike_encryption: AES256, ike_integrity: SHA256, dh_group: ECP384,
+         ipsec_encryption: GCMAES256, ipsec_integrity: GCMAES256, pfs_group: PFS24,
+         sa_lifetime_seconds: 3600}"""))
+    try:
+        up(path, "it-custom")
+        state = load_state("it-custom")
+        rt, plan = runtime_of(state), plan_of(state)
+        end, conn = plan.tunnels[0].azure_end, plan.tunnels[0].connection
+
+        def sa():
+            ike = next(v for e in live._vici_sas(rt.vici_socket(end)) for v in e.values())
+            child = next(iter(ike["child-sas"].values()), {})
+            return {k: ike.get(k, b"").decode() for k in ("encr-alg", "encr-keysize", "integ-alg", "dh-group")} | {
+                "child_" + k: child.get(k, b"").decode() for k in ("encr-alg", "encr-keysize", "dh-group")}
+        assert sa() == {"encr-alg": "AES_CBC", "encr-keysize": "256", "integ-alg": "HMAC_SHA2_256_128",
+                        "dh-group": "ECP_384", "child_encr-alg": "AES_GCM_16", "child_encr-keysize": "256",
+                        "child_dh-group": ""}
+        control.child_rekey(rt, end, conn)
+        wait_until(sa, lambda s: s["child_dh-group"] == "MODP_2048_256", "the rekeyed CHILD SA with PFS24", 20)
+        assert_pings(rt, plan)
+    finally:
+        vpnlab("down", "--name", "it-custom")
+    assert leftovers("it-custom") == {}
 
 
 # ------------------------------------------------------------ teardown
