@@ -15,6 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import vici
 from pyroute2 import NetNS, netns
 
 from ..errors import RuntimeFailure
@@ -24,6 +25,13 @@ from ..waits import wait_until
 from . import procs
 
 FRR_DAEMONS = ("zebra", "staticd", "bgpd")
+# Drops IKE and ESP-in-UDP to a tunnel end while its charon starts (start_tunnel_ends).
+STARTING_GUARD = """table inet vpnlab_starting
+flush table inet vpnlab_starting
+table inet vpnlab_starting {
+    chain input { type filter hook input priority 0; policy accept; udp dport { 500, 4500 } drop; }
+}
+"""
 FRR_DIR = "/usr/lib/frr"
 CHARON = "/usr/lib/ipsec/charon"
 
@@ -218,9 +226,25 @@ class NetnsRuntime:
             self.configure_frr(r, budget)
 
     def start_tunnel_ends(self, nodes: list[str], budget: float):
+        """charon per tunnel end; ready once ipsec0 is routed and its connection is
+        loaded. Until its connection is loaded charon answers IKE_SA_INIT with
+        NO_PROPOSAL_CHOSEN, after which a peer never retries (keyingtries counts only
+        timeouts): IKE is dropped until then, so that the peer's retransmits wait."""
+        for e in nodes:
+            self.nft(e, STARTING_GUARD)
         self.start_charons(nodes)
         for e in nodes:
             self.route_into_tunnel(e, budget)
+            wait_until(lambda: self._loaded_connections(e), bool,
+                       f"charon of {e} to load its connection (see {self.node_dir(e) / 'charon.log'})",
+                       budget)
+            self.nft(e, "delete table inet vpnlab_starting\n")
+
+    def _loaded_connections(self, node: str) -> list[str]:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(3)
+            sock.connect(str(self.vici_socket(node)))
+            return [c.decode() for c in vici.Session(sock).get_conns().get("conns", [])]
 
     def route_into_tunnel(self, node: str, budget: float = 15):
         """Once charon made ipsec0, send what arrives on the inner veth into it."""
