@@ -141,28 +141,28 @@ def _router_parts(plan: Plan, node: str) -> tuple[list[str], list[tuple[str, str
 def _lose_router(rt, plan: Plan, fault: dict):
     node, planned = fault["target"], fault["params"]["planned"]
     links, ends = _router_parts(plan, node)
-    steps = fault["detail"].setdefault("steps", [])
+    steps = fault["detail"].setdefault("steps", [])   # (monotonic ns, what): for timelines
     if planned:
         frr = plan.nodes[node].frr
         if frr.asn:
             control.bgp_shutdown(rt, node, frr.asn)
-            steps.append((time.time(), "BGP Cease sent to every peer"))
+            steps.append((time.monotonic_ns(), "BGP Cease sent to every peer"))
             _wait_peers_dropped(rt, plan, node)
-            steps.append((time.time(), "peers dropped their sessions"))
+            steps.append((time.monotonic_ns(), "peers dropped their sessions"))
         for end, conn in ends:
             control.ike_terminate(rt, end, conn)
-        steps.append((time.time(), f"IKE DELETE sent on {len(ends)} tunnels"))
+        steps.append((time.monotonic_ns(), f"IKE DELETE sent on {len(ends)} tunnels"))
     else:
         # links first: a killed daemon's kernel still closes its TCP sessions (FIN), which
         # must not reach the peers
         for ifname in links:
             rt.set_link(node, ifname, False)
-        steps.append((time.time(), f"links down: {', '.join(links)}"))
+        steps.append((time.monotonic_ns(), f"links down: {', '.join(links)}"))
     for end, _ in ends:
         rt.stop_daemon(end, "charon", graceful=planned)
     for daemon in reversed(FRR_DAEMONS):
         rt.stop_daemon(node, daemon, graceful=planned)
-    steps.append((time.time(), f"daemons {'stopped' if planned else 'killed'}"))
+    steps.append((time.monotonic_ns(), f"daemons {'stopped' if planned else 'killed'}"))
     if planned:
         for ifname in links:
             rt.set_link(node, ifname, False)

@@ -11,11 +11,39 @@ import vici
 from .plan import Plan
 
 
-def _vici_sas(path) -> list[dict]:
+def vici_sas(path) -> list[dict]:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(3)
         sock.connect(str(path))
         return list(vici.Session(sock).list_sas())
+
+
+def ike_sas(rt, node: str) -> list[dict]:
+    """Every IKE SA of a tunnel end (any state), with its CHILD SAs under "child-sas"."""
+    return [ike for entry in vici_sas(rt.vici_socket(node)) for ike in entry.values()]
+
+
+def sa_counters(rt, node: str) -> dict:
+    """Established IKE SAs, installed CHILD SAs and their traffic (summed over the SAs
+    installed now: strongSwan counts per SA), and the average bytes/s since each was
+    installed. All zero when the tunnel end does not answer."""
+    out = {"ike": 0, "child": 0, "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
+           "bandwidth": 0.0}
+    try:
+        sas = ike_sas(rt, node)
+    except OSError:
+        return out
+    for ike in sas:
+        out["ike"] += ike["state"] == b"ESTABLISHED"
+        for child in ike.get("child-sas", {}).values():
+            if child["state"] != b"INSTALLED":
+                continue
+            out["child"] += 1
+            for key in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
+                out[key] += int(child.get(key.replace("_", "-"), 0))
+            age = max(1, int(child.get("install-time", 1)))
+            out["bandwidth"] += (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
+    return out
 
 
 def tunnel_state(rt, node: str) -> dict:
@@ -23,23 +51,22 @@ def tunnel_state(rt, node: str) -> dict:
     several IKE SAs exist (a rekey in flight), an established one with an installed
     CHILD SA is the one reported."""
     try:
-        sas = _vici_sas(rt.vici_socket(node))
+        sas = ike_sas(rt, node)
     except OSError as err:
         return {"state": "UNREACHABLE", "established_seconds": None, "child_state": None,
                 "error": err.strerror or str(err)}
     found = []
-    for entry in sas:
-        for ike in entry.values():
-            children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
-            found.append({"state": ike["state"].decode(),
-                          "established_seconds": int(ike["established"]) if "established" in ike else None,
-                          "child_state": "INSTALLED" if "INSTALLED" in children else next(iter(children), None)})
+    for ike in sas:
+        children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
+        found.append({"state": ike["state"].decode(),
+                      "established_seconds": int(ike["established"]) if "established" in ike else None,
+                      "child_state": "INSTALLED" if "INSTALLED" in children else next(iter(children), None)})
     rank = lambda sa: (sa["state"] == "ESTABLISHED", sa["child_state"] == "INSTALLED")
     return max(found, key=rank, default={"state": "DOWN", "established_seconds": None,
                                          "child_state": None})
 
 
-def _each(fn, items) -> list:
+def each(fn, items) -> list:
     """Query many nodes at once: each query waits on a daemon, not on the CPU."""
     items = list(items)
     with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
@@ -48,7 +75,7 @@ def _each(fn, items) -> list:
 
 def tunnels(rt, plan: Plan) -> list[dict]:
     out = []
-    states = _each(lambda t: tunnel_state(rt, t.azure_end), plan.tunnels)
+    states = each(lambda t: tunnel_state(rt, t.azure_end), plan.tunnels)
     for t, az in zip(plan.tunnels, states):
         out.append({"tunnel": t.name, "connection": t.connection, "gateway_instance": t.gateway_instance,
                     "device": t.device, "state": az["state"],
@@ -57,7 +84,7 @@ def tunnels(rt, plan: Plan) -> list[dict]:
     return out
 
 
-def _vtysh_json(rt, node: str, command: str):
+def vtysh_json(rt, node: str, command: str):
     res = rt.vtysh(node, command)
     if res.returncode != 0:
         raise RuntimeError(f"{node}: vtysh '{command}' failed: {(res.stderr or res.stdout).strip()}")
@@ -65,7 +92,7 @@ def _vtysh_json(rt, node: str, command: str):
 
 
 def bgp_peers(rt, node: str) -> dict:
-    data = _vtysh_json(rt, node, "show bgp ipv4 unicast summary json")
+    data = vtysh_json(rt, node, "show bgp ipv4 unicast summary json")
     return data.get("peers", data.get("ipv4Unicast", {}).get("peers", {}))
 
 
@@ -76,7 +103,7 @@ def bgp(rt, plan: Plan) -> list[dict]:
         except Exception as err:  # noqa: BLE001 - reported as the session's state
             return {"__error__": str(err)}
     nodes = sorted({s.node for s in plan.bgp})
-    cache = dict(zip(nodes, _each(query, nodes)))
+    cache = dict(zip(nodes, each(query, nodes)))
     out = []
     for s in plan.bgp:
         peer = cache[s.node].get(s.peer, {})
@@ -88,7 +115,7 @@ def bgp(rt, plan: Plan) -> list[dict]:
 
 def fib_prefixes(rt, node: str) -> dict[str, int]:
     """Prefix -> number of installed next hops, from zebra's view of the FIB."""
-    routes = _vtysh_json(rt, node, "show ip route json")
+    routes = vtysh_json(rt, node, "show ip route json")
     out = {}
     for prefix, entries in routes.items():
         for e in entries:
@@ -106,7 +133,7 @@ def missing_routes(rt, plan: Plan) -> list[str]:
             return [f"{node}: {err}"]
         return [f"{node}: {p}" for p in prefixes if p not in fib]
     wanted = [(n, p) for n, p in plan.expected_routes.items() if p and plan.nodes[n].frr is not None]
-    return [m for found in _each(check, wanted) for m in found]
+    return [m for found in each(check, wanted) for m in found]
 
 
 def ping(rt, node: str, address: str, count: int = 1, timeout: int = 2) -> bool:

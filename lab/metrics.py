@@ -18,27 +18,6 @@ def instance_name(node: str) -> str:
     return f"GatewayTenantWorker_IN_{k}"
 
 
-def _tunnel_counters(rt, node: str) -> dict:
-    out = {"ike": 0, "child": 0, "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
-           "bandwidth": 0.0}
-    try:
-        sas = live._vici_sas(rt.vici_socket(node))
-    except OSError:
-        return out                                   # the tunnel end is down: nothing counted
-    for entry in sas:
-        for ike in entry.values():
-            out["ike"] += ike["state"] == b"ESTABLISHED"
-            for child in ike.get("child-sas", {}).values():
-                if child["state"] != b"INSTALLED":
-                    continue
-                out["child"] += 1
-                for key in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
-                    out[key] += int(child.get(key.replace("_", "-"), 0))
-                age = max(1, int(child.get("install-time", 1)))
-                out["bandwidth"] += (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
-    return out
-
-
 def metrics(rt, plan: Plan) -> list[dict]:
     rows = []
 
@@ -46,7 +25,7 @@ def metrics(rt, plan: Plan) -> list[dict]:
         rows.append({"name": name, "value": value, "unit": unit, "dimensions": dims})
 
     counters = dict(zip([t.name for t in plan.tunnels],
-                        live._each(lambda t: _tunnel_counters(rt, t.azure_end), plan.tunnels)))
+                        live.each(lambda t: live.sa_counters(rt, t.azure_end), plan.tunnels)))
     per_instance: dict[str, float] = {}
     for t in plan.tunnels:
         c = counters[t.name]
@@ -68,7 +47,7 @@ def metrics(rt, plan: Plan) -> list[dict]:
         add("VnetAddressPrefixCount", len(plan.nodes[node].frr.vnet_prefixes), "Count",
             Instance=instance_name(node))
     sessions = [s for s in plan.bgp if s.kind == "ebgp" and s.node in instances]
-    peers = dict(zip(instances, live._each(lambda n: _peers(rt, n), instances)))
+    peers = dict(zip(instances, live.each(lambda n: _peers(rt, n), instances)))
     for s in sessions:
         p = peers[s.node].get(s.peer, {})
         dims = {"BgpPeerAddress": s.peer, "Instance": instance_name(s.node)}

@@ -183,7 +183,7 @@ def _sa_counts(handle: LabHandle, ends: list[str]) -> dict:
     """Tunnel end -> [IKE SAs, CHILD SAs]."""
     out = {}
     for end in ends:
-        sas = [ike for entry in live._vici_sas(handle.rt.vici_socket(end)) for ike in entry.values()]
+        sas = live.ike_sas(handle.rt, end)
         out[end] = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
     return out
 

@@ -94,18 +94,20 @@ class _Fib:
 def observe(rt, plan: Plan, topology) -> dict:
     """pair "src -> dst" -> {reaches, paths, ends} from live FIBs and tunnel state."""
     routers = [n.name for n in plan.ordered_nodes() if n.frr is not None]
+
     def fib(router):
         try:
-            return _Fib(live._vtysh_json(rt, router, "show ip route json"))
+            return _Fib(live.vtysh_json(rt, router, "show ip route json"))
         except RuntimeError:
             return _Fib(None)
-    fibs = dict(zip(routers, live._each(fib, routers)))
+    fibs = dict(zip(routers, live.each(fib, routers)))
     up = {t["tunnel"] for t in live.tunnels(rt, plan)
           if t["state"] == "ESTABLISHED" and t["child_state"] == "INSTALLED"}
     ends = endpoints(plan, topology)
+    wiring = Wiring(plan)
     out = {}
     for dst, owner in ends.items():
-        g = forwarding_graph(plan, fibs, up, IPv4Network(dst).network_address + 1)
+        g = forwarding_graph(plan, fibs, up, IPv4Network(dst).network_address + 1, wiring)
         for src, router in ends.items():
             if router == owner:
                 continue
@@ -118,14 +120,37 @@ def observe(rt, plan: Plan, topology) -> dict:
     return out
 
 
-def forwarding_graph(plan: Plan, fibs: dict, tunnels_up: set[str], address: IPv4Address) -> nx.DiGraph:
+class Wiring:
+    """Which node is behind a router's interface: built once from the plan, used for
+    every destination."""
+
+    def __init__(self, plan: Plan):
+        self.peer_of = {(link.a, link.a_if): link.b for link in plan.links}
+        self.peer_of |= {(link.b, link.b_if): link.a for link in plan.links}
+        self.tunnel_of_end = {t.onprem_end: t for t in plan.tunnels} | {t.azure_end: t for t in plan.tunnels}
+        self.owner_of_ip = {a.split("/")[0]: n.name for n in plan.nodes.values()
+                            for i in n.interfaces for a in i.addresses}
+
+    def edges(self, router: str, ifname: str, via: str | None, routers: dict, tunnels_up: set[str]):
+        """The edges a packet takes leaving router by ifname (towards via)."""
+        peer = self.peer_of.get((router, ifname))
+        if peer in self.tunnel_of_end:
+            t = self.tunnel_of_end[peer]
+            if t.name not in tunnels_up:
+                return [(router, f"drop:{t.name} down")]
+            other = t.gateway_instance if t.device == router else t.device
+            return [(router, f"tunnel:{t.name}"), (f"tunnel:{t.name}", other)]
+        if via and self.owner_of_ip.get(via) in routers:
+            return [(router, self.owner_of_ip[via])]
+        return [(router, peer if peer in routers else f"drop:{peer or ifname}")]
+
+
+def forwarding_graph(plan: Plan, fibs: dict, tunnels_up: set[str], address: IPv4Address,
+                     wiring: Wiring | None = None) -> nx.DiGraph:
     """Where packets to `address` go from every router: router -> tunnel -> router, or a
     terminal (deliver:<router>, drop:<why>)."""
+    wiring = wiring or Wiring(plan)
     g = nx.DiGraph()
-    peer_of = {(link.a, link.a_if): (link.b, link.b_if) for link in plan.links}
-    peer_of |= {(link.b, link.b_if): (link.a, link.a_if) for link in plan.links}
-    tunnel_of_end = {t.onprem_end: t for t in plan.tunnels} | {t.azure_end: t for t in plan.tunnels}
-    owner_of_ip = {a.split("/")[0]: n.name for n in plan.nodes.values() for i in n.interfaces for a in i.addresses}
     for router, fib in fibs.items():
         if fib.down:
             g.add_edge(router, f"drop:{router} down")
@@ -136,22 +161,8 @@ def forwarding_graph(plan: Plan, fibs: dict, tunnels_up: set[str], address: IPv4
         for ifname, via, connected in hops:
             if proto in ("connected", "local") or (connected and not via and proto != "static"):
                 g.add_edge(router, f"deliver:{router}")
-                continue
-            peer, _ = peer_of.get((router, ifname), (None, None))
-            if peer in tunnel_of_end:
-                t = tunnel_of_end[peer]
-                other = t.gateway_instance if t.device == router else t.device
-                if t.name in tunnels_up:
-                    g.add_edge(router, f"tunnel:{t.name}")
-                    g.add_edge(f"tunnel:{t.name}", other)
-                else:
-                    g.add_edge(router, f"drop:{t.name} down")
-            elif via and owner_of_ip.get(via) in fibs:
-                g.add_edge(router, owner_of_ip[via])
-            elif peer in fibs:
-                g.add_edge(router, peer)
             else:
-                g.add_edge(router, f"drop:{peer or ifname}")
+                g.add_edges_from(wiring.edges(router, ifname, via, fibs, tunnels_up))
     return g
 
 

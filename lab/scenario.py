@@ -28,10 +28,10 @@ class NodeHandle:
         return self.lab.rt.exec(self.name, argv, timeout=timeout)
 
     def vtysh_json(self, command: str):
-        return live._vtysh_json(self.lab.rt, self.name, command)
+        return live.vtysh_json(self.lab.rt, self.name, command)
 
     def sas(self) -> list[dict]:
-        return live._vici_sas(self.lab.rt.vici_socket(self.name))
+        return live.ike_sas(self.lab.rt, self.name)
 
     @property
     def address(self) -> str:
@@ -79,12 +79,6 @@ class LabHandle:
     def convergence(self) -> list[str]:
         return live.convergence(self.rt, self.plan)
 
-    def wait_probe_packets(self, count: int, since_ns: int, budget: float = 30):
-        """Until the probe sent `count` packets in each direction since since_ns (a
-        measurement window counted in packets, not slept)."""
-        wait_until(lambda: self._probe.status(since_ns)["sent_since"], lambda s: min(s.values()) >= count,
-                   f"{count} probe packets per direction", budget, interval=0.1)
-
     def wait_converged(self, budget: str | float = "reconverge"):
         engine.wait_converged(self.rt, self.plan, self.timers, self.budget(budget))
 
@@ -98,14 +92,16 @@ class LabHandle:
             last = err.last if isinstance(err.last, str) else differences(err.last, expected)
             raise AssertionError(f"gave up after {err.budget:g} s waiting for {what}: {last}") from None
 
+    def _fresh_state(self):
+        """Faults may have been injected or healed from another process (the CLI)."""
+        self.state = self.rt.state = load_state(self.name) or self.state
+
     def fail(self, kind: str, target: str, **params) -> dict:
-        self.state = load_state(self.name) or self.state
-        self.rt.state = self.state
+        self._fresh_state()
         return faults.inject(self.rt, self.plan, kind, target, **params)
 
     def heal(self, key: str | None = None) -> list[dict]:
-        self.state = load_state(self.name) or self.state
-        self.rt.state = self.state
+        self._fresh_state()
         if key is None:
             return faults.heal_all(self.rt, self.plan)
         return [faults.heal(self.rt, self.plan, key)]
@@ -227,6 +223,8 @@ class Scenario:
             self._probe.mark(f"fail {kind} {target}")
         fault = self.lab.fail(kind, target, **params)
         self.event(f"fault injected: {fault['key']} {fault['params'] or ''}".strip(), "fault", at)
+        for step_ns, what in fault["detail"].get("steps", []):
+            self.event(what, "fault", step_ns)
         return at
 
     def heal(self, key: str | None = None) -> int:

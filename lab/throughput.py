@@ -36,17 +36,8 @@ def iperf(rt, client: str, server: str, server_addr: str, seconds: int = 3, reve
 
 def esp_bytes(rt, plan) -> dict[str, int]:
     """Tunnel -> bytes through its CHILD SAs (both directions), from the Azure end."""
-    def count(t):
-        total = 0
-        try:
-            for entry in live._vici_sas(rt.vici_socket(t.azure_end)):
-                for ike in entry.values():
-                    for child in ike.get("child-sas", {}).values():
-                        total += int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))
-        except OSError:
-            pass
-        return total
-    return dict(zip([t.name for t in plan.tunnels], live._each(count, plan.tunnels)))
+    counters = live.each(lambda t: live.sa_counters(rt, t.azure_end), plan.tunnels)
+    return {t.name: c["bytes_in"] + c["bytes_out"] for t, c in zip(plan.tunnels, counters)}
 
 
 def concurrent(rt, runs: list[dict]) -> list[dict]:
