@@ -181,6 +181,38 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def cmd_attach(args) -> int:
+    name = engine.resolve_name(args.name)
+    a = engine.attach(name, args.site, args.netns)
+    if args.json:
+        print(json.dumps(a, indent=2))
+        return 0
+    err.print(f"attached namespace {a['netns']} as site {a['site']}: interface {a['interface']} "
+              f"{a['public_ip']}/24, route {', '.join(a['routes'])}")
+    err.print(f"Azure gateway public IPs to dial: {', '.join(a['gateways'])}")
+    return 0
+
+
+def cmd_detach(args) -> int:
+    name = engine.resolve_name(args.name)
+    err.print(f"detached {args.site}" if engine.detach(name, args.site) else f"{args.site} was not attached")
+    return 0
+
+
+def cmd_events(args) -> int:
+    from .events import read
+    state = engine.require_state(engine.resolve_name(args.name))
+    entries = read(state.dir, args.category)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    # one line per entry, as log viewers show it (a table would wrap the messages)
+    for e in entries[-args.last:]:
+        print(" ".join((e["TimeGenerated"], e["Category"], e.get("OperationName", "-"),
+                        e.get("instance_s", "-"), e["Message"])))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import write_html
     try:
@@ -254,6 +286,22 @@ def parser() -> argparse.ArgumentParser:
     mt.add_argument("--name")
     mt.add_argument("--json", action="store_true")
     mt.set_defaults(func=cmd_metrics)
+    at = sub.add_parser("attach", help="connect your own device's namespace as a managed: false site")
+    at.add_argument("site", help="a local network gateway with managed: false")
+    at.add_argument("--netns", required=True, help="an existing network namespace (ip netns add NAME)")
+    at.add_argument("--name")
+    at.add_argument("--json", action="store_true")
+    at.set_defaults(func=cmd_attach)
+    de = sub.add_parser("detach", help="disconnect a namespace attached with 'vpnlab attach'")
+    de.add_argument("site")
+    de.add_argument("--name")
+    de.set_defaults(func=cmd_detach)
+    ev = sub.add_parser("events", help="the gateway's diagnostic log, in Azure's shapes")
+    ev.add_argument("--name")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--category", choices=["TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog"])
+    ev.add_argument("--last", type=int, default=50, help="rows shown in the table (default 50)")
+    ev.set_defaults(func=cmd_events)
     rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")
     rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")

@@ -9,6 +9,7 @@ import vici
 from vici.exception import CommandException
 
 from .errors import RuntimeFailure
+from .plan import initiator_child
 
 
 @contextlib.contextmanager
@@ -35,17 +36,56 @@ def ike_terminate(rt, node: str, ike: str, timeout: float = 3, force: bool = Fal
     return True
 
 
-def initiate(rt, node: str, child: str, timeout: float = 10) -> tuple[bool, list[str]]:
+def initiate(rt, node: str, child: str, timeout: float = 10, ike: str | None = None
+             ) -> tuple[bool, list[str]]:
     """Have this end set up a child (with an IKE SA if none: its IKE_SA_INIT goes on the
-    wire). Returns whether it was established, and charon's control log lines."""
+    wire). Returns whether it was established, and charon's control log lines. A
+    negative timeout returns at once (the result is then unknown: False)."""
     lines = []
-    with _vici(rt, node, timeout + 2) as s:
+    request = {"child": child, "timeout": int(timeout * 1000), **({"ike": ike} if ike else {})}
+    with _vici(rt, node, max(timeout, 0) + 2) as s:
         try:
-            for log in s.initiate({"child": child, "timeout": int(timeout * 1000)}):
+            for log in s.initiate(request):
                 lines.append(log.get("msg", b"").decode())
         except CommandException:
             return False, lines
-    return True, lines
+    return timeout >= 0, lines
+
+
+def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:
+    """Rekey the tunnel's CHILD SA as Azure does: offering Azure's initiator list [3.1].
+    A CHILD SA Azure created rekeys in place (its child config holds that list). One the
+    device created was negotiated from the responder list, which strongSwan would offer
+    again, so it is replaced: a new CHILD SA through the initiator child, then the old
+    one deleted. False when the device refused (NO_PROPOSAL_CHOSEN): the old SA then
+    runs out its lifetime, as on Azure."""
+    sas = [ike for entry in _list_sas(rt, node) for ike in entry.values()]
+    children = [c for ike in sas for c in ike.get("child-sas", {}).values()
+                if c["state"] == b"INSTALLED"]
+    if not children:
+        raise RuntimeFailure(f"{node}: no installed CHILD SA to rekey")
+    child = children[0]
+    if child["name"].decode() == initiator_child(connection):
+        with _vici(rt, node, timeout) as s:
+            s.rekey({"child-id": child["uniqueid"]})
+        return True
+    ok, _ = initiate(rt, node, initiator_child(connection), timeout, ike=connection)
+    if ok:
+        with _vici(rt, node, timeout + 2) as s:
+            for _ in s.terminate({"child-id": child["uniqueid"], "timeout": int(timeout * 1000)}):
+                pass
+    return ok
+
+
+def _list_sas(rt, node: str) -> list[dict]:
+    with _vici(rt, node, 5) as s:
+        return list(s.list_sas())
+
+
+def listen(rt, node: str, kinds: list[str], tick: float):
+    """charon's VICI events of a tunnel end, with (None, None) every tick seconds."""
+    with _vici(rt, node, tick + 2) as s:
+        yield from s.listen(kinds, timeout=tick)
 
 
 def child_rekey(rt, node: str, child: str, timeout: float = 5):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Callable
 
@@ -138,9 +139,12 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
     progress(f"starting FRR on {len(routers)} routers")
     budget = defaults()["waits"]["daemon_start"]
     rt.start_routers(routers, budget)
+    # The agent first, so that its diagnostic log sees the first exchanges.
+    progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
+    rt.start_agent()
     # Azure ends first, so the devices' first IKE_SA_INIT finds a responder.
     for side in ("az", "op"):
-        ends = [getattr(t, "azure_end" if side == "az" else "onprem_end") for t in plan.tunnels]
+        ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end)]
         progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
         rt.start_tunnel_ends(ends, budget)
 
@@ -173,6 +177,45 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
             "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
                        for f in state.faults],
         }
+    finally:
+        rt.close()
+
+
+# ------------------------------------------------------------------ your own device
+def attach(name: str, site: str, netns_name: str) -> dict:
+    """Connect the user's namespace to the lab's internet as site's device."""
+    state = require_state(name)
+    topology = load(state.topology_file)
+    lng = topology.local_network_gateways.get(site)
+    if lng is None:
+        raise LabError(f"no local network gateway {site!r} in lab {name!r}; sites: "
+                       + ", ".join(sorted(topology.local_network_gateways)))
+    if lng.managed:
+        raise LabError(f"site {site!r} is managed: the lab runs its device. Set 'managed: false' "
+                       f"on local_network_gateways.{site} to bring your own")
+    if site in state.attached:
+        raise LabError(f"site {site!r} is already attached to namespace "
+                       f"{state.attached[site]['netns']!r} ('vpnlab detach {site}' first)")
+    internet = IPv4Network(f"{lng.gateway_ip}/24", strict=False).network_address + 1
+    routes = [(defaults()["internal"]["azure_public"], str(internet))]
+    plan = plan_of(state)
+    rt = runtime_of(state)
+    try:
+        port = f"u{sorted(plan.unmanaged).index(site)}"
+        attached = rt.attach(site, netns_name, port, f"{lng.gateway_ip}/24", routes)
+    finally:
+        rt.close()
+    return {"site": site, **attached, "public_ip": str(lng.gateway_ip),
+            "routes": [f"{dst} via {via}" for dst, via in routes],
+            "gateways": sorted({plan.nodes[t.gateway_instance].public_ip
+                                for t in plan.tunnels if t.device == site})}
+
+
+def detach(name: str, site: str) -> bool:
+    state = require_state(name)
+    rt = runtime_of(state)
+    try:
+        return rt.detach(site)
     finally:
         rt.close()
 

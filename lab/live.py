@@ -147,10 +147,12 @@ def convergence(rt, plan: Plan) -> list[str]:
     Established, expected prefixes missing from a FIB. Empty when converged."""
     problems = []
     for t in tunnels(rt, plan):
+        if t["device"] in plan.unmanaged:
+            continue   # the user's device: up when they bring it
         if t["state"] != "ESTABLISHED" or t["child_state"] != "INSTALLED":
             problems.append(f"tunnel {t['tunnel']}: {t['state']}/{t['child_state']}")
     for b in bgp(rt, plan):
-        if b["state"] != "Established":
+        if b["state"] != "Established" and b["peer_node"] not in plan.unmanaged:
             problems.append(f"bgp {b['node']} -> {b['peer']} ({b['peer_node']}): {b['state']}")
     if not problems:
         problems += [f"route {m}" for m in missing_routes(rt, plan)]

@@ -29,7 +29,7 @@ def metrics(rt, plan: Plan) -> list[dict]:
     per_instance: dict[str, float] = {}
     for t in plan.tunnels:
         c = counters[t.name]
-        dims = {"ConnectionName": t.connection, "RemoteIP": plan.nodes[t.device].public_ip,
+        dims = {"ConnectionName": t.connection, "RemoteIP": t.remote_ip,
                 "Instance": instance_name(t.gateway_instance)}
         # Ingress: from the tunnel into Azure (what the Azure end receives)
         add("TunnelIngressBytes", c["bytes_in"], "Bytes", **dims)

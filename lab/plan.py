@@ -109,9 +109,15 @@ class Tunnel:
     connection: str
     gateway: str
     gateway_instance: str
-    device: str
+    device: str          # the site (local network gateway) name
     azure_end: str       # tunnel-endpoint node names
-    onprem_end: str
+    onprem_end: str | None   # None: the site is not managed (the user brings the device)
+    remote_ip: str = ""      # the site's public IP
+    connection_mode: str = "Default"
+
+    @property
+    def managed(self) -> bool:
+        return self.onprem_end is not None
 
 
 @dataclass
@@ -122,9 +128,20 @@ class Plan:
     bgp: list[BgpSession]
     expected_routes: dict[str, list[str]]   # node -> prefixes that must be in its FIB
     pings: list[tuple[str, str]]            # (from node, to address) that must answer
+    unmanaged: dict[str, str] = field(default_factory=dict)   # site -> public IP (attach)
 
     def ordered_nodes(self) -> list[Node]:
         return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
+
+
+def _internet_side(public_ip: IPv4Address) -> str:
+    """The internet's own address on a public /24: .1, every router's default gateway."""
+    return f"{IPv4Network(f'{public_ip}/24', strict=False).network_address + 1}/24"
+
+
+def initiator_child(connection: str) -> str:
+    """The Azure end's child config that carries Azure's initiator offers [3.1]."""
+    return f"{connection}-init"
 
 
 def instance_count(gw) -> int:
@@ -175,9 +192,8 @@ class _Builder:
         net = IPv4Network(f"{ip}/24", strict=False)
         inet = self.nodes[INTERNET]
         br = inet.iface("br0")
+        br.addresses.append(_internet_side(ip))
         gw = str(net.network_address + 1)
-        if f"{gw}/24" not in br.addresses:
-            br.addresses.append(f"{gw}/24")
         self.inet_ports += 1
         self.link(node, Iface("pub", [f"{ip}/24"]),
                   inet, Iface(f"p{self.inet_ports}", master="br0"))
@@ -199,12 +215,20 @@ class _Builder:
         self.add(Node(INTERNET, "internet", [Iface("br0", kind="bridge")], forwarding=True))
         for gw_index, gw_name in enumerate(sorted(self.t.virtual_network_gateways)):
             self.gateway(gw_index, gw_name)
-        for site in sorted(self.t.local_network_gateways):
-            self.device(site)
+        unmanaged = {}
+        for site, lng in sorted(self.t.local_network_gateways.items()):
+            if lng.managed:
+                self.device(site)
+            else:
+                unmanaged[site] = str(lng.gateway_ip)
+                self.nodes[INTERNET].iface("br0").addresses.append(_internet_side(lng.gateway_ip))
         for conn in sorted(self.t.connections):
             self.connection(conn)
         self.finish_routing()
-        return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings)
+        br = self.nodes[INTERNET].iface("br0")
+        br.addresses = list(dict.fromkeys(br.addresses))
+        return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings,
+                    unmanaged)
 
     def gateway(self, gw_index: int, gw_name: str):
         gw = self.t.virtual_network_gateways[gw_name]
@@ -290,34 +314,41 @@ class _Builder:
         gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
         lng = self.t.local_network_gateways[c.local_network_gateway]
         vnet = self.t.virtual_networks[gw.virtual_network]
-        device = self.nodes[c.local_network_gateway]
+        device = self.nodes.get(c.local_network_gateway)     # None: not managed
+        op_pub = str(lng.gateway_ip)
         for k in range(instance_count(gw)):
             inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
             tname = f"{conn_name}-in{k}"
             az_end, az_if = self.tunnel_end(inst, tname, "az")
-            op_end, op_if = self.tunnel_end(device, tname, "op")
+            op_end, op_if = self.tunnel_end(device, tname, "op") if device else (None, None)
             self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
-                                       device.name, az_end.name, op_end.name))
-            az_pub, op_pub = inst.public_ip, device.public_ip
-            inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"]))
-            device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"]))
+                                       c.local_network_gateway, az_end.name,
+                                       op_end.name if op_end else None, op_pub, c.connection_mode))
+            az_pub = inst.public_ip
+            inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"],
+                                         refuse_peer_init=c.connection_mode == "InitiatorOnly"))
             common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
                           secret=c.shared_key.get_secret_value(), dpd_timeout=self.dpd(c))
             az_end.charon.update(common, side="azure", local_id=az_pub, remote_id=op_pub,
                                  remote_addr=op_pub, policy=self.azure_policy(c),
-                                 initiate=c.connection_mode == "InitiatorOnly")
-            op_end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub,
-                                 remote_addr=az_pub, policy=self.device_policy(c), initiate=True)
+                                 mode=c.connection_mode, initiator_child=initiator_child(conn_name))
+            if op_end:
+                device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"],
+                                              refuse_peer_init=False))
+                op_end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub,
+                                     remote_addr=az_pub, policy=self.device_policy(c))
             if c.enable_bgp:
-                self.bgp_over(inst, az_if, device, op_if, gw, lng, k)
+                self.bgp_over(inst, az_if, device, op_if, gw, c.local_network_gateway, k)
             else:
-                for p in self.t.site_lan(c.local_network_gateway):
+                for p in (self.t.site_lan(c.local_network_gateway) if device else lng.address_space):
                     inst.frr.static.append((str(p), az_if))
                     inst.frr.networks.append(str(p))
-                for p in vnet.address_space:
+                for p in vnet.address_space if device else ():
                     device.frr.static.append((str(p), op_if))
 
-    def bgp_over(self, inst: Node, az_if: str, device: Node, op_if: str, gw, lng, k: int):
+    def bgp_over(self, inst: Node, az_if: str, device: Node | None, op_if: str | None, gw,
+                 site: str, k: int):
+        lng = self.t.local_network_gateways[site]
         peer = str(lng.bgp.peering_address)
         apipa_peer = lng.bgp.peering_address.is_link_local
         # Azure picks its custom APIPA address when the site peers from APIPA [4.3];
@@ -327,19 +358,25 @@ class _Builder:
         inst.frr.static.append((f"{peer}/32", az_if))
         inst.frr.neighbors.append(Neighbor(peer, lng.bgp.asn, multihop=True,
                                            update_source=local, passive=apipa_peer))
+        self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
+        if device is None:
+            return
         device.frr.static.append((f"{local}/32", op_if))
         device.frr.neighbors.append(Neighbor(local, gw.bgp.asn, multihop=True, update_source=peer))
-        self.bgp.append(BgpSession(inst.name, peer, device.name, "ebgp"))
         self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
 
     def dpd(self, c) -> int:
         return self.timers["dpd_timeout"] or c.dpd_timeout_seconds
 
     def azure_policy(self, c) -> dict:
+        """Azure's proposals per role [3.1]: esp answers the device, esp_initiator is what
+        Azure offers when it creates or rekeys a CHILD SA. A custom policy replaces both."""
         az = self.d["azure"]
         if c.ipsec_policies:
-            return custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
+            policy = custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
+            return policy | dict(esp_initiator=policy["esp"])
         return dict(ike=az["ike_proposals"], esp=az["esp_proposals_responder"],
+                    esp_initiator=az["esp_proposals_initiator"],
                     ike_lifetime=az["ike_lifetime_seconds"],
                     child_lifetime=az["child_lifetime_seconds"],
                     child_kilobytes=az["child_lifetime_kilobytes"])
@@ -358,6 +395,8 @@ class _Builder:
         the prefixes each router must have in its FIB."""
         for conn_name in sorted(self.t.connections):
             c = self.t.connections[conn_name]
+            if not self.t.local_network_gateways[c.local_network_gateway].managed:
+                continue   # the user's device: nothing the lab can expect of it
             gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
             vnet = self.t.virtual_networks[gw.virtual_network]
             site_prefixes = [str(p) for p in self.t.site_lan(c.local_network_gateway)]

@@ -32,8 +32,8 @@ from .scenario import LabHandle, Scenario
 from .state import lab_dir, load_state
 
 DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received signal 11|"
-                           r"Backtrace for|assertion .* failed|core dumped", re.I)
-LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd"}
+                           r"Backtrace for|assertion .* failed|core dumped|Traceback \(most recent", re.I)
+LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd", "agent"}
 
 
 def pytest_addoption(parser):
@@ -165,7 +165,7 @@ def _lab_hygiene(request):
     except engine.LabError as err:
         problems.append(str(err))
     try:
-        ends = [e for t in handle.plan.tunnels for e in (t.azure_end, t.onprem_end)]
+        ends = [e for t in handle.plan.tunnels if t.managed for e in (t.azure_end, t.onprem_end)]
         handle.eventually(lambda: _sa_counts(handle, ends), {e: [1, 1] for e in ends},
                           "reconverge", "one IKE SA and one CHILD SA per tunnel end")
     except AssertionError as err:

@@ -42,6 +42,7 @@ class LabState:
     namespaces: list[str] = field(default_factory=list)
     processes: list[dict] = field(default_factory=list)   # {pid, node, daemon}
     faults: list[dict] = field(default_factory=list)      # active faults (lab.faults)
+    attached: dict = field(default_factory=dict)          # site -> {netns, port}: vpnlab attach
 
     @property
     def dir(self) -> Path:

@@ -68,6 +68,8 @@ class LocalNetworkGateway(Model):
     gateway_ip: IPv4Address
     address_space: list[IPv4Network] = []
     bgp: Optional[SiteBgp] = None
+    # false: the lab builds no device; the user brings one (`vpnlab attach SITE --netns NS`)
+    managed: bool = True
     device: Device = Device()
 
 
@@ -128,7 +130,10 @@ class Topology(Model):
         return list(self.virtual_networks[vnet].subnets[subnet].vms or [f"{vnet}-{subnet}-vm"])
 
     def site_hosts(self, site: str) -> list[str]:
-        return list(self.local_network_gateways[site].device.hosts or [f"{site}-host"])
+        lng = self.local_network_gateways[site]
+        if not lng.managed:
+            return []
+        return list(lng.device.hosts or [f"{site}-host"])
 
 
 # ---------------------------------------------------------------- validation
@@ -227,7 +232,7 @@ def _address_space_errors(t: Topology):
         for i, prefix in enumerate(lng.device.lan_prefixes):
             if prefix not in lng.address_space:
                 spaces.append((("local_network_gateways", site, "device", "lan_prefixes", i), prefix))
-        if not t.site_lan(site):
+        if lng.managed and not t.site_lan(site):
             yield (("local_network_gateways", site, "address_space"),
                    "the lab's on-prem device needs a LAN: give address_space or device.lan_prefixes")
     for i, (loc_a, a) in enumerate(spaces):
@@ -308,6 +313,9 @@ def _site_errors(t: Topology):
         if lng.gateway_ip in seen_ips:
             yield loc + ("gateway_ip",), f"{lng.gateway_ip} is already used by {seen_ips[lng.gateway_ip]}"
         seen_ips[lng.gateway_ip] = site
+        if not lng.managed and "device" in lng.model_fields_set:
+            yield loc + ("device",), ("describes the device the lab builds; a site with managed: false "
+                                      "brings its own (remove device, or set managed: true)")
         if lng.bgp is not None:
             if reserved_site_asn(lng.bgp.asn):
                 yield loc + ("bgp", "asn"), (f"ASN {lng.bgp.asn} is reserved by Azure; "

@@ -13,13 +13,14 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import vici
 from pyroute2 import NetNS, netns
 
 from ..errors import RuntimeFailure
-from ..plan import TABLE_INTO_TUNNEL, Node, Plan
+from ..plan import INTERNET, TABLE_INTO_TUNNEL, Node, Plan
 from ..state import LabState, namespace_prefix
 from ..waits import wait_until
 from . import procs
@@ -32,6 +33,7 @@ table inet vpnlab_starting {
     chain input { type filter hook input priority 0; policy accept; udp dport { 500, 4500 } drop; }
 }
 """
+AGENT = "agent"     # the node name under which the agent's process is recorded
 FRR_DIR = "/usr/lib/frr"
 CHARON = "/usr/lib/ipsec/charon"
 
@@ -225,6 +227,15 @@ class NetnsRuntime:
         for r in nodes:
             self.configure_frr(r, budget)
 
+    def start_agent(self):
+        """The emulated gateway's own control plane (lab.agent), in the root namespace:
+        it only talks to the lab's daemons through their sockets."""
+        argv = [sys.executable, "-m", "lab.agent", self.state.name]
+        pid = procs.spawn(argv, self.state.name, self.state.dir / "agent.log",
+                          env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        self._record(pid, AGENT, "agent")
+        self.state.save()
+
     def start_tunnel_ends(self, nodes: list[str], budget: float):
         """charon per tunnel end; ready once ipsec0 is routed and its connection is
         loaded. Until its connection is loaded charon answers IKE_SA_INIT with
@@ -255,6 +266,45 @@ class NetnsRuntime:
         idx = ipr.link_lookup(ifname="ipsec0")[0]
         ipr.link("set", index=idx, state="up")
         self._route(node, "0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL)
+
+    # ------------------------------------------------------------ bring your own device
+    def attach(self, site: str, netns_name: str, port: str, public_cidr: str,
+               routes: list[tuple[str, str]]) -> dict:
+        """A veth from the lab's internet bridge into the user's namespace, with the
+        site's public address and routes to the lab's public addresses. Deleting the
+        internet's end (detach, down) removes the pair."""
+        if netns_name not in netns.listnetns():
+            raise RuntimeFailure(f"network namespace {netns_name!r} does not exist "
+                                 f"(create it with 'ip netns add {netns_name}')")
+        if netns_name.startswith(self.prefix):
+            raise RuntimeFailure(f"{netns_name!r} is one of the lab's own namespaces")
+        inside = f"vl-{site}"[:15]
+        inet = self.ipr(INTERNET)
+        inet.link("add", ifname=port, kind="veth", peer={"ifname": inside, "net_ns_fd": netns_name})
+        try:
+            idx = inet.link_lookup(ifname=port)[0]
+            inet.link("set", index=idx, master=inet.link_lookup(ifname="br0")[0], state="up")
+            with NetNS(netns_name) as ns:
+                i = ns.link_lookup(ifname=inside)[0]
+                addr, plen = public_cidr.split("/")
+                ns.addr("add", index=i, address=addr, prefixlen=int(plen))
+                ns.link("set", index=i, state="up")
+                for dst, via in routes:
+                    ns.route("replace", dst=dst, gateway=via)
+        except Exception:
+            inet.link("del", ifname=port)
+            raise
+        self.state.attached[site] = {"netns": netns_name, "port": port, "interface": inside}
+        self.state.save()
+        return self.state.attached[site]
+
+    def detach(self, site: str) -> bool:
+        found = self.state.attached.pop(site, None)
+        if found:
+            with contextlib.suppress(Exception):
+                self.ipr(INTERNET).link("del", ifname=found["port"])
+            self.state.save()
+        return found is not None
 
     # ------------------------------------------------------------ faults
     def daemon_pids(self, node: str, daemon: str) -> list[int]:

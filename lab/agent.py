@@ -1,0 +1,144 @@
+"""The emulated gateway's own control plane: what Azure does by itself, beside the daemons.
+
+One process per lab (`python -m lab.agent LAB`), started by `up`, tagged, ended by `down`:
+- connection modes [1.3]: Default and InitiatorOnly dial the device and redial every
+  `azure.redial_seconds` while a tunnel is down; ResponderOnly never dials;
+- Azure's own CHILD_SA rekeys offer Azure's initiator list [3.1] (control.azure_rekey);
+- the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
+  JSON lines to the lab's events file (lab.events reads it).
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+from . import control, events, live
+from .defaults import defaults
+from .plan import Plan, Tunnel, initiator_child
+from .state import load_state
+
+POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
+
+
+class Agent:
+    def __init__(self, rt, plan: Plan):
+        self.rt, self.plan = rt, plan
+        self.log = events.Writer(rt.state.dir)
+        self.stop = threading.Event()
+        self.redial = defaults()["azure"]["redial_seconds"]
+
+    def run(self):
+        threads = [threading.Thread(target=self.tunnel_end, args=(t,), daemon=True)
+                   for t in self.plan.tunnels]
+        threads += [threading.Thread(target=self.ike_log, args=(t,), daemon=True)
+                    for t in self.plan.tunnels]
+        threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
+        for th in threads:
+            th.start()
+        self.stop.wait()
+
+    # ------------------------------------------------------------ dialing and rekeys
+    def tunnel_end(self, t: Tunnel):
+        """Dial when the mode says Azure dials and no IKE SA exists for redial seconds;
+        rekey CHILD SAs Azure answered for, at Azure's lifetime, with Azure's offers."""
+        down_since = last_dial = None
+        failed_rekeys: set[bytes] = set()
+        lifetime = self._child_lifetime(t)
+        while not self.stop.wait(POLL):
+            try:
+                sas = live.ike_sas(self.rt, t.azure_end)
+            except OSError:        # charon is down (a fault): nothing to do until it is back
+                continue
+            now = time.monotonic()
+            if sas:
+                down_since = None
+            elif t.connection_mode != "ResponderOnly":
+                down_since = down_since or now
+                if now - down_since >= self.redial and (last_dial is None or now - last_dial >= self.redial):
+                    last_dial = now
+                    self._dial(t)
+            for child in _answered_children(sas, t.connection):
+                age = int(child.get("install-time", 0))
+                if age >= lifetime["seconds"] or _bytes(child) >= lifetime["bytes"]:
+                    if child["uniqueid"] not in failed_rekeys and not control.azure_rekey(
+                            self.rt, t.azure_end, t.connection):
+                        failed_rekeys.add(child["uniqueid"])
+
+    def _dial(self, t: Tunnel):
+        try:
+            control.initiate(self.rt, t.azure_end, initiator_child(t.connection), timeout=-1)
+        except OSError:
+            pass
+
+    def _child_lifetime(self, t: Tunnel) -> dict:
+        policy = self.plan.nodes[t.azure_end].charon["policy"]
+        return {"seconds": policy["child_lifetime"], "bytes": policy["child_kilobytes"] * 1024}
+
+    # ------------------------------------------------------------ diagnostic log
+    def ike_log(self, t: Tunnel):
+        """Tunnel events and IKE log lines of one Azure tunnel end, from VICI events.
+        Whenever the listener (re)connects, the tunnel's state is read once, so that what
+        happened while charon was away (a crash, a restart) is reported too."""
+        while not self.stop.is_set():
+            try:
+                first = True
+                for kind, event in control.listen(self.rt, t.azure_end, ["ike-updown", "log"], POLL):
+                    if self.stop.is_set():
+                        return
+                    if first:    # registered now: from here on no event is missed
+                        first = False
+                        sas = live.ike_sas(self.rt, t.azure_end)
+                        self.log.tunnel(t, self.plan, any(sa["state"] == b"ESTABLISHED" for sa in sas))
+                    if kind == b"ike-updown":
+                        self.log.tunnel(t, self.plan, event.get("up") == b"yes")
+                    elif kind == b"log":
+                        self.log.ike(t, self.plan, event)
+            except OSError:
+                self.log.tunnel(t, self.plan, False, "the gateway's IKE service stopped")
+                self.stop.wait(POLL)
+
+    def bgp_speakers(self):
+        """BgpConnectedEvent / BgpDisconnectedEvent when an instance's eBGP session with
+        a site changes state."""
+        sessions = [s for s in self.plan.bgp if s.kind == "ebgp"
+                    and self.plan.nodes[s.node].role == "gateway-instance"]
+        established: dict = {}
+        while not self.stop.wait(POLL):
+            for s in sessions:
+                try:
+                    state = live.bgp_peers(self.rt, s.node).get(s.peer, {}).get("state")
+                except Exception:  # noqa: BLE001 - bgpd down (a fault): the session is down
+                    state = None
+                up = state == "Established"
+                if established.get((s.node, s.peer), False) != up:
+                    established[(s.node, s.peer)] = up
+                    self.log.bgp(s, self.plan, up)
+
+
+def _answered_children(sas: list[dict], connection: str) -> list[dict]:
+    """Installed CHILD SAs made under the responder child (the device asked for them)."""
+    return [c for ike in sas if ike["state"] == b"ESTABLISHED"
+            for c in ike.get("child-sas", {}).values()
+            if c["name"] == connection.encode() and c["state"] == b"INSTALLED"]
+
+
+def _bytes(child: dict) -> int:
+    return int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))
+
+
+def main(argv: list[str]) -> int:
+    from .engine import plan_of, runtime_of
+    state = load_state(argv[0])
+    if state is None:
+        print(f"agent: no lab named {argv[0]!r}", file=sys.stderr)
+        return 2
+    agent = Agent(runtime_of(state), plan_of(state))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
