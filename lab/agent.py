@@ -51,6 +51,9 @@ class Agent:
                 sas = live.ike_sas(self.rt, t.azure_end)
             except OSError:        # charon is down (a fault): nothing to do until it is back
                 continue
+            except Exception as err:  # noqa: BLE001 - one bad answer must not end the thread
+                say(f"{t.name}: listing SAs failed: {err!r}")
+                continue
             now = time.monotonic()
             if sas:
                 down_since = None
@@ -58,19 +61,26 @@ class Agent:
                 down_since = down_since or now
                 if now - down_since >= self.redial and (last_dial is None or now - last_dial >= self.redial):
                     last_dial = now
+                    say(f"{t.name}: no IKE SA for {now - down_since:.0f} s: dialing {t.remote_ip}")
                     self._dial(t)
             for child in _answered_children(sas, t.connection):
                 age = int(child.get("install-time", 0))
                 if age >= lifetime["seconds"] or _bytes(child) >= lifetime["bytes"]:
-                    if child["uniqueid"] not in failed_rekeys and not control.azure_rekey(
-                            self.rt, t.azure_end, t.connection):
-                        failed_rekeys.add(child["uniqueid"])
+                    if child["uniqueid"] in failed_rekeys:
+                        continue
+                    say(f"{t.name}: CHILD SA {child['uniqueid'].decode()} reached Azure's lifetime: rekeying")
+                    try:
+                        if not control.azure_rekey(self.rt, t.azure_end, t.connection):
+                            failed_rekeys.add(child["uniqueid"])
+                            say(f"{t.name}: the device refused Azure's rekey offers")
+                    except Exception as err:  # noqa: BLE001
+                        say(f"{t.name}: rekey failed: {err!r}")
 
     def _dial(self, t: Tunnel):
         try:
             control.initiate(self.rt, t.azure_end, initiator_child(t.connection), timeout=-1)
-        except OSError:
-            pass
+        except Exception as err:  # noqa: BLE001 - the next round dials again
+            say(f"{t.name}: dialing failed: {err!r}")
 
     def _child_lifetime(self, t: Tunnel) -> dict:
         policy = self.plan.nodes[t.azure_end].charon["policy"]
@@ -115,6 +125,11 @@ class Agent:
                 if established.get((s.node, s.peer), False) != up:
                     established[(s.node, s.peer)] = up
                     self.log.bgp(s, self.plan, up)
+
+
+def say(line: str):
+    """The agent's own log (agent.log in the lab's folder)."""
+    print(f"{time.strftime('%F %T')} {line}", flush=True)
 
 
 def _answered_children(sas: list[dict], connection: str) -> list[dict]:

@@ -139,6 +139,16 @@ def _internet_side(public_ip: IPv4Address) -> str:
     return f"{IPv4Network(f'{public_ip}/24', strict=False).network_address + 1}/24"
 
 
+def _selector_anchors(vnet) -> list[str]:
+    """libipsec installs a CHILD SA's route only with a local address inside the local
+    traffic selector; Azure accepts any selector the device narrows to [1.2]. The
+    network address of every VNet prefix and subnet (Azure never gives them to a VM),
+    as a /32 in the Azure tunnel end, is inside every selector a device derives from
+    the VNet's prefixes."""
+    nets = list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]
+    return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
+
+
 def initiator_child(connection: str) -> str:
     """The Azure end's child config that carries Azure's initiator offers [3.1]."""
     return f"{connection}-init"
@@ -320,6 +330,7 @@ class _Builder:
             inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
             tname = f"{conn_name}-in{k}"
             az_end, az_if = self.tunnel_end(inst, tname, "az")
+            az_end.interfaces.append(Iface("lo", _selector_anchors(vnet), kind="lo"))
             op_end, op_if = self.tunnel_end(device, tname, "op") if device else (None, None)
             self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
                                        c.local_network_gateway, az_end.name,

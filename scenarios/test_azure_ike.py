@@ -187,8 +187,14 @@ def azure_initiated(lab, site: str):
 
 def wait_azure_dials(lab, site: str):
     budget = REDIAL + lab.detection_budget() + 10
-    lab.eventually(lambda: azure_initiated(lab, site), True, budget,
-                   f"the gateway to dial {site}'s passive device")
+    try:
+        lab.eventually(lambda: azure_initiated(lab, site), True, budget,
+                       f"the gateway to dial {site}'s passive device")
+    except AssertionError as err:
+        peer = tunnel_of(lab, site).remote_ip
+        seen = [e["Message"] for e in read_events(lab.state.dir, "IKEDiagnosticLog") if e["remoteIP_s"] == peer]
+        agent = (lab.state.dir / "agent.log").read_text()
+        raise AssertionError(f"{err}\nIKE log: {seen[-12:]}\nagent: {agent[-1500:]}") from None
 
 
 @pytest.mark.parametrize("site", ["site-default", "site-initiator"])

@@ -222,7 +222,9 @@ def test_metrics_under_azures_names_and_dimensions(aa):
     assert egress(after) - egress(before) >= 5 * 84       # five echo requests went out to dev0
 
 
-def test_metrics_show_a_lost_bgp_speaker(aa):
+def test_metrics_and_events_show_a_lost_bgp_speaker(aa):
+    """BgpPeerStatus 0 while the instance's bgpd is down, and the diagnostic log has
+    BgpDisconnectedEvent then BgpConnectedEvent for that instance's peer."""
     assert vpnlab("fail", "crash", "hub-gw-in0", "--name", "it-aa").returncode == 0
     try:
         m = _metrics()
@@ -230,6 +232,14 @@ def test_metrics_show_a_lost_bgp_speaker(aa):
         assert m[("BgpPeerStatus", "169.254.21.10", "GatewayTenantWorker_IN_1")] == 1
     finally:
         assert vpnlab("heal", "--all", "--name", "it-aa").returncode == 0
+
+    def bgp_events():
+        res = vpnlab("events", "--name", "it-aa", "--json", "--category", "RouteDiagnosticLog")
+        return [e["OperationName"] for e in json.loads(res.stdout)
+                if e["instance_s"] == "GatewayTenantWorker_IN_0" and e["peerAddress_s"] == "169.254.21.10"]
+    wait_until(bgp_events, lambda ops: ops[-3:] == ["BgpConnectedEvent", "BgpDisconnectedEvent",
+                                                    "BgpConnectedEvent"],
+               "BgpDisconnectedEvent then BgpConnectedEvent in the diagnostic log", 10)
 
 
 def test_status_of_an_unknown_lab_fails_clearly():
@@ -244,6 +254,7 @@ def test_nothing_of_the_lab_in_the_root_namespace(aa):
 def test_shared_keys_never_in_status_or_logs(aa):
     text = vpnlab("status", "--name", "it-aa", "--json").stdout + vpnlab("status", "--name", "it-aa").stdout
     logs = "".join(p.read_text(errors="replace") for p in lab_dir("it-aa").rglob("*.log"))
+    logs += (lab_dir("it-aa") / "events.jsonl").read_text()
     for key in ("Lab.Dev0.Psk.ChangeMe", "Lab.Dev1.Psk.ChangeMe"):
         assert key not in text and key not in logs
 
@@ -321,6 +332,69 @@ def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path):
     finally:
         vpnlab("down", "--name", "it-custom")
     assert leftovers("it-custom") == {}
+
+
+# ------------------------------------------------------------ bring your own device
+def readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"<!-- walkthrough: {marker} -->\n```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_bring_your_own_device_as_the_readme_says(tmp_path):
+    """The README's walkthrough, run as it stands (only the lab's name, the namespace and
+    the folder are the test's own): a hand-written strongSwan in the user's namespace,
+    attached to a managed: false site, brings the tunnel up and reaches the VNet's VM;
+    the clean-up leaves nothing behind."""
+    def adapt(block: str) -> str:
+        return (block.replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
+                .replace("--name byod", "--name it-byod").replace("/tmp/mydevice", str(tmp_path))
+                .replace("mydevice", "it-mydev"))
+
+    def bash(block: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-ec", adapt(block)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=180)
+    vpnlab("down", "--name", "it-byod")
+    subprocess.run(["ip", "netns", "del", "it-mydev"], capture_output=True)
+    try:
+        res = bash(readme_block("set up"))
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "203.0.113.10" in res.stderr, "attach names the gateway IP to dial"
+        wait_until(lambda: status("it-byod")["tunnels"][0], lambda t: t["child_state"] == "INSTALLED",
+                   "the tunnel to the user's device", 30)
+        res = bash(readme_block("check"))
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "3 received" in res.stdout and "TunnelConnected" in res.stdout
+        refused = vpnlab("attach", "mybranch", "--netns", "it-mydev", "--name", "it-byod")
+        assert refused.returncode == 1 and "already attached" in refused.stderr
+        refused = vpnlab("attach", "nosuchsite", "--netns", "it-mydev", "--name", "it-byod")
+        assert refused.returncode == 1 and "sites: mybranch" in refused.stderr
+        res = bash(readme_block("clean up"))
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "it-mydev" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert leftovers("it-byod") == {}
+    finally:
+        pid = tmp_path / "charon.pid"
+        if pid.exists():
+            subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
+        subprocess.run(["ip", "netns", "del", "it-mydev"], capture_output=True)
+        vpnlab("down", "--name", "it-byod")
+
+
+def test_attach_refuses_a_managed_site_and_a_missing_namespace(tmp_path):
+    up(STATIC, "it-attach")
+    try:
+        res = vpnlab("attach", "branch", "--netns", "it-nosuchns", "--name", "it-attach")
+        assert res.returncode == 1 and "site 'branch' is managed" in res.stderr
+        path = tmp_path / "unmanaged.yaml"
+        path.write_text(STATIC.read_text().replace("    address_space: [10.40.1.0/24]",
+                                                   "    address_space: [10.40.1.0/24]\n    managed: false"))
+        assert vpnlab("down", "--name", "it-attach").returncode == 0
+        up(path, "it-attach")
+        res = vpnlab("attach", "branch", "--netns", "it-nosuchns", "--name", "it-attach")
+        assert res.returncode == 1 and "'it-nosuchns' does not exist" in res.stderr
+    finally:
+        vpnlab("down", "--name", "it-attach")
+    assert leftovers("it-attach") == {}
 
 
 # ------------------------------------------------------------ teardown
