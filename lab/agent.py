@@ -34,6 +34,8 @@ class Agent:
                    for t in self.plan.tunnels]
         threads += [threading.Thread(target=self.ike_log, args=(t,), daemon=True)
                     for t in self.plan.tunnels]
+        threads += [threading.Thread(target=self.on_demand, args=(t,), daemon=True)
+                    for t in self.plan.tunnels if t.policy_based]
         threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
         for th in threads:
             th.start()
@@ -55,7 +57,7 @@ class Agent:
                 say(f"{t.name}: listing SAs failed: {err!r}")
                 continue
             now = time.monotonic()
-            if sas:
+            if sas or t.policy_based:     # policy-based: on demand (on_demand), not redialed
                 down_since = None
             elif t.connection_mode != "ResponderOnly":
                 down_since = down_since or now
@@ -85,6 +87,44 @@ class Agent:
     def _child_lifetime(self, t: Tunnel) -> dict:
         policy = self.plan.nodes[t.azure_end].charon["policy"]
         return {"seconds": policy["child_lifetime"], "bytes": policy["child_kilobytes"] * 1024}
+
+    # ------------------------------------------------------------ policy-based tunnels
+    def on_demand(self, t: Tunnel):
+        """A policy-based tunnel comes up when traffic flows and the gateway tears it
+        down after the idle time [1.1]. libipsec raises no acquire for trap policies, so
+        the agent watches the packets routed into each end's tunnel (an nftables counter)
+        and starts that end's children when some arrive while none is installed."""
+        ends = [e for e in (t.azure_end, t.onprem_end) if e]
+        seen: dict[str, int] = {}
+        idle = defaults()["timers"][self.rt.state.timers]["policy_based_idle"]
+        idle_since = last_bytes = None
+        while not self.stop.wait(POLL):
+            try:
+                for end in ends:
+                    count = self._to_tunnel(end)
+                    grew = end in seen and count > seen[end]
+                    seen[end] = count
+                    if grew and not _installed(live.ike_sas(self.rt, end)):
+                        say(f"{end}: traffic for the tunnel and no SA: starting it")
+                        for child in self.plan.nodes[end].charon["children"]:
+                            control.initiate(self.rt, end, child["name"], timeout=-1)
+                sas = live.ike_sas(self.rt, t.azure_end)
+                if not _installed(sas):
+                    idle_since = last_bytes = None
+                    continue
+                moved = sum(_bytes(c) for ike in sas for c in ike.get("child-sas", {}).values())
+                if moved != last_bytes:
+                    idle_since, last_bytes = time.monotonic(), moved
+                elif time.monotonic() - idle_since >= idle:
+                    say(f"{t.name}: idle for {idle} s: tearing the tunnel down")
+                    self.log.last_reason[t.name] = f"idle for {idle} s (policy-based gateway)"
+                    control.ike_terminate(self.rt, t.azure_end, t.connection)
+            except Exception as err:  # noqa: BLE001 - the next round tries again
+                say(f"{t.name}: on-demand round failed: {err!r}")
+
+    def _to_tunnel(self, end: str) -> int:
+        data = self.rt.nft_json(end, "list", "counter", "inet", "vpnlab_ts", "to_tunnel")
+        return next((x["counter"]["packets"] for x in data.get("nftables", []) if "counter" in x), 0)
 
     # ------------------------------------------------------------ diagnostic log
     def ike_log(self, t: Tunnel):
@@ -137,6 +177,10 @@ def _answered_children(sas: list[dict], connection: str) -> list[dict]:
     return [c for ike in sas if ike["state"] == b"ESTABLISHED"
             for c in ike.get("child-sas", {}).values()
             if c["name"] == connection.encode() and c["state"] == b"INSTALLED"]
+
+
+def _installed(sas: list[dict]) -> bool:
+    return any(c["state"] == b"INSTALLED" for ike in sas for c in ike.get("child-sas", {}).values())
 
 
 def _bytes(child: dict) -> int:

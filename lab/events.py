@@ -15,6 +15,8 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .metrics import instance_name as instance_tag
+
 FILE = "events.jsonl"
 MAX_BYTES = 20 * 1024 * 1024      # then the file is rotated once (events.jsonl.1)
 _TAGS = (("generating ", "[SEND]"), ("sending packet", "[SEND]"),
@@ -26,11 +28,6 @@ _REASONS = (("retransmit", "peer did not answer (DPD or IKE retransmits timed ou
             ("NO_PROPOSAL_CHOSEN", "no proposal chosen"),
             ("AUTHENTICATION_FAILED", "authentication failed"),
             ("deleting IKE_SA", "deleted by the gateway"))
-
-
-def instance_tag(instance: str) -> str:
-    """GatewayTenantWorker_IN_k for the k-th instance of a gateway."""
-    return f"GatewayTenantWorker_IN_{instance.rsplit('-in', 1)[1]}"
 
 
 def _now() -> str:

@@ -46,6 +46,14 @@ def sa_counters(rt, node: str) -> dict:
     return out
 
 
+def ts_mismatch_drops(rt, node: str) -> dict:
+    """Packets a tunnel end dropped for falling outside its traffic selectors (the
+    nftables counters of lab/templates/nftables.conf.j2); zero without selectors."""
+    data = rt.nft_json(node, "list", "counters", "table", "inet", "vpnlab_ts")
+    found = {x["counter"]["name"]: x["counter"]["packets"] for x in data.get("nftables", []) if "counter" in x}
+    return {"egress": found.get("ts_mismatch_egress", 0), "ingress": found.get("ts_mismatch_ingress", 0)}
+
+
 def tunnel_state(rt, node: str) -> dict:
     """IKE and CHILD SA state of one tunnel endpoint, as strongSwan names it. Where
     several IKE SAs exist (a rekey in flight), an established one with an installed

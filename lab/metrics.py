@@ -3,8 +3,10 @@ live state under Azure's REST names and dimensions, so that alerting can be rehe
 
 Counters are those of the SAs installed now (strongSwan counts per SA, so a rekey
 starts them again); AverageBandwidth is the average since each SA was installed.
-Not emulated yet: packet drop counts (libipsec does not count them) and the
-traffic-selector mismatch drops (they need policy-based selectors, issue 4).
+Traffic-selector mismatch drops are counted where selectors exist (policy-based
+gateways, use_policy_based_traffic_selectors), by nftables in the Azure tunnel end; any-
+to-any tunnels drop nothing for that reason (0). Not emulated: the other packet drop
+counts (libipsec does not count them).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def metrics(rt, plan: Plan) -> list[dict]:
 
     counters = dict(zip([t.name for t in plan.tunnels],
                         live.each(lambda t: live.sa_counters(rt, t.azure_end), plan.tunnels)))
+    mismatch = dict(zip([t.name for t in plan.tunnels],
+                        live.each(lambda t: live.ts_mismatch_drops(rt, t.azure_end), plan.tunnels)))
     per_instance: dict[str, float] = {}
     for t in plan.tunnels:
         c = counters[t.name]
@@ -36,6 +40,8 @@ def metrics(rt, plan: Plan) -> list[dict]:
         add("TunnelEgressBytes", c["bytes_out"], "Bytes", **dims)
         add("TunnelIngressPackets", c["packets_in"], "Count", **dims)
         add("TunnelEgressPackets", c["packets_out"], "Count", **dims)
+        add("TunnelIngressPacketDropTSMismatch", mismatch[t.name]["ingress"], "Count", **dims)
+        add("TunnelEgressPacketDropTSMismatch", mismatch[t.name]["egress"], "Count", **dims)
         add("TunnelAverageBandwidth", round(c["bandwidth"], 1), "BytesPerSecond", **dims)
         add("MmsaCount", c["ike"], "Count", **dims)
         add("QmsaCount", c["child"], "Count", **dims)

@@ -114,6 +114,7 @@ class Tunnel:
     onprem_end: str | None   # None: the site is not managed (the user brings the device)
     remote_ip: str = ""      # the site's public IP
     connection_mode: str = "Default"
+    policy_based: bool = False   # a PolicyBased gateway: IKEv1, on demand, idle teardown
 
     @property
     def managed(self) -> bool:
@@ -139,13 +140,68 @@ def _internet_side(public_ip: IPv4Address) -> str:
     return f"{IPv4Network(f'{public_ip}/24', strict=False).network_address + 1}/24"
 
 
-def _selector_anchors(vnet) -> list[str]:
-    """libipsec installs a CHILD SA's route only with a local address inside the local
-    traffic selector; Azure accepts any selector the device narrows to [1.2]. The
-    network address of every VNet prefix and subnet (Azure never gives them to a VM),
-    as a /32 in the Azure tunnel end, is inside every selector a device derives from
-    the VNet's prefixes."""
-    nets = list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]
+def selectors(t: Topology, conn_name: str) -> list[tuple[str, str]]:
+    """(VNet prefix, site prefix) pairs of a connection with policy-based traffic
+    selectors (a PolicyBased gateway, or use_policy_based_traffic_selectors): every
+    VNet prefix x every local network gateway prefix [1.1, 1.2]. Empty: any-to-any."""
+    c = t.connections[conn_name]
+    gw = t.virtual_network_gateways[c.virtual_network_gateway]
+    if gw.vpn_type != "PolicyBased" and not c.use_policy_based_traffic_selectors:
+        return []
+    site = t.local_network_gateways[c.local_network_gateway]
+    return [(str(v), str(s)) for v in t.virtual_networks[gw.virtual_network].address_space
+            for s in site.address_space]
+
+
+def _child(name: str, local_ts: list[str], remote_ts: list[str], esp: list[str], policy: dict,
+           rekey: bool = True, **actions) -> dict:
+    seconds, kb = policy["child_lifetime"], policy["child_kilobytes"]
+    return dict(name=name, local_ts=local_ts, remote_ts=remote_ts, esp=esp,
+                rekey_time=seconds if rekey else 0, rekey_bytes=kb * 1024 if rekey else 0,
+                life_time=int(seconds * 1.1), life_bytes=int(kb * 1024 * 1.1),
+                start_action="none", dpd_action="clear", close_action="none", comment="") | actions
+
+
+def azure_children(c, conn: str, policy: dict, pairs: list, policy_based: bool) -> list[dict]:
+    """The Azure end's child configs. Route-based: one answers the device with the
+    responder offers; Azure's own rekeys of it go through the agent (control.azure_rekey),
+    because strongSwan would offer that child's list again. The initiator child carries
+    what Azure offers when it dials and rekeys. Policy-based (IKEv1): one child per
+    prefix pair; traffic brings an idle tunnel back [1.1] through the agent (libipsec
+    raises no acquire, so start_action = trap cannot)."""
+    if policy_based:
+        return [_child(f"{conn}-{i}", [v], [s], policy["esp"], policy,
+                       comment=f"selector pair {v} <-> {s}") for i, (v, s) in enumerate(pairs)]
+    local = [v for v, _ in pairs] or ["0.0.0.0/0"]
+    remote = [s for _, s in pairs] or ["0.0.0.0/0"]
+    local, remote = list(dict.fromkeys(local)), list(dict.fromkeys(remote))
+    return [
+        _child(conn, local, remote, policy["esp"], policy, rekey=False,
+               comment="answers the device with Azure's responder offers"),
+        _child(initiator_child(conn), local, remote, policy["esp_initiator"], policy,
+               start_action="start" if c.connection_mode == "InitiatorOnly" else "none",
+               comment="Azure's initiator offers: when it dials, and its own rekeys")]
+
+
+def device_children(conn: str, policy: dict, pairs: list, policy_based: bool) -> list[dict]:
+    if policy_based:   # one tunnel per subnet pair, as Azure asks of policy-based devices
+        return [_child(f"{conn}-{i}", [s], [v], policy["esp"], policy, start_action="start",
+                       dpd_action="none", comment=f"selector pair {s} <-> {v}")
+                for i, (v, s) in enumerate(pairs)]
+    local = list(dict.fromkeys(s for _, s in pairs)) or ["0.0.0.0/0"]
+    remote = list(dict.fromkeys(v for v, _ in pairs)) or ["0.0.0.0/0"]
+    return [_child(conn, local, remote, policy["esp"], policy, start_action="start",
+                   dpd_action="restart", close_action="start",
+                   comment="policy-based traffic selectors: every site prefix x every VNet prefix"
+                   if pairs else "route-based: any-to-any traffic selectors, routing decides")]
+
+
+def _selector_anchors(nets: list[IPv4Network]) -> list[str]:
+    """libipsec installs a CHILD SA's route (and trap) only with a local address inside
+    the local traffic selector, and Azure accepts any selector a device narrows to
+    [1.2]. The network address of every prefix of that side (never a host's: Azure
+    reserves it in every subnet), as a /32 in the tunnel end, lies inside every
+    selector derived from those prefixes."""
     return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
 
 
@@ -330,28 +386,43 @@ class _Builder:
             inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
             tname = f"{conn_name}-in{k}"
             az_end, az_if = self.tunnel_end(inst, tname, "az")
-            az_end.interfaces.append(Iface("lo", _selector_anchors(vnet), kind="lo"))
+            az_end.interfaces.append(Iface("lo", _selector_anchors(
+                list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]), kind="lo"))
             op_end, op_if = self.tunnel_end(device, tname, "op") if device else (None, None)
+            if op_end:
+                op_end.interfaces.append(Iface("lo", _selector_anchors(
+                    list(lng.address_space) + self.t.site_lan(c.local_network_gateway)), kind="lo"))
             self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
                                        c.local_network_gateway, az_end.name,
-                                       op_end.name if op_end else None, op_pub, c.connection_mode))
+                                       op_end.name if op_end else None, op_pub, c.connection_mode,
+                                       gw.vpn_type == "PolicyBased"))
             az_pub = inst.public_ip
             inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"],
                                          refuse_peer_init=c.connection_mode == "InitiatorOnly"))
+            pairs = selectors(self.t, conn_name)
+            policy_based = gw.vpn_type == "PolicyBased"
             common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
-                          secret=c.shared_key.get_secret_value(), dpd_timeout=self.dpd(c))
+                          secret=c.shared_key.get_secret_value(),
+                          dpd_timeout=None if policy_based else self.dpd(c))
+            policy = self.azure_policy(c, policy_based)
             az_end.charon.update(common, side="azure", local_id=az_pub, remote_id=op_pub,
-                                 remote_addr=op_pub, policy=self.azure_policy(c),
-                                 mode=c.connection_mode, initiator_child=initiator_child(conn_name))
+                                 remote_addr=op_pub, policy=policy, mode=c.connection_mode,
+                                 children=azure_children(c, conn_name, policy, pairs, policy_based))
+            if pairs:
+                az_end.nft = dict(selectors=pairs)
+                if op_end:
+                    op_end.nft = dict(selectors=[(s, v) for v, s in pairs])
             if op_end:
                 device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"],
                                               refuse_peer_init=False))
+                dev_policy = self.device_policy(c, policy_based)
                 op_end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub,
-                                     remote_addr=az_pub, policy=self.device_policy(c))
+                                     remote_addr=az_pub, policy=dev_policy,
+                                     children=device_children(conn_name, dev_policy, pairs, policy_based))
             if c.enable_bgp:
                 self.bgp_over(inst, az_if, device, op_if, gw, c.local_network_gateway, k)
             else:
-                for p in (self.t.site_lan(c.local_network_gateway) if device else lng.address_space):
+                for p in lng.address_space:     # what Azure routes: the site's address space
                     inst.frr.static.append((str(p), az_if))
                     inst.frr.networks.append(str(p))
                 for p in vnet.address_space if device else ():
@@ -379,10 +450,17 @@ class _Builder:
     def dpd(self, c) -> int:
         return self.timers["dpd_timeout"] or c.dpd_timeout_seconds
 
-    def azure_policy(self, c) -> dict:
+    def azure_policy(self, c, policy_based: bool = False) -> dict:
         """Azure's proposals per role [3.1]: esp answers the device, esp_initiator is what
-        Azure offers when it creates or rekeys a CHILD SA. A custom policy replaces both."""
+        Azure offers when it creates or rekeys a CHILD SA. A custom policy replaces both.
+        Policy-based gateways have one list for both roles and 3,600 s quick-mode SAs."""
         az = self.d["azure"]
+        if policy_based:
+            pb = self.d["policy_based"]
+            return dict(ike=pb["ike_proposals"], esp=pb["esp_proposals"], esp_initiator=pb["esp_proposals"],
+                        ike_lifetime=az["ike_lifetime_seconds"],
+                        child_lifetime=pb["child_lifetime_seconds"],
+                        child_kilobytes=az["child_lifetime_kilobytes"])
         if c.ipsec_policies:
             policy = custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
             return policy | dict(esp_initiator=policy["esp"])
@@ -392,8 +470,15 @@ class _Builder:
                     child_lifetime=az["child_lifetime_seconds"],
                     child_kilobytes=az["child_lifetime_kilobytes"])
 
-    def device_policy(self, c) -> dict:
+    def device_policy(self, c, policy_based: bool = False) -> dict:
+        """The lab's device, configured as a careful engineer does for this gateway."""
         az, dev = self.d["azure"], self.d["device"]
+        if policy_based:
+            pb = self.d["policy_based"]
+            return dict(ike=pb["ike_proposals"][:1], esp=pb["esp_proposals"][:1],
+                        ike_lifetime=az["ike_lifetime_seconds"],
+                        child_lifetime=pb["child_lifetime_seconds"],
+                        child_kilobytes=az["child_lifetime_kilobytes"])
         if c.ipsec_policies:   # a careful engineer mirrors the custom policy
             return custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
         return dict(ike=dev["ike_proposals"], esp=dev["esp_proposals"],

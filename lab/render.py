@@ -41,10 +41,12 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
             ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"])
     if node.charon is not None:
         c = node.charon
+        # no DPD (policy-based gateways): IKE retransmits as with Azure's default timeout
+        dpd = c["dpd_timeout"] or defaults()["azure"]["dpd_timeout_seconds"]["default"]
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
-            ctx, c=c, plugins=PLUGINS, retransmit=retransmit(c["dpd_timeout"]))
+            ctx, c=c | {"dpd_timeout": dpd}, plugins=PLUGINS, retransmit=retransmit(dpd))
         files["swanctl.conf"] = env.get_template("swanctl.conf.j2").render(
-            ctx, c=c, dpd_delay=max(1, math.ceil(c["dpd_timeout"] / 3)))
+            ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0)
     return files
 
 

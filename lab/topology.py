@@ -402,10 +402,18 @@ def _connection_errors(t: Topology):
                             f"(virtual_network_gateways.{c.virtual_network_gateway}.bgp.peering_addresses"
                             f"[0..{instances - 1}].apipa_addresses)")
         if c.use_policy_based_traffic_selectors:
-            yield loc + ("use_policy_based_traffic_selectors",), "not emulated yet (issue 4)"
-        if gw.vpn_type == "PolicyBased":
-            yield ("virtual_network_gateways", c.virtual_network_gateway, "vpn_type"), (
-                "PolicyBased gateways are not emulated yet (issue 4); use RouteBased")
+            if gw.vpn_type == "PolicyBased":
+                yield loc + ("use_policy_based_traffic_selectors",), (
+                    "applies to route-based gateways (a policy-based gateway always uses them)")
+            if c.connection_protocol != "IKEv2":
+                yield loc + ("use_policy_based_traffic_selectors",), "needs IKEv2 (Azure's rule)"
+            if c.enable_bgp:
+                yield loc + ("use_policy_based_traffic_selectors",), (
+                    "policy-based traffic selectors cover the address spaces, not BGP routes: "
+                    "use enable_bgp: false (the lab's rule)")
+        if (gw.vpn_type == "PolicyBased" or c.use_policy_based_traffic_selectors) and not lng.address_space:
+            yield ("local_network_gateways", c.local_network_gateway, "address_space"), (
+                "traffic selectors are built from it: give at least one prefix")
 
 
 def _claim(owners: dict, name: str, loc: tuple):

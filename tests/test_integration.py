@@ -6,6 +6,7 @@ test that removes a lab checks that nothing of it is left: namespaces, processes
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from lab import control, live
+from lab.defaults import defaults
 from lab.engine import load_state, plan_of, runtime_of
 from lab.runtime import procs
 from lab.runtime.netns import lab_namespaces
@@ -195,8 +197,8 @@ def test_bad_faults_are_refused_and_nothing_changes(aa):
     assert status("it-aa")["faults"] == []
 
 
-def _metrics() -> dict:
-    res = vpnlab("metrics", "--name", "it-aa", "--json")
+def _metrics(name: str = "it-aa") -> dict:
+    res = vpnlab("metrics", "--name", name, "--json")
     assert res.returncode == 0, res.stderr
     return {(r["name"], *r["dimensions"].values()): r["value"] for r in json.loads(res.stdout)}
 
@@ -206,6 +208,7 @@ def test_metrics_under_azures_names_and_dimensions(aa):
     before = _metrics()
     assert {k[0] for k in before} == {
         "TunnelIngressBytes", "TunnelEgressBytes", "TunnelIngressPackets", "TunnelEgressPackets",
+        "TunnelIngressPacketDropTSMismatch", "TunnelEgressPacketDropTSMismatch",
         "TunnelAverageBandwidth", "MmsaCount", "QmsaCount", "AverageBandwidth",
         "VnetAddressPrefixCount", "BgpPeerStatus", "BgpRoutesLearned", "BgpRoutesAdvertised"}
     for conn, ip in (("hub-to-dev0", "198.51.100.10"), ("hub-to-dev1", "198.51.100.20")):
@@ -332,6 +335,53 @@ def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path):
     finally:
         vpnlab("down", "--name", "it-custom")
     assert leftovers("it-custom") == {}
+
+
+# ------------------------------------------------------------ policy-based gateway
+POLICY_BASED = ROOT / "topologies/basic-policy-based.yaml"
+
+
+def test_policy_based_gateway_selectors_drops_and_idle_teardown():
+    """Basic PolicyBased: IKEv1, one quick-mode SA per (VNet prefix, site prefix) pair,
+    3,600 s quick-mode lifetime, no DPD. Traffic outside the selectors is dropped and
+    counted as TunnelEgressPacketDropTSMismatch. Idle past the timer profile's
+    policy_based_idle (300 s as Azure; 20 s with fast timers), the gateway tears the
+    tunnel down; traffic from either side brings it back."""
+    up(POLICY_BASED, "it-pb")
+    try:
+        state = load_state("it-pb")
+        rt, plan = runtime_of(state), plan_of(state)
+        t = plan.tunnels[0]
+        ike = live.ike_sas(rt, t.azure_end)[0]
+        assert ike["version"] == b"1"
+        children = sorted(ike["child-sas"].values(), key=lambda c: c["remote-ts"])
+        assert [(c["local-ts"], c["remote-ts"]) for c in children] == [
+            ([b"10.80.0.0/16"], [b"10.81.1.0/24"]), ([b"10.80.0.0/16"], [b"10.81.2.0/24"])]
+        assert all(3000 < int(c["rekey-time"]) <= 3600 for c in children)
+        assert_pings(rt, plan)
+
+        # a route into the tunnel for a prefix outside the selectors: dropped, counted
+        assert rt.exec("legacy-gw-in0", ["ip", "route", "add", "10.99.0.0/24", "dev", "t0"]).returncode == 0
+        assert not live.ping(rt, "legacy-gw-in0", "10.99.0.5", count=3, timeout=1)
+        m = _metrics("it-pb")
+        dims = (t.connection, t.remote_ip, "GatewayTenantWorker_IN_0")
+        assert m[("TunnelEgressPacketDropTSMismatch", *dims)] == 3
+        assert m[("TunnelIngressPacketDropTSMismatch", *dims)] == 0
+
+        idle = defaults()["timers"]["fast"]["policy_based_idle"]
+        for sender, address in (("office-host", "10.80.1.4"), ("legacy-vm", "10.81.1.10")):
+            wait_until(lambda: live.tunnel_state(rt, t.azure_end)["state"], lambda s: s == "DOWN",
+                       "the idle tunnel torn down by the gateway", idle + 10)
+            wait_until(lambda: live.ping(rt, sender, address, count=1, timeout=1), bool,
+                       f"traffic from {sender} to bring the tunnel back", 10)
+        events = json.loads(vpnlab("events", "--name", "it-pb", "--json", "--category", "TunnelDiagnosticLog").stdout)
+        assert [e["OperationName"] for e in events] == ["TunnelConnected", "TunnelDisconnected"] * 2 + ["TunnelConnected"]
+        assert "idle" in events[1]["stateChangeReason_s"]
+        ike_log = json.loads(vpnlab("events", "--name", "it-pb", "--json", "--category", "IKEDiagnosticLog").stdout)
+        assert not [e["Message"] for e in ike_log if re.search(r"DPD request|N\(DPD\)", e["Message"])]
+    finally:
+        vpnlab("down", "--name", "it-pb")
+    assert leftovers("it-pb") == {}
 
 
 # ------------------------------------------------------------ bring your own device
