@@ -63,8 +63,10 @@ class OwnDevice:
 
     # ------------------------------------------------------------ life cycle
     def start(self) -> "OwnDevice":
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "run").mkdir(exist_ok=True)
+        run = self.dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        for stale in run.iterdir():        # a charon that was killed leaves them
+            stale.unlink()
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         subprocess.run(["ip", "netns", "exec", self.netns, "ip", "link", "set", "lo", "up"], check=True)
         self.attached = engine.attach(self.lab, self.site, self.netns)
@@ -79,6 +81,12 @@ class OwnDevice:
         wait_until(lambda: (self.dir / "run/charon.vici").exists(), bool,
                    f"the VICI socket of {self.netns}'s charon", 15)
         return self
+
+    def add_lan(self, *addresses: str):
+        """Addresses of the device's own LAN (libipsec routes a CHILD SA only with a
+        local address inside its local traffic selector)."""
+        for a in addresses:
+            subprocess.run(["ip", "-n", self.netns, "addr", "replace", a, "dev", "lo"], check=True)
 
     def stop(self):
         if self.proc:
@@ -109,8 +117,8 @@ class OwnDevice:
             yield vici.Session(sock)
 
     def configure(self, secret: str, ike: str = "aes256-sha256-modp1024", esp: str = "aes256gcm16",
-                  version: int = 2, start: bool = False, local_ts: str = "0.0.0.0/0",
-                  remote_ts: str = "0.0.0.0/0"):
+                  version: int = 2, start: bool = False, local_ts: list[str] = ("0.0.0.0/0",),
+                  remote_ts: list[str] = ("0.0.0.0/0",)):
         """(Re)load the device's one connection, 'azure', and its PSK; closes its SAs."""
         self.terminate()
         conn = {"azure": {
@@ -118,7 +126,7 @@ class OwnDevice:
             "encap": "yes", "keyingtries": "1", "rekey_time": "0", "reauth_time": "0",
             "local": {"auth": "psk", "id": self.public_ip},
             "remote": {"auth": "psk", "id": self.gateway_ip},
-            "children": {"azure": {"local_ts": [local_ts], "remote_ts": [remote_ts],
+            "children": {"azure": {"local_ts": list(local_ts), "remote_ts": list(remote_ts),
                                    "esp_proposals": [esp], "rekey_time": "0",
                                    "start_action": "start" if start else "none"}}}}
         with self.session() as s:

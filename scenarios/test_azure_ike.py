@@ -22,7 +22,7 @@ LAB_TOPOLOGY = "topologies/azure-ike.yaml"
 AZ = defaults()["azure"]
 REDIAL = AZ["redial_seconds"]
 SECRETS = {"site-default": "Default.Mode.Key1", "site-initiator": "Initiator.Only.Key2",
-           "site-responder": "Responder.Only.Key3"}
+           "site-responder": "Responder.Only.Key3", "site-pbts": "Pbts.Selectors.Key4"}
 
 # strongSwan keyword -> what VICI reports for it (encr-alg, encr-keysize, integ-alg,
 # dh-group) and how charon prints it in a proposal list
@@ -243,6 +243,24 @@ def test_responder_only_never_dials(lab, devices):
     while time.monotonic() < deadline:
         assert azure_sas(lab, site) == [] and dev.ike_sas() == [], "someone dialed"
         time.sleep(0.5)
+
+
+# ------------------------------------------------------------ policy-based traffic selectors
+def test_pbts_connection_takes_every_prefix_pair(lab, devices):
+    """use_policy_based_traffic_selectors: the device lists every site prefix x every
+    VNet prefix and the gateway's CHILD SA carries exactly those; a device that offers a
+    prefix outside the local network gateway's address space gets TS_UNACCEPTABLE."""
+    dev = devices("site-pbts")
+    dev.add_lan("10.74.1.1/32", "10.74.2.1/32")
+    dev.configure(SECRETS["site-pbts"], local_ts=["10.74.1.0/24", "10.74.2.0/24"], remote_ts=["10.70.0.0/16"])
+    ok, lines = dev.initiate()
+    assert ok, lines[-3:]
+    child = azure_child(lab, "site-pbts")
+    assert (child["local-ts"], child["remote-ts"]) == ([b"10.70.0.0/16"], [b"10.74.1.0/24", b"10.74.2.0/24"])
+    dev.configure(SECRETS["site-pbts"], local_ts=["10.75.0.0/24"], remote_ts=["10.70.0.0/16"])
+    mark = len(dev.log())
+    assert not dev.initiate()[0]
+    assert re.search(r"parsed IKE_AUTH response \d+ \[.*N\(TS_UNACCEPT\)", log_since(dev, mark))
 
 
 # ------------------------------------------------------------ diagnostic log

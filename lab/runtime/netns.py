@@ -121,6 +121,12 @@ class NetnsRuntime:
             for iface in node.interfaces:
                 if iface.kind == "bridge":
                     ipr.link("add", ifname=iface.name, kind="bridge")
+                    # A bridge takes the lowest MAC of its ports unless its own is set:
+                    # a port added later (vpnlab attach) or removed would change it, and
+                    # neighbours would send to the old MAC until their ARP entry expires.
+                    idx = ipr.link_lookup(ifname=iface.name)[0]
+                    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                    ipr.link("set", index=idx, address=mac)
         for link in plan.links:
             self.ipr(link.a).link("add", ifname=link.a_if, kind="veth",
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
@@ -294,15 +300,25 @@ class NetnsRuntime:
         except Exception:
             inet.link("del", ifname=port)
             raise
-        self.state.attached[site] = {"netns": netns_name, "port": port, "interface": inside}
+        self._forget_neighbour(public_cidr.split("/")[0])
+        self.state.attached[site] = {"netns": netns_name, "port": port, "interface": inside,
+                                     "public_ip": public_cidr.split("/")[0]}
         self.state.save()
         return self.state.attached[site]
+
+    def _forget_neighbour(self, address: str | None):
+        """The internet's ARP entry for a site address: a device attached again has a new
+        MAC, and the old entry would hold its traffic until it expires."""
+        inet = self.ipr(INTERNET)
+        with contextlib.suppress(Exception):
+            inet.neigh("del", dst=address, ifindex=inet.link_lookup(ifname="br0")[0])
 
     def detach(self, site: str) -> bool:
         found = self.state.attached.pop(site, None)
         if found:
             with contextlib.suppress(Exception):
                 self.ipr(INTERNET).link("del", ifname=found["port"])
+            self._forget_neighbour(found.get("public_ip"))
             self.state.save()
         return found is not None
 
