@@ -45,7 +45,7 @@ class Agent:
     def tunnel_end(self, t: Tunnel):
         """Dial when the mode says Azure dials and no IKE SA exists for redial seconds;
         rekey CHILD SAs Azure answered for, at Azure's lifetime, with Azure's offers."""
-        down_since = last_dial = None
+        down_since = last_dial = duplicated_since = None
         failed_rekeys: set[bytes] = set()
         lifetime = self._child_lifetime(t)
         while not self.stop.wait(POLL):
@@ -59,6 +59,14 @@ class Agent:
             now = time.monotonic()
             if sas or t.policy_based:     # policy-based: on demand (on_demand), not redialed
                 down_since = None
+            duplicates = _duplicates(sas)
+            if duplicates and duplicated_since is None:
+                duplicated_since = now
+            elif not duplicates:
+                duplicated_since = None
+            elif now - duplicated_since >= POLL:
+                self._drop_duplicates(t, duplicates)
+                duplicated_since = None
             elif t.connection_mode != "ResponderOnly":
                 down_since = down_since or now
                 if now - down_since >= self.redial and (last_dial is None or now - last_dial >= self.redial):
@@ -77,6 +85,16 @@ class Agent:
                             say(f"{t.name}: the device refused Azure's rekey offers")
                     except Exception as err:  # noqa: BLE001
                         say(f"{t.name}: rekey failed: {err!r}")
+
+    def _drop_duplicates(self, t: Tunnel, extra: list[dict]):
+        """Both ends dialed at once and two IKE SAs came up: the gateway deletes its own
+        (the lab's choice; how Azure settles it is not documented)."""
+        for ike in extra:
+            say(f"{t.name}: two IKE SAs (both ends dialed): deleting the gateway's own #{ike['uniqueid'].decode()}")
+            try:
+                control.ike_terminate(self.rt, t.azure_end, t.connection, ike_id=ike["uniqueid"].decode())
+            except Exception as err:  # noqa: BLE001
+                say(f"{t.name}: deleting the duplicate failed: {err!r}")
 
     def _dial(self, t: Tunnel):
         try:
@@ -117,7 +135,7 @@ class Agent:
                     idle_since, last_bytes = time.monotonic(), moved
                 elif time.monotonic() - idle_since >= idle:
                     say(f"{t.name}: idle for {idle} s: tearing the tunnel down")
-                    self.log.last_reason[t.name] = f"idle for {idle} s (policy-based gateway)"
+                    self.log.pinned[t.name] = f"idle for {idle} s (policy-based gateway)"
                     control.ike_terminate(self.rt, t.azure_end, t.connection)
             except Exception as err:  # noqa: BLE001 - the next round tries again
                 say(f"{t.name}: on-demand round failed: {err!r}")
@@ -177,6 +195,16 @@ def _answered_children(sas: list[dict], connection: str) -> list[dict]:
     return [c for ike in sas if ike["state"] == b"ESTABLISHED"
             for c in ike.get("child-sas", {}).values()
             if c["name"] == connection.encode() and c["state"] == b"INSTALLED"]
+
+
+def _duplicates(sas: list[dict]) -> list[dict]:
+    """The IKE SAs to delete when more than one is established: those the gateway
+    initiated, keeping one (the device's, when there is one)."""
+    up = [ike for ike in sas if ike["state"] == b"ESTABLISHED"]
+    if len(up) < 2:
+        return []
+    up.sort(key=lambda ike: (ike.get("initiator") != b"yes", int(ike["uniqueid"])))
+    return up[:-1]
 
 
 def _installed(sas: list[dict]) -> bool:

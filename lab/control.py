@@ -20,12 +20,15 @@ def _vici(rt, node: str, timeout: float):
         yield vici.Session(sock)
 
 
-def ike_terminate(rt, node: str, ike: str, timeout: float = 3, force: bool = False) -> bool:
-    """Close an IKE SA the way an operator does: the peer gets an IKE DELETE (force:
-    without waiting for its answer). False when there was no such SA."""
+def ike_terminate(rt, node: str, ike: str, timeout: float = 3, force: bool = False,
+                  ike_id: str | None = None) -> bool:
+    """Close an IKE SA (all of the connection's, or the one ike_id names) the way an
+    operator does: the peer gets an IKE DELETE (force: without waiting for its answer).
+    False when there was no such SA."""
     with _vici(rt, node, timeout + 2) as s:
         try:
-            request = {"ike": ike, "timeout": int(timeout * 1000), **({"force": "yes"} if force else {})}
+            which = {"ike-id": ike_id} if ike_id else {"ike": ike}
+            request = {**which, "timeout": int(timeout * 1000), **({"force": "yes"} if force else {})}
             for _ in s.terminate(request):
                 pass
         except CommandException as err:
@@ -86,6 +89,13 @@ def listen(rt, node: str, kinds: list[str], tick: float):
     """charon's VICI events of a tunnel end, with (None, None) every tick seconds."""
     with _vici(rt, node, tick + 2) as s:
         yield from s.listen(kinds, timeout=tick)
+
+
+def ike_rekey(rt, node: str, ike: str, timeout: float = 5):
+    """Rekey an IKE SA now (IKEv2: in place; IKEv1: strongSwan reauthenticates, tearing
+    the SA and its CHILD SAs down before building them again, as Azure does)."""
+    with _vici(rt, node, timeout) as s:
+        s.rekey({"ike": ike})
 
 
 def child_rekey(rt, node: str, child: str, timeout: float = 5):

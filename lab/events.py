@@ -40,6 +40,7 @@ class Writer:
         self.lock = threading.Lock()
         self.last_reason: dict[str, str] = {}     # tunnel -> reason seen in its log
         self.connected: dict[str, bool] = {}      # tunnel -> last reported state
+        self.pinned: dict[str, str] = {}          # tunnel -> reason the agent gave (wins)
         self.port: dict[str, str] = {}            # tunnel -> IKE port in use (500, 4500)
 
     def write(self, entry: dict):
@@ -59,6 +60,8 @@ class Writer:
         if self.connected.get(t.name, False) == up:
             return
         self.connected[t.name] = up
+        if not up and t.name in self.pinned:
+            reason = self.pinned.pop(t.name)
         reason = reason or ("tunnel established" if up else self.last_reason.pop(t.name, "IKE SA closed"))
         self.write({"Category": "TunnelDiagnosticLog",
                     "OperationName": "TunnelConnected" if up else "TunnelDisconnected",

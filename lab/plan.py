@@ -190,8 +190,10 @@ def device_children(conn: str, policy: dict, pairs: list, policy_based: bool) ->
                 for i, (v, s) in enumerate(pairs)]
     local = list(dict.fromkeys(s for _, s in pairs)) or ["0.0.0.0/0"]
     remote = list(dict.fromkeys(v for v, _ in pairs)) or ["0.0.0.0/0"]
+    # close_action none: when the gateway deletes the SA (planned maintenance, a duplicate
+    # from both ends dialing) the gateway's redial brings the tunnel back, not a race
     return [_child(conn, local, remote, policy["esp"], policy, start_action="start",
-                   dpd_action="restart", close_action="start",
+                   dpd_action="restart",
                    comment="policy-based traffic selectors: every site prefix x every VNet prefix"
                    if pairs else "route-based: any-to-any traffic selectors, routing decides")]
 

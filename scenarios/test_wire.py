@@ -2,6 +2,7 @@
 from ipaddress import IPv4Network
 
 from lab import control
+from lab.plan import initiator_child
 from lab.defaults import defaults
 from lab.wire import Capture, clear_text_leaks, ike_sa_init_proposals
 
@@ -24,7 +25,7 @@ def test_only_ike_and_esp_in_udp_cross_the_internet(lab, scenario, tmp_path):
         # the device's end goes quiet, so the Azure end's own IKE_SA_INIT stays unanswered
         scenario.fail("crash", t.onprem_end, daemon="charon")
         control.ike_terminate(lab.rt, t.azure_end, t.connection, force=True, timeout=0.5)
-        established, log = control.initiate(lab.rt, t.azure_end, t.connection, timeout=3)
+        established, log = control.initiate(lab.rt, t.azure_end, initiator_child(t.connection), timeout=3)
         control.ike_terminate(lab.rt, t.azure_end, t.connection, force=True, timeout=0.5)
         scenario.heal()
         scenario.wait_converged()
