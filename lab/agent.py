@@ -44,10 +44,10 @@ class Agent:
     # ------------------------------------------------------------ dialing and rekeys
     def tunnel_end(self, t: Tunnel):
         """Dial when the mode says Azure dials and no IKE SA exists for redial seconds;
-        rekey CHILD SAs Azure answered for, at Azure's lifetime, with Azure's offers."""
-        down_since = last_dial = duplicated_since = None
-        failed_rekeys: set[bytes] = set()
-        lifetime = self._child_lifetime(t)
+        settle duplicates; rekey CHILD SAs Azure answered for, at Azure's lifetime, with
+        Azure's offers."""
+        seen = {"down_since": None, "last_dial": None, "duplicated_since": None,
+                "failed_rekeys": set()}
         while not self.stop.wait(POLL):
             try:
                 sas = live.ike_sas(self.rt, t.azure_end)
@@ -57,34 +57,44 @@ class Agent:
                 say(f"{t.name}: listing SAs failed: {err!r}")
                 continue
             now = time.monotonic()
-            if sas or t.policy_based:     # policy-based: on demand (on_demand), not redialed
-                down_since = None
-            duplicates = _duplicates(sas)
-            if duplicates and duplicated_since is None:
-                duplicated_since = now
-            elif not duplicates:
-                duplicated_since = None
-            elif now - duplicated_since >= POLL:
-                self._drop_duplicates(t, duplicates)
-                duplicated_since = None
-            elif t.connection_mode != "ResponderOnly":
-                down_since = down_since or now
-                if now - down_since >= self.redial and (last_dial is None or now - last_dial >= self.redial):
-                    last_dial = now
-                    say(f"{t.name}: no IKE SA for {now - down_since:.0f} s: dialing {t.remote_ip}")
-                    self._dial(t)
-            for child in _answered_children(sas, t.connection):
-                age = int(child.get("install-time", 0))
-                if age >= lifetime["seconds"] or _bytes(child) >= lifetime["bytes"]:
-                    if child["uniqueid"] in failed_rekeys:
-                        continue
-                    say(f"{t.name}: CHILD SA {child['uniqueid'].decode()} reached Azure's lifetime: rekeying")
-                    try:
-                        if not control.azure_rekey(self.rt, t.azure_end, t.connection):
-                            failed_rekeys.add(child["uniqueid"])
-                            say(f"{t.name}: the device refused Azure's rekey offers")
-                    except Exception as err:  # noqa: BLE001
-                        say(f"{t.name}: rekey failed: {err!r}")
+            self._redial(t, sas, seen, now)
+            self._settle_duplicates(t, sas, seen, now)
+            self._rekey_answered(t, sas, seen["failed_rekeys"])
+
+    def _redial(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
+        if sas or t.policy_based or t.connection_mode == "ResponderOnly":
+            seen["down_since"] = None     # policy-based: on demand (on_demand), not redialed
+            return
+        seen["down_since"] = seen["down_since"] or now
+        last = seen["last_dial"]
+        if now - seen["down_since"] >= self.redial and (last is None or now - last >= self.redial):
+            seen["last_dial"] = now
+            say(f"{t.name}: no IKE SA for {now - seen['down_since']:.0f} s: dialing {t.remote_ip}")
+            self._dial(t)
+
+    def _settle_duplicates(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
+        extra = _duplicates(sas)
+        if not extra:
+            seen["duplicated_since"] = None
+        elif seen["duplicated_since"] is None:
+            seen["duplicated_since"] = now
+        elif now - seen["duplicated_since"] >= POLL:
+            self._drop_duplicates(t, extra)
+            seen["duplicated_since"] = None
+
+    def _rekey_answered(self, t: Tunnel, sas: list[dict], failed: set):
+        lifetime = self._child_lifetime(t)
+        for child in _answered_children(sas, t.connection):
+            due = int(child.get("install-time", 0)) >= lifetime["seconds"] or _bytes(child) >= lifetime["bytes"]
+            if not due or child["uniqueid"] in failed:
+                continue
+            say(f"{t.name}: CHILD SA {child['uniqueid'].decode()} reached Azure's lifetime: rekeying")
+            try:
+                if not control.azure_rekey(self.rt, t.azure_end, t.connection):
+                    failed.add(child["uniqueid"])
+                    say(f"{t.name}: the device refused Azure's rekey offers")
+            except Exception as err:  # noqa: BLE001
+                say(f"{t.name}: rekey failed: {err!r}")
 
     def _drop_duplicates(self, t: Tunnel, extra: list[dict]):
         """Both ends dialed at once and two IKE SAs came up: the gateway deletes its own
