@@ -16,7 +16,7 @@ import time
 
 from . import control, events, live
 from .defaults import defaults
-from .plan import Plan, Tunnel, initiator_child
+from .plan import Plan, Tunnel, dial_children
 from .state import load_state
 
 POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
@@ -60,6 +60,7 @@ class Agent:
             self._redial(t, sas, seen, now)
             self._settle_duplicates(t, sas, seen, now)
             self._rekey_answered(t, sas, seen["failed_rekeys"])
+            self._main_mode_rekey(t, sas)
 
     def _redial(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
         if sas or t.policy_based or t.connection_mode == "ResponderOnly":
@@ -81,6 +82,18 @@ class Agent:
         elif now - seen["duplicated_since"] >= POLL:
             self._drop_duplicates(t, extra)
             seen["duplicated_since"] = None
+
+    def _main_mode_rekey(self, t: Tunnel, sas: list[dict]):
+        charon = self.plan.nodes[t.azure_end].charon
+        if charon["version"] != 1:
+            return
+        lifetime = charon["policy"]["ike_lifetime"]
+        if any(ike["state"] == b"ESTABLISHED" and int(ike.get("established", 0)) >= lifetime for ike in sas):
+            say(f"{t.name}: IKEv1 main-mode SA reached {lifetime} s: closing it and dialing again")
+            try:
+                control.ikev1_reconnect(self.rt, t.azure_end, t.connection, dial_children(charon))
+            except Exception as err:  # noqa: BLE001
+                say(f"{t.name}: IKEv1 reconnect failed: {err!r}")
 
     def _rekey_answered(self, t: Tunnel, sas: list[dict], failed: set):
         lifetime = self._child_lifetime(t)
@@ -108,7 +121,8 @@ class Agent:
 
     def _dial(self, t: Tunnel):
         try:
-            control.initiate(self.rt, t.azure_end, initiator_child(t.connection), timeout=-1)
+            for child in dial_children(self.plan.nodes[t.azure_end].charon):
+                control.initiate(self.rt, t.azure_end, child, timeout=-1, ike=t.connection)
         except Exception as err:  # noqa: BLE001 - the next round dials again
             say(f"{t.name}: dialing failed: {err!r}")
 

@@ -68,6 +68,10 @@ def _show_status(s: dict, as_json: bool) -> int:
     up_b = sum(x["state"] == "Established" for x in s["bgp"])
     out.print(f"tunnels {up_t}/{len(s['tunnels'])} ESTABLISHED, "
               f"BGP sessions {up_b}/{len(s['bgp'])} Established")
+    for d in s.get("own_devices", []):
+        where = (f"attached from namespace {d['netns']}" if d["netns"]
+                 else f"not attached: vpnlab attach {d['site']} --netns NS")
+        out.print(f"site {d['site']} ({d['public_ip']}) brings its own device: {where}")
     for f in s.get("faults", []):
         since = time.strftime("%H:%M:%S", time.localtime(f["injected_at"]))
         out.print(f"[yellow]fault[/] {f['key']} {f['params'] or ''} since {since}")

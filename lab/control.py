@@ -10,6 +10,7 @@ from vici.exception import CommandException
 
 from .errors import RuntimeFailure
 from .plan import initiator_child
+from .waits import WaitTimeout, wait_until
 
 
 @contextlib.contextmanager
@@ -74,10 +75,35 @@ def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:
         return True
     ok, _ = initiate(rt, node, initiator_child(connection), timeout, ike=connection)
     if ok:
+        _until_quiet(rt, node, child["uniqueid"])
         with _vici(rt, node, timeout + 2) as s:
             for _ in s.terminate({"child-id": child["uniqueid"], "timeout": int(timeout * 1000)}):
                 pass
     return ok
+
+
+def _until_quiet(rt, node: str, child_id: bytes, budget: float = 5):
+    """Packets the device sent on the old CHILD SA before it moved to the new one are
+    still arriving: wait until the old SA's inbound counter stops moving (at most as
+    long as strongSwan keeps a rekeyed SA, 5 s), then it can go."""
+    def inbound():
+        sas = [ike for entry in _list_sas(rt, node) for ike in entry.values()]
+        return next((int(c.get("packets-in", 0)) for ike in sas for c in ike.get("child-sas", {}).values()
+                     if c["uniqueid"] == child_id), None)
+    history: list = []
+
+    def quiet(count) -> bool:
+        history.append(count)
+        return count is None or history[-3:] == [count] * 3
+    with contextlib.suppress(WaitTimeout):    # still busy after 5 s: it goes anyway
+        wait_until(inbound, quiet, "the old CHILD SA to fall silent", budget, interval=0.1)
+
+
+def ikev1_reconnect(rt, node: str, connection: str, children: list[str], timeout: float = 10) -> bool:
+    """Azure's IKEv1 main-mode rekey: no in-place rekey, so the SA and its CHILD SAs are
+    closed and dialed again [3.3]. True when the new SAs are up."""
+    ike_terminate(rt, node, connection, timeout=2, force=True)
+    return all(initiate(rt, node, child, timeout, ike=connection)[0] for child in children)
 
 
 def _list_sas(rt, node: str) -> list[dict]:

@@ -176,6 +176,9 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
             "bgp": live.bgp(rt, plan),
             "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
                        for f in state.faults],
+            "own_devices": [{"site": site, "public_ip": ip,
+                             "netns": state.attached.get(site, {}).get("netns")}
+                            for site, ip in sorted(plan.unmanaged.items())],
         }
     finally:
         rt.close()

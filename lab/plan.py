@@ -207,6 +207,14 @@ def _selector_anchors(nets: list[IPv4Network]) -> list[str]:
     return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
 
 
+def dial_children(charon: dict) -> list[str]:
+    """The child configs the Azure end starts when it dials: the initiator child of a
+    route-based connection, every selector pair of a policy-based one."""
+    names = [c["name"] for c in charon["children"]]
+    init = initiator_child(charon["connection"])
+    return [init] if init in names else names
+
+
 def initiator_child(connection: str) -> str:
     """The Azure end's child config that carries Azure's initiator offers [3.1]."""
     return f"{connection}-init"
