@@ -4,6 +4,9 @@ One process per lab (`python -m lab.agent LAB`), started by `up`, tagged, ended 
 - connection modes [1.3]: Default and InitiatorOnly dial the device and redial every
   `azure.redial_seconds` while a tunnel is down; ResponderOnly never dials;
 - Azure's own CHILD_SA rekeys offer Azure's initiator list [3.1] (control.azure_rekey);
+  IKEv1 main-mode SAs are closed and dialed again at their lifetime [3.3];
+- when both ends dialed at once, the gateway's duplicate IKE SA is deleted;
+- policy-based tunnels come up on traffic and go down when idle [1.1];
 - the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
   JSON lines to the lab's events file (lab.events reads it).
 """
@@ -198,12 +201,14 @@ class Agent:
                     and self.plan.nodes[s.node].role == "gateway-instance"]
         established: dict = {}
         while not self.stop.wait(POLL):
-            for s in sessions:
+            peers = {}
+            for node in sorted({s.node for s in sessions}):     # one vtysh per instance
                 try:
-                    state = live.bgp_peers(self.rt, s.node).get(s.peer, {}).get("state")
-                except Exception:  # noqa: BLE001 - bgpd down (a fault): the session is down
-                    state = None
-                up = state == "Established"
+                    peers[node] = live.bgp_peers(self.rt, node)
+                except Exception:  # noqa: BLE001 - bgpd down (a fault): its sessions are down
+                    peers[node] = {}
+            for s in sessions:
+                up = peers[s.node].get(s.peer, {}).get("state") == "Established"
                 if established.get((s.node, s.peer), False) != up:
                     established[(s.node, s.peer)] = up
                     self.log.bgp(s, self.plan, up)
