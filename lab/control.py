@@ -8,6 +8,7 @@ import socket
 import vici
 from vici.exception import CommandException
 
+from . import live
 from .errors import RuntimeFailure
 from .plan import initiator_child
 from .waits import WaitTimeout, wait_until
@@ -63,8 +64,7 @@ def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:
     again, so it is replaced: a new CHILD SA through the initiator child, then the old
     one deleted. False when the device refused (NO_PROPOSAL_CHOSEN): the old SA then
     runs out its lifetime, as on Azure."""
-    sas = [ike for entry in _list_sas(rt, node) for ike in entry.values()]
-    children = [c for ike in sas for c in ike.get("child-sas", {}).values()
+    children = [c for ike in live.ike_sas(rt, node) for c in ike.get("child-sas", {}).values()
                 if c["state"] == b"INSTALLED"]
     if not children:
         raise RuntimeFailure(f"{node}: no installed CHILD SA to rekey")
@@ -87,8 +87,8 @@ def _until_quiet(rt, node: str, child_id: bytes, budget: float = 5):
     still arriving: wait until the old SA's inbound counter stops moving (at most as
     long as strongSwan keeps a rekeyed SA, 5 s), then it can go."""
     def inbound():
-        sas = [ike for entry in _list_sas(rt, node) for ike in entry.values()]
-        return next((int(c.get("packets-in", 0)) for ike in sas for c in ike.get("child-sas", {}).values()
+        return next((int(c.get("packets-in", 0)) for ike in live.ike_sas(rt, node)
+                     for c in ike.get("child-sas", {}).values()
                      if c["uniqueid"] == child_id), None)
     history: list = []
 
@@ -106,11 +106,6 @@ def ikev1_reconnect(rt, node: str, connection: str, children: list[str], timeout
     return all(initiate(rt, node, child, timeout, ike=connection)[0] for child in children)
 
 
-def _list_sas(rt, node: str) -> list[dict]:
-    with _vici(rt, node, 5) as s:
-        return list(s.list_sas())
-
-
 def listen(rt, node: str, kinds: list[str], tick: float):
     """charon's VICI events of a tunnel end, with (None, None) every tick seconds."""
     with _vici(rt, node, tick + 2) as s:
@@ -118,8 +113,8 @@ def listen(rt, node: str, kinds: list[str], tick: float):
 
 
 def ike_rekey(rt, node: str, ike: str, timeout: float = 5):
-    """Rekey an IKE SA now (IKEv2: in place; IKEv1: strongSwan reauthenticates, tearing
-    the SA and its CHILD SAs down before building them again, as Azure does)."""
+    """Rekey an IKE SA now, in place (IKEv2). strongSwan also rekeys IKEv1 SAs without a
+    gap, which Azure does not: ikev1_reconnect is Azure's IKEv1 rekey."""
     with _vici(rt, node, timeout) as s:
         s.rekey({"ike": ike})
 

@@ -392,6 +392,13 @@ class _Builder:
         vnet = self.t.virtual_networks[gw.virtual_network]
         device = self.nodes.get(c.local_network_gateway)     # None: not managed
         op_pub = str(lng.gateway_ip)
+        pairs = selectors(self.t, conn_name)
+        policy_based = gw.vpn_type == "PolicyBased"
+        common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
+                      secret=c.shared_key.get_secret_value(),
+                      dpd_timeout=None if policy_based else self.dpd(c))
+        policy = self.azure_policy(c, policy_based)
+        dev_policy = self.device_policy(c, policy_based)
         for k in range(instance_count(gw)):
             inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
             tname = f"{conn_name}-in{k}"
@@ -409,23 +416,16 @@ class _Builder:
             az_pub = inst.public_ip
             inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"],
                                          refuse_peer_init=c.connection_mode == "InitiatorOnly"))
-            pairs = selectors(self.t, conn_name)
-            policy_based = gw.vpn_type == "PolicyBased"
-            common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
-                          secret=c.shared_key.get_secret_value(),
-                          dpd_timeout=None if policy_based else self.dpd(c))
-            policy = self.azure_policy(c, policy_based)
             az_end.charon.update(common, side="azure", local_id=az_pub, remote_id=op_pub,
-                                 remote_addr=op_pub, policy=policy, mode=c.connection_mode,
+                                 remote_addr=op_pub, policy=policy,
                                  children=azure_children(c, conn_name, policy, pairs, policy_based))
             if pairs:
                 az_end.nft = dict(selectors=pairs)
-                if op_end:
-                    op_end.nft = dict(selectors=[(s, v) for v, s in pairs])
             if op_end:
+                if pairs:
+                    op_end.nft = dict(selectors=[(s, v) for v, s in pairs])
                 device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"],
                                               refuse_peer_init=False))
-                dev_policy = self.device_policy(c, policy_based)
                 op_end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub,
                                      remote_addr=az_pub, policy=dev_policy,
                                      children=device_children(conn_name, dev_policy, pairs, policy_based))
