@@ -15,7 +15,7 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .metrics import instance_name as instance_tag
+from .metrics import instance_name
 
 FILE = "events.jsonl"
 MAX_BYTES = 20 * 1024 * 1024      # then the file is rotated once (events.jsonl.1)
@@ -42,17 +42,24 @@ class Writer:
         self.connected: dict[str, bool] = {}      # tunnel -> last reported state
         self.pinned: dict[str, str] = {}          # tunnel -> reason the agent gave (wins)
         self.port: dict[str, str] = {}            # tunnel -> IKE port in use (500, 4500)
+        self.file = None
 
     def write(self, entry: dict):
+        """One JSON line, flushed at once (`vpnlab events` reads while the agent runs);
+        the file stays open: IKE lines come many a second."""
         line = json.dumps({"TimeGenerated": _now(), **entry}) + "\n"
         with self.lock:
-            if self.path.exists() and self.path.stat().st_size > MAX_BYTES:
+            if self.file is None:
+                self.file = open(self.path, "a")
+            elif self.file.tell() > MAX_BYTES:
+                self.file.close()
                 self.path.replace(self.path.with_name(FILE + ".1"))
-            with open(self.path, "a") as f:
-                f.write(line)
+                self.file = open(self.path, "a")
+            self.file.write(line)
+            self.file.flush()
 
     def _common(self, t, plan) -> dict:
-        return {"Resource": t.gateway.upper(), "instance_s": instance_tag(t.gateway_instance),
+        return {"Resource": t.gateway.upper(), "instance_s": instance_name(t.gateway_instance),
                 "connectionName_s": t.connection, "remoteIP_s": t.remote_ip}
 
     def tunnel(self, t, plan, up: bool, reason: str | None = None):
@@ -89,7 +96,7 @@ class Writer:
         self.write({"Category": "RouteDiagnosticLog",
                     "OperationName": "BgpConnectedEvent" if up else "BgpDisconnectedEvent",
                     "Resource": session.node.rsplit("-in", 1)[0].upper(),
-                    "instance_s": instance_tag(session.node), "peerAddress_s": session.peer,
+                    "instance_s": instance_name(session.node), "peerAddress_s": session.peer,
                     "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
 
 
