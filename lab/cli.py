@@ -52,6 +52,10 @@ def _show_status(s: dict, as_json: bool) -> int:
         return 0
     out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
               f"  timers {s['timers']}  phase {s['phase']}  delay/jitter: {s['impairments']['delay']}")
+    g = Table("gateway", "instance", "role", "public IP", "BGP address", title="Gateway instances")
+    for x in s.get("gateways", []):
+        g.add_row(x["gateway"], x["instance"], x["role"], x["public_ip"], x["bgp_address"])
+    out.print(g)
     t = Table("tunnel", "gateway instance", "device", "IKE", "CHILD", "up (s)", title="Tunnels")
     for x in s["tunnels"]:
         color = "green" if x["state"] == "ESTABLISHED" else "red"
@@ -142,6 +146,23 @@ def cmd_fail(args) -> int:
                         **{k: v for k, v in params.items() if v is not None})
     err.print(f"injected {fault['key']} {fault['params'] or ''}; undo with: vpnlab heal {fault['key']}",
               soft_wrap=True)
+    return 0
+
+
+def cmd_maintenance(args) -> int:
+    status, update = _progress()
+    with status:
+        result = engine.maintenance(engine.resolve_name(args.name), args.gateway, args.instance,
+                                    args.unplanned, wait=not args.no_wait, progress=update)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif "note" in result:
+        err.print(result["note"])
+    elif "active_after" in result:
+        err.print(f"{args.gateway}: instance {result['active_after']} is active now "
+                  f"(IN_{result['active_before']} was {'reset' if result['planned'] else 'lost'})")
+    else:
+        err.print(f"{args.gateway}: instance {result['instance']} is back")
     return 0
 
 
@@ -286,6 +307,17 @@ def parser() -> argparse.ArgumentParser:
     hl.add_argument("--name")
     hl.add_argument("--no-wait", action="store_true", help="return once the daemons run again")
     hl.set_defaults(func=cmd_heal)
+    mn = sub.add_parser("maintenance", help="Azure's reset of a gateway instance: failover "
+                        "(active-standby) or reboot (active-active)")
+    mn.add_argument("gateway", help="a virtual network gateway of the topology")
+    mn.add_argument("--instance", type=int, choices=(0, 1),
+                    help="IN_0 or IN_1 (default: the active one; IN_0 on active-active)")
+    mn.add_argument("--unplanned", action="store_true",
+                    help="no BGP Cease, no IKE DELETE: the instance just dies")
+    mn.add_argument("--no-wait", action="store_true", help="return before the lab converged again")
+    mn.add_argument("--name")
+    mn.add_argument("--json", action="store_true")
+    mn.set_defaults(func=cmd_maintenance)
     mt = sub.add_parser("metrics", help="Azure Monitor's gateway metrics, from live state")
     mt.add_argument("--name")
     mt.add_argument("--json", action="store_true")

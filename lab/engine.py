@@ -10,7 +10,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Callable
 
-from . import faults, live, render
+from . import faults, live, maintenance as maint, render
 from .defaults import defaults
 from .errors import LabError
 from .plan import Plan, build
@@ -77,7 +77,7 @@ def require_state(name: str) -> LabState:
 
 
 def plan_of(state: LabState) -> Plan:
-    return build(load(state.topology_file), state.timers)
+    return build(load(state.topology_file), state.timers, state.active)
 
 
 def runtime_of(state: LabState) -> NetnsRuntime:
@@ -135,7 +135,7 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
     nodes = plan.ordered_nodes()
     progress(f"creating {len(nodes)} namespaces and {len(plan.links)} links")
     rt.create(plan)
-    routers = [n.name for n in nodes if n.frr is not None]
+    routers = [n.name for n in nodes if n.frr is not None and not n.standby]
     progress(f"starting FRR on {len(routers)} routers")
     budget = defaults()["waits"]["daemon_start"]
     rt.start_routers(routers, budget)
@@ -172,6 +172,7 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
             "impairments": impairments(state),
             "nodes": [{"name": n.name, "role": n.role, "namespace": rt.namespace(n.name)}
                       for n in plan.ordered_nodes()],
+            "gateways": gateway_instances(plan),
             "tunnels": live.tunnels(rt, plan),
             "bgp": live.bgp(rt, plan),
             "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
@@ -182,6 +183,19 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
         }
     finally:
         rt.close()
+
+
+def gateway_instances(plan: Plan) -> list[dict]:
+    """Each gateway's instances: which serve, with which public IP and BGP address."""
+    out = []
+    for node in plan.ordered_nodes():
+        if node.role != "gateway-instance":
+            continue
+        gateway, k = node.name.rsplit("-in", 1)
+        out.append({"gateway": gateway, "instance": node.name, "name": f"GatewayTenantWorker_IN_{k}",
+                    "role": "standby" if node.standby else "active",
+                    "public_ip": node.public_ip, "bgp_address": node.frr.router_id})
+    return out
 
 
 # ------------------------------------------------------------------ your own device
@@ -251,6 +265,23 @@ def heal(name: str, keys: list[str] | None = None, wait: bool = False,
             progress("waiting for tunnels, BGP sessions and routes")
             wait_converged(rt, plan, state.timers)
         return healed
+    finally:
+        rt.close()
+
+
+def maintenance(name: str, gateway: str, instance: int | None = None, unplanned: bool = False,
+                wait: bool = False, progress: Progress = _quiet) -> dict:
+    """Azure's reset of a gateway instance (lab.maintenance); with wait, until the lab
+    converged again."""
+    state = require_state(name)
+    rt = runtime_of(state)
+    try:
+        result, after = maint.run(rt, plan_of(state), load(state.topology_file), gateway,
+                                  instance, unplanned, progress)
+        if wait:
+            progress("waiting for tunnels, BGP sessions and routes")
+            wait_converged(rt, after, state.timers)
+        return result
     finally:
         rt.close()
 

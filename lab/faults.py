@@ -139,9 +139,16 @@ def _router_parts(plan: Plan, node: str) -> tuple[list[str], list[tuple[str, str
 
 
 def _lose_router(rt, plan: Plan, fault: dict):
-    node, planned = fault["target"], fault["params"]["planned"]
+    fault["detail"]["steps"] = lose_router(rt, plan, fault["target"], fault["params"]["planned"])
+
+
+def lose_router(rt, plan: Plan, node: str, planned: bool) -> list[tuple[int, str]]:
+    """A router goes away, gracefully or not; returns its steps (monotonic ns, what)
+    for timelines. A standby instance runs nothing: there is nothing to lose."""
+    steps: list[tuple[int, str]] = []
+    if plan.nodes[node].standby:
+        return steps
     links, ends = _router_parts(plan, node)
-    steps = fault["detail"].setdefault("steps", [])   # (monotonic ns, what): for timelines
     if planned:
         frr = plan.nodes[node].frr
         if frr.asn:
@@ -166,6 +173,7 @@ def _lose_router(rt, plan: Plan, fault: dict):
     if planned:
         for ifname in links:
             rt.set_link(node, ifname, False)
+    return steps
 
 
 def _wait_peers_dropped(rt, plan: Plan, node: str):
@@ -179,7 +187,14 @@ def _wait_peers_dropped(rt, plan: Plan, node: str):
 
 
 def _restore_router(rt, plan: Plan, fault: dict):
-    node = fault["target"]
+    restore_router(rt, plan, fault["target"])
+
+
+def restore_router(rt, plan: Plan, node: str):
+    """Links up, routes back, FRR and the charons of the node's tunnels started. A
+    standby instance stays as it is: links down, no daemons."""
+    if plan.nodes[node].standby:
+        return
     links, ends = _router_parts(plan, node)
     # a heal that failed half-way may have started some daemons: start from none
     for end, _ in ends:
@@ -188,7 +203,8 @@ def _restore_router(rt, plan: Plan, fault: dict):
         rt.stop_daemon(node, daemon, graceful=False)
     for ifname in links:
         rt.set_link(node, ifname, True)
-    rt.restore_routes(plan.nodes[node])
+    for name in [node] + [end for end, _ in ends]:
+        rt.restore_routes(plan.nodes[name])
     budget = defaults()["waits"]["daemon_start"]
     rt.start_routers([node], budget)
     rt.start_tunnel_ends([end for end, _ in ends], budget)

@@ -28,6 +28,7 @@ class Iface:
     master: str | None = None                             # bridge in the same node
     proxy_arp: bool = False
     mtu: int | None = None
+    mac: str | None = None        # set: the address moves with the role (active-standby)
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Neighbor:
     next_hop_self: bool = False
     update_source: str | None = None
     route_map_out: str | None = None
+    route_map_in: str | None = None
+    maximum_prefix: tuple[int, int] | None = None   # (prefixes, restart minutes)
     timers: dict | None = None       # None: the router's timer profile
 
 
@@ -67,6 +70,7 @@ class Frr:
     networks: list[str] = field(default_factory=list)
     neighbors: list[Neighbor] = field(default_factory=list)
     vnet_prefixes: list[str] = field(default_factory=list)
+    never_advertised: list[str] = field(default_factory=list)   # prefix-list entries
     maximum_paths: int = 8
 
 
@@ -82,6 +86,8 @@ class Node:
     frr: Frr | None = None          # context for frr.conf.j2
     charon: dict | None = None       # context for strongswan.conf.j2 / swanctl.conf.j2
     nft: dict | None = None          # context for nftables.conf.j2
+    standby: bool = False            # an active-standby gateway's idle instance (and its
+                                     # tunnel ends): links down, no daemons
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -130,6 +136,7 @@ class Plan:
     expected_routes: dict[str, list[str]]   # node -> prefixes that must be in its FIB
     pings: list[tuple[str, str]]            # (from node, to address) that must answer
     unmanaged: dict[str, str] = field(default_factory=dict)   # site -> public IP (attach)
+    active: dict[str, int] = field(default_factory=dict)      # active-standby gateway -> instance
 
     def ordered_nodes(self) -> list[Node]:
         return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
@@ -220,12 +227,42 @@ def initiator_child(connection: str) -> str:
     return f"{connection}-init"
 
 
+def never_advertised(vnet_prefixes: list[IPv4Network]) -> list[str]:
+    """What an Azure gateway never advertises to a BGP peer [4.5]: the default route and
+    any route overlapping a VNet prefix (more specifics and supernets; the VNet prefix
+    itself it originates). FRR prefix-list entries, in order."""
+    out = ["0.0.0.0/0"]
+    for p in vnet_prefixes:
+        out += [str(p.supernet(new_prefix=n)) for n in range(1, p.prefixlen)]
+        if p.prefixlen < 32:
+            out.append(f"{p} ge {p.prefixlen + 1}")
+    return list(dict.fromkeys(out))
+
+
 def instance_count(gw) -> int:
-    return 2 if gw.active_active else 1
+    """Every gateway has two instances: both serve (active-active) or one serves and
+    the other stands by with the same public IP and BGP address [5]. Policy-based
+    (Basic) gateways too."""
+    return 2
+
+
+def serves(gw, active: int, k: int) -> bool:
+    return gw.active_active or k == active
 
 
 def instance_name(gw_name: str, k: int) -> str:
     return f"{gw_name}-in{k}"
+
+
+def azure_bgp_address(addresses: dict, c, k: int, apipa_peer: bool) -> str:
+    """The address instance k peers from on connection c [4.3]: its GatewaySubnet BGP
+    address, unless the site peers from APIPA; then the connection's custom address
+    for the instance, else the instance's first APIPA address."""
+    if not apipa_peer:
+        return addresses["bgp_ip"]
+    custom = c.custom_bgp_addresses
+    chosen = (custom.primary, custom.secondary)[k] if custom else None
+    return str(chosen) if chosen else addresses["apipa"][0]
 
 
 def gateway_subnet_ips(prefix: IPv4Network, active_active: bool) -> list[IPv4Address]:
@@ -237,8 +274,10 @@ def gateway_subnet_ips(prefix: IPv4Network, active_active: bool) -> list[IPv4Add
 
 
 class _Builder:
-    def __init__(self, t: Topology, timers: str):
+    def __init__(self, t: Topology, timers: str, active: dict[str, int] | None = None):
         self.t = t
+        self.active = {g: (active or {}).get(g, 0) for g, gw in t.virtual_network_gateways.items()
+                       if not gw.active_active}
         self.d = defaults()
         self.timers = self.d["timers"][timers]
         self.nodes: dict[str, Node] = {}
@@ -261,7 +300,7 @@ class _Builder:
         b.interfaces.append(b_if)
         self.links.append(Link(a.name, a_if.name, b.name, b_if.name))
 
-    def attach_public(self, node: Node, ip: IPv4Address) -> str:
+    def attach_public(self, node: Node, ip: IPv4Address, mac: str | None = None) -> str:
         """Connect a router to the internet bridge with a public /24 address; returns
         the internet's address on that /24 (the router's default gateway)."""
         node.public_ip = str(ip)
@@ -271,7 +310,7 @@ class _Builder:
         br.addresses.append(_internet_side(ip))
         gw = str(net.network_address + 1)
         self.inet_ports += 1
-        self.link(node, Iface("pub", [f"{ip}/24"]),
+        self.link(node, Iface("pub", [f"{ip}/24"], mac=mac),
                   inet, Iface(f"p{self.inet_ports}", master="br0"))
         return gw
 
@@ -304,7 +343,11 @@ class _Builder:
         br = self.nodes[INTERNET].iface("br0")
         br.addresses = list(dict.fromkeys(br.addresses))
         return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings,
-                    unmanaged)
+                    unmanaged, dict(self.active))
+
+    def serves(self, gw_name: str, k: int) -> bool:
+        gw = self.t.virtual_network_gateways[gw_name]
+        return serves(gw, self.active.get(gw_name, 0), k)
 
     def gateway(self, gw_index: int, gw_name: str):
         gw = self.t.virtual_network_gateways[gw_name]
@@ -323,27 +366,35 @@ class _Builder:
         bgp_ips = gateway_subnet_ips(gws, gw.active_active)
         for k in range(instance_count(gw)):
             name = instance_name(gw_name, k)
-            public_ip = IPv4Network(self.d["internal"]["azure_public"]).network_address + 10 + 2 * gw_index + k
-            node = self.add(Node(name, "gateway-instance", forwarding=True))
-            inet_gw = self.attach_public(node, public_ip)
-            self.link(node, Iface("gws", [f"{bgp_ips[k]}/{gws.prefixlen}"]),
+            # active-standby: one public IP and one BGP address, held by the active
+            # instance, with the same MAC, so that they move as Azure moves them [5]
+            slot = k if gw.active_active else 0
+            public_ip = IPv4Network(self.d["internal"]["azure_public"]).network_address + 10 + 2 * gw_index + slot
+            mac = None if gw.active_active else f"02:00:00:00:{gw_index:02x}:"
+            node = self.add(Node(name, "gateway-instance", forwarding=True,
+                                 standby=not self.serves(gw_name, k)))
+            inet_gw = self.attach_public(node, public_ip, mac and mac + "01")
+            self.link(node, Iface("gws", [f"{bgp_ips[slot]}/{gws.prefixlen}"], mac=mac and mac + "02"),
                       sdn, Iface(f"gws{k}", master="gws"))
             apipa = []
-            if gw.bgp and k < len(gw.bgp.peering_addresses):
-                apipa = [str(a) for a in gw.bgp.peering_addresses[k].apipa_addresses]
+            if gw.bgp and slot < len(gw.bgp.peering_addresses):
+                apipa = [str(a) for a in gw.bgp.peering_addresses[slot].apipa_addresses]
             node.interfaces.append(Iface("lo", [f"{a}/32" for a in apipa], kind="lo"))
             vnet_prefixes = [str(p) for p in vnet.address_space]
-            node.frr = Frr(asn, str(bgp_ips[k]), self.timers,
+            node.frr = Frr(asn, str(bgp_ips[slot]), self.timers,
                            static=[(p, str(sdn_ip)) for p in vnet_prefixes] + [("0.0.0.0/0", inet_gw)],
-                           networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes)
+                           networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes,
+                           never_advertised=never_advertised(vnet.address_space))
             node.frr.neighbors.append(Neighbor(str(sdn_ip), asn, internal=True, next_hop_self=True,
-                                               update_source=str(bgp_ips[k]),
+                                               update_source=str(bgp_ips[slot]),
                                                route_map_out="TO-SDN", timers=self.d["sdn_timers"]))
-            sdn.frr.neighbors.append(Neighbor(str(bgp_ips[k]), asn, internal=True,
-                                              timers=self.d["sdn_timers"]))
-            self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
-            self.bgp.append(BgpSession(sdn.name, str(bgp_ips[k]), name, "sdn"))
-            self.bgp_addresses[name] = dict(bgp_ip=str(bgp_ips[k]), apipa=apipa)
+            if slot == k:
+                sdn.frr.neighbors.append(Neighbor(str(bgp_ips[slot]), asn, internal=True,
+                                                  timers=self.d["sdn_timers"]))
+            if not node.standby:
+                self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
+                self.bgp.append(BgpSession(sdn.name, str(bgp_ips[slot]), name, "sdn"))
+            self.bgp_addresses[name] = dict(bgp_ip=str(bgp_ips[slot]), apipa=apipa)
             node.nft = dict(dnat=[], inner=[], mss_clamp=None)
 
     def device(self, site: str):
@@ -365,13 +416,13 @@ class _Builder:
                        networks=[str(p) for p in self.t.site_lan(site)])
         node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
 
-    def tunnel_end(self, router: Node, tunnel: str, side: str) -> tuple[Node, str]:
+    def tunnel_end(self, router: Node, tunnel: str, side: str, standby: bool = False) -> tuple[Node, str]:
         """A tunnel namespace beside a router: underlay veth + inner veth (the tunnel
         interface). Returns the node and the router's inner interface name."""
         j = sum(1 for i in router.interfaces if i.name.startswith("t") and i.name.endswith("u"))
         net = IPv4Network((int(self.underlay.network_address) + 4 * j, 30))
         r_ip, t_ip = net.network_address + 1, net.network_address + 2
-        end = self.add(Node(f"{tunnel}-{side}", "tunnel-endpoint", forwarding=True))
+        end = self.add(Node(f"{tunnel}-{side}", "tunnel-endpoint", forwarding=True, standby=standby))
         self.link(router, Iface(f"t{j}u", [f"{r_ip}/30"]), end, Iface("ul", [f"{t_ip}/30"]))
         # the inner veth is the tunnel interface: MTU 1400 as Azure advises [3.1], which
         # also matches libipsec's ipsec0, so large segments are not silently lost
@@ -386,12 +437,15 @@ class _Builder:
         return end, f"t{j}"
 
     def connection(self, conn_name: str):
+        """The tunnels of a connection: one per gateway instance. Active-active: each
+        instance has its own tunnel to the device [5]. Active-standby: the device has
+        one tunnel end, towards the gateway's one public IP; both instances have theirs
+        ready, the standby's idle until it takes over."""
         c = self.t.connections[conn_name]
         gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
         lng = self.t.local_network_gateways[c.local_network_gateway]
         vnet = self.t.virtual_networks[gw.virtual_network]
         device = self.nodes.get(c.local_network_gateway)     # None: not managed
-        op_pub = str(lng.gateway_ip)
         pairs = selectors(self.t, conn_name)
         policy_based = gw.vpn_type == "PolicyBased"
         common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
@@ -399,63 +453,81 @@ class _Builder:
                       dpd_timeout=None if policy_based else self.dpd(c))
         policy = self.azure_policy(c, policy_based)
         dev_policy = self.device_policy(c, policy_based)
+        op_end = op_if = None
         for k in range(instance_count(gw)):
             inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
             tname = f"{conn_name}-in{k}"
-            az_end, az_if = self.tunnel_end(inst, tname, "az")
+            az_end, az_if = self.tunnel_end(inst, tname, "az", standby=inst.standby)
             az_end.interfaces.append(Iface("lo", _selector_anchors(
                 list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]), kind="lo"))
-            op_end, op_if = self.tunnel_end(device, tname, "op") if device else (None, None)
-            if op_end:
+            new_device_end = device is not None and (gw.active_active or op_end is None)
+            if new_device_end:
+                op_end, op_if = self.tunnel_end(device, tname if gw.active_active else conn_name, "op")
                 op_end.interfaces.append(Iface("lo", _selector_anchors(
                     list(lng.address_space) + self.t.site_lan(c.local_network_gateway)), kind="lo"))
-            self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
-                                       c.local_network_gateway, az_end.name,
-                                       op_end.name if op_end else None, op_pub, c.connection_mode,
-                                       gw.vpn_type == "PolicyBased"))
-            az_pub = inst.public_ip
-            inst.nft["dnat"].append(dict(peer=op_pub, to=az_end.charon["local_addr"],
-                                         refuse_peer_init=c.connection_mode == "InitiatorOnly"))
-            az_end.charon.update(common, side="azure", local_id=az_pub, remote_id=op_pub,
-                                 remote_addr=op_pub, policy=policy,
-                                 children=azure_children(c, conn_name, policy, pairs, policy_based))
-            if pairs:
-                az_end.nft = dict(selectors=pairs)
-            if op_end:
-                if pairs:
-                    op_end.nft = dict(selectors=[(s, v) for v, s in pairs])
-                device.nft["dnat"].append(dict(peer=az_pub, to=op_end.charon["local_addr"],
-                                              refuse_peer_init=False))
-                op_end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub,
-                                     remote_addr=az_pub, policy=dev_policy,
-                                     children=device_children(conn_name, dev_policy, pairs, policy_based))
+            if not inst.standby:
+                self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
+                                           c.local_network_gateway, az_end.name,
+                                           op_end.name if op_end else None, str(lng.gateway_ip),
+                                           c.connection_mode, policy_based))
+            self.azure_end(inst, az_end, c, common | dict(policy=policy), pairs, policy_based)
+            if new_device_end:
+                self.device_end(device, op_end, inst.public_ip, c, common | dict(policy=dev_policy),
+                                pairs, policy_based)
             if c.enable_bgp:
-                self.bgp_over(inst, az_if, device, op_if, gw, c.local_network_gateway, k)
+                self.bgp_over(inst, az_if, device, op_if, gw, c, k, new_device_end)
             else:
                 for p in lng.address_space:     # what Azure routes: the site's address space
                     inst.frr.static.append((str(p), az_if))
                     inst.frr.networks.append(str(p))
-                for p in vnet.address_space if device else ():
+                for p in vnet.address_space if new_device_end else ():
                     device.frr.static.append((str(p), op_if))
 
+    def azure_end(self, inst: Node, end: Node, c, common: dict, pairs: list, policy_based: bool):
+        conn = common["connection"]
+        peer = str(self.t.local_network_gateways[c.local_network_gateway].gateway_ip)
+        inst.nft["dnat"].append(dict(peer=peer, to=end.charon["local_addr"],
+                                     refuse_peer_init=c.connection_mode == "InitiatorOnly"))
+        end.charon.update(common, side="azure", local_id=inst.public_ip, remote_id=peer,
+                          remote_addr=peer,
+                          children=azure_children(c, conn, common["policy"], pairs, policy_based))
+        if pairs:
+            end.nft = dict(selectors=pairs)
+
+    def device_end(self, device: Node, end: Node, az_pub: str, c, common: dict, pairs: list,
+                   policy_based: bool):
+        conn = common["connection"]
+        op_pub = str(self.t.local_network_gateways[c.local_network_gateway].gateway_ip)
+        if pairs:
+            end.nft = dict(selectors=[(s, v) for v, s in pairs])
+        device.nft["dnat"].append(dict(peer=az_pub, to=end.charon["local_addr"], refuse_peer_init=False))
+        end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub, remote_addr=az_pub,
+                          children=device_children(conn, common["policy"], pairs, policy_based))
+
     def bgp_over(self, inst: Node, az_if: str, device: Node | None, op_if: str | None, gw,
-                 site: str, k: int):
+                 c, k: int, configure_device: bool):
+        site = c.local_network_gateway
         lng = self.t.local_network_gateways[site]
         peer = str(lng.bgp.peering_address)
         apipa_peer = lng.bgp.peering_address.is_link_local
-        # Azure picks its custom APIPA address when the site peers from APIPA [4.3];
-        # per-connection selection is issue 5: the first address of the instance is used.
-        addresses = self.bgp_addresses[inst.name]
-        local = addresses["apipa"][0] if apipa_peer else addresses["bgp_ip"]
+        local = azure_bgp_address(self.bgp_addresses[inst.name], c, k, apipa_peer)
+        # Azure installs the host route to the peer itself [4.2]; it never opens a
+        # session from APIPA [4.3]; it drops a peer past 4,000 prefixes [4.5]
         inst.frr.static.append((f"{peer}/32", az_if))
-        inst.frr.neighbors.append(Neighbor(peer, lng.bgp.asn, multihop=True,
-                                           update_source=local, passive=apipa_peer))
-        self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
+        az = self.d["azure"]
+        inst.frr.neighbors.append(Neighbor(
+            peer, lng.bgp.asn, multihop=True, update_source=local, passive=apipa_peer,
+            route_map_in="FROM-BGP-PEER", route_map_out="TO-BGP-PEER",
+            maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
+        if not inst.standby:
+            self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
         if device is None:
             return
-        device.frr.static.append((f"{local}/32", op_if))
-        device.frr.neighbors.append(Neighbor(local, gw.bgp.asn, multihop=True, update_source=peer))
-        self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
+        if configure_device:
+            device.frr.static.append((f"{local}/32", op_if))
+            device.frr.neighbors.append(Neighbor(local, gw.bgp.asn, multihop=True, update_source=peer))
+        if not inst.standby:
+            self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
 
     def dpd(self, c) -> int:
         return self.timers["dpd_timeout"] or c.dpd_timeout_seconds
@@ -510,7 +582,8 @@ class _Builder:
             self._expect(c.local_network_gateway, vnet_prefixes)
             self._expect(f"{gw.virtual_network}-sdn", site_prefixes)
             for k in range(instance_count(gw)):
-                self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
+                if self.serves(c.virtual_network_gateway, k):
+                    self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
             vms = [vm for sub in sorted(vnet.subnets) for vm in self.t.subnet_vms(gw.virtual_network, sub)]
             hosts = self.t.site_hosts(c.local_network_gateway)
             for vm in vms:
@@ -546,5 +619,6 @@ def custom_policy(p, ike_lifetime: int) -> dict:
                 child_lifetime=p.sa_lifetime_seconds, child_kilobytes=p.sa_datasize_kilobytes)
 
 
-def build(t: Topology, timers: str = "azure") -> Plan:
-    return _Builder(t, timers).build()
+def build(t: Topology, timers: str = "azure", active: dict[str, int] | None = None) -> Plan:
+    """active: which instance serves each active-standby gateway (default: instance 0)."""
+    return _Builder(t, timers, active).build()

@@ -7,7 +7,7 @@ import shlex
 import threading
 import time
 
-from . import engine, faults, live
+from . import engine, faults, live, maintenance
 from .defaults import defaults
 from .errors import LabError
 from .match import differences
@@ -105,6 +105,13 @@ class LabHandle:
         if key is None:
             return faults.heal_all(self.rt, self.plan)
         return [faults.heal(self.rt, self.plan, key)]
+
+    def maintenance(self, gateway: str, instance: int | None = None, unplanned: bool = False) -> dict:
+        """Azure's reset of a gateway instance (lab.maintenance); the plan follows a
+        takeover."""
+        self._fresh_state()
+        result, self.plan = maintenance.run(self.rt, self.plan, self.topology, gateway, instance, unplanned)
+        return result
 
     def active_faults(self) -> list[str]:
         state = load_state(self.name)
@@ -225,6 +232,20 @@ class Scenario:
         self.event(f"fault injected: {fault['key']} {fault['params'] or ''}".strip(), "fault", at)
         for step_ns, what in fault["detail"].get("steps", []):
             self.event(what, "fault", step_ns)
+        return at
+
+    def maintenance(self, gateway: str, instance: int | None = None, unplanned: bool = False) -> int:
+        """Azure's reset of an instance of gateway; returns when it took over or came back."""
+        self.nodes |= {n for n in self.lab.plan.nodes if n.startswith(f"{gateway}-in")}
+        at = time.monotonic_ns()
+        what = f"maintenance {gateway}" + (f" IN_{instance}" if instance is not None else "") + \
+            (" (unplanned)" if unplanned else "")
+        if self._probe:
+            self._probe.mark(what)
+        result = self.lab.maintenance(gateway, instance, unplanned)
+        self.event(what, "fault", at)
+        for step_ns, step in result["steps"]:
+            self.event(step, "fault", step_ns)
         return at
 
     def heal(self, key: str | None = None) -> int:

@@ -43,6 +43,7 @@ class LabState:
     processes: list[dict] = field(default_factory=list)   # {pid, node, daemon}
     faults: list[dict] = field(default_factory=list)      # active faults (lab.faults)
     attached: dict = field(default_factory=dict)          # site -> {netns, port}: vpnlab attach
+    active: dict = field(default_factory=dict)            # active-standby gateway -> serving instance
 
     @property
     def dir(self) -> Path:

@@ -98,6 +98,13 @@ class IpsecPolicy(Model):
 DPD = defaults()["azure"]["dpd_timeout_seconds"]
 
 
+class CustomBgpAddresses(Model):
+    """Which custom APIPA address each gateway instance peers from on this connection
+    (Terraform `custom_bgp_addresses`; ARM `gatewayCustomBgpIpAddresses`) [4.3]."""
+    primary: IPv4Address                  # one of instance 0's apipa_addresses
+    secondary: Optional[IPv4Address] = None   # one of instance 1's (active-active)
+
+
 class Connection(Model):
     type: Literal["IPsec"] = "IPsec"
     virtual_network_gateway: Name
@@ -109,6 +116,7 @@ class Connection(Model):
     ipsec_policies: list[IpsecPolicy] = Field(default=[], max_length=1)
     use_policy_based_traffic_selectors: bool = False
     connection_mode: Literal["Default", "InitiatorOnly", "ResponderOnly"] = "Default"
+    custom_bgp_addresses: Optional[CustomBgpAddresses] = None
 
 
 class Topology(Model):
@@ -285,6 +293,13 @@ def _gateway_errors(t: Topology):
                 yield loc + ("bgp", "peering_addresses"), (
                     f"{len(gw.bgp.peering_addresses)} entries, but the gateway has {instances} "
                     f"instance{'s' if instances > 1 else ''} (one entry per instance)")
+            apipa_count = sum(len(p.apipa_addresses) for p in gw.bgp.peering_addresses)
+            if apipa_count > az["apipa_max"]:
+                yield loc + ("bgp", "peering_addresses"), (
+                    f"{apipa_count} custom APIPA addresses; Azure allows at most {az['apipa_max']}")
+            if not gw.active_active and any(len(p.apipa_addresses) > 1 for p in gw.bgp.peering_addresses):
+                yield loc + ("bgp", "peering_addresses", 0, "apipa_addresses"), (
+                    "an active-standby gateway supports one custom APIPA address")
             for k, inst in enumerate(gw.bgp.peering_addresses):
                 for j, ip in enumerate(inst.apipa_addresses):
                     if not apipa_low <= ip <= apipa_high:
@@ -401,6 +416,7 @@ def _connection_errors(t: Topology):
                             f"instance needs custom APIPA addresses "
                             f"(virtual_network_gateways.{c.virtual_network_gateway}.bgp.peering_addresses"
                             f"[0..{instances - 1}].apipa_addresses)")
+        yield from _custom_bgp_errors(c, gw, loc)
         if c.use_policy_based_traffic_selectors:
             if gw.vpn_type == "PolicyBased":
                 yield loc + ("use_policy_based_traffic_selectors",), (
@@ -414,6 +430,31 @@ def _connection_errors(t: Topology):
         if (gw.vpn_type == "PolicyBased" or c.use_policy_based_traffic_selectors) and not lng.address_space:
             yield ("local_network_gateways", c.local_network_gateway, "address_space"), (
                 "traffic selectors are built from it: give at least one prefix")
+
+
+def _custom_bgp_errors(c: Connection, gw: VirtualNetworkGateway, loc: tuple):
+    """custom_bgp_addresses name one APIPA address of each instance [4.3]."""
+    custom = c.custom_bgp_addresses
+    if custom is None:
+        return
+    loc = loc + ("custom_bgp_addresses",)
+    if not c.enable_bgp:
+        yield loc, "needs enable_bgp: true"
+        return
+    lists = [p.apipa_addresses for p in gw.bgp.peering_addresses] if gw.bgp else []
+    instances = 2 if gw.active_active else 1
+    for k, (field, ip) in enumerate((("primary", custom.primary), ("secondary", custom.secondary))):
+        if k >= instances:
+            if ip is not None:
+                yield loc + (field,), "an active-standby gateway has one instance: give primary only"
+            continue
+        allowed = [str(a) for a in (lists[k] if k < len(lists) else [])]
+        if ip is None:
+            yield loc + (field,), (f"required on an active-active gateway; allowed: instance {k}'s "
+                                   f"apipa_addresses ({', '.join(allowed) or 'none configured'})")
+        elif str(ip) not in allowed:
+            yield loc + (field,), (f"{ip} is not one of instance {k}'s apipa_addresses; allowed: "
+                                   f"{', '.join(allowed) or 'none configured'}")
 
 
 def _claim(owners: dict, name: str, loc: tuple):

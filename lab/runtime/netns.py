@@ -153,14 +153,18 @@ class NetnsRuntime:
                 ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
             if iface.mtu:
                 ipr.link("set", index=idx, mtu=iface.mtu)
-            ipr.link("set", index=idx, state="up")
+            if iface.mac:
+                ipr.link("set", index=idx, address=iface.mac)
+            # a standby instance holds its addresses with its links down until it takes over
+            up = not (node.standby and node.role == "gateway-instance" and iface.kind == "veth")
+            ipr.link("set", index=idx, state="up" if up else "down")
             if iface.proxy_arp:
                 # answer at once: the kernel delays proxy ARP replies by up to 0.8 s
                 proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1
                 proxy[f"net.ipv4.neigh.{iface.name}.proxy_delay"] = 0
         if proxy:
             self._sysctls(node.name, proxy)
-        for route in node.routes:
+        for route in node.routes if not node.standby else ():   # set when it takes over
             self._route(node.name, route.dst, route.via, route.dev, route.table)
         for rule in node.rules:
             ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
@@ -241,6 +245,11 @@ class NetnsRuntime:
                           env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
         self._record(pid, AGENT, "agent")
         self.state.save()
+
+    def restart_agent(self):
+        """A new agent for a changed plan (an active-standby takeover)."""
+        self.stop_daemon(AGENT, "agent", graceful=True)
+        self.start_agent()
 
     def start_tunnel_ends(self, nodes: list[str], budget: float):
         """charon per tunnel end; ready once ipsec0 is routed and its connection is
