@@ -196,9 +196,10 @@ class Agent:
 
     def bgp_speakers(self):
         """BgpConnectedEvent / BgpDisconnectedEvent when an instance's eBGP session with
-        a site changes state."""
+        a site changes state; the 4,000-prefix limit enforced at once (enforce_limit)."""
         sessions = [s for s in self.plan.bgp if s.kind == "ebgp"
                     and self.plan.nodes[s.node].role == "gateway-instance"]
+        limit = defaults()["azure"]["bgp_max_prefixes"]
         established: dict = {}
         while not self.stop.wait(POLL):
             peers = {}
@@ -208,10 +209,22 @@ class Agent:
                 except Exception:  # noqa: BLE001 - bgpd down (a fault): its sessions are down
                     peers[node] = {}
             for s in sessions:
-                up = peers[s.node].get(s.peer, {}).get("state") == "Established"
+                peer = peers[s.node].get(s.peer, {})
+                up = peer.get("state") == "Established"
+                if up and peer.get("pfxRcd", 0) > limit:
+                    self.enforce_limit(s)
                 if established.get((s.node, s.peer), False) != up:
                     established[(s.node, s.peer)] = up
                     self.log.bgp(s, self.plan, up)
+
+
+    def enforce_limit(self, s):
+        """FRR checks maximum-prefix when an UPDATE arrives, against a count it adjusts
+        later: a peer that sends 4,001 prefixes at once and then nothing stays up.
+        Azure drops it [4.5]: a route refresh makes the peer send its routes again,
+        and FRR's check then trips (Cease, maximum number of prefixes reached)."""
+        say(f"{s.node}: {s.peer} is past the prefix limit: route refresh to enforce it")
+        self.rt.vtysh(s.node, f"clear bgp ipv4 unicast {s.peer} soft in")
 
 
 def say(line: str):

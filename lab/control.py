@@ -130,7 +130,8 @@ def vtysh_config(rt, node: str, lines: list[str]):
                          "-c", "configure terminal", *[a for line in lines for a in ("-c", line)]])
     text = (res.stdout + res.stderr).strip()
     if res.returncode != 0 or "% " in text:
-        raise RuntimeFailure(f"{node}: FRR refused {lines}: {text[-300:]}")
+        shown = lines if len(lines) <= 6 else [*lines[:5], f"... {len(lines) - 5} more lines"]
+        raise RuntimeFailure(f"{node}: FRR refused {shown}: {text[-300:]}")
 
 
 def bgp_shutdown(rt, node: str, asn: int):
