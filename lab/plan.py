@@ -88,6 +88,7 @@ class Node:
     nft: dict | None = None          # context for nftables.conf.j2
     standby: bool = False            # an active-standby gateway's idle instance (and its
                                      # tunnel ends): links down, no daemons
+    shaping_mbps: int | None = None  # egress cap on pub and gws: the SKU's rated throughput
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -121,6 +122,7 @@ class Tunnel:
     remote_ip: str = ""      # the site's public IP
     connection_mode: str = "Default"
     policy_based: bool = False   # a PolicyBased gateway: IKEv1, on demand, idle teardown
+    expected_up: bool = True     # False: the device builds no tunnel to this instance
 
     @property
     def managed(self) -> bool:
@@ -372,7 +374,8 @@ class _Builder:
             public_ip = IPv4Network(self.d["internal"]["azure_public"]).network_address + 10 + 2 * gw_index + slot
             mac = None if gw.active_active else f"02:00:00:00:{gw_index:02x}:"
             node = self.add(Node(name, "gateway-instance", forwarding=True,
-                                 standby=not self.serves(gw_name, k)))
+                                 standby=not self.serves(gw_name, k),
+                                 shaping_mbps=self.d["skus"][gw.sku]["throughput_mbps"]))
             inet_gw = self.attach_public(node, public_ip, mac and mac + "01")
             self.link(node, Iface("gws", [f"{bgp_ips[slot]}/{gws.prefixlen}"], mac=mac and mac + "02"),
                       sdn, Iface(f"gws{k}", master="gws"))
@@ -460,7 +463,8 @@ class _Builder:
             az_end, az_if = self.tunnel_end(inst, tname, "az", standby=inst.standby)
             az_end.interfaces.append(Iface("lo", _selector_anchors(
                 list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]), kind="lo"))
-            new_device_end = device is not None and (gw.active_active or op_end is None)
+            connected = k in lng.device.connect_to_instances or not gw.active_active
+            new_device_end = device is not None and connected and (gw.active_active or op_end is None)
             if new_device_end:
                 op_end, op_if = self.tunnel_end(device, tname if gw.active_active else conn_name, "op")
                 op_end.interfaces.append(Iface("lo", _selector_anchors(
@@ -468,14 +472,15 @@ class _Builder:
             if not inst.standby:
                 self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
                                            c.local_network_gateway, az_end.name,
-                                           op_end.name if op_end else None, str(lng.gateway_ip),
-                                           c.connection_mode, policy_based))
+                                           op_end.name if op_end and connected else None,
+                                           str(lng.gateway_ip), c.connection_mode, policy_based,
+                                           expected_up=connected or device is None))
             self.azure_end(inst, az_end, c, common | dict(policy=policy), pairs, policy_based)
             if new_device_end:
                 self.device_end(device, op_end, inst.public_ip, c, common | dict(policy=dev_policy),
                                 pairs, policy_based)
             if c.enable_bgp:
-                self.bgp_over(inst, az_if, device, op_if, gw, c, k, new_device_end)
+                self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k, new_device_end)
             else:
                 for p in lng.address_space:     # what Azure routes: the site's address space
                     inst.frr.static.append((str(p), az_if))
@@ -519,7 +524,7 @@ class _Builder:
             peer, lng.bgp.asn, multihop=True, update_source=local, passive=apipa_peer,
             route_map_in="FROM-BGP-PEER", route_map_out="TO-BGP-PEER",
             maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
-        if not inst.standby:
+        if not inst.standby and (device is not None or not lng.managed):
             self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
         if device is None:
             return
@@ -581,8 +586,9 @@ class _Builder:
             vnet_prefixes = [str(p) for p in vnet.address_space]
             self._expect(c.local_network_gateway, vnet_prefixes)
             self._expect(f"{gw.virtual_network}-sdn", site_prefixes)
+            connected = self.t.local_network_gateways[c.local_network_gateway].device.connect_to_instances
             for k in range(instance_count(gw)):
-                if self.serves(c.virtual_network_gateway, k):
+                if self.serves(c.virtual_network_gateway, k) and (k in connected or not gw.active_active):
                     self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
             vms = [vm for sub in sorted(vnet.subnets) for vm in self.t.subnet_vms(gw.virtual_network, sub)]
             hosts = self.t.site_hosts(c.local_network_gateway)

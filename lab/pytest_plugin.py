@@ -165,8 +165,8 @@ def _lab_hygiene(request):
     except engine.LabError as err:
         problems.append(str(err))
     try:
-        ends = [e for t in handle.plan.tunnels if t.managed for e in (t.azure_end, t.onprem_end)]
-        handle.eventually(lambda: _sa_counts(handle, ends), {e: [1, 1] for e in ends},
+        ends = {e: t for t in handle.plan.tunnels if t.managed for e in (t.azure_end, t.onprem_end)}
+        handle.eventually(lambda: _sa_counts(handle, ends), {e: "as planned" for e in ends},
                           "reconverge", "one IKE SA and one CHILD SA per tunnel end")
     except AssertionError as err:
         problems.append(str(err))
@@ -179,12 +179,17 @@ def _lab_hygiene(request):
     assert not problems, "; ".join(problems)
 
 
-def _sa_counts(handle: LabHandle, ends: list[str]) -> dict:
-    """Tunnel end -> [IKE SAs, CHILD SAs]."""
+def _sa_counts(handle: LabHandle, ends: dict) -> dict:
+    """Tunnel end -> "as planned", else [IKE SAs, CHILD SAs]. As planned: one IKE SA and
+    one CHILD SA; policy-based, one CHILD SA per selector pair, or none at all while the
+    tunnel is idle (torn down after policy_based_idle)."""
     out = {}
-    for end in ends:
+    for end, tunnel in ends.items():
         sas = live.ike_sas(handle.rt, end)
-        out[end] = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
+        got = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
+        pairs = len(handle.plan.nodes[end].charon["children"])
+        planned = [[1, pairs], [0, 0]] if tunnel.policy_based else [[1, 1]]
+        out[end] = "as planned" if got in planned else got
     return out
 
 

@@ -34,6 +34,12 @@ def iperf(rt, client: str, server: str, server_addr: str, seconds: int = 3, reve
         rt.end([pid], grace=1)
 
 
+def limited_by(mbps: float, sku: str, rated: float) -> str:
+    """What limits a measured figure: the SKU's cap on the instance when the figure
+    reaches most of it, else the lab's own data plane (userspace ESP)."""
+    return f"the SKU ({sku}, {rated:g} Mbit/s)" if mbps >= 0.8 * rated else "the lab's data plane (libipsec)"
+
+
 def esp_bytes(rt, plan) -> dict[str, int]:
     """Tunnel -> bytes through its CHILD SAs (both directions), from the Azure end."""
     counters = live.each(lambda t: live.sa_counters(rt, t.azure_end), plan.tunnels)

@@ -62,6 +62,9 @@ class Device(Model):
     """The on-prem device the lab runs behind a local network gateway."""
     lan_prefixes: list[IPv4Network] = []   # default: the gateway's address_space
     hosts: list[Name] = []                 # default: one host named <site>-host
+    # the active-active gateway instances the device builds tunnels to (default: all);
+    # [0] is the half-configured design that loses traffic when instance 0 is serviced
+    connect_to_instances: list[Literal[0, 1]] = Field(default=[0, 1], min_length=1)
 
 
 class LocalNetworkGateway(Model):
@@ -417,6 +420,10 @@ def _connection_errors(t: Topology):
                             f"(virtual_network_gateways.{c.virtual_network_gateway}.bgp.peering_addresses"
                             f"[0..{instances - 1}].apipa_addresses)")
         yield from _custom_bgp_errors(c, gw, loc)
+        if lng.device.connect_to_instances != [0, 1] and not gw.active_active:
+            yield (("local_network_gateways", c.local_network_gateway, "device", "connect_to_instances"),
+                   f"gateway '{c.virtual_network_gateway}' is active-standby: the device has one tunnel, "
+                   "to its one public IP (use it with active-active gateways)")
         if c.use_policy_based_traffic_selectors:
             if gw.vpn_type == "PolicyBased":
                 yield loc + ("use_policy_based_traffic_selectors",), (

@@ -168,9 +168,20 @@ class NetnsRuntime:
             self._route(node.name, route.dst, route.via, route.dev, route.table)
         for rule in node.rules:
             ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
+        if node.shaping_mbps:
+            self._shape(node.name, node.shaping_mbps)
         conf = self.node_dir(node.name) / "nftables.conf"
         if conf.exists():
             self.exec(node.name, ["nft", "-f", str(conf)], check=True)
+
+    def _shape(self, node: str, mbps: int):
+        """The SKU's throughput on a gateway instance, both directions: egress towards
+        the internet (ESP to the sites) and towards the GatewaySubnet (into the VNet).
+        Burst: 5 ms at the rate."""
+        burst = max(32 * 1024, int(mbps * 1e6 / 8 * 0.005))
+        for ifname in ("pub", "gws"):
+            self.tc(node, "qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{mbps}mbit",
+                    "burst", str(burst), "latency", "50ms")
 
     def _route(self, node, dst, via=None, dev=None, table=None):
         ipr = self.ipr(node)

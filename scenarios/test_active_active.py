@@ -1,0 +1,62 @@
+"""Active-active semantics [5] on scenarios/topologies/single-peered.yaml: one tunnel and
+one BGP session per instance per device, per-connection APIPA selection [4.3], and what
+instance 0's maintenance does to a fully peered site and to a half-configured one."""
+from lab import live
+from lab.defaults import defaults
+from lab.probe import worst
+
+LAB_TOPOLOGY = "topologies/single-peered.yaml"
+PLANNED_LOSS_MS = 300
+
+
+def local_address(lab, node: str, peer: str) -> str:
+    return live.vtysh_json(lab.rt, node, f"show bgp neighbors {peer} json")[peer].get("hostLocal")
+
+
+def ike_sas_of(lab, node: str) -> list[tuple[str, str]]:
+    """(unique id, state) of a tunnel end's IKE SAs: unchanged ids mean untouched SAs."""
+    return [(ike["uniqueid"].decode(), ike["state"].decode()) for ike in live.ike_sas(lab.rt, node)]
+
+
+def test_each_connection_peers_from_its_selected_apipa_address(lab):
+    """The connection to "full" selects the second APIPA address of each instance; the
+    connection to "half" selects none, so each instance uses its first."""
+    assert local_address(lab, "hub-gw-in0", "169.254.22.9") == "169.254.21.5"
+    assert local_address(lab, "hub-gw-in1", "169.254.22.9") == "169.254.22.5"
+    assert local_address(lab, "hub-gw-in0", "169.254.21.9") == "169.254.21.1"
+    # the half-configured device has no tunnel and no session to instance 1
+    states = {t["tunnel"]: t["state"] for t in live.tunnels(lab.rt, lab.plan)}
+    assert states["hub-to-half-in0"] == "ESTABLISHED" and states["hub-to-half-in1"] != "ESTABLISHED", states
+    assert list(live.bgp_peers(lab.rt, "half")) == ["169.254.21.1"]
+
+
+def test_instance_maintenance_leaves_the_other_instance_untouched(lab, scenario):
+    """Instance 0 is serviced (planned): the fully peered site's flows move to instance
+    1 with at most a few hundred milliseconds of loss, and instance 1's IKE SAs and BGP
+    sessions stay as they were."""
+    ends = ["hub-to-full-in1-az", "hub-to-half-in1-az"]
+    before = {e: ike_sas_of(lab, e) for e in ends}
+    sessions = live.bgp_peers(lab.rt, "hub-gw-in1")["169.254.22.9"]
+    scenario.start(lab, "sp-vm1", "full-host", flows=8)
+    at = scenario.maintenance("hub-gw", instance=0)    # returns when instance 0 is back
+    scenario.wait_flowing(at)
+    result = scenario.stop(at)
+    lost_ms = worst(result, "lost") * 1000 / result["rate_pps"]
+    scenario.record("probe loss, fully peered site (worse direction)", lost_ms, "ms", f"<= {PLANNED_LOSS_MS} ms")
+    assert lost_ms <= PLANNED_LOSS_MS, result["directions"]
+    assert {e: ike_sas_of(lab, e) for e in ends} == before
+    after = live.bgp_peers(lab.rt, "hub-gw-in1")["169.254.22.9"]
+    assert after["state"] == "Established" and after["connectionsEstablished"] == sessions["connectionsEstablished"]
+
+
+def test_single_peered_design_loses_traffic_during_maintenance(lab, scenario):
+    """The half-configured site reaches the VNet through instance 0 only: while instance
+    0 reboots its traffic is lost, as Azure warns; the lab shows the outage."""
+    reboot = defaults()["maintenance"][lab.timers]["instance_reboot"]
+    scenario.start(lab, "sp-vm1", "half-host", flows=4)
+    at = scenario.maintenance("hub-gw", instance=0)
+    scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
+    result = scenario.stop(at)
+    outage = worst(result, "recovered_s")
+    scenario.record("outage, half-configured site", outage, "s", f">= {reboot} s (the reboot)")
+    assert outage >= reboot, result["directions"]
