@@ -386,8 +386,7 @@ class _Builder:
             vnet_prefixes = [str(p) for p in vnet.address_space]
             node.frr = Frr(asn, str(bgp_ips[slot]), self.timers,
                            static=[(p, str(sdn_ip)) for p in vnet_prefixes] + [("0.0.0.0/0", inet_gw)],
-                           networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes,
-                           never_advertised=never_advertised(vnet.address_space))
+                           networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes)
             node.frr.neighbors.append(Neighbor(str(sdn_ip), asn, internal=True, next_hop_self=True,
                                                update_source=str(bgp_ips[slot]),
                                                route_map_out="TO-SDN", timers=self.d["sdn_timers"]))
@@ -519,6 +518,7 @@ class _Builder:
         # Azure installs the host route to the peer itself [4.2]; it never opens a
         # session from APIPA [4.3]; it drops a peer past 4,000 prefixes [4.5]
         inst.frr.static.append((f"{peer}/32", az_if))
+        inst.frr.never_advertised = never_advertised([IPv4Network(p) for p in inst.frr.vnet_prefixes])
         az = self.d["azure"]
         inst.frr.neighbors.append(Neighbor(
             peer, lng.bgp.asn, multihop=True, update_source=local, passive=apipa_peer,

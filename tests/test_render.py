@@ -1,11 +1,12 @@
 """Golden rendering: every shipped topology renders to exactly the files under
 tests/golden/<topology>/<node>/ (regenerate with VPNLAB_UPDATE_GOLDEN=1 and review)."""
 import os
+from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
 
-from lab.plan import build, gateway_subnet_ips
+from lab.plan import build, gateway_subnet_ips, never_advertised
 from lab.render import render
 from lab.topology import load
 
@@ -83,3 +84,55 @@ def test_every_subnet_gets_a_vm_and_vms_start_at_dot_four(tmp_path):
     assert addr("app-vm") == "10.30.1.4/24" and addr("app-vm2") == "10.30.1.5/24"
     assert addr("spoke-data-vm") == "10.30.2.4/24"          # Azure reserves .1-.3
     assert ("spoke-data-vm", "10.40.1.10") in plan.pings
+
+
+def test_gateway_bgp_policy_and_timers():
+    """Azure's speaker [4.4, 4.5]: keepalive 60 / hold 180, no BFD, the 4,000-prefix
+    limit, never-advertised routes out and exact VNet prefixes refused in."""
+    frr = rendered(ROOT / "topologies/active-active-bgp.yaml")["hub-gw-in0/frr.conf"]
+    for line in ("neighbor 169.254.21.10 timers 60 180", "neighbor 169.254.21.10 maximum-prefix 4000 restart 1",
+                 "neighbor 169.254.21.10 route-map TO-BGP-PEER out",
+                 "neighbor 169.254.21.10 route-map FROM-BGP-PEER in", "neighbor 169.254.21.10 passive",
+                 "ip prefix-list NEVER-ADVERTISED seq 5 permit 0.0.0.0/0"):
+        assert line in frr
+    assert "bfd" not in frr
+
+
+def test_never_advertised_covers_default_supernets_and_subnets_of_the_vnet():
+    entries = never_advertised([IPv4Network("10.10.0.0/16")])
+    assert entries[0] == "0.0.0.0/0" and "10.0.0.0/8" in entries and "10.10.0.0/15" in entries
+    assert "10.10.0.0/16 ge 17" in entries and "10.10.0.0/16" not in entries
+
+
+def test_active_standby_gateway_has_a_standby_with_the_same_addresses():
+    """Two instances, one serving; the standby holds the same public IP, BGP address
+    and MACs; the device has one tunnel end, whichever instance serves; the wiring is
+    the same whichever serves (a takeover changes no namespace or link)."""
+    topology = load(ROOT / "topologies/active-standby-bgp.yaml")
+    plans = [build(topology, "azure", {"hub-gw": k}) for k in (0, 1)]
+    for k, plan in enumerate(plans):
+        in0, in1 = plan.nodes["hub-gw-in0"], plan.nodes["hub-gw-in1"]
+        assert (in0.standby, in1.standby) == (k == 1, k == 0)
+        for ifname in ("pub", "gws"):
+            assert in0.iface(ifname).addresses == in1.iface(ifname).addresses
+            assert in0.iface(ifname).mac == in1.iface(ifname).mac is not None
+        assert [(t.name, t.gateway_instance, t.onprem_end) for t in plan.tunnels] == \
+            [(f"hub-to-branch-in{k}", f"hub-gw-in{k}", "hub-to-branch-op")]
+        assert {s.node for s in plan.bgp} == {f"hub-gw-in{k}", "hub-sdn", "branch"}
+        assert plan.nodes["branch"].frr.neighbors[0].address == "10.50.255.30"
+    assert plans[0].links == plans[1].links and sorted(plans[0].nodes) == sorted(plans[1].nodes)
+
+
+def test_per_connection_apipa_selection_and_half_configured_device():
+    """custom_bgp_addresses picks each instance's address; without it the first APIPA
+    address of each instance is used [4.3]. connect_to_instances [0] builds no tunnel
+    and no session to instance 1."""
+    plan = build(load(ROOT / "scenarios/topologies/single-peered.yaml"), "azure")
+    sources = {(n, x.address): x.update_source for n in ("hub-gw-in0", "hub-gw-in1")
+               for x in plan.nodes[n].frr.neighbors if not x.internal}
+    assert sources == {("hub-gw-in0", "169.254.21.9"): "169.254.21.1", ("hub-gw-in1", "169.254.21.9"): "169.254.22.1",
+                       ("hub-gw-in0", "169.254.22.9"): "169.254.21.5", ("hub-gw-in1", "169.254.22.9"): "169.254.22.5"}
+    half = {t.name: (t.onprem_end, t.expected_up) for t in plan.tunnels if t.device == "half"}
+    assert half == {"hub-to-half-in0": ("hub-to-half-in0-op", True), "hub-to-half-in1": (None, False)}
+    assert [n.address for n in plan.nodes["half"].frr.neighbors] == ["169.254.21.1"]
+    assert not any(s.node == "hub-gw-in1" and s.peer_node == "half" for s in plan.bgp)
