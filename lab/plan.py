@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
 from .defaults import defaults
-from .topology import Topology
+from .topology import Topology, reverse_connection
 
 INTERNET = "internet"
 # Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
@@ -71,6 +71,7 @@ class Frr:
     neighbors: list[Neighbor] = field(default_factory=list)
     vnet_prefixes: list[str] = field(default_factory=list)
     never_advertised: list[str] = field(default_factory=list)   # prefix-list entries
+    no_transit: list[str] = field(default_factory=list)   # static VNet-to-VNet prefixes: kept from BGP peers
     maximum_paths: int = 8
 
 
@@ -439,6 +440,12 @@ class _Builder:
         return end, f"t{j}"
 
     def connection(self, conn_name: str):
+        if self.t.connections[conn_name].type == "Vnet2Vnet":
+            self.vnet_to_vnet(conn_name)
+        else:
+            self.site_connection(conn_name)
+
+    def site_connection(self, conn_name: str):
         """The tunnels of a connection: one per gateway instance. Active-active: each
         instance has its own tunnel to the device [5]. Active-standby: the device has
         one tunnel end, towards the gateway's one public IP; both instances have theirs
@@ -487,6 +494,83 @@ class _Builder:
                 for p in vnet.address_space if new_device_end else ():
                     device.frr.static.append((str(p), op_if))
 
+    # -- VNet-to-VNet
+    def vnet_to_vnet(self, conn_name: str):
+        """A VNet-to-VNet pair [7.1], built once, from the connection whose name sorts
+        first: its gateway dials (the agent), the other answers; both ends run Azure's
+        proposals. Each instance has one tunnel end per public IP of the other gateway;
+        a tunnel joins two serving instances (both active-active: four tunnels)."""
+        back = reverse_connection(self.t, conn_name)
+        if back < conn_name:
+            return
+        c = self.t.connections[conn_name]
+        a, b = c.virtual_network_gateway, c.peer_virtual_network_gateway
+        ends = {**self.v2v_ends(a, b, c, conn_name), **self.v2v_ends(b, a, c, conn_name)}
+        for i in self.serving(a):
+            for j in self.serving(b):
+                sa, sb = self.slot(a, i), self.slot(b, j)
+                az_end, peer_end = ends[(a, i, sb)][0], ends[(b, j, sa)][0]
+                name = f"{conn_name}-in{i}" + (f"-{sb}" if self.gw(b).active_active else "")
+                self.tunnels.append(Tunnel(name, conn_name, a, instance_name(a, i), instance_name(b, j),
+                                           az_end.name, peer_end.name,
+                                           self.nodes[instance_name(b, j)].public_ip))
+                if c.enable_bgp:
+                    for g, k, peer in ((a, i, (b, j)), (b, j, (a, i))):
+                        self.bgp.append(BgpSession(instance_name(g, k), self.bgp_addresses[instance_name(*peer)]["bgp_ip"],
+                                                   instance_name(*peer), "ebgp"))
+
+    def gw(self, name: str):
+        return self.t.virtual_network_gateways[name]
+
+    def serving(self, gw_name: str) -> list[int]:
+        return [k for k in range(instance_count(self.gw(gw_name))) if self.serves(gw_name, k)]
+
+    def slot(self, gw_name: str, k: int) -> int:
+        """Which of the gateway's public IPs (and BGP addresses) instance k holds."""
+        return k if self.gw(gw_name).active_active else 0
+
+    def v2v_ends(self, g: str, peer: str, c, conn_name: str) -> dict:
+        """Gateway g's tunnel ends towards peer: per instance, one per peer public IP,
+        with its routing: BGP sessions to the peer's instances, or static routes to the
+        peer's VNet that BGP peers never learn (no transit without BGP [4.6])."""
+        out = {}
+        peer_vnet = [str(p) for p in self.t.virtual_networks[self.gw(peer).virtual_network].address_space]
+        slots = sorted({self.slot(peer, k) for k in range(instance_count(self.gw(peer)))})
+        policy = self.azure_policy(c)
+        for k in range(instance_count(self.gw(g))):
+            inst = self.nodes[instance_name(g, k)]
+            for s in slots:
+                peer_inst = self.nodes[instance_name(peer, s)]
+                towards = instance_name(peer, s) if len(slots) > 1 else peer
+                end, ifname = self.tunnel_end(inst, f"{inst.name}-to-{towards}", "v2v", standby=inst.standby)
+                out[(g, k, s)] = (end, ifname)
+                inst.nft["dnat"].append(dict(peer=peer_inst.public_ip, to=end.charon["local_addr"],
+                                             refuse_peer_init=False))
+                end.charon.update(connection=conn_name, version=2, secret=c.shared_key.get_secret_value(),
+                                  dpd_timeout=self.dpd(c), side="azure", local_id=inst.public_ip,
+                                  remote_id=peer_inst.public_ip, remote_addr=peer_inst.public_ip, policy=policy,
+                                  children=azure_children(c, conn_name, policy, [], False))
+                if c.enable_bgp:
+                    self.v2v_bgp(inst, ifname, peer, peer_inst)
+                else:
+                    inst.frr.static += [(p, ifname) for p in peer_vnet]
+                    inst.frr.networks += [p for p in peer_vnet if p not in inst.frr.networks]
+                    inst.frr.no_transit += [p for p in peer_vnet if p not in inst.frr.no_transit]
+        return out
+
+    def v2v_bgp(self, inst: Node, ifname: str, peer: str, peer_inst: Node):
+        peer_ip = self.bgp_addresses[peer_inst.name]["bgp_ip"]
+        inst.frr.static.append((f"{peer_ip}/32", ifname))
+        if any(n.address == peer_ip for n in inst.frr.neighbors):
+            return
+        inst.frr.never_advertised = never_advertised([IPv4Network(p) for p in inst.frr.vnet_prefixes])
+        az = self.d["azure"]
+        inst.frr.neighbors.append(Neighbor(
+            peer_ip, self.gw(peer).bgp.asn, multihop=True, update_source=self.bgp_addresses[inst.name]["bgp_ip"],
+            route_map_in="FROM-BGP-PEER", route_map_out="TO-BGP-PEER",
+            maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
+
+    # -- tunnel ends
     def azure_end(self, inst: Node, end: Node, c, common: dict, pairs: list, policy_based: bool):
         conn = common["connection"]
         peer = str(self.t.local_network_gateways[c.local_network_gateway].gateway_ip)
@@ -578,6 +662,9 @@ class _Builder:
         the prefixes each router must have in its FIB."""
         for conn_name in sorted(self.t.connections):
             c = self.t.connections[conn_name]
+            if c.type == "Vnet2Vnet":
+                self.vnet_to_vnet_routing(c)
+                continue
             if not self.t.local_network_gateways[c.local_network_gateway].managed:
                 continue   # the user's device: nothing the lab can expect of it
             gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
@@ -596,6 +683,20 @@ class _Builder:
                 for h in hosts:
                     self.pings.append((vm, self._address(h)))
                     self.pings.append((h, self._address(vm)))
+
+    def vnet_to_vnet_routing(self, c):
+        """Each direction's connection: its gateway's serving instances and VNet reach
+        the peer VNet, and its VMs ping the peer's VMs."""
+        gw, peer = self.gw(c.virtual_network_gateway), self.gw(c.peer_virtual_network_gateway)
+        peer_vnet = [str(p) for p in self.t.virtual_networks[peer.virtual_network].address_space]
+        self._expect(f"{gw.virtual_network}-sdn", peer_vnet)
+        for k in self.serving(c.virtual_network_gateway):
+            self._expect(instance_name(c.virtual_network_gateway, k), peer_vnet)
+        vms = lambda vnet: [vm for sub in sorted(self.t.virtual_networks[vnet].subnets)
+                            for vm in self.t.subnet_vms(vnet, sub)]
+        for vm in vms(gw.virtual_network):
+            for other in vms(peer.virtual_network):
+                self.pings.append((vm, self._address(other)))
 
     def _expect(self, node: str, prefixes: list[str]):
         have = self.expected.setdefault(node, [])

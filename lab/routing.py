@@ -49,7 +49,7 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
     connections run BGP and the sites' ASNs differ (BGP loop prevention); else must not."""
     ends = endpoints(plan, topology)
     g = intended_graph(plan)
-    conns = {c.local_network_gateway: c for c in topology.connections.values()}
+    conns = {c.local_network_gateway: c for c in topology.connections.values() if c.local_network_gateway}
     lngs = topology.local_network_gateways
     out = {}
     for src, a in ends.items():

@@ -109,9 +109,12 @@ class CustomBgpAddresses(Model):
 
 
 class Connection(Model):
-    type: Literal["IPsec"] = "IPsec"
+    """IPsec: to a local network gateway. Vnet2Vnet: to another virtual network gateway;
+    Azure has one connection resource per direction [7.1], so a pair is two entries."""
+    type: Literal["IPsec", "Vnet2Vnet"] = "IPsec"
     virtual_network_gateway: Name
-    local_network_gateway: Name
+    local_network_gateway: Optional[Name] = None         # IPsec
+    peer_virtual_network_gateway: Optional[Name] = None  # Vnet2Vnet
     shared_key: SecretStr
     connection_protocol: Literal["IKEv1", "IKEv2"] = "IKEv2"
     enable_bgp: bool = False
@@ -368,6 +371,13 @@ def _connection_errors(t: Topology):
     pairs: dict[tuple, str] = {}
     for name, c in t.connections.items():
         loc = ("connections", name)
+        if c.type == "Vnet2Vnet" or c.peer_virtual_network_gateway:
+            yield from _vnet_to_vnet_errors(t, name, c, loc)
+            continue
+        if c.local_network_gateway is None:
+            yield loc + ("local_network_gateway",), ("required for type IPsec (type Vnet2Vnet takes "
+                                                     "peer_virtual_network_gateway)")
+            continue
         pair = (c.virtual_network_gateway, c.local_network_gateway)
         if pair in pairs:
             yield loc + ("local_network_gateway",), (
@@ -437,6 +447,63 @@ def _connection_errors(t: Topology):
         if (gw.vpn_type == "PolicyBased" or c.use_policy_based_traffic_selectors) and not lng.address_space:
             yield ("local_network_gateways", c.local_network_gateway, "address_space"), (
                 "traffic selectors are built from it: give at least one prefix")
+
+
+def reverse_connection(t: Topology, name: str) -> str | None:
+    """The Vnet2Vnet connection resource of the other direction."""
+    c = t.connections[name]
+    return next((n for n, x in t.connections.items() if x.type == "Vnet2Vnet"
+                 and x.virtual_network_gateway == c.peer_virtual_network_gateway
+                 and x.peer_virtual_network_gateway == c.virtual_network_gateway), None)
+
+
+def _vnet_to_vnet_errors(t: Topology, name: str, c: Connection, loc: tuple):
+    """VNet-to-VNet [7.1]: between two route-based gateways, IKEv2, one connection
+    resource per direction with the same key, BGP and policy on both; with BGP the
+    gateways' ASNs differ [4.1]."""
+    if c.type != "Vnet2Vnet":
+        yield loc + ("peer_virtual_network_gateway",), "only for type Vnet2Vnet"
+        return
+    if c.local_network_gateway is not None:
+        yield loc + ("local_network_gateway",), "type Vnet2Vnet connects to peer_virtual_network_gateway instead"
+    for field, gw_name in (("virtual_network_gateway", c.virtual_network_gateway),
+                           ("peer_virtual_network_gateway", c.peer_virtual_network_gateway)):
+        if gw_name is None:
+            yield loc + (field,), "required for type Vnet2Vnet"
+        elif gw_name not in t.virtual_network_gateways:
+            yield loc + (field,), f"unknown gateway '{gw_name}'; known: {_names(t.virtual_network_gateways)}"
+        elif t.virtual_network_gateways[gw_name].vpn_type != "RouteBased":
+            yield loc + (field,), f"gateway '{gw_name}' is policy-based; VNet-to-VNet needs route-based gateways"
+    if c.peer_virtual_network_gateway == c.virtual_network_gateway:
+        yield loc + ("peer_virtual_network_gateway",), "a gateway cannot connect to itself"
+    if c.connection_protocol != "IKEv2":
+        yield loc + ("connection_protocol",), "VNet-to-VNet runs IKEv2 (Azure's rule)"
+    for field in ("use_policy_based_traffic_selectors", "custom_bgp_addresses"):
+        if field in c.model_fields_set:
+            yield loc + (field,), "not supported on a Vnet2Vnet connection in the lab"
+    if c.connection_mode != "Default":
+        yield loc + ("connection_mode",), "VNet-to-VNet connections use Default"
+    gws = [t.virtual_network_gateways.get(g) for g in (c.virtual_network_gateway, c.peer_virtual_network_gateway)]
+    if None in gws:
+        return
+    back = reverse_connection(t, name)
+    if back is None:
+        yield loc + ("peer_virtual_network_gateway",), (
+            f"no connection of type Vnet2Vnet from '{c.peer_virtual_network_gateway}' back to "
+            f"'{c.virtual_network_gateway}': Azure needs one per direction")
+        return
+    other = t.connections[back]
+    if other.shared_key.get_secret_value() != c.shared_key.get_secret_value():
+        yield loc + ("shared_key",), f"differs from connection '{back}' (value not shown); both directions share one key"
+    for field in ("enable_bgp", "ipsec_policies", "dpd_timeout_seconds"):
+        if getattr(c, field) != getattr(other, field):
+            yield loc + (field,), f"differs from connection '{back}'; both directions must match"
+    if c.enable_bgp:
+        if any(g.bgp is None for g in gws):
+            yield loc + ("enable_bgp",), "both gateways need bgp settings"
+        elif gws[0].bgp.asn == gws[1].bgp.asn:
+            yield loc + ("enable_bgp",), (f"both gateways use ASN {gws[0].bgp.asn}; VNet-to-VNet with BGP "
+                                          "needs different ASNs (set bgp.asn on one gateway)")
 
 
 def _custom_bgp_errors(c: Connection, gw: VirtualNetworkGateway, loc: tuple):
