@@ -136,3 +136,16 @@ def test_per_connection_apipa_selection_and_half_configured_device():
     assert half == {"hub-to-half-in0": ("hub-to-half-in0-op", True), "hub-to-half-in1": (None, False)}
     assert [n.address for n in plan.nodes["half"].frr.neighbors] == ["169.254.21.1"]
     assert not any(s.node == "hub-gw-in1" and s.peer_node == "half" for s in plan.bgp)
+
+
+def test_vnet_to_vnet_tunnels_join_serving_instances():
+    """Active-active east x active-standby west: two tunnels, both to west's serving
+    instance; each instance of each side has an end per public IP of the other."""
+    plan = build(load(ROOT / "topologies/vnet-to-vnet.yaml"), "azure")
+    pair = [(t.name, t.gateway_instance, t.device) for t in plan.tunnels if t.connection == "east-to-west"]
+    assert pair == [("east-to-west-in0", "east-gw-in0", "west-gw-in0"),
+                    ("east-to-west-in1", "east-gw-in1", "west-gw-in0")]
+    ends = sorted(n for n, x in plan.nodes.items() if n.endswith("-v2v"))
+    assert ends == ["east-gw-in0-to-west-gw-v2v", "east-gw-in1-to-west-gw-v2v",
+                    "west-gw-in0-to-east-gw-in0-v2v", "west-gw-in0-to-east-gw-in1-v2v",
+                    "west-gw-in1-to-east-gw-in0-v2v", "west-gw-in1-to-east-gw-in1-v2v"]
