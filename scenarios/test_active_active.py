@@ -1,9 +1,10 @@
 """Active-active semantics [5] on scenarios/topologies/single-peered.yaml: one tunnel and
 one BGP session per instance per device, per-connection APIPA selection [4.3], and what
 instance 0's maintenance does to a fully peered site and to a half-configured one."""
-from lab import live
+from lab import control, live
 from lab.defaults import defaults
 from lab.probe import worst
+from lab.waits import WaitTimeout, wait_until
 
 LAB_TOPOLOGY = "topologies/single-peered.yaml"
 PLANNED_LOSS_MS = 300
@@ -60,3 +61,27 @@ def test_single_peered_design_loses_traffic_during_maintenance(lab, scenario):
     outage = worst(result, "recovered_s")
     scenario.record("outage, half-configured site", outage, "s", f">= {reboot} s (the reboot)")
     assert outage >= reboot, result["directions"]
+
+
+def test_azure_never_opens_bgp_from_apipa(lab):
+    """Azure is passive towards APIPA peers: when the device is passive too, no session
+    comes up, whatever the wait; once the device opens them again, they come back."""
+    peers = ("169.254.21.5", "169.254.22.5")     # Azure's addresses for "full"
+    passive = ["router bgp 65052", *[f"neighbor {p} passive" for p in peers]]
+    control.vtysh_config(lab.rt, "full", passive)
+    try:
+        before = {p: s["connectionsEstablished"] for p, s in live.bgp_peers(lab.rt, "full").items()}
+        lab.rt.vtysh("full", "clear bgp ipv4 unicast *")
+        window = 5 * lab.timer("bgp_connect_retry") + lab.timer("bgp_hold")
+        try:       # "never" is checked over a window: several connect retries and a hold time
+            seen = wait_until(lambda: live.bgp_peers(lab.rt, "full"),
+                              lambda got: any(got[p]["state"] == "Established" for p in peers),
+                              "a BGP session opened by Azure", window, interval=0.5)
+        except WaitTimeout:
+            seen = None
+        assert seen is None, f"a session came up with both sides passive: {seen}"
+    finally:
+        control.vtysh_config(lab.rt, "full", [passive[0], *[f"no {line}" for line in passive[1:]]])
+    lab.eventually(lambda: live.bgp_peers(lab.rt, "full"),
+                   {p: {"state": "Established", "connectionsEstablished": before[p] + 1} for p in peers},
+                   "session_down", "the device to open its sessions again")

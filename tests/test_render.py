@@ -149,3 +149,15 @@ def test_vnet_to_vnet_tunnels_join_serving_instances():
     assert ends == ["east-gw-in0-to-west-gw-v2v", "east-gw-in1-to-west-gw-v2v",
                     "west-gw-in0-to-east-gw-in0-v2v", "west-gw-in0-to-east-gw-in1-v2v",
                     "west-gw-in1-to-east-gw-in0-v2v", "west-gw-in1-to-east-gw-in1-v2v"]
+
+
+def test_32_bit_asns(tmp_path):
+    """Azure supports 4-byte ASNs [4.1]: on a site and on the gateway."""
+    text = (ROOT / "topologies/active-standby-bgp.yaml").read_text()
+    text = text.replace("asn: 65030", "asn: 4200000030").replace("bgp: {asn: 65515}", "bgp: {asn: 4200000001}")
+    path = tmp_path / "asn32.yaml"
+    path.write_text(text)
+    files = render(build(load(path), "azure"), NODES_DIR)
+    assert "router bgp 4200000001" in files["hub-gw-in0"]["frr.conf"]
+    assert "neighbor 10.60.255.254 remote-as 4200000030" in files["hub-gw-in0"]["frr.conf"]
+    assert "neighbor 10.50.255.30 remote-as 4200000001" in files["branch"]["frr.conf"]
