@@ -1,6 +1,8 @@
 """Active-active semantics [5] on scenarios/topologies/single-peered.yaml: one tunnel and
 one BGP session per instance per device, per-connection APIPA selection [4.3], and what
 instance 0's maintenance does to a fully peered site and to a half-configured one."""
+import json
+
 from lab import control, live
 from lab.defaults import defaults
 from lab.probe import worst
@@ -85,3 +87,32 @@ def test_azure_never_opens_bgp_from_apipa(lab):
     lab.eventually(lambda: live.bgp_peers(lab.rt, "full"),
                    {p: {"state": "Established", "connectionsEstablished": before[p] + 1} for p in peers},
                    "session_down", "the device to open its sessions again")
+
+
+def _route_get(lab, node: str, *args: str) -> dict:
+    res = lab.rt.exec(node, ["ip", "-j", "route", "get", *args])
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)[0]
+
+
+def test_flows_may_return_on_the_other_instance(lab):
+    """The VNet picks the instance a flow leaves through, the device picks the tunnel
+    it comes back on, each hashing the flow on its own: asked for 32 UDP flows with the
+    flows' own ports (`ip route get`, the kernels' forwarding decision), some come back
+    through the other instance, as Azure warns (symmetric routing is not guaranteed)."""
+    vm, host = "10.90.1.4", "10.92.1.10"
+    sdn = lab.plan.nodes["hub-sdn"]
+    vm_bridge = next(i.name for i in sdn.interfaces if "10.90.1.1/24" in i.addresses)
+    instance_of_gateway = {lab.plan.nodes[f"hub-gw-in{k}"].iface("gws").addresses[0].split("/")[0]: k
+                           for k in (0, 1)}
+    instance_of_tunnel = {lab.tunnel_links(f"hub-to-full-in{k}")["onprem"][1]: k for k in (0, 1)}
+    paths = []
+    for sport in range(40000, 40032):
+        out = _route_get(lab, "hub-sdn", host, "from", vm, "iif", vm_bridge, "ipproto", "udp",
+                         "sport", str(sport), "dport", "5000")
+        back = _route_get(lab, "full", vm, "from", host, "iif", "lan0", "ipproto", "udp",
+                          "sport", "5000", "dport", str(sport))
+        paths.append((instance_of_gateway[out["gateway"]], instance_of_tunnel[back["dev"]]))
+    asymmetric = sum(a != b for a, b in paths)
+    assert 0 < asymmetric < len(paths), paths
+    assert {a for a, _ in paths} == {0, 1} and {b for _, b in paths} == {0, 1}, paths

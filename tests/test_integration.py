@@ -483,3 +483,26 @@ def test_interrupted_up_cleans_up_after_itself(sig):
     proc.send_signal(sig)
     assert proc.wait(30) != 0
     assert leftovers("it-int") == {}
+
+
+def test_active_standby_maintenance_as_the_readme_says():
+    """The README's maintenance walkthrough, run as it stands (the lab's name is the
+    test's own): the standby takes over, status says so, the VM reaches the branch."""
+    block = (readme_block("maintenance").replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
+             .replace("--name as", "--name it-as"))
+    up_line, maint, show, ping, down_line = block.strip().splitlines()
+    vpnlab("down", "--name", "it-as")
+    try:
+        for line in (up_line, maint):
+            res = subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=300)
+            assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "instance 1 is active now" in res.stderr
+        roles = {g["instance"]: (g["role"], g["public_ip"]) for g in status("it-as")["gateways"]}
+        assert roles == {"hub-gw-in0": ("standby", "203.0.113.10"), "hub-gw-in1": ("active", "203.0.113.10")}
+        for line in (show, ping):
+            res = subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "3 received" in res.stdout
+    finally:
+        subprocess.run(["bash", "-ec", down_line], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert leftovers("it-as") == {}

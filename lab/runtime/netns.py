@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import vici
@@ -107,7 +108,7 @@ class NetnsRuntime:
         self.state.save()                     # before creating: down must find them all
         for node in nodes:
             netns.create(self.namespace(node.name))
-            self._sysctls(node.name, {"net.ipv4.ip_forward": int(node.forwarding),
+            self._sysctls(node.name, _hash_seed(node.name) | {"net.ipv4.ip_forward": int(node.forwarding),
                                       # ECMP per flow (5-tuple), as Azure spreads flows
                                       "net.ipv4.fib_multipath_hash_policy": 1,
                                       "net.ipv4.conf.all.rp_filter": 0,
@@ -431,6 +432,16 @@ class NetnsRuntime:
             except OSError as err:
                 problems.append(f"namespace {ns}: {err}")
         return problems
+
+
+def _hash_seed(node: str) -> dict:
+    """Each router hashes flows over equal paths with its own seed, so that the way out
+    and the way back are chosen independently and a flow may return through the other
+    instance, as on Azure [5]. With one seed everywhere, Linux's symmetric flow hash
+    sends every flow back the way it came. Kernels before 6.11 have no such sysctl."""
+    if not Path("/proc/sys/net/ipv4/fib_multipath_hash_seed").exists():
+        return {}
+    return {"net.ipv4.fib_multipath_hash_seed": zlib.crc32(node.encode()) or 1}
 
 
 def netns_socket(namespace: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
