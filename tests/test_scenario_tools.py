@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 import yaml
 
-from lab import faults, routing
+from lab import faults, maintenance, routing
 from lab.match import ABSENT, differences
 from lab.plan import build
 from lab.probe import direction
@@ -113,6 +113,16 @@ def test_fault_defaults():
     assert faults.check(plan, "instance", "hub-gw-in0", {}) == {"planned": True}
     assert faults.check(plan, "device", "onprem-dev0", {}) == {"planned": False}
     assert faults.check(plan, "crash", "hub-to-dev0-in0-az", {}) == {"daemon": "charon"}
+
+
+@pytest.mark.parametrize("gateway,instance,message", [
+    ("nope", None, "unknown gateway 'nope'; gateways: hub-gw"),
+    ("hub-gw", 2, "--instance 2: allowed: 0, 1 (IN_0, IN_1)"),
+])
+def test_maintenance_of_nothing_real_is_refused(gateway, instance, message):
+    with pytest.raises(SourceError) as err:
+        maintenance.check(load(AA), gateway, instance)
+    assert message in str(err.value)
 
 
 # ------------------------------------------------------------------ report
