@@ -217,7 +217,6 @@ class Agent:
                     established[(s.node, s.peer)] = up
                     self.log.bgp(s, self.plan, up)
 
-
     def enforce_limit(self, s):
         """FRR checks maximum-prefix when an UPDATE arrives, against a count it adjusts
         later: a peer that sends 4,001 prefixes at once and then nothing stays up.

@@ -110,6 +110,7 @@ class LabHandle:
         """Azure's reset of a gateway instance (lab.maintenance); the plan follows a
         takeover."""
         self._fresh_state()
+        self.plan = engine.plan_of(self.state)     # another process may have failed over
         result, self.plan = maintenance.run(self.rt, self.plan, self.topology, gateway, instance, unplanned)
         return result
 

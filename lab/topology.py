@@ -372,6 +372,10 @@ def _connection_errors(t: Topology):
     for name, c in t.connections.items():
         loc = ("connections", name)
         if c.type == "Vnet2Vnet" or c.peer_virtual_network_gateway:
+            pair = (c.virtual_network_gateway, c.peer_virtual_network_gateway)
+            if pair in pairs:
+                yield loc + ("peer_virtual_network_gateway",), f"connection '{pairs[pair]}' already joins {pair[0]} to {pair[1]}"
+            pairs[pair] = name
             yield from _vnet_to_vnet_errors(t, name, c, loc)
             continue
         if c.local_network_gateway is None:
@@ -520,7 +524,8 @@ def _custom_bgp_errors(c: Connection, gw: VirtualNetworkGateway, loc: tuple):
     for k, (field, ip) in enumerate((("primary", custom.primary), ("secondary", custom.secondary))):
         if k >= instances:
             if ip is not None:
-                yield loc + (field,), "an active-standby gateway has one instance: give primary only"
+                yield loc + (field,), ("an active-standby gateway has one set of BGP addresses, which moves "
+                                       "with the active instance: give primary only")
             continue
         allowed = [str(a) for a in (lists[k] if k < len(lists) else [])]
         if ip is None:
