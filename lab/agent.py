@@ -124,8 +124,7 @@ class Agent:
 
     def _dial(self, t: Tunnel):
         try:
-            for child in dial_children(self.plan.nodes[t.azure_end].charon):
-                control.initiate(self.rt, t.azure_end, child, timeout=-1, ike=t.connection)
+            control.dial(self.rt, self.plan, t)
         except Exception as err:  # noqa: BLE001 - the next round dials again
             say(f"{t.name}: dialing failed: {err!r}")
 

@@ -10,7 +10,7 @@ from vici.exception import CommandException
 
 from . import live
 from .errors import RuntimeFailure
-from .plan import initiator_child
+from .plan import dial_children, initiator_child
 from .waits import WaitTimeout, wait_until
 
 
@@ -55,6 +55,13 @@ def initiate(rt, node: str, child: str, timeout: float = 10, ike: str | None = N
         except CommandException:
             return False, lines
     return timeout >= 0, lines
+
+
+def dial(rt, plan, t):
+    """The Azure end of tunnel t dials: it starts the child configs Azure starts when it
+    connects (plan.dial_children); returns at once."""
+    for child in dial_children(plan.nodes[t.azure_end].charon):
+        initiate(rt, t.azure_end, child, timeout=-1, ike=t.connection)
 
 
 def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:

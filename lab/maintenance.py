@@ -16,7 +16,7 @@ from . import control
 from .defaults import defaults
 from .errors import LabError
 from .faults import lose_router, restore_router
-from .plan import Plan, build, dial_children, instance_count, instance_name
+from .plan import Plan, build, instance_count, instance_name
 from .topology import Topology
 from .yamlsrc import SourceError
 
@@ -79,8 +79,7 @@ def _dial(rt, plan: Plan, node: str) -> int:
     (the agent's redial covers the rest)."""
     dialing = [t for t in plan.tunnels if t.gateway_instance == node and t.connection_mode != "ResponderOnly"]
     for t in dialing:
-        for child in dial_children(plan.nodes[t.azure_end].charon):
-            control.initiate(rt, t.azure_end, child, timeout=-1, ike=t.connection)
+        control.dial(rt, plan, t)
     return len(dialing)
 
 

@@ -481,7 +481,8 @@ class _Builder:
                                            op_end.name if op_end and connected else None,
                                            str(lng.gateway_ip), c.connection_mode, policy_based,
                                            expected_up=connected or device is None))
-            self.azure_end(inst, az_end, c, common | dict(policy=policy), pairs, policy_based)
+            self.azure_end(inst, az_end, c, common | dict(policy=policy), str(lng.gateway_ip), pairs,
+                           policy_based)
             if new_device_end:
                 self.device_end(device, op_end, inst.public_ip, c, common | dict(policy=dev_policy),
                                 pairs, policy_based)
@@ -544,41 +545,43 @@ class _Builder:
                 towards = instance_name(peer, s) if len(slots) > 1 else peer
                 end, ifname = self.tunnel_end(inst, f"{inst.name}-to-{towards}", "v2v", standby=inst.standby)
                 out[(g, k, s)] = (end, ifname)
-                inst.nft["dnat"].append(dict(peer=peer_inst.public_ip, to=end.charon["local_addr"],
-                                             refuse_peer_init=False))
-                end.charon.update(connection=conn_name, version=2, secret=c.shared_key.get_secret_value(),
-                                  dpd_timeout=self.dpd(c), side="azure", local_id=inst.public_ip,
-                                  remote_id=peer_inst.public_ip, remote_addr=peer_inst.public_ip, policy=policy,
-                                  children=azure_children(c, conn_name, policy, [], False))
+                self.azure_end(inst, end, c, dict(connection=conn_name, version=2, policy=policy,
+                                                  secret=c.shared_key.get_secret_value(),
+                                                  dpd_timeout=self.dpd(c)), peer_inst.public_ip)
                 if c.enable_bgp:
-                    self.v2v_bgp(inst, ifname, peer, peer_inst)
+                    self.azure_peer(inst, ifname, self.bgp_addresses[peer_inst.name]["bgp_ip"],
+                                    self.gw(peer).bgp.asn, self.bgp_addresses[inst.name]["bgp_ip"])
                 else:
                     inst.frr.static += [(p, ifname) for p in peer_vnet]
                     inst.frr.networks += [p for p in peer_vnet if p not in inst.frr.networks]
                     inst.frr.no_transit += [p for p in peer_vnet if p not in inst.frr.no_transit]
         return out
 
-    def v2v_bgp(self, inst: Node, ifname: str, peer: str, peer_inst: Node):
-        peer_ip = self.bgp_addresses[peer_inst.name]["bgp_ip"]
+    def azure_peer(self, inst: Node, ifname: str, peer_ip: str, asn: int, local: str, passive: bool = False):
+        """An eBGP peer of a gateway instance: Azure installs the host route to it
+        through the tunnel [4.2], filters what it advertises and accepts and drops the
+        session past 4,000 prefixes [4.5]. One neighbor per address (an active-standby
+        peer is reached through two tunnel ends, one per instance)."""
         inst.frr.static.append((f"{peer_ip}/32", ifname))
         if any(n.address == peer_ip for n in inst.frr.neighbors):
             return
         inst.frr.never_advertised = never_advertised([IPv4Network(p) for p in inst.frr.vnet_prefixes])
         az = self.d["azure"]
         inst.frr.neighbors.append(Neighbor(
-            peer_ip, self.gw(peer).bgp.asn, multihop=True, update_source=self.bgp_addresses[inst.name]["bgp_ip"],
+            peer_ip, asn, multihop=True, update_source=local, passive=passive,
             route_map_in="FROM-BGP-PEER", route_map_out="TO-BGP-PEER",
             maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
 
     # -- tunnel ends
-    def azure_end(self, inst: Node, end: Node, c, common: dict, pairs: list, policy_based: bool):
+    def azure_end(self, inst: Node, end: Node, c, common: dict, peer: str, pairs: list = (),
+                  policy_based: bool = False):
+        """An Azure tunnel end facing peer (a device's or another gateway's public IP)."""
         conn = common["connection"]
-        peer = str(self.t.local_network_gateways[c.local_network_gateway].gateway_ip)
         inst.nft["dnat"].append(dict(peer=peer, to=end.charon["local_addr"],
                                      refuse_peer_init=c.connection_mode == "InitiatorOnly"))
         end.charon.update(common, side="azure", local_id=inst.public_ip, remote_id=peer,
                           remote_addr=peer,
-                          children=azure_children(c, conn, common["policy"], pairs, policy_based))
+                          children=azure_children(c, conn, common["policy"], list(pairs), policy_based))
         if pairs:
             end.nft = dict(selectors=pairs)
 
@@ -599,15 +602,8 @@ class _Builder:
         peer = str(lng.bgp.peering_address)
         apipa_peer = lng.bgp.peering_address.is_link_local
         local = azure_bgp_address(self.bgp_addresses[inst.name], c, k, apipa_peer)
-        # Azure installs the host route to the peer itself [4.2]; it never opens a
-        # session from APIPA [4.3]; it drops a peer past 4,000 prefixes [4.5]
-        inst.frr.static.append((f"{peer}/32", az_if))
-        inst.frr.never_advertised = never_advertised([IPv4Network(p) for p in inst.frr.vnet_prefixes])
-        az = self.d["azure"]
-        inst.frr.neighbors.append(Neighbor(
-            peer, lng.bgp.asn, multihop=True, update_source=local, passive=apipa_peer,
-            route_map_in="FROM-BGP-PEER", route_map_out="TO-BGP-PEER",
-            maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
+        # Azure never opens a session from APIPA [4.3]
+        self.azure_peer(inst, az_if, peer, lng.bgp.asn, local, passive=apipa_peer)
         if not inst.standby and (device is not None or not lng.managed):
             self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
         if device is None:
