@@ -116,8 +116,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         _build(rt, plan, progress)
         state.phase = "up"
         state.save()
-        progress("waiting for tunnels, BGP sessions and routes")
-        wait_converged(rt, plan, timers)
+        _wait_for_convergence(rt, plan, timers, progress)
         return status(name, rt=rt, plan=plan)
     except BaseException:
         state.phase = "failed"
@@ -262,8 +261,7 @@ def heal(name: str, keys: list[str] | None = None, wait: bool = False,
         healed = (faults.heal_all(rt, plan) if keys is None
                   else [faults.heal(rt, plan, k) for k in keys])
         if wait:
-            progress("waiting for tunnels, BGP sessions and routes")
-            wait_converged(rt, plan, state.timers)
+            _wait_for_convergence(rt, plan, state.timers, progress)
         return healed
     finally:
         rt.close()
@@ -279,11 +277,15 @@ def maintenance(name: str, gateway: str, instance: int | None = None, unplanned:
         result, after = maint.run(rt, plan_of(state), load(state.topology_file), gateway,
                                   instance, unplanned, progress)
         if wait:
-            progress("waiting for tunnels, BGP sessions and routes")
-            wait_converged(rt, after, state.timers)
+            _wait_for_convergence(rt, after, state.timers, progress)
         return result
     finally:
         rt.close()
+
+
+def _wait_for_convergence(rt, plan: Plan, timers: str, progress: Progress):
+    progress("waiting for tunnels, BGP sessions and routes")
+    wait_converged(rt, plan, timers)
 
 
 def wait_converged(rt, plan: Plan, timers: str, budget: float | None = None):

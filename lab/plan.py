@@ -70,9 +70,16 @@ class Frr:
     networks: list[str] = field(default_factory=list)
     neighbors: list[Neighbor] = field(default_factory=list)
     vnet_prefixes: list[str] = field(default_factory=list)
-    never_advertised: list[str] = field(default_factory=list)   # prefix-list entries
     no_transit: list[str] = field(default_factory=list)   # static VNet-to-VNet prefixes: kept from BGP peers
     maximum_paths: int = 8
+
+    @property
+    def not_advertised(self) -> list[str]:
+        """Prefix-list entries the router keeps from its eBGP peers (TO-BGP-PEER):
+        empty without such a peer."""
+        if not any(n.route_map_out == "TO-BGP-PEER" for n in self.neighbors):
+            return []
+        return never_advertised([IPv4Network(p) for p in self.vnet_prefixes]) + self.no_transit
 
 
 @dataclass
@@ -565,7 +572,6 @@ class _Builder:
         inst.frr.static.append((f"{peer_ip}/32", ifname))
         if any(n.address == peer_ip for n in inst.frr.neighbors):
             return
-        inst.frr.never_advertised = never_advertised([IPv4Network(p) for p in inst.frr.vnet_prefixes])
         az = self.d["azure"]
         inst.frr.neighbors.append(Neighbor(
             peer_ip, asn, multihop=True, update_source=local, passive=passive,
