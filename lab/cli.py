@@ -37,7 +37,7 @@ def cmd_up(args) -> int:
     status, update = _progress()
     with status:
         result = engine.up(args.file or engine.default_topology(), name=args.name,
-                           timers=args.timers, progress=update,
+                           timers=args.timers, progress=update, runtime=args.runtime,
                            keep_on_failure=args.keep_on_failure)
     return _show_status(result, args.json)
 
@@ -263,6 +263,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
     up.add_argument("--name", help="lab name (default: the file's stem)")
     up.add_argument("--timers", default="azure", choices=["azure", "fast"])
+    up.add_argument("--runtime", default="netns", choices=list(engine.RUNTIMES),
+                    help="netns: namespaces on this host (default); docker: containers from "
+                         "the node image (make image)")
     up.add_argument("--json", action="store_true")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="leave a lab that did not converge running, for debugging")

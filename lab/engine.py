@@ -15,6 +15,8 @@ from .defaults import defaults
 from .errors import LabError
 from .plan import Plan, build
 from .runtime import procs
+from .runtime import docker as docker_runtime
+from .runtime.docker import DockerRuntime
 from .runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces
 from .state import (NAME_RE, LabState, claim_lock, known_labs, lab_dir, load_state,
                     remove_lab_dir)
@@ -48,11 +50,12 @@ def is_alive(name: str) -> bool:
     an `up` is still building it."""
     state = load_state(name)
     building = state is not None and state.phase == "building" and procs.alive(state.owner_pid)
-    return bool(building or lab_namespaces(name) or procs.tagged(name))
+    return bool(building or lab_namespaces(name) or procs.tagged(name)
+                or docker_runtime.lab_containers(name))
 
 
 def running_labs() -> list[str]:
-    return sorted(set(known_labs()) | all_lab_names())
+    return sorted(set(known_labs()) | all_lab_names() | docker_runtime.all_lab_names())
 
 
 def resolve_name(name: str | None) -> str:
@@ -80,18 +83,30 @@ def plan_of(state: LabState) -> Plan:
     return build(load(state.topology_file), state.timers, state.active)
 
 
+RUNTIMES = {"netns": NetnsRuntime, "docker": DockerRuntime}
+
+
+def runtime_unavailable(runtime: str) -> str | None:
+    """Why a runtime cannot run on this machine, or None."""
+    if runtime == "docker":
+        return docker_runtime.unavailable()
+    return None
+
+
 def runtime_of(state: LabState) -> NetnsRuntime:
-    if state.runtime != "netns":
-        raise LabError(f"runtime {state.runtime!r} is not available in this version")
-    return NetnsRuntime(state)
+    if state.runtime not in RUNTIMES:
+        raise LabError(f"runtime {state.runtime!r}: allowed: {', '.join(RUNTIMES)}")
+    return RUNTIMES[state.runtime](state)
 
 
 # ------------------------------------------------------------------ up
 def up(topology_file: str | Path, name: str | None = None, timers: str = "azure",
-       progress: Progress = _quiet, keep_on_failure: bool = False) -> dict:
+       progress: Progress = _quiet, keep_on_failure: bool = False, runtime: str = "netns") -> dict:
     topology_file = Path(topology_file)
     if timers not in defaults()["timers"]:
         raise SourceError(f"--timers {timers!r}: allowed: {', '.join(defaults()['timers'])}")
+    if runtime not in RUNTIMES:
+        raise SourceError(f"--runtime {runtime!r}: allowed: {', '.join(RUNTIMES)}")
     name = check_name(name or topology_file.stem)
     progress(f"validating {topology_file}")
     plan = build(load(topology_file), timers)           # bad input stops here
@@ -100,10 +115,10 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
             raise LabError(f"lab {name!r} is already up; 'vpnlab down --name {name}' first, "
                            "or choose another --name")
         down(name)                                      # leftovers of a crashed run
-        state = LabState(name=name, timers=timers, owner_pid=os.getpid())
+        state = LabState(name=name, timers=timers, owner_pid=os.getpid(), runtime=runtime)
         state.save()
     rendered = render.render(plan, state.nodes_dir)
-    rt = NetnsRuntime(state)
+    rt = runtime_of(state)
     try:
         state.kernel_esp = rt.kernel_has_esp()
         state.kernel_netem = rt.kernel_has_netem()
@@ -153,7 +168,9 @@ def down(name: str) -> list[str]:
     """Remove exactly this lab: its processes, namespaces and files. Idempotent."""
     check_name(name)
     state = load_state(name) or LabState(name=name)
-    problems = NetnsRuntime(state).teardown()
+    if state.runtime == "netns" and docker_runtime.lab_containers(name):
+        state.runtime = "docker"           # leftovers of a docker lab whose state is gone
+    problems = runtime_of(state).teardown()
     if not problems:
         remove_lab_dir(name)
     return problems

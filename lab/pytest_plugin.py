@@ -17,6 +17,7 @@ end, no helper process), and after every module nothing of the lab may be left.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -27,6 +28,7 @@ import pytest
 from . import engine, live
 from .defaults import defaults
 from .runtime import procs
+from .runtime.docker import lab_containers
 from .runtime.netns import lab_namespaces
 from .scenario import LabHandle, Scenario
 from .state import lab_dir, load_state
@@ -42,6 +44,8 @@ def pytest_addoption(parser):
     g.addoption("--lab-on-error", choices=["teardown", "pause"], default="teardown",
                 help="pause: on a failure, keep the lab and wait for Enter before teardown")
     g.addoption("--lab-timers", choices=sorted(defaults()["timers"]), default="fast")
+    g.addoption("--lab-runtime", choices=sorted(engine.RUNTIMES), default="netns",
+                help="runtime of the scenarios' labs (a module's LAB_RUNTIMES overrides it)")
     g.addoption("--lab-results", default="reports/vpnlab-results.json",
                 help="scenario results as JSON ('vpnlab report' renders them)")
     g.addoption("--lab-report", default="reports/vpnlab-report.html", help="HTML report")
@@ -70,9 +74,31 @@ def _topology(request) -> Path:
     raise pytest.UsageError(f"{request.module.__file__}: LAB_TOPOLOGY {wanted!r} not found")
 
 
-def _bring_up(config, topology: Path, name: str, timers: str | None) -> LabHandle:
+def pytest_generate_tests(metafunc):
+    """A module that sets LAB_RUNTIMES runs its tests once per runtime; a runtime that
+    cannot run here is skipped with the reason (lab.runtime.docker.unavailable)."""
+    runtimes = getattr(metafunc.module, "LAB_RUNTIMES", None)
+    if runtimes and "lab" in metafunc.fixturenames:
+        metafunc.parametrize("lab", [runtime_param(r) for r in runtimes], indirect=True,
+                             scope="module")
+
+
+def runtime_param(runtime: str):
+    """A pytest param for a runtime: skipped with the reason where it cannot run, or
+    failed when VPNLAB_REQUIRE_RUNTIMES names it (CI, where the Makefile installed it)."""
+    why = engine.runtime_unavailable(runtime)
+    if why and runtime in os.environ.get("VPNLAB_REQUIRE_RUNTIMES", "").split(","):
+        why = None          # required: let the test fail with the runtime's own error
+    marks = [pytest.mark.skip(reason=f"runtime {runtime}: {why}")] if why else []
+    return pytest.param(runtime, id=runtime, marks=marks)
+
+
+def _bring_up(config, topology: Path, name: str, timers: str | None,
+              runtime: str | None = None) -> LabHandle:
+    runtime = runtime or config.getoption("--lab-runtime")
     engine.down(name)                                   # leftovers of an earlier run
-    engine.up(topology, name=name, timers=timers or config.getoption("--lab-timers"))
+    engine.up(topology, name=name, timers=timers or config.getoption("--lab-timers"),
+              runtime=runtime)
     handle = LabHandle(name)
     config._vpnlab["labs"][name] = handle
     return handle
@@ -88,13 +114,18 @@ def _tear_down(config, handle: LabHandle):
             for p in lab_dir(handle.name).rglob("*.log")}
     handle.close()
     problems = engine.down(handle.name)
-    left = {k: v for k, v in {"namespaces": lab_namespaces(handle.name),
-                              "processes": procs.tagged(handle.name),
-                              "files": lab_dir(handle.name).exists()}.items() if v}
+    left = leftovers(handle.name)
     crashes = [f"{path}: {line.strip()}" for path, text in logs.items()
                for line in text.splitlines() if DAEMON_ERRORS.search(line)]
     assert not problems and not left, f"lab {handle.name} left things behind: {problems} {left}"
     assert not crashes, "daemons reported errors:\n" + "\n".join(crashes[:20])
+
+
+def leftovers(name: str) -> dict:
+    """What of a lab is still on the machine (empty after a clean down)."""
+    return {k: v for k, v in {"namespaces": lab_namespaces(name), "processes": procs.tagged(name),
+                              "containers": [c.name for c in lab_containers(name)],
+                              "files": lab_dir(name).exists()}.items() if v}
 
 
 @pytest.fixture(scope="session")
@@ -114,7 +145,11 @@ def lab_factory(request):
 
 @pytest.fixture(scope="module")
 def lab(request):
-    handle = _bring_up(request.config, _topology(request), _lab_name(request.module), None)
+    runtime = getattr(request, "param", None) or request.config.getoption("--lab-runtime")
+    name = _lab_name(request.module)
+    if runtime != "netns":
+        name = f"{name[:32 - len(runtime) - 1]}-{runtime}"
+    handle = _bring_up(request.config, _topology(request), name, None, runtime)
     yield handle
     _tear_down(request.config, handle)
 

@@ -4,6 +4,7 @@ from lab import live
 from lab.probe import worst
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
+LAB_RUNTIMES = ("netns", "docker")     # the same failover on plain namespaces and on containers
 PROBE = ("vm1", "onprem-dev0-host")
 FLOWS = 8                 # 8 flows: some cross instance 0 in each direction (ECMP per flow)
 PLANNED_LOSS_MS = 300     # "a few hundred milliseconds" at most

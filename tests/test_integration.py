@@ -18,8 +18,8 @@ import pytest
 from lab import control, live
 from lab.defaults import defaults
 from lab.engine import load_state, plan_of, runtime_of
+from lab.pytest_plugin import leftovers, runtime_param
 from lab.runtime import procs
-from lab.runtime.netns import lab_namespaces
 from lab.state import lab_dir
 from lab.waits import wait_until
 
@@ -38,14 +38,18 @@ def vpnlab(*args, timeout=180) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
-def leftovers(name: str) -> dict:
-    return {k: v for k, v in {"namespaces": lab_namespaces(name), "processes": procs.tagged(name),
-                              "files": lab_dir(name).exists()}.items() if v}
+# The engine's tests run on every runtime that can run here (docker: an engine and the
+# node image; CI requires it through VPNLAB_REQUIRE_RUNTIMES).
+RUNTIMES = [runtime_param("netns"), runtime_param("docker")]
 
 
-def up(path, name) -> dict:
+def lab_name(base: str, runtime: str) -> str:
+    return base if runtime == "netns" else f"{base}-{runtime}"
+
+
+def up(path, name, runtime="netns") -> dict:
     vpnlab("down", "--name", name)
-    res = vpnlab("up", path, "--name", name, "--timers", "fast", "--json")
+    res = vpnlab("up", path, "--name", name, "--timers", "fast", "--json", "--runtime", runtime)
     assert res.returncode == 0, f"up failed:\n{res.stderr[-3000:]}"
     return json.loads(res.stdout)
 
@@ -68,23 +72,33 @@ def root_namespace() -> dict:
             "routes": show("route", "show", "table", "all"), "rules": show("rule")}
 
 
-@pytest.fixture(scope="module")
-def aa():
+class RunningLab(tuple):
+    """(runtime, plan) of a running lab, with its name and runtime kind."""
+
+    def __new__(cls, rt, plan, name: str, runtime: str):
+        self = super().__new__(cls, (rt, plan))
+        self.name, self.runtime = name, runtime
+        return self
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def aa(request):
     global ROOT_BEFORE
     ROOT_BEFORE = root_namespace()
-    up(AA, "it-aa")
-    state = load_state("it-aa")
-    yield runtime_of(state), plan_of(state)
-    res = vpnlab("down", "--name", "it-aa")
+    name = lab_name("it-aa", request.param)
+    up(AA, name, request.param)
+    state = load_state(name)
+    yield RunningLab(runtime_of(state), plan_of(state), name, request.param)
+    res = vpnlab("down", "--name", name)
     assert res.returncode == 0, res.stderr
-    assert leftovers("it-aa") == {}
+    assert leftovers(name) == {}
 
 
 # ------------------------------------------------------------ default topology
 def test_status_json_contract_and_four_established_tunnels(aa):
-    s = status("it-aa")
+    s = status(aa.name)
     assert {"name", "runtime", "dataplane", "nodes", "tunnels", "bgp"} <= set(s)
-    assert s["name"] == "it-aa" and s["runtime"] == "netns" and s["dataplane"] == "libipsec"
+    assert s["name"] == aa.name and s["runtime"] == aa.runtime and s["dataplane"] == "libipsec"
     netem = aa[0].kernel_has_netem()
     assert s["impairments"]["delay"] == ("netem" if netem else "unavailable: the kernel has no netem")
     assert s["impairments"]["blackhole"] == "nftables"
@@ -100,7 +114,7 @@ def test_status_json_contract_and_four_established_tunnels(aa):
 
 
 def test_every_bgp_session_established_from_both_ends(aa):
-    sessions = status("it-aa")["bgp"]
+    sessions = status(aa.name)["bgp"]
     ebgp = {(b["node"], b["peer_node"]): b for b in sessions if b["kind"] == "ebgp"}
     assert len(ebgp) == 8          # 4 tunnels, seen from both ends
     for (node, peer_node), b in ebgp.items():
@@ -125,10 +139,10 @@ def _child_bytes(rt, node) -> int:
 
 
 def test_tunnel_mtu_1400_is_announced_not_silently_lost(aa):
-    ok = vpnlab("exec", "--name", "it-aa", "vm1", "--", "ping", "-c1", "-W2", "-M", "do",
+    ok = vpnlab("exec", "--name", aa.name, "vm1", "--", "ping", "-c1", "-W2", "-M", "do",
                 "-s", "1372", "10.20.1.10")           # 1400 bytes: fits the tunnel
     assert ok.returncode == 0, ok.stdout
-    big = vpnlab("exec", "--name", "it-aa", "vm1", "--", "ping", "-c1", "-W2", "-M", "do",
+    big = vpnlab("exec", "--name", aa.name, "vm1", "--", "ping", "-c1", "-W2", "-M", "do",
                  "-s", "1472", "10.20.1.10")          # 1500 bytes with DF: the gateway says so
     assert big.returncode != 0 and "mtu = 1400" in big.stdout + big.stderr
 
@@ -147,13 +161,13 @@ def test_gateway_does_not_advertise_the_vnet_back_to_the_vnet_router(aa):
 
 
 def test_exec_passes_the_exit_code_through(aa):
-    assert vpnlab("exec", "--name", "it-aa", "vm1", "--", "sh", "-c", "exit 7").returncode == 7
-    res = vpnlab("exec", "--name", "it-aa", "vm1", "--", "ip", "-br", "addr", "show", "eth0")
+    assert vpnlab("exec", "--name", aa.name, "vm1", "--", "sh", "-c", "exit 7").returncode == 7
+    res = vpnlab("exec", "--name", aa.name, "vm1", "--", "ip", "-br", "addr", "show", "eth0")
     assert res.returncode == 0 and "10.10.1.4/24" in res.stdout
 
 
 def test_graph_shows_tunnel_and_bgp_state(aa):
-    res = vpnlab("graph", "--name", "it-aa")
+    res = vpnlab("graph", "--name", aa.name)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("graph LR")
     assert res.stdout.count("ESTABLISHED") == 4 and res.stdout.count("BGP Established") == 4
@@ -161,25 +175,25 @@ def test_graph_shows_tunnel_and_bgp_state(aa):
 
 def test_fail_and_heal_from_the_cli(aa):
     rt, plan = aa
-    res = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", "it-aa")
+    res = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", aa.name)
     assert res.returncode == 0, res.stderr
     assert "vpnlab heal carrier:onprem-dev0:t0" in res.stderr
-    s = status("it-aa")
+    s = status(aa.name)
     assert [f["key"] for f in s["faults"]] == ["carrier:onprem-dev0:t0"]
     assert not rt.link_is_up("onprem-dev0", "t0")
-    again = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", "it-aa")
+    again = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", aa.name)
     assert again.returncode == 1 and "already injected" in again.stderr
-    res = vpnlab("heal", "--all", "--name", "it-aa")
+    res = vpnlab("heal", "--all", "--name", aa.name)
     assert res.returncode == 0 and "healed carrier:onprem-dev0:t0" in res.stderr, res.stderr
-    assert status("it-aa")["faults"] == [] and rt.link_is_up("onprem-dev0", "t0")
+    assert status(aa.name)["faults"] == [] and rt.link_is_up("onprem-dev0", "t0")
     assert live.convergence(rt, plan) == []
 
 
 def test_blackhole_counts_what_it_dropped(aa):
     rt, plan = aa
-    assert vpnlab("fail", "blackhole", "onprem-dev0:pub", "--name", "it-aa").returncode == 0
+    assert vpnlab("fail", "blackhole", "onprem-dev0:pub", "--name", aa.name).returncode == 0
     assert not live.ping(rt, "onprem-dev0", "203.0.113.10", count=2, timeout=1)
-    res = vpnlab("heal", "blackhole:onprem-dev0:pub", "--name", "it-aa")
+    res = vpnlab("heal", "blackhole:onprem-dev0:pub", "--name", aa.name)
     assert res.returncode == 0, res.stderr
     dropped = int(res.stderr.split("(")[1].split()[0])
     assert dropped >= 2
@@ -187,17 +201,17 @@ def test_blackhole_counts_what_it_dropped(aa):
 
 
 def test_bad_faults_are_refused_and_nothing_changes(aa):
-    res = vpnlab("fail", "carrier", "onprem-dev0:nope", "--name", "it-aa")
+    res = vpnlab("fail", "carrier", "onprem-dev0:nope", "--name", aa.name)
     assert res.returncode == 2 and "onprem-dev0 has no link 'nope'; its links: pub" in res.stderr
-    res = vpnlab("heal", "instance:hub-gw-in0", "--name", "it-aa")
+    res = vpnlab("heal", "instance:hub-gw-in0", "--name", aa.name)
     assert res.returncode == 1 and "no active fault 'instance:hub-gw-in0'; active: none" in res.stderr
     if not aa[0].kernel_has_netem():
-        res = vpnlab("fail", "delay", "onprem-dev0:pub", "--delay-ms", "20", "--name", "it-aa")
+        res = vpnlab("fail", "delay", "onprem-dev0:pub", "--delay-ms", "20", "--name", aa.name)
         assert res.returncode == 1 and "no netem" in res.stderr
-    assert status("it-aa")["faults"] == []
+    assert status(aa.name)["faults"] == []
 
 
-def _metrics(name: str = "it-aa") -> dict:
+def _metrics(name: str) -> dict:
     res = vpnlab("metrics", "--name", name, "--json")
     assert res.returncode == 0, res.stderr
     return {(r["name"], *r["dimensions"].values()): r["value"] for r in json.loads(res.stdout)}
@@ -208,7 +222,7 @@ def test_metrics_under_azures_names_and_dimensions(aa):
     # the previous tests' faults may still cost a BGP session a hold time (a keepalive
     # held back by TCP's backoff during a blackhole): read the metrics of a settled lab
     settled = lambda m: all(v == 1 for k, v in m.items() if k[0] in ("BgpPeerStatus", "MmsaCount", "QmsaCount"))
-    before = wait_until(_metrics, settled, "every BGP peer up and one SA pair per tunnel in the metrics", 45)
+    before = wait_until(lambda: _metrics(aa.name), settled, "every BGP peer up and one SA pair per tunnel in the metrics", 45)
     assert {k[0] for k in before} == {
         "TunnelIngressBytes", "TunnelEgressBytes", "TunnelIngressPackets", "TunnelEgressPackets",
         "TunnelIngressPacketDropTSMismatch", "TunnelEgressPacketDropTSMismatch",
@@ -223,7 +237,7 @@ def test_metrics_under_azures_names_and_dimensions(aa):
             assert before[("BgpPeerStatus", peer, f"GatewayTenantWorker_IN_{k}")] == 1
             assert before[("BgpRoutesLearned", peer, f"GatewayTenantWorker_IN_{k}")] == 1
     assert live.ping(rt, "vm1", "10.20.1.10", count=5)
-    after = _metrics()
+    after = _metrics(aa.name)
     egress = lambda m: sum(v for k, v in m.items() if k[0] == "TunnelEgressBytes" and k[1] == "hub-to-dev0")
     assert egress(after) - egress(before) >= 5 * 84       # five echo requests went out to dev0
 
@@ -231,16 +245,16 @@ def test_metrics_under_azures_names_and_dimensions(aa):
 def test_metrics_and_events_show_a_lost_bgp_speaker(aa):
     """BgpPeerStatus 0 while the instance's bgpd is down, and the diagnostic log has
     BgpDisconnectedEvent then BgpConnectedEvent for that instance's peer."""
-    assert vpnlab("fail", "crash", "hub-gw-in0", "--name", "it-aa").returncode == 0
+    assert vpnlab("fail", "crash", "hub-gw-in0", "--name", aa.name).returncode == 0
     try:
-        m = _metrics()
+        m = _metrics(aa.name)
         assert m[("BgpPeerStatus", "169.254.21.10", "GatewayTenantWorker_IN_0")] == 0
         assert m[("BgpPeerStatus", "169.254.21.10", "GatewayTenantWorker_IN_1")] == 1
     finally:
-        assert vpnlab("heal", "--all", "--name", "it-aa").returncode == 0
+        assert vpnlab("heal", "--all", "--name", aa.name).returncode == 0
 
     def bgp_events():
-        res = vpnlab("events", "--name", "it-aa", "--json", "--category", "RouteDiagnosticLog")
+        res = vpnlab("events", "--name", aa.name, "--json", "--category", "RouteDiagnosticLog")
         return [e["OperationName"] for e in json.loads(res.stdout)
                 if e["instance_s"] == "GatewayTenantWorker_IN_0" and e["peerAddress_s"] == "169.254.21.10"]
     wait_until(bgp_events, lambda ops: ops[-3:] == ["BgpConnectedEvent", "BgpDisconnectedEvent",
@@ -258,21 +272,21 @@ def test_nothing_of_the_lab_in_the_root_namespace(aa):
 
 
 def test_shared_keys_never_in_status_or_logs(aa):
-    text = vpnlab("status", "--name", "it-aa", "--json").stdout + vpnlab("status", "--name", "it-aa").stdout
-    logs = "".join(p.read_text(errors="replace") for p in lab_dir("it-aa").rglob("*.log"))
-    logs += (lab_dir("it-aa") / "events.jsonl").read_text()
+    text = vpnlab("status", "--name", aa.name, "--json").stdout + vpnlab("status", "--name", aa.name).stdout
+    logs = "".join(p.read_text(errors="replace") for p in lab_dir(aa.name).rglob("*.log"))
+    logs += (lab_dir(aa.name) / "events.jsonl").read_text()
     for key in ("Lab.Dev0.Psk.ChangeMe", "Lab.Dev1.Psk.ChangeMe"):
         assert key not in text and key not in logs
 
 
 def test_up_with_a_name_in_use_is_refused_and_the_lab_survives(aa):
-    res = vpnlab("up", AA, "--name", "it-aa", "--timers", "fast")
+    res = vpnlab("up", AA, "--name", aa.name, "--timers", "fast")
     assert res.returncode == 1 and "already up" in res.stderr
-    assert all(t["state"] == "ESTABLISHED" for t in status("it-aa")["tunnels"])
+    assert all(t["state"] == "ESTABLISHED" for t in status(aa.name)["tunnels"])
 
 
 def test_bad_file_starts_nothing(aa):
-    res = vpnlab("up", ROOT / "tests/bad/unknown-gateway.yaml", "--name", "it-bad")
+    res = vpnlab("up", ROOT / "tests/bad/unknown-gateway.yaml", "--name", "it-bad", "--runtime", aa.runtime)
     assert res.returncode == 2
     assert "unknown gateway 'hub-gwx'; known: hub-gw" in res.stderr
     assert leftovers("it-bad") == {}
@@ -280,14 +294,15 @@ def test_bad_file_starts_nothing(aa):
 
 def test_two_labs_side_by_side_and_down_is_scoped(aa):
     rt, plan = aa
-    s = up(STATIC, "it-static")
+    other = lab_name("it-static", aa.runtime)
+    s = up(STATIC, other, aa.runtime)
     assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
-    state = load_state("it-static")
+    state = load_state(other)
     srt, splan = runtime_of(state), plan_of(state)
     assert_pings(srt, splan)
-    res = vpnlab("down", "--name", "it-static")
+    res = vpnlab("down", "--name", other)
     assert res.returncode == 0, res.stderr
-    assert leftovers("it-static") == {}
+    assert leftovers(other) == {}
     assert live.convergence(rt, plan) == []      # the other lab is untouched
 
 
@@ -451,41 +466,47 @@ def test_attach_refuses_a_managed_site_and_a_missing_namespace(tmp_path):
 
 
 # ------------------------------------------------------------ teardown
-def test_down_leaves_nothing_and_is_idempotent():
-    up(STATIC, "it-down")
-    assert leftovers("it-down")
-    assert vpnlab("down", "--name", "it-down").returncode == 0
-    assert leftovers("it-down") == {}
-    assert vpnlab("down", "--name", "it-down").returncode == 0
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_down_leaves_nothing_and_is_idempotent(runtime):
+    name = lab_name("it-down", runtime)
+    up(STATIC, name, runtime)
+    assert leftovers(name)
+    assert vpnlab("down", "--name", name).returncode == 0
+    assert leftovers(name) == {}
+    assert vpnlab("down", "--name", name).returncode == 0
 
 
-def _start_up_and_wait_for_daemons(name) -> subprocess.Popen:
+def _start_up_and_wait_for_daemons(name, runtime) -> subprocess.Popen:
     vpnlab("down", "--name", name)
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", str(STATIC), "--name", name,
-                             "--timers", "fast"], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                             "--timers", "fast", "--runtime", runtime], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: (load_state(name).processes if load_state(name) else []),
                lambda p: any(x["daemon"] == "charon" for x in p),
                f"lab {name} to start its first charon", 60)
     return proc
 
 
-def test_down_after_up_was_killed_with_sigkill():
-    proc = _start_up_and_wait_for_daemons("it-kill")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_down_after_up_was_killed_with_sigkill(runtime):
+    name = lab_name("it-kill", runtime)
+    proc = _start_up_and_wait_for_daemons(name, runtime)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
-    assert procs.tagged("it-kill"), "the killed up left daemons for down to find"
-    res = vpnlab("down", "--name", "it-kill")
+    assert procs.tagged(name), "the killed up left daemons for down to find"
+    res = vpnlab("down", "--name", name)
     assert res.returncode == 0, res.stderr
-    assert leftovers("it-kill") == {}
+    assert leftovers(name) == {}
 
 
+@pytest.mark.parametrize("runtime", RUNTIMES)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_up_cleans_up_after_itself(sig):
-    proc = _start_up_and_wait_for_daemons("it-int")
+def test_interrupted_up_cleans_up_after_itself(sig, runtime):
+    name = lab_name("it-int", runtime)
+    proc = _start_up_and_wait_for_daemons(name, runtime)
     proc.send_signal(sig)
     assert proc.wait(30) != 0
-    assert leftovers("it-int") == {}
+    assert leftovers(name) == {}
 
 
 def test_active_standby_maintenance_as_the_readme_says():

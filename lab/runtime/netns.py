@@ -106,17 +106,9 @@ class NetnsRuntime:
         nodes = plan.ordered_nodes()
         self.state.namespaces += [self.namespace(n.name) for n in nodes]
         self.state.save()                     # before creating: down must find them all
+        self._make_nodes(nodes)
         for node in nodes:
-            netns.create(self.namespace(node.name))
-            self._sysctls(node.name, _hash_seed(node.name) | {"net.ipv4.ip_forward": int(node.forwarding),
-                                      # ECMP per flow (5-tuple), as Azure spreads flows
-                                      "net.ipv4.fib_multipath_hash_policy": 1,
-                                      "net.ipv4.conf.all.rp_filter": 0,
-                                      "net.ipv4.conf.default.rp_filter": 0,
-                                      "net.ipv6.conf.all.disable_ipv6": 1,
-                                      "net.ipv6.conf.default.disable_ipv6": 1,
-                                      "net.ipv4.conf.all.send_redirects": 0,
-                                      "net.ipv4.conf.default.send_redirects": 0})
+            self._sysctls(node.name, node_sysctls(node))
             ipr = self.ipr(node.name)
             ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
             for iface in node.interfaces:
@@ -133,6 +125,11 @@ class NetnsRuntime:
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
         for node in plan.ordered_nodes():
             self._configure(node)
+
+    def _make_nodes(self, nodes: list[Node]):
+        """A node is a named network namespace."""
+        for node in nodes:
+            netns.create(self.namespace(node.name))
 
     def _sysctls(self, node: str, values: dict):
         netns.pushns(self.namespace(node))
@@ -204,13 +201,23 @@ class NetnsRuntime:
         socket (wait_zebra): a client that finds no zebra retries only 10 s later."""
         for node in nodes:
             d = self.node_dir(node)
-            shutil.chown(d, "frr", "frr")
+            self._chown_frr(node)
             for daemon in daemons:
-                argv = self.exec_argv(node, [f"{FRR_DIR}/{daemon}", "--vty_socket", str(d),
-                                             "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
-                                             "-f", "/dev/null", "-u", "frr", "-g", "frr"])
-                self._record(procs.spawn(argv, self.state.name, d / f"{daemon}.out"), node, daemon)
+                self._start_daemon(node, daemon, [f"{FRR_DIR}/{daemon}", "--vty_socket", str(d),
+                                                  "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
+                                                  "-f", "/dev/null", "-u", "frr", "-g", "frr"],
+                                   d / f"{daemon}.out")
         self.state.save()
+
+    def _chown_frr(self, node: str):
+        shutil.chown(self.node_dir(node), "frr", "frr")
+
+    def _start_daemon(self, node: str, daemon: str, argv: list[str], log: Path,
+                      env: dict | None = None) -> int:
+        """A long-running lab process inside a node, recorded by PID."""
+        pid = procs.spawn(self.exec_argv(node, argv), self.state.name, log, env=env)
+        self._record(pid, node, daemon)
+        return pid
 
     def wait_zebra(self, node: str, budget: float = 15):
         sock = self.node_dir(node) / "zserv.api"
@@ -227,17 +234,18 @@ class NetnsRuntime:
 
     def start_charons(self, nodes: list[str]):
         """One charon per tunnel end, each with a private /run."""
-        script = 'mount --bind "$1" /run && exec "$2"'
         for node in nodes:
             d = self.node_dir(node)
-            run = d / "run"
-            run.mkdir(exist_ok=True)
-            argv = self.exec_argv(node, ["unshare", "-m", "--propagation", "private",
-                                         "sh", "-c", script, "charon-run", str(run), CHARON])
-            pid = procs.spawn(argv, self.state.name, d / "charon.out",
-                              env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
-            self._record(pid, node, "charon")
+            (d / "run").mkdir(exist_ok=True)
+            self._start_daemon(node, "charon", self._charon_argv(node), d / "charon.out",
+                               env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
         self.state.save()
+
+    def _charon_argv(self, node: str) -> list[str]:
+        """charon with the node's run folder as its private /run."""
+        script = 'mount --bind "$1" /run && exec "$2"'
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "charon-run",
+                str(self.node_dir(node) / "run"), CHARON]
 
     def start_routers(self, nodes: list[str], budget: float):
         """FRR on routers: zebra first (clients retry it only after 10 s), then the rest,
@@ -403,8 +411,7 @@ class NetnsRuntime:
     def spawn(self, node: str, argv: list[str], log: Path, daemon: str) -> int:
         """A lab-tagged helper process in a node (capture, iperf3 server); recorded so
         that down ends it if the caller does not."""
-        pid = procs.spawn(self.exec_argv(node, argv), self.state.name, log)
-        self._record(pid, node, daemon)
+        pid = self._start_daemon(node, daemon, argv, log)
         self.state.save()
         return pid
 
@@ -432,6 +439,19 @@ class NetnsRuntime:
             except OSError as err:
                 problems.append(f"namespace {ns}: {err}")
         return problems
+
+
+def node_sysctls(node: Node) -> dict:
+    """Kernel settings of a node's network namespace."""
+    return _hash_seed(node.name) | {
+        "net.ipv4.ip_forward": int(node.forwarding),
+        "net.ipv4.fib_multipath_hash_policy": 1,      # ECMP per flow (5-tuple), as Azure spreads flows
+        "net.ipv4.conf.all.rp_filter": 0,
+        "net.ipv4.conf.default.rp_filter": 0,
+        "net.ipv6.conf.all.disable_ipv6": 1,
+        "net.ipv6.conf.default.disable_ipv6": 1,
+        "net.ipv4.conf.all.send_redirects": 0,
+        "net.ipv4.conf.default.send_redirects": 0}
 
 
 def _hash_seed(node: str) -> dict:
