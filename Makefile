@@ -9,9 +9,11 @@ TIMERS ?= azure
 APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
   libstrongswan-extra-plugins libstrongswan-standard-plugins frr iproute2 nftables \
   iperf3 tcpdump iputils-ping util-linux
+DOCKER_PACKAGES := docker.io debootstrap
+RUNTIME ?= netns
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps lab down status test test-unit scenarios bench clean
+.PHONY: deps system-deps docker-engine image lab down status test test-unit scenarios bench clean
 
 deps: system-deps $(VENV)/.installed
 
@@ -28,8 +30,28 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-lab: deps
-	$(VPNLAB) up $(TOPOLOGY) --timers $(TIMERS)
+# The Docker engine, where none answers: installed from Debian and started without
+# systemd. No iptables rules and no docker0 bridge: lab bridges stay out of the root
+# namespace and its FORWARD policy is left alone.
+docker-engine:
+	@if ! docker info >/dev/null 2>&1; then \
+	  command -v dockerd >/dev/null && command -v debootstrap >/dev/null || { \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DOCKER_PACKAGES); }; \
+	  echo "starting dockerd (log: /var/log/vpnlab-dockerd.log)"; \
+	  setsid nohup dockerd --iptables=false --ip6tables=false --bridge=none >/var/log/vpnlab-dockerd.log 2>&1 < /dev/null & \
+	  for i in $$(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done; \
+	  docker info >/dev/null 2>&1 || { tail -20 /var/log/vpnlab-dockerd.log; exit 1; }; \
+	fi
+	@command -v debootstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap; }
+
+# The node image for --runtime docker (and containerlab): its base is made locally with
+# debootstrap when no registry can be reached.
+image: deps docker-engine
+	bash lab/images/base-image.sh $$($(PY) -c 'from lab.runtime.image import base_image; print(base_image())')
+	$(PY) -m lab.runtime.image
+
+lab: deps $(if $(filter docker,$(RUNTIME)),image)
+	$(VPNLAB) up $(TOPOLOGY) --timers $(TIMERS) --runtime $(RUNTIME)
 
 status: deps
 	$(VPNLAB) status
@@ -37,9 +59,10 @@ status: deps
 down: deps
 	$(VPNLAB) down --all
 
-test: deps
+# Every runtime that CI can run is required: a missing engine or image fails, not skips.
+test: deps image
 	mkdir -p reports
-	$(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
+	VPNLAB_REQUIRE_RUNTIMES=docker $(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
 
 scenarios: deps
 	mkdir -p reports

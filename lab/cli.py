@@ -249,6 +249,18 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    hosts = [h for h in (args.host_addresses or "").split(",") if h]
+    paths = engine.export(args.file or engine.default_topology(), args.dir, args.format,
+                          name=args.name, timers=args.timers, split_hosts=args.split_hosts,
+                          host_addresses=hosts)
+    for path in paths:
+        err.print(f"wrote {path}")
+    if args.format == "clabernetes":
+        err.print("run it on Kubernetes with clabverter (see README: Kubernetes with clabernetes)")
+    return 0
+
+
 def cmd_validate(args) -> int:
     from .topology import load
     load(args.file)
@@ -345,6 +357,17 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")
     rp.set_defaults(func=cmd_report)
+    ex = sub.add_parser("export", help="write the lab as containerlab files, start nothing")
+    ex.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
+    ex.add_argument("--format", required=True, choices=list(engine.clab.FORMATS))
+    ex.add_argument("dir", help="folder to write (created)")
+    ex.add_argument("--name", help="lab name (default: the file's stem)")
+    ex.add_argument("--timers", default="azure", choices=["azure", "fast"])
+    ex.add_argument("--split-hosts", type=int, metavar="N",
+                    help="clab only: one topology per host, VXLAN links between them")
+    ex.add_argument("--host-addresses", metavar="IP,IP,...",
+                    help="with --split-hosts: each host's own address (the VXLAN remotes)")
+    ex.set_defaults(func=cmd_export)
     va = sub.add_parser("validate", help="check a topology file, start nothing")
     va.add_argument("file")
     va.set_defaults(func=cmd_validate)
@@ -367,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    if args.verb not in ("validate", "report") and os.geteuid() != 0:
+    if args.verb not in ("validate", "report", "export") and os.geteuid() != 0:
         err.print("vpnlab needs root: it creates network namespaces and starts daemons")
         return 2
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +15,9 @@ from .defaults import defaults
 from .errors import LabError
 from .plan import Plan, build
 from .runtime import procs
-from .runtime import docker as docker_runtime
+from . import clab
+from .runtime import containerlab as clab_runtime, docker as docker_runtime, image
+from .runtime.containerlab import ContainerlabRuntime
 from .runtime.docker import DockerRuntime
 from .runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces
 from .state import (NAME_RE, LabState, claim_lock, known_labs, lab_dir, load_state,
@@ -83,11 +85,13 @@ def plan_of(state: LabState) -> Plan:
     return build(load(state.topology_file), state.timers, state.active)
 
 
-RUNTIMES = {"netns": NetnsRuntime, "docker": DockerRuntime}
+RUNTIMES = {"netns": NetnsRuntime, "docker": DockerRuntime, "containerlab": ContainerlabRuntime}
 
 
 def runtime_unavailable(runtime: str) -> str | None:
     """Why a runtime cannot run on this machine, or None."""
+    if runtime == "containerlab":
+        return clab_runtime.unavailable() or docker_runtime.unavailable()
     if runtime == "docker":
         return docker_runtime.unavailable()
     return None
@@ -110,6 +114,9 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
     name = check_name(name or topology_file.stem)
     progress(f"validating {topology_file}")
     plan = build(load(topology_file), timers)           # bad input stops here
+    why = runtime_unavailable(runtime)
+    if why:
+        raise LabError(f"--runtime {runtime} cannot run here: {why}")
     with claim_lock():
         if is_alive(name):
             raise LabError(f"lab {name!r} is already up; 'vpnlab down --name {name}' first, "
@@ -128,6 +135,8 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         shutil.copyfile(topology_file, state.topology_file)
         state.topology_file.chmod(0o600)
         render.write(rendered, state.nodes_dir)
+        if runtime == "containerlab":
+            _write_clab(plan, state)
         _build(rt, plan, progress)
         state.phase = "up"
         state.save()
@@ -145,13 +154,32 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         rt.close()
 
 
+def _write_clab(plan: Plan, state: LabState):
+    """The containerlab topology beside the node folders; the configs are where the
+    host has them, at the same path inside the containers."""
+    layout = clab.Layout(lambda node: state.nodes_dir / node, bind_folder=True, run_on_host=True)
+    files = clab.setup_files(plan, layout.node_dir)
+    clab.write_folders(files, state.nodes_dir, layout)
+    clab.dump(clab.topology(plan, state.name, image.node_image(), layout,
+                            {n: {**f, **files[n]} for n, f in render.render(plan, state.nodes_dir).items()}),
+              state.nodes_dir / f"{state.name}.clab.yml", f"lab {state.name}", str(state.topology_file))
+
+
 def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
     nodes = plan.ordered_nodes()
-    progress(f"creating {len(nodes)} namespaces and {len(plan.links)} links")
+    progress(f"creating {len(nodes)} nodes and {len(plan.links)} links ({rt.name})")
     rt.create(plan)
+    budget = defaults()["waits"]["daemon_start"]
+    if rt.nodes_start_themselves:
+        for warning in rt.warnings:
+            progress(f"warning: {warning}")
+        progress("waiting for the nodes to start their daemons")
+        rt.adopt_daemons(plan, budget)
+        progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
+        rt.start_agent()
+        return
     routers = [n.name for n in nodes if n.frr is not None and not n.standby]
     progress(f"starting FRR on {len(routers)} routers")
-    budget = defaults()["waits"]["daemon_start"]
     rt.start_routers(routers, budget)
     # The agent first, so that its diagnostic log sees the first exchanges.
     progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
@@ -161,6 +189,42 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
         ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end)]
         progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
         rt.start_tunnel_ends(ends, budget)
+
+
+# ------------------------------------------------------------------ export
+def export(topology_file: str | Path, out: str | Path, fmt: str, name: str | None = None,
+           timers: str = "azure", split_hosts: int | None = None,
+           host_addresses: list[str] | None = None) -> list[Path]:
+    """The lab as containerlab files (lab.clab): nothing is started."""
+    topology_file = Path(topology_file)
+    if fmt not in clab.FORMATS:
+        raise SourceError(f"--format {fmt!r}: allowed: {', '.join(clab.FORMATS)}")
+    if timers not in defaults()["timers"]:
+        raise SourceError(f"--timers {timers!r}: allowed: {', '.join(defaults()['timers'])}")
+    name = check_name(name or topology_file.stem)
+    hosts = _split_hosts(fmt, split_hosts, host_addresses or [])
+    plan = build(load(topology_file), timers)           # bad input stops here
+    return clab.export(plan, name, Path(out), fmt, image.node_image(), topology_file.name, hosts)
+
+
+def _split_hosts(fmt: str, split_hosts: int | None, addresses: list[str]) -> list[str]:
+    if split_hosts is None:
+        if addresses:
+            raise SourceError("--host-addresses goes with --split-hosts N")
+        return []
+    if fmt != "clab":
+        raise SourceError("--split-hosts: only with --format clab (clabernetes spreads nodes itself)")
+    if split_hosts < 2:
+        raise SourceError(f"--split-hosts {split_hosts}: at least 2")
+    if len(addresses) != split_hosts:
+        raise SourceError(f"--split-hosts {split_hosts} needs --host-addresses with {split_hosts} "
+                          f"addresses (each host's own, the VXLAN remotes); got {len(addresses)}")
+    for a in addresses:
+        try:
+            IPv4Address(a)
+        except ValueError:
+            raise SourceError(f"--host-addresses: {a!r} is not an IPv4 address") from None
+    return addresses
 
 
 # ------------------------------------------------------------------ down

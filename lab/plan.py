@@ -5,6 +5,7 @@ so the same file always yields the same lab. Nothing here touches the system.
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -15,6 +16,7 @@ INTERNET = "internet"
 # Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
 # what comes out of ipsec0 goes back to the router through the inner veth.
 TABLE_INTO_TUNNEL = 101
+HASH_SEED = "net.ipv4.fib_multipath_hash_seed"
 TABLE_FROM_TUNNEL = 102
 ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "vm", "host")
@@ -100,6 +102,36 @@ class Node:
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
+
+    def sysctls(self) -> dict:
+        """Kernel settings of the node's network namespace. Each router hashes flows over
+        equal paths with its own seed, so that the way out and the way back are chosen
+        independently and a flow may return through the other instance, as on Azure [5].
+        With one seed everywhere, Linux's symmetric flow hash sends every flow back the
+        way it came."""
+        return {HASH_SEED: zlib.crc32(self.name.encode()) or 1,
+                "net.ipv4.ip_forward": int(self.forwarding),
+                "net.ipv4.fib_multipath_hash_policy": 1,   # ECMP per flow (5-tuple), as Azure spreads flows
+                "net.ipv4.conf.all.rp_filter": 0,
+                "net.ipv4.conf.default.rp_filter": 0,
+                "net.ipv6.conf.all.disable_ipv6": 1,
+                "net.ipv6.conf.default.disable_ipv6": 1,
+                "net.ipv4.conf.all.send_redirects": 0,
+                "net.ipv4.conf.default.send_redirects": 0}
+
+    def link_starts_up(self, iface: Iface) -> bool:
+        """A standby instance holds its addresses with its links down until it takes over."""
+        return not (self.standby and self.role == "gateway-instance" and iface.kind == "veth")
+
+    def shaping(self) -> list[list[str]]:
+        """tc commands for the SKU's throughput on a gateway instance, both directions:
+        out to the internet (ESP to the sites) and to the GatewaySubnet (into the VNet).
+        Burst: 5 ms at the rate."""
+        if not self.shaping_mbps:
+            return []
+        burst = max(32 * 1024, int(self.shaping_mbps * 1e6 / 8 * 0.005))
+        return [["qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{self.shaping_mbps}mbit",
+                 "burst", str(burst), "latency", "50ms"] for ifname in ("pub", "gws")]
 
 
 @dataclass

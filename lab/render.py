@@ -52,8 +52,14 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
 
 def render(plan: Plan, nodes_dir: Path) -> dict[str, dict[str, str]]:
     """Render every node's configs in memory (no file is written)."""
+    return render_with(plan, lambda node: nodes_dir / node)
+
+
+def render_with(plan: Plan, node_dir) -> dict[str, dict[str, str]]:
+    """Render with node_dir(name): the folder the configs name (inside a container, for
+    an export, it is not where the files are written)."""
     env = _env()
-    return {n.name: node_files(env, n, nodes_dir / n.name) for n in plan.ordered_nodes()}
+    return {n.name: node_files(env, n, node_dir(n.name)) for n in plan.ordered_nodes()}
 
 
 def write(rendered: dict[str, dict[str, str]], nodes_dir: Path):

@@ -14,14 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 
 import vici
 from pyroute2 import NetNS, netns
 
 from ..errors import RuntimeFailure
-from ..plan import INTERNET, TABLE_INTO_TUNNEL, Node, Plan
+from ..plan import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
 from ..state import LabState, namespace_prefix
 from ..waits import wait_until
 from . import procs
@@ -41,6 +40,7 @@ CHARON = "/usr/lib/ipsec/charon"
 
 class NetnsRuntime:
     name = "netns"
+    nodes_start_themselves = False      # the engine starts the daemons (containerlab: the nodes)
 
     def __init__(self, state: LabState):
         self.state = state
@@ -153,9 +153,7 @@ class NetnsRuntime:
                 ipr.link("set", index=idx, mtu=iface.mtu)
             if iface.mac:
                 ipr.link("set", index=idx, address=iface.mac)
-            # a standby instance holds its addresses with its links down until it takes over
-            up = not (node.standby and node.role == "gateway-instance" and iface.kind == "veth")
-            ipr.link("set", index=idx, state="up" if up else "down")
+            ipr.link("set", index=idx, state="up" if node.link_starts_up(iface) else "down")
             if iface.proxy_arp:
                 # answer at once: the kernel delays proxy ARP replies by up to 0.8 s
                 proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1
@@ -166,20 +164,11 @@ class NetnsRuntime:
             self._route(node.name, route.dst, route.via, route.dev, route.table)
         for rule in node.rules:
             ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
-        if node.shaping_mbps:
-            self._shape(node.name, node.shaping_mbps)
+        for argv in node.shaping():
+            self.tc(node.name, *argv)
         conf = self.node_dir(node.name) / "nftables.conf"
         if conf.exists():
             self.exec(node.name, ["nft", "-f", str(conf)], check=True)
-
-    def _shape(self, node: str, mbps: int):
-        """The SKU's throughput on a gateway instance, both directions: egress towards
-        the internet (ESP to the sites) and towards the GatewaySubnet (into the VNet).
-        Burst: 5 ms at the rate."""
-        burst = max(32 * 1024, int(mbps * 1e6 / 8 * 0.005))
-        for ifname in ("pub", "gws"):
-            self.tc(node, "qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{mbps}mbit",
-                    "burst", str(burst), "latency", "50ms")
 
     def _route(self, node, dst, via=None, dev=None, table=None):
         ipr = self.ipr(node)
@@ -442,26 +431,12 @@ class NetnsRuntime:
 
 
 def node_sysctls(node: Node) -> dict:
-    """Kernel settings of a node's network namespace."""
-    return _hash_seed(node.name) | {
-        "net.ipv4.ip_forward": int(node.forwarding),
-        "net.ipv4.fib_multipath_hash_policy": 1,      # ECMP per flow (5-tuple), as Azure spreads flows
-        "net.ipv4.conf.all.rp_filter": 0,
-        "net.ipv4.conf.default.rp_filter": 0,
-        "net.ipv6.conf.all.disable_ipv6": 1,
-        "net.ipv6.conf.default.disable_ipv6": 1,
-        "net.ipv4.conf.all.send_redirects": 0,
-        "net.ipv4.conf.default.send_redirects": 0}
-
-
-def _hash_seed(node: str) -> dict:
-    """Each router hashes flows over equal paths with its own seed, so that the way out
-    and the way back are chosen independently and a flow may return through the other
-    instance, as on Azure [5]. With one seed everywhere, Linux's symmetric flow hash
-    sends every flow back the way it came. Kernels before 6.11 have no such sysctl."""
+    """The node's kernel settings; the flow hash seed only where the kernel has it
+    (before 6.11 it has not)."""
+    values = node.sysctls()
     if not Path("/proc/sys/net/ipv4/fib_multipath_hash_seed").exists():
-        return {}
-    return {"net.ipv4.fib_multipath_hash_seed": zlib.crc32(node.encode()) or 1}
+        values.pop(HASH_SEED, None)
+    return values
 
 
 def netns_socket(namespace: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
