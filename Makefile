@@ -71,7 +71,7 @@ scenarios: deps
 test-unit: deps
 	$(PY) -m pytest -v -m "not integration" $(PYTEST_ARGS)
 
-bench: deps
+bench: deps image
 	$(PY) -m lab.bench --out bench-results/bench.json
 
 clean:

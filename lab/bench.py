@@ -1,6 +1,7 @@
 """`make bench`: time from `up` to converged and peak memory, for the default topology
-and generated active-active topologies of 1, 10 and 30 sites (2 tunnels per site).
-Prints a table and writes JSON. Run as root; uses fast timers."""
+and generated active-active topologies of 1, 10 and 30 sites (2 tunnels per site), on
+each runtime asked for that can run here. Prints a table and writes JSON. Run as root;
+uses fast timers."""
 from __future__ import annotations
 
 import argparse
@@ -64,15 +65,15 @@ class PeakMemory(threading.Thread):
             self.stop.wait(0.5)
 
 
-def measure(label: str, path: Path, sites: int) -> dict:
-    name = f"bench-{label}"
+def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
+    name = f"bench-{label}-{runtime}"
     engine.down(name)
     sampler = PeakMemory(name)
     sampler.start()
     start = time.monotonic()
-    row = {"topology": label, "sites": sites}
+    row = {"topology": label, "sites": sites, "runtime": runtime}
     try:
-        result = engine.up(path, name=name, timers="fast")
+        result = engine.up(path, name=name, timers="fast", runtime=runtime)
         seconds = time.monotonic() - start
         sampler.peak = max(sampler.peak, _rss_mb(procs.tagged(name)))
         row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
@@ -97,6 +98,8 @@ def machine() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lab.bench")
     ap.add_argument("--sites", default="1,10,30")
+    ap.add_argument("--runtimes", default="netns,docker",
+                    help="runtimes to measure; one that cannot run here is skipped, with the reason")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
     console = Console(width=130)
@@ -107,19 +110,24 @@ def main(argv=None) -> int:
             path = Path(tmp) / f"sites-{n}.yaml"
             path.write_text(yaml.safe_dump(generated_topology(n)))
             cases.append((f"sites-{n}", path, n))
-        for label, path, sites in cases:
-            console.print(f"[dim]measuring {label}...[/]")
-            rows.append(measure(label, path, sites))
+        for runtime in args.runtimes.split(","):
+            why = engine.runtime_unavailable(runtime)
+            if why:
+                console.print(f"[yellow]runtime {runtime} skipped: {why}[/]")
+                continue
+            for label, path, sites in cases:
+                console.print(f"[dim]measuring {label} on {runtime}...[/]")
+                rows.append(measure(label, path, sites, runtime))
     console.print(f"machine: {machine()}")
-    table = Table("topology", "sites", "tunnels", "namespaces", "processes", "converged (s)",
+    table = Table("runtime", "topology", "sites", "tunnels", "nodes", "processes", "converged (s)",
                   "peak RSS (MB)", "s / tunnel", title="vpnlab up -> converged, fast timers")
     for r in rows:
         if "error" in r:
-            table.add_row(r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
+            table.add_row(r["runtime"], r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
                           f"{r['peak_rss_mb']:.0f}", "-")
             console.print(f"[red]{r['topology']}: {r['error']}[/]")
             continue
-        table.add_row(r["topology"], str(r["sites"]), str(r["tunnels"]), str(r["namespaces"]),
+        table.add_row(r["runtime"], r["topology"], str(r["sites"]), str(r["tunnels"]), str(r["namespaces"]),
                       str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
                       f"{r['converged_seconds'] / r['tunnels']:.2f}")
     console.print(table)

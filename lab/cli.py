@@ -253,7 +253,7 @@ def cmd_export(args) -> int:
     hosts = [h for h in (args.host_addresses or "").split(",") if h]
     paths = engine.export(args.file or engine.default_topology(), args.dir, args.format,
                           name=args.name, timers=args.timers, split_hosts=args.split_hosts,
-                          host_addresses=hosts)
+                          host_addresses=hosts, image=args.image)
     for path in paths:
         err.print(f"wrote {path}")
     if args.format == "clabernetes":
@@ -363,6 +363,8 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("dir", help="folder to write (created)")
     ex.add_argument("--name", help="lab name (default: the file's stem)")
     ex.add_argument("--timers", default="azure", choices=["azure", "fast"])
+    ex.add_argument("--image", help="the node image as the nodes' hosts pull it (default: the "
+                                    "local build, vpnlab/node:<digest>)")
     ex.add_argument("--split-hosts", type=int, metavar="N",
                     help="clab only: one topology per host, VXLAN links between them")
     ex.add_argument("--host-addresses", metavar="IP,IP,...",

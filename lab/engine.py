@@ -16,7 +16,7 @@ from .errors import LabError
 from .plan import Plan, build
 from .runtime import procs
 from . import clab
-from .runtime import containerlab as clab_runtime, docker as docker_runtime, image
+from .runtime import containerlab as clab_runtime, docker as docker_runtime, image as node_image
 from .runtime.containerlab import ContainerlabRuntime
 from .runtime.docker import DockerRuntime
 from .runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces
@@ -160,7 +160,7 @@ def _write_clab(plan: Plan, state: LabState):
     layout = clab.Layout(lambda node: state.nodes_dir / node, bind_folder=True, run_on_host=True)
     files = clab.setup_files(plan, layout.node_dir)
     clab.write_folders(files, state.nodes_dir, layout)
-    clab.dump(clab.topology(plan, state.name, image.node_image(), layout,
+    clab.dump(clab.topology(plan, state.name, node_image.node_image(), layout,
                             {n: {**f, **files[n]} for n, f in render.render(plan, state.nodes_dir).items()}),
               state.nodes_dir / f"{state.name}.clab.yml", f"lab {state.name}", str(state.topology_file))
 
@@ -194,7 +194,7 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
 # ------------------------------------------------------------------ export
 def export(topology_file: str | Path, out: str | Path, fmt: str, name: str | None = None,
            timers: str = "azure", split_hosts: int | None = None,
-           host_addresses: list[str] | None = None) -> list[Path]:
+           host_addresses: list[str] | None = None, image: str | None = None) -> list[Path]:
     """The lab as containerlab files (lab.clab): nothing is started."""
     topology_file = Path(topology_file)
     if fmt not in clab.FORMATS:
@@ -204,7 +204,7 @@ def export(topology_file: str | Path, out: str | Path, fmt: str, name: str | Non
     name = check_name(name or topology_file.stem)
     hosts = _split_hosts(fmt, split_hosts, host_addresses or [])
     plan = build(load(topology_file), timers)           # bad input stops here
-    return clab.export(plan, name, Path(out), fmt, image.node_image(), topology_file.name, hosts)
+    return clab.export(plan, name, Path(out), fmt, image or node_image.node_image(), topology_file.name, hosts)
 
 
 def _split_hosts(fmt: str, split_hosts: int | None, addresses: list[str]) -> list[str]:

@@ -3,6 +3,7 @@ internet bridge: nothing between protected prefixes in clear text, only IKE and
 ESP-in-UDP between public addresses, and the proposals in IKE_SA_INIT."""
 from __future__ import annotations
 
+import shutil
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
@@ -26,16 +27,21 @@ class Capture:
         self.rt, self.node, self.ifname, self.path = rt, node, ifname, Path(path)
 
     def __enter__(self):
-        log = self.path.with_suffix(".log")
+        # tcpdump writes in the node's folder, the one place every runtime shares with
+        # the host (a container sees no other host path); the file moves to path after
+        self.inside = self.rt.node_dir(self.node) / f"capture-{self.ifname}-{self.path.name}"
+        log = self.inside.with_suffix(".log")
         log.write_text("")
         self.pid = self.rt.spawn(self.node, ["tcpdump", "-i", self.ifname, "-n", "-U", "-s", "0",
-                                             "-w", str(self.path), "ip"], log, "tcpdump")
+                                             "-w", str(self.inside), "ip"], log, "tcpdump")
         wait_until(lambda: "listening on" in log.read_text(), bool,
                    f"tcpdump on {self.node}:{self.ifname} (log {log})", 10)
         return self
 
     def __exit__(self, *exc):
         self.rt.end([self.pid], grace=2)
+        if self.inside.exists():
+            shutil.move(self.inside, self.path)
 
     def packets(self):
         return rdpcap(str(self.path)) if self.path.stat().st_size else []

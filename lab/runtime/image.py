@@ -74,7 +74,20 @@ def build(progress=print) -> str:
         raise RuntimeFailure(f"building {tag} failed: {err}\n{log[-2000:]}") from None
     c.images.get(tag).tag(REPOSITORY, "latest")
     progress(f"built {tag}")
+    _remove_older(c, tag)
     return tag
+
+
+def _remove_older(c, current: str):
+    """Earlier builds of the node image, unless a container still uses them."""
+    import docker
+    for img in c.images.list(name=REPOSITORY):
+        for old in img.tags:
+            if old not in (current, f"{REPOSITORY}:latest"):
+                try:
+                    c.images.remove(old)
+                except docker.errors.APIError:
+                    pass             # in use by a lab that is up
 
 
 if __name__ == "__main__":
