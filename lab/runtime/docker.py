@@ -37,6 +37,7 @@ LABEL_NODE = "io.vpnlab.node"
 CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "CHOWN", "DAC_OVERRIDE", "FOWNER",
                 "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
 TIMED_OUT = 124                     # timeout(1)'s exit status
+PARALLEL = 8                        # engine calls in flight while a lab is built
 
 
 class DockerRuntime(NetnsRuntime):
@@ -70,10 +71,18 @@ class DockerRuntime(NetnsRuntime):
             raise RuntimeFailure(f"the node image {tag} is missing: build it with 'make image'")
         for node in nodes:
             (self.node_dir(node.name) / "run").mkdir(parents=True, exist_ok=True)
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
             pids = dict(zip([n.name for n in nodes], pool.map(lambda n: self._run(tag, n.name), nodes)))
         for node, pid in pids.items():
             netns.attach(self.namespace(node), pid)
+
+    def _each(self, nodes: list[str], step):
+        """Overlapped: each command in a container is a round trip to the engine. The
+        namespaces' netlink sockets are opened first, one thread making them."""
+        for node in nodes:
+            self.ipr(node)
+        with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
+            list(pool.map(step, nodes))          # the first failure is raised here
 
     def _run(self, tag: str, node: str) -> int:
         d = str(self.node_dir(node))

@@ -125,6 +125,9 @@ class NetnsRuntime:
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
         for node in plan.ordered_nodes():
             self._configure(node)
+        firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
+        self._each(firewalled, lambda n: self.exec(n, ["nft", "-f", str(self.node_dir(n) / "nftables.conf")],
+                                                   check=True))
 
     def _make_nodes(self, nodes: list[Node]):
         """A node is a named network namespace."""
@@ -166,9 +169,6 @@ class NetnsRuntime:
             ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
         for argv in node.shaping():
             self.tc(node.name, *argv)
-        conf = self.node_dir(node.name) / "nftables.conf"
-        if conf.exists():
-            self.exec(node.name, ["nft", "-f", str(conf)], check=True)
 
     def _route(self, node, dst, via=None, dev=None, table=None):
         ipr = self.ipr(node)
@@ -188,7 +188,7 @@ class NetnsRuntime:
     def start_frr(self, nodes: list[str], daemons: tuple[str, ...]):
         """Start FRR daemons on routers. Start zebra alone first and wait for its zserv
         socket (wait_zebra): a client that finds no zebra retries only 10 s later."""
-        for node in nodes:
+        def one(node: str):
             d = self.node_dir(node)
             self._chown_frr(node)
             for daemon in daemons:
@@ -196,7 +196,14 @@ class NetnsRuntime:
                                                   "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
                                                   "-f", "/dev/null", "-u", "frr", "-g", "frr"],
                                    d / f"{daemon}.out")
+        self._each(nodes, one)
         self.state.save()
+
+    def _each(self, nodes: list[str], step):
+        """step(node) for each node: in turn here, where each step is a fork or a netlink
+        call; the docker runtime overlaps them (each command is an API round trip)."""
+        for node in nodes:
+            step(node)
 
     def _chown_frr(self, node: str):
         shutil.chown(self.node_dir(node), "frr", "frr")
@@ -223,11 +230,12 @@ class NetnsRuntime:
 
     def start_charons(self, nodes: list[str]):
         """One charon per tunnel end, each with a private /run."""
-        for node in nodes:
+        def one(node: str):
             d = self.node_dir(node)
             (d / "run").mkdir(exist_ok=True)
             self._start_daemon(node, "charon", self._charon_argv(node), d / "charon.out",
                                env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
+        self._each(nodes, one)
         self.state.save()
 
     def _charon_argv(self, node: str) -> list[str]:
@@ -240,11 +248,9 @@ class NetnsRuntime:
         """FRR on routers: zebra first (clients retry it only after 10 s), then the rest,
         then the integrated config."""
         self.start_frr(nodes, ("zebra",))
-        for r in nodes:
-            self.wait_zebra(r, budget)
+        self._each(nodes, lambda r: self.wait_zebra(r, budget))
         self.start_frr(nodes, ("staticd", "bgpd"))
-        for r in nodes:
-            self.configure_frr(r, budget)
+        self._each(nodes, lambda r: self.configure_frr(r, budget))
 
     def start_agent(self):
         """The emulated gateway's own control plane (lab.agent), in the root namespace:
@@ -265,15 +271,16 @@ class NetnsRuntime:
         loaded. Until its connection is loaded charon answers IKE_SA_INIT with
         NO_PROPOSAL_CHOSEN, after which a peer never retries (keyingtries counts only
         timeouts): IKE is dropped until then, so that the peer's retransmits wait."""
-        for e in nodes:
-            self.nft(e, STARTING_GUARD)
+        self._each(nodes, lambda e: self.nft(e, STARTING_GUARD))
         self.start_charons(nodes)
-        for e in nodes:
+
+        def ready(e: str):
             self.route_into_tunnel(e, budget)
             wait_until(lambda: self._loaded_connections(e), bool,
                        f"charon of {e} to load its connection (see {self.node_dir(e) / 'charon.log'})",
                        budget)
             self.nft(e, "delete table inet vpnlab_starting\n")
+        self._each(nodes, ready)
 
     def _loaded_connections(self, node: str) -> list[str]:
         with socket.socket(socket.AF_UNIX) as sock:
