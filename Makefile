@@ -50,7 +50,7 @@ image: deps docker-engine
 	bash lab/images/base-image.sh $$($(PY) -c 'from lab.runtime.image import base_image; print(base_image())')
 	$(PY) -m lab.runtime.image
 
-lab: deps $(if $(filter docker,$(RUNTIME)),image)
+lab: deps $(if $(filter docker containerlab,$(RUNTIME)),image)
 	$(VPNLAB) up $(TOPOLOGY) --timers $(TIMERS) --runtime $(RUNTIME)
 
 status: deps

@@ -73,7 +73,7 @@ def setup_files(plan: Plan, node_dir: Callable[[str], PurePosixPath]) -> dict[st
 
 
 # ------------------------------------------------------------------ topology
-def _node(plan: Plan, node: Node, lab: str, image: str, layout: Layout, files: list[str]) -> dict:
+def _node(node: Node, lab: str, image: str, layout: Layout, files: list[str]) -> dict:
     inside = layout.node_dir(node.name)
     if layout.bind_folder:
         binds = [f"{node.name}:{inside}"]
@@ -106,7 +106,7 @@ def topology(plan: Plan, lab: str, image: str, layout: Layout,
     """The containerlab topology of the lab (or of the nodes given, for one host)."""
     keep = nodes if nodes is not None else set(plan.nodes)
     return {"name": lab, "topology": {
-        "nodes": {n.name: _node(plan, n, lab, image, layout, list(files[n.name]))
+        "nodes": {n.name: _node(n, lab, image, layout, list(files[n.name]))
                   for n in plan.ordered_nodes() if n.name in keep},
         "links": [_veth(link) for link in plan.links if link.a in keep and link.b in keep]}}
 

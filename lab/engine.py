@@ -136,7 +136,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         state.topology_file.chmod(0o600)
         render.write(rendered, state.nodes_dir)
         if runtime == "containerlab":
-            _write_clab(plan, state)
+            _write_clab(plan, state, rendered)
         _build(rt, plan, progress)
         state.phase = "up"
         state.save()
@@ -154,14 +154,14 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         rt.close()
 
 
-def _write_clab(plan: Plan, state: LabState):
-    """The containerlab topology beside the node folders; the configs are where the
-    host has them, at the same path inside the containers."""
+def _write_clab(plan: Plan, state: LabState, rendered: dict[str, dict[str, str]]):
+    """The containerlab topology beside the node folders (their configs are written);
+    a node's folder is at the same path inside its container as on the host."""
     layout = clab.Layout(lambda node: state.nodes_dir / node, bind_folder=True, run_on_host=True)
-    files = clab.setup_files(plan, layout.node_dir)
-    clab.write_folders(files, state.nodes_dir, layout)
-    clab.dump(clab.topology(plan, state.name, node_image.node_image(), layout,
-                            {n: {**f, **files[n]} for n, f in render.render(plan, state.nodes_dir).items()}),
+    setup = clab.setup_files(plan, layout.node_dir)
+    clab.write_folders(setup, state.nodes_dir, layout)
+    files = {n: {**rendered[n], **setup[n]} for n in rendered}
+    clab.dump(clab.topology(plan, state.name, node_image.node_image(), layout, files),
               state.nodes_dir / f"{state.name}.clab.yml", f"lab {state.name}", str(state.topology_file))
 
 

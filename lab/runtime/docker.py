@@ -157,7 +157,11 @@ class DockerRuntime(NetnsRuntime):
     # ------------------------------------------------------------ teardown
     def teardown(self) -> list[str]:
         problems = super().teardown()
-        return problems + remove_containers(self.state.name, self._client)
+        try:
+            client = self._client or image.client()
+        except RuntimeFailure as err:
+            return problems + [f"containers labelled {LABEL_LAB}={self.state.name} may be left: {err}"]
+        return problems + remove_containers(self.state.name, client)
 
 
 def unavailable() -> str | None:
