@@ -306,27 +306,31 @@ def test_two_labs_side_by_side_and_down_is_scoped(aa):
     assert live.convergence(rt, plan) == []      # the other lab is untouched
 
 
-def test_ikev1_connection_on_a_route_based_gateway(tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_ikev1_connection_on_a_route_based_gateway(tmp_path, runtime):
+    name = lab_name("it-ikev1", runtime)
     path = tmp_path / "ikev1.yaml"
     path.write_text(STATIC.read_text().replace("connection_protocol: IKEv2",
                                                "connection_protocol: IKEv1"))
     try:
-        s = up(path, "it-ikev1")
+        s = up(path, name, runtime)
         assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
-        state = load_state("it-ikev1")
+        state = load_state(name)
         rt, plan = runtime_of(state), plan_of(state)
         sas = live.ike_sas(rt, plan.tunnels[0].azure_end)
         assert [ike["version"] for ike in sas] == [b"1"]
         assert_pings(rt, plan)
     finally:
-        vpnlab("down", "--name", "it-ikev1")
-    assert leftovers("it-ikev1") == {}
+        vpnlab("down", "--name", name)
+    assert leftovers(name) == {}
 
 
-def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path):
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path, runtime):
     """A custom policy replaces Azure's defaults: the IKE SA and the CHILD SA use exactly
     its algorithms, and its PFS group appears at the first CHILD_SA rekey (PFS is only
     negotiated then)."""
+    name = lab_name("it-custom", runtime)
     path = tmp_path / "custom.yaml"
     path.write_text(STATIC.read_text().replace("    connection_protocol: IKEv2", """    connection_protocol: IKEv2
     ipsec_policies:
@@ -334,8 +338,8 @@ def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path):
          ipsec_encryption: GCMAES256, ipsec_integrity: GCMAES256, pfs_group: PFS24,
          sa_lifetime_seconds: 3600}"""))
     try:
-        up(path, "it-custom")
-        state = load_state("it-custom")
+        up(path, name, runtime)
+        state = load_state(name)
         rt, plan = runtime_of(state), plan_of(state)
         end, conn = plan.tunnels[0].azure_end, plan.tunnels[0].connection
 
@@ -351,23 +355,25 @@ def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path):
         wait_until(sa, lambda s: s["child_dh-group"] == "MODP_2048_256", "the rekeyed CHILD SA with PFS24", 20)
         assert_pings(rt, plan)
     finally:
-        vpnlab("down", "--name", "it-custom")
-    assert leftovers("it-custom") == {}
+        vpnlab("down", "--name", name)
+    assert leftovers(name) == {}
 
 
 # ------------------------------------------------------------ policy-based gateway
 POLICY_BASED = ROOT / "topologies/basic-policy-based.yaml"
 
 
-def test_policy_based_gateway_selectors_drops_and_idle_teardown():
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_policy_based_gateway_selectors_drops_and_idle_teardown(runtime):
     """Basic PolicyBased: IKEv1, one quick-mode SA per (VNet prefix, site prefix) pair,
     3,600 s quick-mode lifetime, no DPD. Traffic outside the selectors is dropped and
     counted as TunnelEgressPacketDropTSMismatch. Idle past the timer profile's
     policy_based_idle (300 s as Azure; 20 s with fast timers), the gateway tears the
     tunnel down; traffic from either side brings it back."""
-    up(POLICY_BASED, "it-pb")
+    name = lab_name("it-pb", runtime)
+    up(POLICY_BASED, name, runtime)
     try:
-        state = load_state("it-pb")
+        state = load_state(name)
         rt, plan = runtime_of(state), plan_of(state)
         t = plan.tunnels[0]
         ike = live.ike_sas(rt, t.azure_end)[0]
@@ -381,7 +387,7 @@ def test_policy_based_gateway_selectors_drops_and_idle_teardown():
         # a route into the tunnel for a prefix outside the selectors: dropped, counted
         assert rt.exec("legacy-gw-in0", ["ip", "route", "add", "10.99.0.0/24", "dev", "t0"]).returncode == 0
         assert not live.ping(rt, "legacy-gw-in0", "10.99.0.5", count=3, timeout=1)
-        m = _metrics("it-pb")
+        m = _metrics(name)
         dims = (t.connection, t.remote_ip, "GatewayTenantWorker_IN_0")
         assert m[("TunnelEgressPacketDropTSMismatch", *dims)] == 3
         assert m[("TunnelIngressPacketDropTSMismatch", *dims)] == 0
@@ -392,14 +398,14 @@ def test_policy_based_gateway_selectors_drops_and_idle_teardown():
                        "the idle tunnel torn down by the gateway", idle + 10)
             wait_until(lambda: live.ping(rt, sender, address, count=1, timeout=1), bool,
                        f"traffic from {sender} to bring the tunnel back", 10)
-        events = json.loads(vpnlab("events", "--name", "it-pb", "--json", "--category", "TunnelDiagnosticLog").stdout)
+        events = json.loads(vpnlab("events", "--name", name, "--json", "--category", "TunnelDiagnosticLog").stdout)
         assert [e["OperationName"] for e in events] == ["TunnelConnected", "TunnelDisconnected"] * 2 + ["TunnelConnected"]
         assert "idle" in events[1]["stateChangeReason_s"]
-        ike_log = json.loads(vpnlab("events", "--name", "it-pb", "--json", "--category", "IKEDiagnosticLog").stdout)
+        ike_log = json.loads(vpnlab("events", "--name", name, "--json", "--category", "IKEDiagnosticLog").stdout)
         assert not [e["Message"] for e in ike_log if re.search(r"DPD request|N\(DPD\)", e["Message"])]
     finally:
-        vpnlab("down", "--name", "it-pb")
-    assert leftovers("it-pb") == {}
+        vpnlab("down", "--name", name)
+    assert leftovers(name) == {}
 
 
 # ------------------------------------------------------------ bring your own device
@@ -408,61 +414,67 @@ def readme_block(marker: str) -> str:
     return text.split(f"<!-- walkthrough: {marker} -->\n```sh\n", 1)[1].split("```", 1)[0]
 
 
-def test_bring_your_own_device_as_the_readme_says(tmp_path):
-    """The README's walkthrough, run as it stands (only the lab's name, the namespace and
-    the folder are the test's own): a hand-written strongSwan in the user's namespace,
-    attached to a managed: false site, brings the tunnel up and reaches the VNet's VM;
-    the clean-up leaves nothing behind."""
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_bring_your_own_device_as_the_readme_says(tmp_path, runtime):
+    """The README's walkthrough, run as it stands (only the lab's name, its runtime, the
+    namespace and the folder are the test's own): a hand-written strongSwan in the
+    user's namespace, attached to a managed: false site, brings the tunnel up and
+    reaches the VNet's VM; the clean-up leaves nothing behind."""
+    name = lab_name("it-byod", runtime)
+
     def adapt(block: str) -> str:
         return (block.replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
-                .replace("--name byod", "--name it-byod").replace("/tmp/mydevice", str(tmp_path))
+                .replace("--name byod", f"--name {name}").replace("/tmp/mydevice", str(tmp_path))
+                .replace("--timers fast", f"--timers fast --runtime {runtime}")
                 .replace("mydevice", "it-mydev"))
 
     def bash(block: str) -> subprocess.CompletedProcess:
         return subprocess.run(["bash", "-ec", adapt(block)], cwd=ROOT, capture_output=True, text=True,
                               timeout=180)
-    vpnlab("down", "--name", "it-byod")
+    vpnlab("down", "--name", name)
     subprocess.run(["ip", "netns", "del", "it-mydev"], capture_output=True)
     try:
         res = bash(readme_block("set up"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "203.0.113.10" in res.stderr, "attach names the gateway IP to dial"
-        wait_until(lambda: status("it-byod")["tunnels"][0], lambda t: t["child_state"] == "INSTALLED",
+        wait_until(lambda: status(name)["tunnels"][0], lambda t: t["child_state"] == "INSTALLED",
                    "the tunnel to the user's device", 30)
         res = bash(readme_block("check"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "3 received" in res.stdout and "TunnelConnected" in res.stdout
-        refused = vpnlab("attach", "mybranch", "--netns", "it-mydev", "--name", "it-byod")
+        refused = vpnlab("attach", "mybranch", "--netns", "it-mydev", "--name", name)
         assert refused.returncode == 1 and "already attached" in refused.stderr
-        refused = vpnlab("attach", "nosuchsite", "--netns", "it-mydev", "--name", "it-byod")
+        refused = vpnlab("attach", "nosuchsite", "--netns", "it-mydev", "--name", name)
         assert refused.returncode == 1 and "sites: mybranch" in refused.stderr
         res = bash(readme_block("clean up"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "it-mydev" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert leftovers("it-byod") == {}
+        assert leftovers(name) == {}
     finally:
         pid = tmp_path / "charon.pid"
         if pid.exists():
             subprocess.run(["kill", pid.read_text().strip()], capture_output=True)
         subprocess.run(["ip", "netns", "del", "it-mydev"], capture_output=True)
-        vpnlab("down", "--name", "it-byod")
+        vpnlab("down", "--name", name)
 
 
-def test_attach_refuses_a_managed_site_and_a_missing_namespace(tmp_path):
-    up(STATIC, "it-attach")
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_attach_refuses_a_managed_site_and_a_missing_namespace(tmp_path, runtime):
+    name = lab_name("it-attach", runtime)
+    up(STATIC, name, runtime)
     try:
-        res = vpnlab("attach", "branch", "--netns", "it-nosuchns", "--name", "it-attach")
+        res = vpnlab("attach", "branch", "--netns", "it-nosuchns", "--name", name)
         assert res.returncode == 1 and "site 'branch' is managed" in res.stderr
         path = tmp_path / "unmanaged.yaml"
         path.write_text(STATIC.read_text().replace("    address_space: [10.40.1.0/24]",
                                                    "    address_space: [10.40.1.0/24]\n    managed: false"))
-        assert vpnlab("down", "--name", "it-attach").returncode == 0
-        up(path, "it-attach")
-        res = vpnlab("attach", "branch", "--netns", "it-nosuchns", "--name", "it-attach")
+        assert vpnlab("down", "--name", name).returncode == 0
+        up(path, name, runtime)
+        res = vpnlab("attach", "branch", "--netns", "it-nosuchns", "--name", name)
         assert res.returncode == 1 and "'it-nosuchns' does not exist" in res.stderr
     finally:
-        vpnlab("down", "--name", "it-attach")
-    assert leftovers("it-attach") == {}
+        vpnlab("down", "--name", name)
+    assert leftovers(name) == {}
 
 
 # ------------------------------------------------------------ teardown
@@ -509,19 +521,23 @@ def test_interrupted_up_cleans_up_after_itself(sig, runtime):
     assert leftovers(name) == {}
 
 
-def test_active_standby_maintenance_as_the_readme_says():
-    """The README's maintenance walkthrough, run as it stands (the lab's name is the
-    test's own): the standby takes over, status says so, the VM reaches the branch."""
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_active_standby_maintenance_as_the_readme_says(runtime):
+    """The README's maintenance walkthrough, run as it stands (the lab's name and its
+    runtime are the test's own): the standby takes over, status says so, the VM
+    reaches the branch."""
+    name = lab_name("it-as", runtime)
     block = (readme_block("maintenance").replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
-             .replace("--name as", "--name it-as"))
+             .replace("--name as", f"--name {name}").replace("--timers fast", f"--timers fast --runtime {runtime}"))
     up_line, maint, show, ping, down_line = block.strip().splitlines()
-    vpnlab("down", "--name", "it-as")
+    assert f"--runtime {runtime}" in up_line
+    vpnlab("down", "--name", name)
     try:
         for line in (up_line, maint):
             res = subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=300)
             assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "instance 1 is active now" in res.stderr
-        roles = {g["instance"]: (g["role"], g["public_ip"]) for g in status("it-as")["gateways"]}
+        roles = {g["instance"]: (g["role"], g["public_ip"]) for g in status(name)["gateways"]}
         assert roles == {"hub-gw-in0": ("standby", "203.0.113.10"), "hub-gw-in1": ("active", "203.0.113.10")}
         for line in (show, ping):
             res = subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -529,7 +545,7 @@ def test_active_standby_maintenance_as_the_readme_says():
         assert "3 received" in res.stdout
     finally:
         subprocess.run(["bash", "-ec", down_line], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert leftovers("it-as") == {}
+    assert leftovers(name) == {}
 
 
 # ------------------------------------------------------------ containerlab
