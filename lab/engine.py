@@ -10,13 +10,11 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable
 
-from . import faults, live, maintenance as maint, render
+from . import clab, faults, live, maintenance as maint, render
 from .defaults import defaults
 from .errors import LabError
 from .plan import Plan, build
-from .runtime import procs
-from . import clab
-from .runtime import containerlab as clab_runtime, docker as docker_runtime, image as node_image
+from .runtime import containerlab as clab_runtime, docker as docker_runtime, image as node_image, procs
 from .runtime.containerlab import ContainerlabRuntime
 from .runtime.docker import DockerRuntime
 from .runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces

@@ -16,8 +16,8 @@ INTERNET = "internet"
 # Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
 # what comes out of ipsec0 goes back to the router through the inner veth.
 TABLE_INTO_TUNNEL = 101
-HASH_SEED = "net.ipv4.fib_multipath_hash_seed"
 TABLE_FROM_TUNNEL = 102
+HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
 ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "vm", "host")
 

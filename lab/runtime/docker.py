@@ -66,9 +66,10 @@ class DockerRuntime(NetnsRuntime):
     def _make_nodes(self, nodes: list[Node]):
         """Containers from the node image, started in parallel; each one's network
         namespace is then named like the netns runtime's."""
+        why = unavailable()
+        if why:
+            raise RuntimeFailure(why)
         tag = image.node_image()
-        if not image.has_image(self.client, tag):
-            raise RuntimeFailure(f"the node image {tag} is missing: build it with 'make image'")
         for node in nodes:
             (self.node_dir(node.name) / "run").mkdir(parents=True, exist_ok=True)
         with concurrent.futures.ThreadPoolExecutor(PARALLEL) as pool:
@@ -192,9 +193,9 @@ def remove_containers(lab: str, client=None) -> list[str]:
     for c in lab_containers(lab, client):
         try:
             c.remove(force=True)
-        except Exception as err:       # the SDK's APIError, or a container already gone
+        except Exception as err:       # the SDK's APIError
             with contextlib.suppress(Exception):
-                c.reload()
+                c.reload()             # raises if it is gone after all: no problem then
                 problems.append(f"container {c.name}: {err}")
     return problems
 
