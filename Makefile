@@ -6,11 +6,14 @@ PY := $(VENV)/bin/python
 VPNLAB := $(VENV)/bin/vpnlab
 TOPOLOGY ?= topologies/active-active-bgp.yaml
 TIMERS ?= azure
-APT_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-  libstrongswan-extra-plugins libstrongswan-standard-plugins frr iproute2 nftables \
-  iperf3 tcpdump iputils-ping util-linux
-DOCKER_PACKAGES := docker.io debootstrap
 RUNTIME ?= netns
+# The daemons run on the host only with the netns runtime (make test needs them: it runs
+# both); containers bring their own from the node image.
+DAEMON_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
+  libstrongswan-extra-plugins libstrongswan-standard-plugins frr nftables \
+  iperf3 tcpdump iputils-ping
+APT_PACKAGES = iproute2 util-linux $(if $(filter netns,$(RUNTIME)),$(DAEMON_PACKAGES))
+DOCKER_PACKAGES := docker.io debootstrap
 PYTEST_ARGS ?=
 
 .PHONY: deps system-deps docker-engine image lab down status test test-unit scenarios bench clean
@@ -60,6 +63,7 @@ down: deps
 	$(VPNLAB) down --all
 
 # Every runtime that CI can run is required: a missing engine or image fails, not skips.
+test scenarios bench: override RUNTIME = netns
 test: deps image
 	mkdir -p reports
 	VPNLAB_REQUIRE_RUNTIMES=docker $(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
