@@ -219,10 +219,15 @@ def _metrics(name: str) -> dict:
 
 def test_metrics_under_azures_names_and_dimensions(aa):
     rt, plan = aa
-    # the previous tests' faults may still cost a BGP session a hold time (a keepalive
-    # held back by TCP's backoff during a blackhole): read the metrics of a settled lab
-    settled = lambda m: all(v == 1 for k, v in m.items() if k[0] in ("BgpPeerStatus", "MmsaCount", "QmsaCount"))
-    before = wait_until(lambda: _metrics(aa.name), settled, "every BGP peer up and one SA pair per tunnel in the metrics", 45)
+    # the previous tests' faults may still cost a BGP session its hold time (a keepalive
+    # held back by TCP's backoff during a blackhole), and a session that just came back
+    # has not learned its route yet: read the metrics of a settled lab
+    learned = [("BgpRoutesLearned", peer, f"GatewayTenantWorker_IN_{k}")
+               for peer in ("169.254.21.10", "169.254.22.10") for k in (0, 1)]
+    settled = lambda m: (all(v == 1 for k, v in m.items() if k[0] in ("BgpPeerStatus", "MmsaCount", "QmsaCount"))
+                         and all(m.get(k) == 1 for k in learned))
+    before = wait_until(lambda: _metrics(aa.name), settled,
+                        "every BGP peer up with its route, one SA pair per tunnel, in the metrics", 45)
     assert {k[0] for k in before} == {
         "TunnelIngressBytes", "TunnelEgressBytes", "TunnelIngressPackets", "TunnelEgressPackets",
         "TunnelIngressPacketDropTSMismatch", "TunnelEgressPacketDropTSMismatch",
