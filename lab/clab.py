@@ -22,6 +22,7 @@ from . import render
 from .plan import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
 from .runtime.docker import CAPABILITIES
 from .state import process_tag
+from .yamlsrc import SourceError
 
 CONTAINERLAB_VERSION = "0.79.0"        # the version the emitted files are checked against
 FORMATS = ("clab", "clabernetes")
@@ -133,6 +134,9 @@ def split(plan: Plan, lab: str, image: str, layout: Layout, files: dict[str, dic
     """One topology per host; a link between hosts becomes a VXLAN link on each side.
     VNIs are allocated once here, in the plan's link order, so both halves agree."""
     groups = host_groups(plan, len(host_addresses))
+    if not all(groups):
+        raise SourceError(f"--split-hosts {len(host_addresses)}: this lab splits over at most "
+                          f"{sum(1 for g in groups if g)} hosts (a VNet or a site stays whole on one host)")
     where = {node: k for k, group in enumerate(groups) for node in group}
     tops = [topology(plan, f"{lab}-h{k}", image, layout, files, group) for k, group in enumerate(groups)]
     crossing = []

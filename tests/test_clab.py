@@ -147,6 +147,9 @@ def test_split_hosts_refuses_what_it_cannot_do(tmp_path):
     assert res.returncode == 2 and "only with --format clab" in res.stderr
     res = export(aa, "clab", tmp_path, "--split-hosts", "2", "--host-addresses", "10.0.0.1,nope")
     assert res.returncode == 2 and "'nope' is not an IPv4 address" in res.stderr
+    five = ",".join(f"10.0.0.{k}" for k in range(1, 6))    # hub, two devices, the internet
+    res = export(aa, "clab", tmp_path, "--split-hosts", "5", "--host-addresses", five)
+    assert res.returncode == 2 and "splits over at most 4 hosts" in res.stderr
     assert not list(tmp_path.iterdir())             # nothing written
 
 
