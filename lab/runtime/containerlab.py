@@ -40,7 +40,9 @@ def unavailable() -> str | None:
 def version() -> str | None:
     """containerlab's version, from `containerlab version` (text; its layout has changed
     between releases: take the first x.y.z after 'version')."""
-    res = subprocess.run([BINARY, "version"], capture_output=True, text=True, timeout=30)
+    if binary() is None:
+        return None
+    res = procs.run([binary(), "version"])
     found = re.search(r"version\W+v?(\d+\.\d+\.\d+)", res.stdout, re.IGNORECASE)
     return found.group(1) if found else None
 
