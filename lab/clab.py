@@ -19,8 +19,9 @@ import networkx as nx
 import yaml
 
 from . import render
+from .defaults import defaults
 from .plan import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
-from .runtime.docker import CAPABILITIES
+from .render import STARTING_GUARD
 from .state import process_tag
 from .yamlsrc import SourceError
 
@@ -66,6 +67,7 @@ def setup_files(plan: Plan, node_dir: Callable[[str], PurePosixPath]) -> dict[st
         # the flow hash seed exists from kernel 6.11 on: set where there is one
         seed = f"[ ! -e /proc/sys/{HASH_SEED.replace('.', '/')} ] || sysctl -qw {HASH_SEED}={node.sysctls()[HASH_SEED]}\n"
         files = {"setup.sh": text + seed,
+                 **({"starting-guard.nft": STARTING_GUARD} if node.charon else {}),
                  "interfaces": "".join(f"{i.name}\n" for i in node.interfaces if i.kind == "veth")}
         if node.standby:
             files["standby"] = "an active-standby gateway's idle instance: no daemons until it takes over\n"
@@ -91,7 +93,7 @@ def _node(node: Node, lab: str, image: str, layout: Layout, files: list[str]) ->
         # what the node needs, as with the docker runtime: the capabilities and the TUN
         # device (libipsec). containerlab runs nodes privileged, which setup.sh relies on
         # for a writable /proc/sys (per-interface proxy ARP).
-        "cap-add": list(CAPABILITIES), "devices": ["/dev/net/tun"],
+        "cap-add": list(defaults()["containers"]["capabilities"]), "devices": ["/dev/net/tun"],
         "labels": {"io.vpnlab.lab": lab, "io.vpnlab.node": node.name, "io.vpnlab.role": node.role},
     }
 

@@ -14,6 +14,8 @@ from .plan import Node, Plan
 PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 x509 "
            "pubkey kdf kernel-libipsec kernel-netlink socket-default vici updown").split()
 SECRET_FILES = {"swanctl.conf"}
+# nftables rules a tunnel end holds while its charon starts (the file says why)
+STARTING_GUARD = (Path(__file__).parent / "templates/starting-guard.nft").read_text()
 
 
 def _env() -> jinja2.Environment:

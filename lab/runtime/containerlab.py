@@ -18,7 +18,7 @@ from ..plan import Plan
 from ..state import LabState
 from ..waits import wait_until
 from . import procs
-from .docker import DockerRuntime
+from .docker import DockerRuntime, remove_labelled
 from .netns import FRR_DAEMONS
 
 BINARY = "containerlab"
@@ -118,30 +118,13 @@ class ContainerlabRuntime(DockerRuntime):
             self._record(pids[0], node, daemon)
         self.state.save()
 
-    def teardown(self) -> list[str]:
-        """containerlab destroy --cleanup; without the binary, the SDK removes the
-        containers by containerlab's own label."""
-        self.close()
-        survivors = procs.end(sorted({p["pid"] for p in self.state.processes}
-                                     | set(procs.tagged(self.state.name))), self.state.name)
-        problems = [f"process {p} survived SIGKILL" for p in survivors]
+    def _remove_nodes(self) -> list[str]:
+        """containerlab destroy --cleanup (its namespace links too); without the binary,
+        the containers go by containerlab's own label."""
         if binary() and self.topology_file.exists():
             try:
                 self._clab("destroy", "--cleanup", timeout=300)
-                return problems
+                return []
             except (RuntimeFailure, subprocess.TimeoutExpired) as err:
-                problems.append(str(err))
-        return problems + self._remove_by_label()
-
-    def _remove_by_label(self) -> list[str]:
-        problems = []
-        try:
-            found = self.client.containers.list(all=True, filters={"label": f"containerlab={self.state.name}"})
-        except RuntimeFailure as err:
-            return [f"containers of clab-{self.state.name}-* may be left: {err}"]
-        for c in found:
-            try:
-                c.remove(force=True)
-            except Exception as err:          # the SDK's APIError
-                problems.append(f"container {c.name}: {err}")
-        return problems
+                return [str(err)] + remove_labelled(f"containerlab={self.state.name}", self._client)
+        return remove_labelled(f"containerlab={self.state.name}", self._client)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pyroute2 import netns
 
+from ..defaults import defaults
 from ..errors import RuntimeFailure
 from ..plan import Node
 from ..state import LabState, process_tag
@@ -32,10 +33,6 @@ from .netns import CHARON, NetnsRuntime
 
 LABEL_LAB = "io.vpnlab.lab"
 LABEL_NODE = "io.vpnlab.node"
-# NET_ADMIN/NET_RAW: links, routes, nftables, ping; SYS_ADMIN: zebra; the rest is what FRR
-# needs to drop to its user and charon to run as root on a bind-mounted folder.
-CAPABILITIES = ["NET_ADMIN", "NET_RAW", "SYS_ADMIN", "CHOWN", "DAC_OVERRIDE", "FOWNER",
-                "SETUID", "SETGID", "KILL", "NET_BIND_SERVICE"]
 TIMED_OUT = 124                     # timeout(1)'s exit status
 PARALLEL = 8                        # engine calls in flight while a lab is built
 
@@ -89,7 +86,7 @@ class DockerRuntime(NetnsRuntime):
         d = str(self.node_dir(node))
         c = self.client.containers.run(
             tag, ["hold"], name=self.container_name(node), hostname=node[:63], detach=True,
-            network_mode="none", cap_drop=["ALL"], cap_add=CAPABILITIES,
+            network_mode="none", cap_drop=["ALL"], cap_add=defaults()["containers"]["capabilities"],
             devices=["/dev/net/tun:/dev/net/tun:rwm"],
             volumes={d: {"bind": d, "mode": "rw"}, f"{d}/run": {"bind": "/run", "mode": "rw"}},
             labels={LABEL_LAB: self.state.name, LABEL_NODE: node})
@@ -156,13 +153,9 @@ class DockerRuntime(NetnsRuntime):
             return False
 
     # ------------------------------------------------------------ teardown
-    def teardown(self) -> list[str]:
-        problems = super().teardown()
-        try:
-            client = self._client or image.client()
-        except RuntimeFailure as err:
-            return problems + [f"containers labelled {LABEL_LAB}={self.state.name} may be left: {err}"]
-        return problems + remove_containers(self.state.name, client)
+    def _remove_nodes(self) -> list[str]:
+        """The named namespaces, then the containers."""
+        return super()._remove_nodes() + remove_labelled(f"{LABEL_LAB}={self.state.name}", self._client)
 
 
 def unavailable() -> str | None:
@@ -176,21 +169,32 @@ def unavailable() -> str | None:
     return None
 
 
+def _client_or_none(client=None):
+    """A client of the engine, or None where none answers (no socket, or no reply)."""
+    if client is not None:
+        return client
+    if not Path("/var/run/docker.sock").exists():
+        return None
+    try:
+        return image.client()
+    except RuntimeFailure:
+        return None
+
+
 def lab_containers(lab: str, client=None) -> list:
     """This lab's containers, running or not; none when no Docker engine answers."""
+    client = _client_or_none(client)
+    return client.containers.list(all=True, filters={"label": f"{LABEL_LAB}={lab}"}) if client else []
+
+
+def remove_labelled(label: str, client=None) -> list[str]:
+    """Remove the containers carrying label ("key=value"); what could not be removed.
+    Without an engine to ask, says that some may be left."""
+    client = _client_or_none(client)
     if client is None:
-        if not Path("/var/run/docker.sock").exists():
-            return []
-        try:
-            client = image.client()
-        except RuntimeFailure:
-            return []
-    return client.containers.list(all=True, filters={"label": f"{LABEL_LAB}={lab}"})
-
-
-def remove_containers(lab: str, client=None) -> list[str]:
+        return [f"no Docker engine answers: containers labelled {label} may be left"]
     problems = []
-    for c in lab_containers(lab, client):
+    for c in client.containers.list(all=True, filters={"label": label}):
         try:
             c.remove(force=True)
         except Exception as err:       # the SDK's APIError
@@ -202,10 +206,7 @@ def remove_containers(lab: str, client=None) -> list[str]:
 
 def all_lab_names() -> set[str]:
     """Labs that have containers on this machine."""
-    if not Path("/var/run/docker.sock").exists():
+    client = _client_or_none()
+    if client is None:
         return set()
-    try:
-        cs = image.client().containers.list(all=True, filters={"label": LABEL_LAB})
-    except RuntimeFailure:
-        return set()
-    return {c.labels[LABEL_LAB] for c in cs}
+    return {c.labels[LABEL_LAB] for c in client.containers.list(all=True, filters={"label": LABEL_LAB})}

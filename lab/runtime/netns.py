@@ -21,18 +21,12 @@ from pyroute2 import NetNS, netns
 
 from ..errors import RuntimeFailure
 from ..plan import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
+from ..render import STARTING_GUARD
 from ..state import LabState, namespace_prefix
 from ..waits import wait_until
 from . import procs
 
 FRR_DAEMONS = ("zebra", "staticd", "bgpd")
-# Drops IKE and ESP-in-UDP to a tunnel end while its charon starts (start_tunnel_ends).
-STARTING_GUARD = """table inet vpnlab_starting
-flush table inet vpnlab_starting
-table inet vpnlab_starting {
-    chain input { type filter hook input priority 0; policy accept; udp dport { 500, 4500 } drop; }
-}
-"""
 AGENT = "agent"     # the node name under which the agent's process is recorded
 FRR_DIR = "/usr/lib/frr"
 CHARON = "/usr/lib/ipsec/charon"
@@ -421,12 +415,16 @@ class NetnsRuntime:
 
     # ------------------------------------------------------------ teardown
     def teardown(self) -> list[str]:
-        """End the lab's processes (recorded or tagged), delete its namespaces.
+        """End the lab's processes (recorded or tagged), then remove its nodes.
         Returns what could not be removed."""
         self.close()
         pids = {p["pid"] for p in self.state.processes} | set(procs.tagged(self.state.name))
         survivors = procs.end(sorted(pids), self.state.name)
-        problems = [f"process {p} survived SIGKILL" for p in survivors]
+        return [f"process {p} survived SIGKILL" for p in survivors] + self._remove_nodes()
+
+    def _remove_nodes(self) -> list[str]:
+        """Delete the lab's namespaces."""
+        problems = []
         for ns in set(self.state.namespaces) | set(lab_namespaces(self.state.name)):
             try:
                 netns.remove(ns)

@@ -35,11 +35,7 @@ def run(argv: list[str], timeout: float = 30, check: bool = False, **kw) -> subp
 
 
 def carries_tag(pid: int, lab: str) -> bool:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return False
-    return process_tag(lab).encode() in environ.split(b"\0")
+    return _has_env(pid, process_tag(lab))
 
 
 def alive(pid: int) -> bool:
@@ -53,11 +49,7 @@ def alive(pid: int) -> bool:
 
 def tagged(lab: str) -> list[int]:
     """Every live process carrying this lab's tag (leftovers of a crashed run included)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and carries_tag(int(entry), lab) and alive(int(entry)):
-            pids.append(int(entry))
-    return pids
+    return with_env(process_tag(lab))
 
 
 def end(pids: list[int], lab: str, grace: float = 3.0) -> list[int]:
@@ -80,16 +72,15 @@ def end(pids: list[int], lab: str, grace: float = 3.0) -> list[int]:
 
 
 def with_env(entry: str) -> list[int]:
-    """Live processes whose environment holds entry ("KEY=value"): how the host finds the
-    PID of a daemon it started inside a container."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
-        except OSError:
-            continue
-        if entry.encode() in environ.split(b"\0") and alive(int(pid)):
-            found.append(int(pid))
-    return found
+    """Live processes whose environment holds entry ("KEY=value"): the lab's tag, or the
+    marker by which the host finds a daemon it started inside a container."""
+    return [int(pid) for pid in os.listdir("/proc")
+            if pid.isdigit() and _has_env(int(pid), entry) and alive(int(pid))]
+
+
+def _has_env(pid: int, entry: str) -> bool:
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return entry.encode() in environ.split(b"\0")
