@@ -277,7 +277,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--timers", default="azure", choices=["azure", "fast"])
     up.add_argument("--runtime", default="netns", choices=list(engine.RUNTIMES),
                     help="netns: namespaces on this host (default); docker: containers from "
-                         "the node image (make image)")
+                         "the node image (make image); containerlab: deployed by containerlab")
     up.add_argument("--json", action="store_true")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="leave a lab that did not converge running, for debugging")
