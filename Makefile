@@ -11,7 +11,7 @@ RUNTIME ?= netns
 # both); containers bring their own from the node image.
 DAEMON_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
   libstrongswan-extra-plugins libstrongswan-standard-plugins frr nftables \
-  iperf3 tcpdump iputils-ping
+  iperf3 tcpdump iputils-ping openvpn
 APT_PACKAGES = iproute2 util-linux $(if $(filter netns,$(RUNTIME)),$(DAEMON_PACKAGES))
 DOCKER_PACKAGES := docker.io debootstrap
 PYTEST_ARGS ?=

@@ -261,6 +261,43 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_p2s(args) -> int:
+    from . import p2s
+    result = p2s.run(args.name, args.action, args.client)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.action == "status":
+        _p2s_tables(result)
+    elif args.action == "connect":
+        out.print(f"{result['client']} connected ({result['connected']} over {result['protocol']}) in "
+                  f"{result['seconds']} s; virtual IP {', '.join(result['virtual_ips'][:5])}"
+                  f"{' ...' if len(result['virtual_ips']) > 5 else ''}")
+    else:
+        out.print(f"{result['client']} disconnected ({result['closed']} closed)")
+    return 0
+
+
+def _p2s_tables(result: dict):
+    t = Table(title="point-to-site clients")
+    for col in ("client", "protocol", "gateway IP", "state", "virtual IP", "certificate thumbprint"):
+        t.add_column(col)
+    for c in result["clients"]:
+        thumbs = [v for v in c["certificates"].values() if v]
+        t.add_row(c["client"], c["protocol"], c["gateway_ip"], c["state"], ", ".join(c["virtual_ips"][:3]),
+                  thumbs[0] if len(thumbs) == 1 else f"{len(c['certificates'])} certificates")
+    out.print(t)
+    g = Table(title="gateway side")
+    for col in ("instance", "protocol", "pool", "connections"):
+        g.add_column(col)
+    for s in result["gateways"]:
+        g.add_row(s["instance"], s["protocol"], ", ".join(s["pool"]), str(s["connections"]))
+    out.print(g)
+    for gw, revoked in result["revoked"].items():
+        for r in revoked:
+            out.print(f"{gw} revokes {r['name']}: {r['thumbprint']}"
+                      + ("" if r["enforced"] else " (not issued by the lab: nothing to enforce)"))
+
+
 def cmd_validate(args) -> int:
     from .topology import load
     load(args.file)
@@ -370,6 +407,12 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--host-addresses", metavar="IP,IP,...",
                     help="with --split-hosts: each host's own address (the VXLAN remotes)")
     ex.set_defaults(func=cmd_export)
+    ps = sub.add_parser("p2s", help="point-to-site clients: connect, disconnect, status")
+    ps.add_argument("action", choices=("connect", "disconnect", "status"))
+    ps.add_argument("client", nargs="?", help="a client of the topology's clients: (connect, disconnect)")
+    ps.add_argument("--name")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=cmd_p2s)
     va = sub.add_parser("validate", help="check a topology file, start nothing")
     va.add_argument("file")
     va.set_defaults(func=cmd_validate)

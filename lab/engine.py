@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable
 
-from . import clab, faults, live, maintenance as maint, render
+from . import clab, faults, live, maintenance as maint, pki, render
 from .defaults import defaults
 from .errors import LabError
 from .plan import Plan, build
@@ -111,7 +111,9 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         raise SourceError(f"--runtime {runtime!r}: allowed: {', '.join(RUNTIMES)}")
     name = check_name(name or topology_file.stem)
     progress(f"validating {topology_file}")
-    plan = build(load(topology_file), timers)           # bad input stops here
+    topology = load(topology_file)
+    plan = build(topology, timers)                      # bad input stops here
+    _containerlab_without_p2s(plan, runtime)
     why = runtime_unavailable(runtime)
     if why:
         raise LabError(f"--runtime {runtime} cannot run here: {why}")
@@ -133,6 +135,10 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         shutil.copyfile(topology_file, state.topology_file)
         state.topology_file.chmod(0o600)
         render.write(rendered, state.nodes_dir)
+        if plan.p2s_ends or plan.clients:
+            progress("issuing the point-to-site certificates")
+            pki.issue(topology, state.pki_dir)
+            pki.install(plan, state.nodes_dir, state.pki_dir)
         if runtime == "containerlab":
             _write_clab(plan, state, rendered)
         _build(rt, plan, progress)
@@ -150,6 +156,12 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         raise
     finally:
         rt.close()
+
+
+def _containerlab_without_p2s(plan: Plan, runtime: str):
+    if runtime in ("containerlab", "clab", "clabernetes") and (plan.p2s_ends or plan.clients):
+        raise LabError("point-to-site (vpn_client_configuration, clients) is not in the containerlab "
+                       "files yet: use --runtime netns or docker")
 
 
 def _write_clab(plan: Plan, state: LabState, rendered: dict[str, dict[str, str]]):
@@ -187,6 +199,19 @@ def _build(rt: NetnsRuntime, plan: Plan, progress: Progress):
         ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end)]
         progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
         rt.start_tunnel_ends(ends, budget)
+    _start_p2s(rt, plan, budget, progress)
+
+
+def _start_p2s(rt: NetnsRuntime, plan: Plan, budget: float, progress: Progress):
+    """Point-to-site servers on the serving instances, then the clients' charons."""
+    if not (plan.p2s_ends or plan.clients):
+        return
+    progress(f"starting {len(plan.p2s_ends)} point-to-site servers")
+    rt.start_tunnel_ends([e.node for e in plan.p2s_ends if e.protocol == "IkeV2"], budget)
+    rt.start_openvpn([e.node for e in plan.p2s_ends if e.protocol == "OpenVPN"], budget)
+    ikev2 = [c.name for c in plan.clients if c.protocol == "IkeV2"]
+    progress(f"starting {len(ikev2)} IKEv2 clients (they connect with 'vpnlab p2s connect')")
+    rt.start_p2s_clients(ikev2, budget)
 
 
 # ------------------------------------------------------------------ export
@@ -202,6 +227,7 @@ def export(topology_file: str | Path, out: str | Path, fmt: str, name: str | Non
     name = check_name(name or topology_file.stem)
     hosts = _split_hosts(fmt, split_hosts, host_addresses or [])
     plan = build(load(topology_file), timers)           # bad input stops here
+    _containerlab_without_p2s(plan, fmt)
     return clab.export(plan, name, Path(out), fmt, image or node_image.node_image(), topology_file.name, hosts)
 
 

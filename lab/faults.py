@@ -31,7 +31,7 @@ from .yamlsrc import SourceError
 KINDS = ("instance", "device", "carrier", "blackhole", "loss", "delay", "crash")
 LINK_KINDS = ("carrier", "blackhole", "loss", "delay")
 CRASHABLE = {"tunnel-endpoint": ("charon",), "gateway-instance": ("bgpd",), "device": ("bgpd",),
-             "vnet-router": ("bgpd",)}
+             "vnet-router": ("bgpd",), "p2s-endpoint": ("charon", "openvpn")}
 
 
 def key(kind: str, target: str) -> str:
@@ -131,11 +131,15 @@ def heal_all(rt, plan: Plan) -> list[dict]:
 
 
 # ------------------------------------------------------------------ router loss
-def _router_parts(plan: Plan, node: str) -> tuple[list[str], list[tuple[str, str]]]:
+def _router_parts(plan: Plan, node: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """A router's links, its charons (tunnel end, connection; a gateway instance's
+    point-to-site IKEv2 server too) and its openvpn servers."""
     links = [i.name for i in plan.nodes[node].interfaces if i.kind == "veth"]
     ends = [(t.azure_end if t.gateway_instance == node else t.onprem_end, t.connection)
             for t in plan.tunnels if node in (t.gateway_instance, t.device)]
-    return links, ends
+    mine = [e for e in plan.p2s_ends if e.gateway_instance == node]
+    ends += [(e.node, "p2s") for e in mine if e.protocol == "IkeV2"]
+    return links, ends, [e.node for e in mine if e.protocol == "OpenVPN"]
 
 
 def _lose_router(rt, plan: Plan, fault: dict):
@@ -148,7 +152,7 @@ def lose_router(rt, plan: Plan, node: str, planned: bool) -> list[tuple[int, str
     steps: list[tuple[int, str]] = []
     if plan.nodes[node].standby:
         return steps
-    links, ends = _router_parts(plan, node)
+    links, ends, openvpn = _router_parts(plan, node)
     if planned:
         frr = plan.nodes[node].frr
         if frr.asn:
@@ -167,6 +171,8 @@ def lose_router(rt, plan: Plan, node: str, planned: bool) -> list[tuple[int, str
         steps.append((time.monotonic_ns(), f"links down: {', '.join(links)}"))
     for end, _ in ends:
         rt.stop_daemon(end, "charon", graceful=planned)
+    for end in openvpn:      # its clients see the TCP session end (planned) or go silent
+        rt.stop_daemon(end, "openvpn", graceful=planned)
     for daemon in reversed(FRR_DAEMONS):
         rt.stop_daemon(node, daemon, graceful=planned)
     steps.append((time.monotonic_ns(), f"daemons {'stopped' if planned else 'killed'}"))
@@ -195,19 +201,22 @@ def restore_router(rt, plan: Plan, node: str):
     standby instance stays as it is: links down, no daemons."""
     if plan.nodes[node].standby:
         return
-    links, ends = _router_parts(plan, node)
+    links, ends, openvpn = _router_parts(plan, node)
     # a heal that failed half-way may have started some daemons: start from none
     for end, _ in ends:
         rt.stop_daemon(end, "charon", graceful=False)
+    for end in openvpn:
+        rt.stop_daemon(end, "openvpn", graceful=False)
     for daemon in FRR_DAEMONS:
         rt.stop_daemon(node, daemon, graceful=False)
     for ifname in links:
         rt.set_link(node, ifname, True)
-    for name in [node] + [end for end, _ in ends]:
+    for name in [node] + [end for end, _ in ends] + openvpn:
         rt.restore_routes(plan.nodes[name])
     budget = defaults()["waits"]["daemon_start"]
     rt.start_routers([node], budget)
     rt.start_tunnel_ends([end for end, _ in ends], budget)
+    rt.start_openvpn(openvpn, budget)
 
 
 # ------------------------------------------------------------------ link faults
@@ -280,6 +289,8 @@ def _restart(rt, plan, fault):
     rt.stop_daemon(node, daemon, graceful=False)    # idempotent: none may run twice
     if daemon == "charon":
         rt.start_tunnel_ends([node], budget)
+    elif daemon == "openvpn":
+        rt.start_openvpn([node], budget)
     else:
         rt.start_frr([node], (daemon,))
         rt.configure_frr(node, budget)

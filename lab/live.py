@@ -168,3 +168,87 @@ def convergence(rt, plan: Plan) -> list[str]:
     if not problems:
         problems += [f"route {m}" for m in missing_routes(rt, plan)]
     return problems
+
+
+# ------------------------------------------------------------------ point-to-site
+def openvpn_management(rt, node: str, command: str, timeout: float = 3) -> list[str]:
+    """One command on openvpn's management interface (its API); the reply's lines up to
+    END (status, state) or the single SUCCESS/ERROR line."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(rt.node_dir(node) / "openvpn.mgmt"))
+        f = sock.makefile("rw", encoding="utf-8", newline="\n")
+        f.write(command + "\n")
+        f.flush()
+        lines = []
+        for line in f:
+            line = line.rstrip("\r\n")
+            if line.startswith(">"):          # banner and real-time notifications
+                continue
+            if line == "END" or line.startswith(("SUCCESS:", "ERROR:")):
+                if not line == "END":
+                    lines.append(line)
+                break
+            lines.append(line)
+        return lines
+
+
+def openvpn_server_clients(rt, node: str) -> list[dict]:
+    """Clients connected to a P2S OpenVPN server: certificate name, address, virtual IP."""
+    try:
+        lines = openvpn_management(rt, node, "status 3")
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        f = line.split("\t")
+        if f[0] == "CLIENT_LIST" and len(f) > 3:
+            out.append({"certificate": f[1], "address": f[2].rsplit(":", 1)[0], "virtual_ip": f[3]})
+    return out
+
+
+def openvpn_client_state(rt, node: str) -> dict:
+    """A P2S OpenVPN client's state (CONNECTED when up) and virtual IP; DOWN when its
+    openvpn does not run."""
+    try:
+        lines = openvpn_management(rt, node, "state")
+    except OSError:
+        return {"state": "DOWN", "virtual_ip": None}
+    f = (lines[-1] if lines else "").split(",")
+    return {"state": f[1] if len(f) > 1 else "UNKNOWN", "virtual_ip": f[3] if len(f) > 3 and f[3] else None}
+
+
+def ikev2_server_clients(rt, node: str) -> list[dict]:
+    """Clients with an established IKE SA on a P2S IKEv2 server: identity, virtual IP."""
+    try:
+        sas = ike_sas(rt, node)
+    except OSError:
+        return []
+    return [{"certificate": _cn(ike.get("remote-id", b"").decode()), "address": ike.get("remote-host", b"").decode(),
+             "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", []))}
+            for ike in sas if ike["state"] == b"ESTABLISHED"]
+
+
+def ikev2_client_sas(rt, node: str) -> dict[str, dict]:
+    """A P2S IKEv2 client's connections (one per identity): state and virtual IP."""
+    try:
+        sas = ike_sas_named(rt, node)
+    except OSError:
+        return {}
+    out = {}
+    for name, ike in sas:
+        children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
+        up = ike["state"] == b"ESTABLISHED" and "INSTALLED" in children
+        if name not in out or up:
+            out[name] = {"state": "CONNECTED" if up else ike["state"].decode(),
+                         "virtual_ip": ", ".join(v.decode() for v in ike.get("local-vips", [])) or None,
+                         "unique_id": ike.get("uniqueid", b"").decode()}
+    return out
+
+
+def ike_sas_named(rt, node: str) -> list[tuple[str, dict]]:
+    return [(name, ike) for entry in vici_sas(rt.vici_socket(node)) for name, ike in entry.items()]
+
+
+def _cn(identity: str) -> str:
+    return identity[3:] if identity.startswith("CN=") else identity

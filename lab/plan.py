@@ -19,7 +19,7 @@ TABLE_INTO_TUNNEL = 101
 TABLE_FROM_TUNNEL = 102
 HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
 ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
-              "vm", "host")
+              "p2s-endpoint", "vm", "host", "p2s-client")
 
 
 @dataclass
@@ -99,6 +99,9 @@ class Node:
     standby: bool = False            # an active-standby gateway's idle instance (and its
                                      # tunnel ends): links down, no daemons
     shaping_mbps: int | None = None  # egress cap on pub and gws: the SKU's rated throughput
+    openvpn: dict | None = None      # context for openvpn-*.conf.j2 (point-to-site)
+    pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
+                                                                # lab.pki file) to install
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -170,6 +173,26 @@ class Tunnel:
 
 
 @dataclass
+class P2sEnd:
+    """A gateway instance's point-to-site server: charon (IkeV2) or openvpn (OpenVPN)."""
+    gateway: str
+    gateway_instance: str
+    node: str
+    protocol: str            # IkeV2 | OpenVPN
+    pool: list[str]          # this protocol's share of the address pool
+
+
+@dataclass
+class P2sClient:
+    name: str                # the client's node
+    gateway: str
+    protocol: str
+    identities: list[str]    # client certificate names (one per connection)
+    gateway_ip: str          # the gateway's public IP it connects to
+    pushed: list[str]        # the routes Azure pushes to it [6]
+
+
+@dataclass
 class Plan:
     nodes: dict[str, Node]
     links: list[Link]
@@ -179,6 +202,8 @@ class Plan:
     pings: list[tuple[str, str]]            # (from node, to address) that must answer
     unmanaged: dict[str, str] = field(default_factory=dict)   # site -> public IP (attach)
     active: dict[str, int] = field(default_factory=dict)      # active-standby gateway -> instance
+    p2s_ends: list[P2sEnd] = field(default_factory=list)
+    clients: list[P2sClient] = field(default_factory=list)
 
     def ordered_nodes(self) -> list[Node]:
         return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
@@ -321,6 +346,7 @@ class _Builder:
         self.active = {g: (active or {}).get(g, 0) for g, gw in t.virtual_network_gateways.items()
                        if not gw.active_active}
         self.d = defaults()
+        self.profile = timers
         self.timers = self.d["timers"][timers]
         self.nodes: dict[str, Node] = {}
         self.links: list[Link] = []
@@ -381,11 +407,13 @@ class _Builder:
                 self.nodes[INTERNET].iface("br0").addresses.append(_internet_side(lng.gateway_ip))
         for conn in sorted(self.t.connections):
             self.connection(conn)
+        from . import p2s_plan       # P2S builds on the gateways and their connections
+        p2s_ends, clients = p2s_plan.build(self)
         self.finish_routing()
         br = self.nodes[INTERNET].iface("br0")
         br.addresses = list(dict.fromkeys(br.addresses))
         return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings,
-                    unmanaged, dict(self.active))
+                    unmanaged, dict(self.active), p2s_ends, clients)
 
     def serves(self, gw_name: str, k: int) -> bool:
         gw = self.t.virtual_network_gateways[gw_name]
@@ -458,13 +486,15 @@ class _Builder:
                        networks=[str(p) for p in self.t.site_lan(site)])
         node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
 
-    def tunnel_end(self, router: Node, tunnel: str, side: str, standby: bool = False) -> tuple[Node, str]:
+    def tunnel_end(self, router: Node, tunnel: str, side: str, standby: bool = False,
+                   role: str = "tunnel-endpoint", device: str = "ipsec0") -> tuple[Node, str]:
         """A tunnel namespace beside a router: underlay veth + inner veth (the tunnel
-        interface). Returns the node and the router's inner interface name."""
+        interface); device is where the tunnel's traffic goes (charon's ipsec0, or
+        openvpn's tun0). Returns the node and the router's inner interface name."""
         j = sum(1 for i in router.interfaces if i.name.startswith("t") and i.name.endswith("u"))
         net = IPv4Network((int(self.underlay.network_address) + 4 * j, 30))
         r_ip, t_ip = net.network_address + 1, net.network_address + 2
-        end = self.add(Node(f"{tunnel}-{side}", "tunnel-endpoint", forwarding=True, standby=standby))
+        end = self.add(Node(f"{tunnel}-{side}", role, forwarding=True, standby=standby))
         self.link(router, Iface(f"t{j}u", [f"{r_ip}/30"]), end, Iface("ul", [f"{t_ip}/30"]))
         # the inner veth is the tunnel interface: MTU 1400 as Azure advises [3.1], which
         # also matches libipsec's ipsec0, so large segments are not silently lost
@@ -473,7 +503,9 @@ class _Builder:
                   end, Iface("in", proxy_arp=True, mtu=mtu))
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
-        end.rules += [Rule("ipsec0", TABLE_FROM_TUNNEL, 100), Rule("in", TABLE_INTO_TUNNEL, 101)]
+        end.rules.append(Rule(device, TABLE_FROM_TUNNEL, 100))
+        if device == "ipsec0":   # openvpn routes its clients on tun0 itself
+            end.rules.append(Rule("in", TABLE_INTO_TUNNEL, 101))
         end.charon = dict(local_addr=str(t_ip))
         router.nft["inner"].append(f"t{j}")
         return end, f"t{j}"
@@ -531,7 +563,10 @@ class _Builder:
                 for p in lng.address_space:     # what Azure routes: the site's address space
                     inst.frr.static.append((str(p), az_if))
                     inst.frr.networks.append(str(p))
-                for p in vnet.address_space if new_device_end else ():
+                # the VNet, and the P2S pool: a careful engineer routes it back too [6]
+                p2s = gw.vpn_client_configuration
+                for p in (list(vnet.address_space) + (p2s.address_pool if p2s else [])
+                          if new_device_end else ()):
                     device.frr.static.append((str(p), op_if))
 
     # -- VNet-to-VNet

@@ -11,8 +11,9 @@ import jinja2
 from .defaults import defaults
 from .plan import Node, Plan
 
-PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 x509 "
-           "pubkey kdf kernel-libipsec kernel-netlink socket-default vici updown").split()
+PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
+           "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
+           "updown").split()
 SECRET_FILES = {"swanctl.conf"}
 # nftables rules a tunnel end holds while its charon starts (the file says why)
 STARTING_GUARD = (Path(__file__).parent / "templates/starting-guard.nft").read_text()
@@ -47,8 +48,11 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
         dpd = c["dpd_timeout"] or defaults()["azure"]["dpd_timeout_seconds"]["default"]
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
             ctx, c=c | {"dpd_timeout": dpd}, plugins=PLUGINS, retransmit=retransmit(dpd))
-        files["swanctl.conf"] = env.get_template("swanctl.conf.j2").render(
+        template = "swanctl-p2s.conf.j2" if c.get("p2s") else "swanctl.conf.j2"
+        files["swanctl.conf"] = env.get_template(template).render(
             ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0)
+    if node.openvpn is not None:
+        files["openvpn.conf"] = env.get_template("openvpn.conf.j2").render(ctx, o=node.openvpn)
     return files
 
 

@@ -54,6 +54,11 @@ class LabState:
         return self.dir / "nodes"
 
     @property
+    def pki_dir(self) -> Path:
+        """Point-to-site certificates, keys (0600) and CRLs (lab.pki)."""
+        return self.dir / "pki"
+
+    @property
     def topology_file(self) -> Path:
         return self.dir / "topology.yaml"
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from .defaults import defaults, reserved_site_asn, reserved_site_asn_text
 from .yamlsrc import Source, SourceError, load as load_yaml
+from .p2s_rules import p2s_errors
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
 Asn = Annotated[int, Field(ge=1, le=4294967295)]
@@ -45,12 +46,38 @@ class GatewayBgp(Model):
     peering_addresses: list[InstancePeering] = []
 
 
+class RootCertificate(Model):
+    """A trusted root for P2S client certificates. The lab makes the CA (and the client
+    certificates it issues): Azure stores only its public part."""
+    name: Name
+
+
+class RevokedCertificate(Model):
+    """A client certificate the gateway refuses, by thumbprint (Azure's way), or by the
+    name of a certificate the lab issues (the lab fills in its thumbprint)."""
+    name: Name
+    thumbprint: Optional[Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{40}$")]] = None
+    certificate: Optional[Name] = None
+
+
+class VpnClientConfiguration(Model):
+    """Point-to-site [6] (ARM `vpnClientConfiguration`)."""
+    address_pool: list[IPv4Network] = Field(min_length=1)
+    vpn_client_protocols: list[Literal["IkeV2", "OpenVPN", "SSTP"]] = Field(
+        default=["IkeV2", "OpenVPN"], min_length=1)
+    vpn_auth_types: list[Literal["Certificate", "AAD", "Radius"]] = ["Certificate"]
+    root_certificates: list[RootCertificate] = []
+    revoked_certificates: list[RevokedCertificate] = []
+    custom_routes: list[IPv4Network] = []
+
+
 class VirtualNetworkGateway(Model):
     virtual_network: Name
     sku: Literal[SKUS]  # type: ignore[valid-type]
     vpn_type: Literal["RouteBased", "PolicyBased"] = "RouteBased"
     active_active: bool = False
     bgp: Optional[GatewayBgp] = None
+    vpn_client_configuration: Optional[VpnClientConfiguration] = None
 
 
 class SiteBgp(Model):
@@ -125,11 +152,28 @@ class Connection(Model):
     custom_bgp_addresses: Optional[CustomBgpAddresses] = None
 
 
+class Client(Model):
+    """A point-to-site client the lab runs on its internet. count > 1: a crowd, one
+    namespace and one charon with count identities (<certificate>-1 ...), for scale."""
+    virtual_network_gateway: Name
+    protocol: Literal["IkeV2", "OpenVPN"]
+    certificate: Optional[Name] = None    # default: the client's name
+    issued_by: Optional[Name] = None      # a root certificate; default: the gateway's first.
+    #                                       Another name: a CA the gateway does not trust
+    count: int = Field(default=1, ge=1, le=10000)
+
+    def identities(self, name: str) -> list[str]:
+        """The client certificates' names (their subject CN)."""
+        cert = self.certificate or name
+        return [cert] if self.count == 1 else [f"{cert}-{i}" for i in range(1, self.count + 1)]
+
+
 class Topology(Model):
     virtual_networks: dict[Name, VirtualNetwork]
     virtual_network_gateways: dict[Name, VirtualNetworkGateway] = {}
     local_network_gateways: dict[Name, LocalNetworkGateway] = {}
     connections: dict[Name, Connection] = {}
+    clients: dict[Name, Client] = {}
 
     def site_lan(self, site: str) -> list[IPv4Network]:
         """The device's LAN prefixes: device.lan_prefixes, else the address space less
@@ -220,6 +264,7 @@ def semantic_errors(t: Topology):
     yield from _site_errors(t)
     yield from _name_errors(t)
     yield from _connection_errors(t)
+    yield from p2s_errors(t)
 
 
 def _address_space_errors(t: Topology):
@@ -363,6 +408,8 @@ def _name_errors(t: Topology):
         yield from _claim(owners, site, ("local_network_gateways", site))
         for i, host in enumerate(t.site_hosts(site)):
             yield from _claim(owners, host, ("local_network_gateways", site, "device", "hosts", i))
+    for client in t.clients:
+        yield from _claim(owners, client, ("clients", client))
 
 
 def _connection_errors(t: Topology):

@@ -227,8 +227,9 @@ class NetnsRuntime:
         def one(node: str):
             d = self.node_dir(node)
             (d / "run").mkdir(exist_ok=True)
+            # SWANCTL_DIR: swanctl --load-all finds the node's certificates, keys and CRLs
             self._start_daemon(node, "charon", self._charon_argv(node), d / "charon.out",
-                               env={"STRONGSWAN_CONF": str(d / "strongswan.conf")})
+                               env={"STRONGSWAN_CONF": str(d / "strongswan.conf"), "SWANCTL_DIR": str(d)})
         self._each(nodes, one)
         self.state.save()
 
@@ -275,6 +276,29 @@ class NetnsRuntime:
                        budget)
             self.nft(e, "delete table inet vpnlab_starting\n")
         self._each(nodes, ready)
+
+    def start_p2s_clients(self, nodes: list[str], budget: float):
+        """charon of IKEv2 clients, ready once it loaded its connections (it dials only
+        when told: vpnlab p2s connect)."""
+        self.start_charons(nodes)
+        self._each(nodes, lambda n: wait_until(
+            lambda: self._loaded_connections(n), bool,
+            f"charon of {n} to load its connections (see {self.node_dir(n) / 'charon.log'})", budget))
+
+    def start_openvpn(self, nodes: list[str], budget: float):
+        """openvpn on P2S servers (and clients that connect), ready once its management
+        socket answers."""
+        def one(node: str):
+            d = self.node_dir(node)
+            with contextlib.suppress(FileNotFoundError):
+                (d / "openvpn.mgmt").unlink()      # a killed openvpn leaves it
+            self._start_daemon(node, "openvpn", ["openvpn", "--cd", str(d), "--config", str(d / "openvpn.conf")],
+                               d / "openvpn.out")
+        self._each(nodes, one)
+        self.state.save()
+        self._each(nodes, lambda n: wait_until(
+            lambda: (self.node_dir(n) / "openvpn.mgmt").exists(), bool,
+            f"openvpn's management socket in {n} (see {self.node_dir(n) / 'openvpn.out'})", budget))
 
     def _loaded_connections(self, node: str) -> list[str]:
         with socket.socket(socket.AF_UNIX) as sock:
@@ -360,7 +384,8 @@ class NetnsRuntime:
             survivors = procs.end(pids, self.state.name, grace=0.5)
         if survivors:
             raise RuntimeFailure(f"{node}: {daemon} {survivors} survived SIGKILL")
-        stale = ("run/charon.vici", "run/charon.pid") if daemon == "charon" else (f"{daemon}.vty", f"{daemon}.pid")
+        stale = {"charon": ("run/charon.vici", "run/charon.pid"),
+                 "openvpn": ("openvpn.mgmt",)}.get(daemon, (f"{daemon}.vty", f"{daemon}.pid"))
         for name in stale:     # a killed daemon leaves them; charon refuses to start
             with contextlib.suppress(FileNotFoundError):
                 (self.node_dir(node) / name).unlink()

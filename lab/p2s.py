@@ -1,0 +1,159 @@
+"""Point-to-site clients of a running lab: connect, disconnect, status (`vpnlab p2s`).
+
+IKEv2 clients are told through VICI, OpenVPN clients run while connected; the state
+comes from the daemons' APIs (VICI, openvpn's management interface), on both ends.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from . import control, engine, live, pki
+from .defaults import defaults
+from .errors import LabError
+from .plan import P2sClient, Plan
+from .waits import WaitTimeout, wait_until
+
+
+def _client(plan: Plan, name: str) -> P2sClient:
+    found = next((c for c in plan.clients if c.name == name), None)
+    if found is None:
+        raise LabError(f"no point-to-site client {name!r}; clients: "
+                       f"{', '.join(c.name for c in plan.clients) or '(none defined)'}")
+    return found
+
+
+def client_state(rt, c: P2sClient) -> dict:
+    """Per identity: CONNECTED, or where it is, and its virtual IP."""
+    if c.protocol == "OpenVPN":
+        return {c.identities[0]: live.openvpn_client_state(rt, c.name)}
+    found = live.ikev2_client_sas(rt, c.name)
+    return {i: found.get(i, {"state": "DOWN", "virtual_ip": None}) for i in c.identities}
+
+
+# What a client's daemon logs when the gateway refuses it (a revoked or untrusted
+# certificate): charon gives up at once, openvpn would retry for ever.
+REFUSALS = {"IkeV2": ("received AUTHENTICATION_FAILED",),
+            "OpenVPN": ("TLS handshake failed", "AUTH_FAILED")}
+
+
+def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
+    """Connect a client (every identity of a crowd); waits until all are connected, or
+    the gateway refused it, and says which are not connected and why."""
+    c = _client(plan, name)
+    budget = budget or defaults()["waits"]["p2s_connect"]
+    log = _log(rt, c)
+    offset = log.stat().st_size if log.exists() else 0
+    start = time.monotonic()
+    if c.protocol == "OpenVPN":
+        if not rt.daemon_pids(c.name, "openvpn"):
+            rt.start_openvpn([c.name], defaults()["waits"]["daemon_start"])
+    else:
+        for ident in c.identities:
+            control.initiate(rt, c.name, ident, timeout=-1, ike=ident)
+
+    def look():
+        return client_state(rt, c), _refusal(log, offset, c.protocol)
+    try:
+        states, refused = wait_until(look, lambda x: _all_connected(x[0]) or x[1],
+                                     f"client {name} to connect", budget)
+    except WaitTimeout as err:
+        states, refused = err.last or ({}, None)
+    down = sorted(i for i, s in states.items() if s["state"] != "CONNECTED")
+    if refused or down or not states:
+        if refused and c.protocol == "OpenVPN":
+            rt.stop_daemon(c.name, "openvpn", graceful=True)     # it would retry for ever
+        what = f"refused by the gateway: {refused}" if refused else f"not connected after {budget} s"
+        raise LabError(f"client {name}: {len(down)} of {len(c.identities)} {what} "
+                       f"({', '.join(down[:5])}{' ...' if len(down) > 5 else ''}); {_why(log)}")
+    return {"client": name, "protocol": c.protocol, "gateway": c.gateway, "connected": len(states),
+            "seconds": round(time.monotonic() - start, 2),
+            "virtual_ips": sorted({s["virtual_ip"] for s in states.values() if s["virtual_ip"]})}
+
+
+def _all_connected(states: dict) -> bool:
+    return bool(states) and all(s["state"] == "CONNECTED" for s in states.values())
+
+
+def _log(rt, c: P2sClient) -> Path:
+    return rt.node_dir(c.name) / ("openvpn.out" if c.protocol == "OpenVPN" else "charon.log")
+
+
+def _refusal(log: Path, offset: int, protocol: str) -> str | None:
+    """The first refusal the client logged since offset."""
+    try:
+        with log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+    except FileNotFoundError:
+        return None
+    return next((k for k in REFUSALS[protocol] if k in text), None)
+
+
+def _why(log: Path) -> str:
+    """The client daemon's last words about the gateway's answer (a refusal, or none)."""
+    keys = ("AUTHENTICATION_FAILED", "AUTH_FAILED", "TLS Error", "VERIFY", "retransmit", "giving up",
+            "failed", "error", "Connection refused")
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if any(k in ln for k in keys)]
+    except FileNotFoundError:
+        return f"{log} is missing"
+    return f"its log ({log}) says: {lines[-1][-300:]}" if lines else f"nothing telling in {log}"
+
+
+def disconnect(rt, plan: Plan, name: str) -> dict:
+    c = _client(plan, name)
+    if c.protocol == "OpenVPN":
+        closed = len(rt.stop_daemon(c.name, "openvpn", graceful=True))
+    else:
+        closed = sum(control.ike_terminate(rt, c.name, ident) for ident in c.identities)
+    return {"client": name, "protocol": c.protocol, "closed": closed}
+
+
+def gateway_sessions(rt, plan: Plan) -> list[dict]:
+    """Each serving P2S server with the clients connected to it, as the gateway sees them."""
+    out = []
+    for e in plan.p2s_ends:
+        sessions = (live.ikev2_server_clients if e.protocol == "IkeV2" else live.openvpn_server_clients)(rt, e.node)
+        out.append({"gateway": e.gateway, "instance": e.gateway_instance, "protocol": e.protocol,
+                    "pool": e.pool, "connections": len(sessions), "clients": sessions})
+    return out
+
+
+def status(rt, plan: Plan, pki_dir) -> dict:
+    certs = pki.load_index(pki_dir)
+    clients = []
+    for c in plan.clients:
+        states = client_state(rt, c)
+        connected = sum(s["state"] == "CONNECTED" for s in states.values())
+        clients.append({"client": c.name, "protocol": c.protocol, "gateway": c.gateway,
+                        "gateway_ip": c.gateway_ip, "identities": len(c.identities), "connected": connected,
+                        "state": _summary(states, connected),
+                        "virtual_ips": sorted({s["virtual_ip"] for s in states.values() if s["virtual_ip"]}),
+                        "certificates": {i: certs["certificates"].get(i, {}).get("thumbprint")
+                                         for i in c.identities[:5]},
+                        "pushed_routes": c.pushed})
+    return {"clients": clients, "gateways": gateway_sessions(rt, plan), "revoked": certs["revoked"]}
+
+
+def _summary(states: dict, connected: int) -> str:
+    if connected == len(states):
+        return "connected"
+    if connected:
+        return f"partly connected ({connected}/{len(states)})"
+    return next(iter(states.values()))["state"].lower()
+
+
+# ------------------------------------------------------------------ CLI entry points
+def run(lab: str | None, action: str, client: str | None = None) -> dict:
+    name = engine.resolve_name(lab)
+    state = engine.require_state(name)
+    rt, plan = engine.runtime_of(state), engine.plan_of(state)
+    try:
+        if action == "status":
+            return status(rt, plan, state.pki_dir)
+        if client is None:
+            raise LabError(f"p2s {action} needs a client name")
+        return connect(rt, plan, client) if action == "connect" else disconnect(rt, plan, client)
+    finally:
+        rt.close()
