@@ -31,10 +31,32 @@ def client_state(rt, c: P2sClient) -> dict:
     return {i: found.get(i, {"state": "DOWN", "virtual_ip": None}) for i in c.identities}
 
 
-# What a client's daemon logs when the gateway refuses it (a revoked or untrusted
-# certificate): charon gives up at once, openvpn would retry for ever.
-REFUSALS = {"IkeV2": ("received AUTHENTICATION_FAILED",),
-            "OpenVPN": ("TLS handshake failed", "AUTH_FAILED")}
+# How a refusal shows: charon logs the gateway's AUTHENTICATION_FAILED and gives up;
+# an OpenVPN client only sees its TLS session reset (and would retry for ever), while
+# the gateway's openvpn logs why, with the certificate's name.
+def _refusal_logs(rt, plan: Plan, c: P2sClient) -> list[Path]:
+    if c.protocol == "IkeV2":
+        return [_log(rt, c)]
+    return [rt.node_dir(e.node) / "openvpn.out" for e in plan.p2s_ends
+            if e.gateway == c.gateway and e.protocol == "OpenVPN"]
+
+
+def _refusal(logs: dict[Path, int], c: P2sClient) -> str | None:
+    """What the logs said since their offsets about refusing the client, or None."""
+    for log, offset in logs.items():
+        try:
+            with log.open("rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except FileNotFoundError:
+            continue
+        for line in text.splitlines():
+            if c.protocol == "IkeV2" and "received AUTHENTICATION_FAILED" in line:
+                return "AUTHENTICATION_FAILED"
+            if c.protocol == "OpenVPN" and "VERIFY ERROR: depth=0" in line and any(
+                    line.endswith(f"CN={i}") or f"CN={i}," in line for i in c.identities):
+                return line.split("error=", 1)[-1]
+    return None
 
 
 def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
@@ -42,8 +64,7 @@ def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
     the gateway refused it, and says which are not connected and why."""
     c = _client(plan, name)
     budget = budget or defaults()["waits"]["p2s_connect"]
-    log = _log(rt, c)
-    offset = log.stat().st_size if log.exists() else 0
+    logs = {p: p.stat().st_size if p.exists() else 0 for p in _refusal_logs(rt, plan, c)}
     start = time.monotonic()
     if c.protocol == "OpenVPN":
         if not rt.daemon_pids(c.name, "openvpn"):
@@ -53,7 +74,7 @@ def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
             control.initiate(rt, c.name, ident, timeout=-1, ike=ident)
 
     def look():
-        return client_state(rt, c), _refusal(log, offset, c.protocol)
+        return client_state(rt, c), _refusal(logs, c)
     try:
         states, refused = wait_until(look, lambda x: _all_connected(x[0]) or x[1],
                                      f"client {name} to connect", budget)
@@ -63,9 +84,10 @@ def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
     if refused or down or not states:
         if refused and c.protocol == "OpenVPN":
             rt.stop_daemon(c.name, "openvpn", graceful=True)     # it would retry for ever
-        what = f"refused by the gateway: {refused}" if refused else f"not connected after {budget} s"
-        raise LabError(f"client {name}: {len(down)} of {len(c.identities)} {what} "
-                       f"({', '.join(down[:5])}{' ...' if len(down) > 5 else ''}); {_why(log)}")
+        what = (f"refused by the gateway: {refused}" if refused
+                else f"not connected after {budget} s; {_why(_log(rt, c))}")
+        raise LabError(f"client {name}: {len(down)} of {len(c.identities)} "
+                       f"({', '.join(down[:5])}{' ...' if len(down) > 5 else ''}) {what}")
     return {"client": name, "protocol": c.protocol, "gateway": c.gateway, "connected": len(states),
             "seconds": round(time.monotonic() - start, 2),
             "virtual_ips": sorted({s["virtual_ip"] for s in states.values() if s["virtual_ip"]})}
@@ -77,17 +99,6 @@ def _all_connected(states: dict) -> bool:
 
 def _log(rt, c: P2sClient) -> Path:
     return rt.node_dir(c.name) / ("openvpn.out" if c.protocol == "OpenVPN" else "charon.log")
-
-
-def _refusal(log: Path, offset: int, protocol: str) -> str | None:
-    """The first refusal the client logged since offset."""
-    try:
-        with log.open("rb") as f:
-            f.seek(offset)
-            text = f.read().decode(errors="replace")
-    except FileNotFoundError:
-        return None
-    return next((k for k in REFUSALS[protocol] if k in text), None)
 
 
 def _why(log: Path) -> str:

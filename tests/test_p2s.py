@@ -1,0 +1,144 @@
+"""Point-to-site with real daemons [6]: strongSwan (IKEv2) and OpenVPN servers on the
+gateway, clients on the plab's internet, certificates from the plab's PKI."""
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from lab import live, p2s
+from lab.engine import load_state, plan_of, runtime_of
+from lab.errors import LabError
+from lab.pytest_plugin import leftovers
+from lab.state import lab_dir
+from test_integration import RUNTIMES, RunningLab, lab_name, up, vpnlab
+
+ROOT = Path(__file__).parent.parent
+P2S = ROOT / "topologies/point-to-site.yaml"
+CROWD = Path(__file__).parent / "topologies/p2s-crowd.yaml"
+# What Azure pushes to a non-Windows client of topologies/point-to-site.yaml [6 P2SRT]:
+# the VNet, the pool, the custom route, the BGP branch's prefix.
+PUSHED = {"10.70.0.0/16", "172.16.201.0/24", "10.99.0.0/16", "10.80.1.0/24"}
+VM, BRANCH_HOST = "10.70.1.4", "10.80.1.10"
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces"),
+]
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def plab(request):
+    name = lab_name("it-p2s", request.param)
+    up(P2S, name, request.param)
+    state = load_state(name)
+    yield RunningLab(runtime_of(state), plan_of(state), name, request.param)
+    res = vpnlab("down", "--name", name)
+    assert res.returncode == 0, res.stderr
+    assert leftovers(name) == {}
+
+
+def connect(plab, client) -> dict:
+    res = vpnlab("p2s", "connect", client, "--name", plab.name, "--json", timeout=120)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def share(plab, protocol) -> ipaddress.IPv4Network:
+    end = next(e for e in plab[1].p2s_ends if e.protocol == protocol)
+    return ipaddress.ip_network(end.pool[0])
+
+
+def test_each_protocol_gets_its_half_of_the_pool_and_reaches_the_vnet_and_the_branch(plab):
+    rt, _ = plab
+    assert share(plab, "IkeV2") == ipaddress.ip_network("172.16.201.0/25")
+    assert share(plab, "OpenVPN") == ipaddress.ip_network("172.16.201.128/25")
+    for client, protocol in (("alice", "IkeV2"), ("bob", "OpenVPN")):
+        result = connect(plab, client)
+        assert result["protocol"] == protocol and result["connected"] == 1
+        vip = ipaddress.ip_address(result["virtual_ips"][0])
+        assert vip in share(plab, protocol), f"{client}: {vip}"
+        for target in (VM, BRANCH_HOST):      # the branch: BGP advertises the pool to it
+            assert live.ping(rt, client, target, count=2), f"{client} -> {target}"
+    sessions = {s["protocol"]: s for s in p2s.gateway_sessions(rt, plab[1])}
+    assert [c["certificate"] for c in sessions["IkeV2"]["clients"]] == ["alice"]
+    assert [c["certificate"] for c in sessions["OpenVPN"]["clients"]] == ["bob"]
+
+
+def test_pushed_routes_are_azures(plab):
+    rt, plan = plab
+    connect(plab, "alice")
+    connect(plab, "bob")
+    ike = next(sa for _, sa in live.ike_sas_named(rt, "alice") if sa["state"] == b"ESTABLISHED")
+    child = next(iter(ike["child-sas"].values()))
+    assert {ts.decode() for ts in child["remote-ts"]} == PUSHED       # the gateway's selectors
+    table = rt.exec("alice", ["ip", "-j", "route", "show", "table", "220"]).stdout
+    assert {r["dst"] for r in json.loads(table)} == {p.replace("/32", "") for p in PUSHED}
+    routes = json.loads(rt.exec("bob", ["ip", "-j", "route", "show", "dev", "tun0"]).stdout)
+    pushed = {f"{r['dst']}" for r in routes if r.get("gateway")}
+    assert pushed == PUSHED, routes
+
+
+def test_revoked_and_untrusted_certificates_are_refused(plab):
+    rt, plan = plab
+    for client, why in (("mallory", "certificate was revoked"), ("eve", 'issuer is "CN=EveRoot"')):
+        res = vpnlab("p2s", "connect", client, "--name", plab.name, timeout=120)
+        assert res.returncode == 1 and "refused by the gateway" in res.stderr, res.stderr
+        server = next(e.node for e in plan.p2s_ends if e.protocol == "IkeV2")
+        assert why in (rt.node_dir(server) / "charon.log").read_text()
+    res = vpnlab("p2s", "connect", "carol", "--name", plab.name, timeout=120)
+    assert res.returncode == 1 and "refused by the gateway" in res.stderr, res.stderr
+    server = next(e.node for e in plan.p2s_ends if e.protocol == "OpenVPN")
+    assert "certificate revoked" in (rt.node_dir(server) / "openvpn.out").read_text()
+    assert not rt.daemon_pids("carol", "openvpn"), "a refused OpenVPN client stops retrying"
+    connected = {c["certificate"] for s in p2s.gateway_sessions(rt, plan) for c in s["clients"]}
+    assert not connected & {"mallory", "eve", "carol"}
+
+
+def test_disconnect_and_status(plab):
+    rt, plan = plab
+    connect(plab, "alice")
+    res = vpnlab("p2s", "disconnect", "alice", "--name", plab.name, "--json")
+    assert res.returncode == 0 and json.loads(res.stdout)["closed"] == 1, res.stderr
+    s = json.loads(vpnlab("p2s", "status", "--name", plab.name, "--json").stdout)
+    by_name = {c["client"]: c for c in s["clients"]}
+    assert by_name["alice"]["state"] == "down"
+    ikev2 = next(g for g in s["gateways"] if g["protocol"] == "IkeV2")
+    assert "alice" not in [c["certificate"] for c in ikev2["clients"]]
+    revoked = s["revoked"]["hub-gw"]
+    assert {r["certificate"] for r in revoked} == {"mallory", "carol"}
+    assert all(len(r["thumbprint"]) == 40 and r["enforced"] for r in revoked)
+    assert by_name["mallory"]["certificates"]["mallory"] in {r["thumbprint"] for r in revoked}
+    assert connect(plab, "alice")["connected"] == 1
+
+
+def test_private_keys_stay_private(plab):
+    folder = lab_dir(plab.name)
+    keys = list(folder.rglob("*.key"))
+    assert keys and all(stat.S_IMODE(k.stat().st_mode) == 0o600 for k in keys)
+    out = vpnlab("p2s", "status", "--name", plab.name).stdout + vpnlab("status", "--name", plab.name).stdout
+    logs = "".join(p.read_text(errors="replace") for p in folder.rglob("*.log")) + out
+    logs += "".join(p.read_text(errors="replace") for p in folder.rglob("*.out"))
+    assert "PRIVATE KEY" not in logs
+
+
+def test_more_clients_than_the_sku_allows_are_refused():
+    """VpnGw1 takes 250 IKEv2 and OpenVPN connections [2.1]: the 251st is ignored."""
+    name = "it-p2s-crowd"
+    up(CROWD, name)
+    try:
+        state = load_state(name)
+        rt, plan = runtime_of(state), plan_of(state)
+        with pytest.raises(LabError, match=r"1 of 251 \(crowd-251\) not connected"):
+            p2s.connect(rt, plan, "crowd", budget=15)
+        assert [s["connections"] for s in p2s.gateway_sessions(rt, plan)] == [250]
+        server = plan.p2s_ends[0].node
+        assert "hitting IKE_SA limit (250)" in (rt.node_dir(server) / "charon.log").read_text()
+        rt.close()
+    finally:
+        assert vpnlab("down", "--name", name).returncode == 0
+    assert leftovers(name) == {}
