@@ -35,7 +35,7 @@ from .state import lab_dir, load_state
 
 DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received signal 11|"
                            r"Backtrace for|assertion .* failed|core dumped|Traceback \(most recent", re.I)
-LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd", "agent"}
+LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd", "agent", "openvpn"}
 
 
 def pytest_addoption(parser):

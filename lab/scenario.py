@@ -143,8 +143,11 @@ class LabHandle:
                             f"traffic through a tunnel of {router}", budget, interval=0.1)
         return ranked[0][1]
 
-    def probe(self, a: str, b: str, **kw) -> Probe:
-        return Probe(self.rt, a, self.node(a).address, b, self.node(b).address, **kw).start()
+    def probe(self, a: str, b: str, a_addr: str | None = None, b_addr: str | None = None, **kw) -> Probe:
+        """Probe flows between two nodes, from their own addresses unless given (a
+        point-to-site client sends from its virtual IP)."""
+        return Probe(self.rt, a, a_addr or self.node(a).address, b, b_addr or self.node(b).address,
+                     **kw).start()
 
     def close(self):
         self.rt.close()

@@ -384,8 +384,10 @@ class NetnsRuntime:
             survivors = procs.end(pids, self.state.name, grace=0.5)
         if survivors:
             raise RuntimeFailure(f"{node}: {daemon} {survivors} survived SIGKILL")
-        stale = {"charon": ("run/charon.vici", "run/charon.pid"),
-                 "openvpn": ("openvpn.mgmt",)}.get(daemon, (f"{daemon}.vty", f"{daemon}.pid"))
+        # zebra's zserv socket too: a stale one lets wait_zebra pass before the new zebra
+        # listens, and staticd and bgpd that find no zebra retry only 10 s later
+        stale = {"charon": ("run/charon.vici", "run/charon.pid"), "openvpn": ("openvpn.mgmt",),
+                 "zebra": ("zebra.vty", "zebra.pid", "zserv.api")}.get(daemon, (f"{daemon}.vty", f"{daemon}.pid"))
         for name in stale:     # a killed daemon leaves them; charon refuses to start
             with contextlib.suppress(FileNotFoundError):
                 (self.node_dir(node) / name).unlink()
