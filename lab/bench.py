@@ -17,7 +17,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import engine
+from . import bench_p2s, engine
+from .peak_memory import PeakMemory, rss_mb
 from .runtime import procs
 
 def generated_topology(sites: int) -> dict:
@@ -40,31 +41,6 @@ def generated_topology(sites: int) -> dict:
     }
 
 
-def _rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
-
-class PeakMemory(threading.Thread):
-    """Samples the summed RSS of the lab's tagged processes until stopped."""
-
-    def __init__(self, lab: str):
-        super().__init__(daemon=True)
-        self.lab, self.peak, self.stop = lab, 0.0, threading.Event()
-
-    def run(self):
-        while not self.stop.is_set():
-            self.peak = max(self.peak, _rss_mb(procs.tagged(self.lab)))
-            self.stop.wait(0.5)
-
-
 def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
     name = f"bench-{label}-{runtime}"
     engine.down(name)
@@ -75,7 +51,7 @@ def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
     try:
         result = engine.up(path, name=name, timers="fast", runtime=runtime)
         seconds = time.monotonic() - start
-        sampler.peak = max(sampler.peak, _rss_mb(procs.tagged(name)))
+        sampler.peak = max(sampler.peak, rss_mb(procs.tagged(name)))
         row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
                    processes=len(procs.tagged(name)), converged_seconds=round(seconds, 2))
     except engine.LabError as err:
@@ -100,13 +76,15 @@ def main(argv=None) -> int:
     ap.add_argument("--sites", default="1,10,30")
     ap.add_argument("--runtimes", default="netns,docker",
                     help="runtimes to measure; one that cannot run here is skipped, with the reason")
+    ap.add_argument("--p2s-skus", default="VpnGw1",
+                    help="point-to-site: connect each SKU's number of IKEv2 clients ('' to skip)")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
     console = Console(width=130)
-    rows = []
+    rows, p2s_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         cases = [("default", engine.default_topology(), 2)]
-        for n in (int(x) for x in args.sites.split(",")):
+        for n in (int(x) for x in args.sites.split(",") if x):
             path = Path(tmp) / f"sites-{n}.yaml"
             path.write_text(yaml.safe_dump(generated_topology(n)))
             cases.append((f"sites-{n}", path, n))
@@ -118,6 +96,9 @@ def main(argv=None) -> int:
             for label, path, sites in cases:
                 console.print(f"[dim]measuring {label} on {runtime}...[/]")
                 rows.append(measure(label, path, sites, runtime))
+            for sku in filter(None, args.p2s_skus.split(",")):
+                console.print(f"[dim]measuring point-to-site on {sku} on {runtime}...[/]")
+                p2s_rows.append(bench_p2s.measure(sku, runtime, Path(tmp)))
     console.print(f"machine: {machine()}")
     table = Table("runtime", "topology", "sites", "tunnels", "nodes", "processes", "converged (s)",
                   "peak RSS (MB)", "s / tunnel", title="vpnlab up -> converged, fast timers")
@@ -131,11 +112,25 @@ def main(argv=None) -> int:
                       str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
                       f"{r['converged_seconds'] / r['tunnels']:.2f}")
     console.print(table)
+    if p2s_rows:
+        console.print(_p2s_table(p2s_rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "results": rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows}, indent=2))
     console.print(f"wrote {out}")
-    return 1 if any("error" in r for r in rows) else 0
+    return 1 if any("error" in r for r in rows + p2s_rows) else 0
+
+
+def _p2s_table(rows: list[dict]) -> Table:
+    table = Table("runtime", "SKU", "clients", "connected", "up (s)", "connect all (s)", "gateway charon (MB)",
+                  "crowd charon (MB)", "peak RSS (MB)",
+                  title="point-to-site: the SKU's IKEv2 clients (one crowd namespace, one charon)")
+    for r in rows:
+        table.add_row(r["runtime"], r["sku"], str(r["clients"]), str(r.get("connected", "-")),
+                      str(r.get("up_seconds", "-")), str(r.get("connect_seconds", "-")),
+                      str(r.get("gateway_charon_rss_mb", "-")), str(r.get("crowd_charon_rss_mb", "-")),
+                      f"{r['peak_rss_mb']:.0f}")
+    return table
 
 
 if __name__ == "__main__":
