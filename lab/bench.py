@@ -9,7 +9,6 @@ import json
 import os
 import platform
 import tempfile
-import threading
 import time
 from pathlib import Path
 

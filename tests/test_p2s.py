@@ -6,6 +6,8 @@ import ipaddress
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,8 @@ from lab.engine import load_state, plan_of, runtime_of
 from lab.errors import LabError
 from lab.pytest_plugin import leftovers
 from lab.state import lab_dir
-from test_integration import RUNTIMES, RunningLab, lab_name, up, vpnlab
+from lab.waits import wait_until
+from test_integration import RUNTIMES, RunningLab, lab_name, readme_block, up, vpnlab
 
 ROOT = Path(__file__).parent.parent
 P2S = ROOT / "topologies/point-to-site.yaml"
@@ -141,4 +144,38 @@ def test_more_clients_than_the_sku_allows_are_refused():
         rt.close()
     finally:
         assert vpnlab("down", "--name", name).returncode == 0
+    assert leftovers(name) == {}
+
+
+def test_point_to_site_as_the_readme_says():
+    """The README's point-to-site walkthrough, line by line as it stands (the lab's name
+    is the test's own): both clients connect and reach the VM and the branch, mallory is
+    refused, status shows the sessions, maintenance drops and reconnects them."""
+    name = "it-p2s-readme"
+    block = (readme_block("point-to-site").replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
+             .replace("--name p2s", f"--name {name}"))
+    lines = [ln.split("  #")[0].strip() for ln in block.strip().splitlines()]
+    vpnlab("down", "--name", name)
+    run = lambda line: subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    try:
+        outputs = []
+        for line in lines[:-1]:
+            res = run(line)
+            refused = "mallory" in line
+            assert res.returncode == (1 if refused else 0), line + "\n" + res.stdout[-2000:] + res.stderr[-2000:]
+            outputs.append(res.stdout + res.stderr)
+        text = "\n".join(outputs)
+        assert text.count("3 received") == 2 and "refused by the gateway" in text
+        assert "instance 1 is active now" in text
+        state = load_state(name)
+        plan = plan_of(state)
+        rt = runtime_of(state)
+        try:    # bob reconnects to IN_1 by itself; alice was disconnected last
+            wait_until(lambda: {c["certificate"]: s["instance"] for s in p2s.gateway_sessions(rt, plan)
+                                for c in s["clients"]}, lambda got: got == {"bob": "hub-gw-in1"},
+                       "bob alone, on IN_1", 30)
+        finally:
+            rt.close()
+    finally:
+        run(lines[-1])
     assert leftovers(name) == {}

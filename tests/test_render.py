@@ -5,6 +5,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lab.plan import build, gateway_subnet_ips, never_advertised
 from lab.render import render
@@ -161,3 +162,23 @@ def test_32_bit_asns(tmp_path):
     assert "router bgp 4200000001" in files["hub-gw-in0"]["frr.conf"]
     assert "neighbor 10.60.255.254 remote-as 4200000030" in files["hub-gw-in0"]["frr.conf"]
     assert "neighbor 10.50.255.30 remote-as 4200000001" in files["branch"]["frr.conf"]
+
+
+def test_point_to_site_servers_and_the_third_public_ip_on_active_active(tmp_path):
+    """Active-active P2S: a third public IP [5 PIP3], held by instance 0 (the lab's
+    choice), where IKE and TCP 443 to it go to the P2S servers; IKE from the S2S
+    device's address still goes to its tunnel end (the rule before the catch-all)."""
+    design = yaml.safe_load((ROOT / "topologies/active-active-bgp.yaml").read_text())
+    design["virtual_network_gateways"]["hub-gw"]["vpn_client_configuration"] = {
+        "address_pool": ["172.16.201.0/24"], "root_certificates": [{"name": "Root"}]}
+    path = tmp_path / "aa-p2s.yaml"
+    path.write_text(yaml.safe_dump(design))
+    plan = build(load(path), "azure")
+    assert [(e.gateway_instance, e.protocol) for e in plan.p2s_ends] == [("hub-gw-in0", "IkeV2"),
+                                                                        ("hub-gw-in0", "OpenVPN")]
+    assert "203.0.113.100/24" in plan.nodes["hub-gw-in0"].iface("pub").addresses
+    assert "203.0.113.100/24" not in plan.nodes["hub-gw-in1"].iface("pub").addresses
+    nft = render(plan, NODES_DIR)["hub-gw-in0"]["nftables.conf"]
+    s2s = nft.index("ip saddr 198.51.100.10 udp dport { 500, 4500 }")
+    assert s2s < nft.index("ip daddr 203.0.113.100 udp dport { 500, 4500 }") < nft.index(
+        "ip daddr 203.0.113.100 tcp dport { 443 }")
