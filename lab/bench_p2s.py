@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from . import engine, p2s
+from . import engine, live, p2s
 from .defaults import defaults
 from .peak_memory import PeakMemory, rss_mb
 from .runtime import procs
@@ -56,7 +56,7 @@ def measure(sku: str, runtime: str, folder: Path) -> dict:
             except engine.LabError as err:
                 row["error"] = str(err)[:300]
             row["connect_seconds"] = round(time.monotonic() - start, 2)
-            row["connected"] = sum(s["connections"] for s in p2s.gateway_sessions(rt, plan))
+            row["connected"] = sum(s["connections"] for s in live.p2s_sessions(rt, plan))
             server = plan.p2s_ends[0].node
             row["gateway_charon_rss_mb"] = round(rss_mb(rt.daemon_pids(server, "charon")), 1)
             row["crowd_charon_rss_mb"] = round(rss_mb(rt.daemon_pids("crowd", "charon")), 1)

@@ -279,6 +279,8 @@ def status(name: str, rt: NetnsRuntime | None = None, plan: Plan | None = None) 
             "gateways": gateway_instances(plan),
             "tunnels": live.tunnels(rt, plan),
             "bgp": live.bgp(rt, plan),
+            "point_to_site": [{k: s[k] for k in ("gateway", "instance", "protocol", "pool", "connections")}
+                              for s in live.p2s_sessions(rt, plan)],
             "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
                        for f in state.faults],
             "own_devices": [{"site": site, "public_ip": ip,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import vici
@@ -200,10 +201,15 @@ def openvpn_server_clients(rt, node: str) -> list[dict]:
     except OSError:
         return []
     out = []
+    now = time.time()
     for line in lines:
+        # CLIENT_LIST, name, real address, virtual address, virtual IPv6, bytes received,
+        # bytes sent, connected since, connected since (time_t), ...
         f = line.split("\t")
-        if f[0] == "CLIENT_LIST" and len(f) > 3:
-            out.append({"certificate": f[1], "address": f[2].rsplit(":", 1)[0], "virtual_ip": f[3]})
+        if f[0] == "CLIENT_LIST" and len(f) > 8:
+            age = max(1.0, now - int(f[8]))
+            out.append({"certificate": f[1], "address": f[2].rsplit(":", 1)[0], "virtual_ip": f[3],
+                        "bandwidth": round((int(f[5]) + int(f[6])) / age, 1)})
     return out
 
 
@@ -225,8 +231,27 @@ def ikev2_server_clients(rt, node: str) -> list[dict]:
     except OSError:
         return []
     return [{"certificate": _cn(ike.get("remote-id", b"").decode()), "address": ike.get("remote-host", b"").decode(),
-             "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", []))}
+             "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", [])),
+             "bandwidth": round(sum(_child_bandwidth(c) for c in ike.get("child-sas", {}).values()), 1)}
             for ike in sas if ike["state"] == b"ESTABLISHED"]
+
+
+def _child_bandwidth(child: dict) -> float:
+    """Bytes/s both ways since the CHILD SA was installed (0 unless installed)."""
+    if child["state"] != b"INSTALLED":
+        return 0.0
+    age = max(1, int(child.get("install-time", 1)))
+    return (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
+
+
+def p2s_sessions(rt, plan: Plan) -> list[dict]:
+    """Each serving P2S server with the clients connected to it, as the gateway sees them."""
+    out = []
+    for e in plan.p2s_ends:
+        sessions = (ikev2_server_clients if e.protocol == "IkeV2" else openvpn_server_clients)(rt, e.node)
+        out.append({"gateway": e.gateway, "instance": e.gateway_instance, "protocol": e.protocol,
+                    "pool": e.pool, "connections": len(sessions), "clients": sessions})
+    return out
 
 
 def ikev2_client_sas(rt, node: str) -> dict[str, dict]:

@@ -60,7 +60,20 @@ def metrics(rt, plan: Plan) -> list[dict]:
         add("BgpPeerStatus", int(p.get("state") == "Established"), "Count", **dims)
         add("BgpRoutesLearned", p.get("pfxRcd", 0), "Count", **dims)
         add("BgpRoutesAdvertised", p.get("pfxSnt", 0), "Count", **dims)
+    _p2s(rt, plan, add)
     return rows
+
+
+def _p2s(rt, plan: Plan, add):
+    """P2SConnectionCount per Protocol and Instance, P2SBandwidth per Instance (bytes/s
+    since each session began), on gateways with point-to-site."""
+    bandwidth: dict[str, float] = {}
+    for s in live.p2s_sessions(rt, plan):
+        add("P2SConnectionCount", s["connections"], "Count", Protocol=s["protocol"],
+            Instance=instance_name(s["instance"]))
+        bandwidth[s["instance"]] = bandwidth.get(s["instance"], 0) + sum(c["bandwidth"] for c in s["clients"])
+    for node, value in sorted(bandwidth.items()):
+        add("P2SBandwidth", round(value, 1), "BytesPerSecond", Instance=instance_name(node))
 
 
 def _peers(rt, node: str) -> dict:

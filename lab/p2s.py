@@ -121,16 +121,6 @@ def disconnect(rt, plan: Plan, name: str) -> dict:
     return {"client": name, "protocol": c.protocol, "closed": closed}
 
 
-def gateway_sessions(rt, plan: Plan) -> list[dict]:
-    """Each serving P2S server with the clients connected to it, as the gateway sees them."""
-    out = []
-    for e in plan.p2s_ends:
-        sessions = (live.ikev2_server_clients if e.protocol == "IkeV2" else live.openvpn_server_clients)(rt, e.node)
-        out.append({"gateway": e.gateway, "instance": e.gateway_instance, "protocol": e.protocol,
-                    "pool": e.pool, "connections": len(sessions), "clients": sessions})
-    return out
-
-
 def status(rt, plan: Plan, pki_dir) -> dict:
     certs = pki.load_index(pki_dir)
     clients = []
@@ -144,7 +134,7 @@ def status(rt, plan: Plan, pki_dir) -> dict:
                         "certificates": {i: certs["certificates"].get(i, {}).get("thumbprint")
                                          for i in c.identities[:5]},
                         "pushed_routes": c.pushed})
-    return {"clients": clients, "gateways": gateway_sessions(rt, plan), "revoked": certs["revoked"]}
+    return {"clients": clients, "gateways": live.p2s_sessions(rt, plan), "revoked": certs["revoked"]}
 
 
 def _summary(states: dict, connected: int) -> str:

@@ -3,7 +3,7 @@ and the clients reconnect, to the same public IP, now served by the other instan
 The probe runs between a client's virtual IP and a VNet VM and measures the outage."""
 import pytest
 
-from lab import p2s
+from lab import live, p2s
 from lab.defaults import defaults
 from lab.probe import worst
 
@@ -21,7 +21,7 @@ def _serving(lab) -> str:
 
 def _sessions(lab) -> dict:
     """client certificate -> the instance whose P2S server holds its session."""
-    return {c["certificate"]: s["instance"] for s in p2s.gateway_sessions(lab.rt, lab.plan) for c in s["clients"]}
+    return {c["certificate"]: s["instance"] for s in live.p2s_sessions(lab.rt, lab.plan) for c in s["clients"]}
 
 
 @pytest.mark.parametrize("client,unplanned", [("alice", False), ("bob", False), ("alice", True)],

@@ -67,7 +67,7 @@ def test_each_protocol_gets_its_half_of_the_pool_and_reaches_the_vnet_and_the_br
         assert vip in share(plab, protocol), f"{client}: {vip}"
         for target in (VM, BRANCH_HOST):      # the branch: BGP advertises the pool to it
             assert live.ping(rt, client, target, count=2), f"{client} -> {target}"
-    sessions = {s["protocol"]: s for s in p2s.gateway_sessions(rt, plab[1])}
+    sessions = {s["protocol"]: s for s in live.p2s_sessions(rt, plab[1])}
     assert [c["certificate"] for c in sessions["IkeV2"]["clients"]] == ["alice"]
     assert [c["certificate"] for c in sessions["OpenVPN"]["clients"]] == ["bob"]
 
@@ -98,7 +98,7 @@ def test_revoked_and_untrusted_certificates_are_refused(plab):
     server = next(e.node for e in plan.p2s_ends if e.protocol == "OpenVPN")
     assert "certificate revoked" in (rt.node_dir(server) / "openvpn.out").read_text()
     assert not rt.daemon_pids("carol", "openvpn"), "a refused OpenVPN client stops retrying"
-    connected = {c["certificate"] for s in p2s.gateway_sessions(rt, plan) for c in s["clients"]}
+    connected = {c["certificate"] for s in live.p2s_sessions(rt, plan) for c in s["clients"]}
     assert not connected & {"mallory", "eve", "carol"}
 
 
@@ -138,7 +138,7 @@ def test_more_clients_than_the_sku_allows_are_refused():
         rt, plan = runtime_of(state), plan_of(state)
         with pytest.raises(LabError, match=r"1 of 251 \(crowd-251\) not connected"):
             p2s.connect(rt, plan, "crowd", budget=15)
-        assert [s["connections"] for s in p2s.gateway_sessions(rt, plan)] == [250]
+        assert [s["connections"] for s in live.p2s_sessions(rt, plan)] == [250]
         server = plan.p2s_ends[0].node
         assert "hitting IKE_SA limit (250)" in (rt.node_dir(server) / "charon.log").read_text()
         rt.close()
@@ -171,7 +171,7 @@ def test_point_to_site_as_the_readme_says():
         plan = plan_of(state)
         rt = runtime_of(state)
         try:    # bob reconnects to IN_1 by itself; alice was disconnected last
-            wait_until(lambda: {c["certificate"]: s["instance"] for s in p2s.gateway_sessions(rt, plan)
+            wait_until(lambda: {c["certificate"]: s["instance"] for s in live.p2s_sessions(rt, plan)
                                 for c in s["clients"]}, lambda got: got == {"bob": "hub-gw-in1"},
                        "bob alone, on IN_1", 30)
         finally:
@@ -179,3 +179,23 @@ def test_point_to_site_as_the_readme_says():
     finally:
         run(lines[-1])
     assert leftovers(name) == {}
+
+
+def test_p2s_metrics_and_status(plab):
+    """Azure Monitor's P2SConnectionCount (per Protocol and Instance) and P2SBandwidth
+    (per Instance) [7.4]; status lists the P2S servers with their connection counts."""
+    rt, plan = plab
+    connect(plab, "alice")
+    connect(plab, "bob")
+    assert live.ping(rt, "bob", VM, count=3)
+    res = vpnlab("metrics", "--name", plab.name, "--json")
+    assert res.returncode == 0, res.stderr
+    rows = json.loads(res.stdout)
+    count = {(r["dimensions"]["Protocol"], r["dimensions"]["Instance"]): r["value"]
+             for r in rows if r["name"] == "P2SConnectionCount"}
+    assert count == {("IkeV2", "GatewayTenantWorker_IN_0"): 1, ("OpenVPN", "GatewayTenantWorker_IN_0"): 1}
+    bandwidth = [r for r in rows if r["name"] == "P2SBandwidth"]
+    assert [r["dimensions"] for r in bandwidth] == [{"Instance": "GatewayTenantWorker_IN_0"}]
+    assert bandwidth[0]["value"] > 0
+    servers = json.loads(vpnlab("status", "--name", plab.name, "--json").stdout)["point_to_site"]
+    assert {(s["protocol"], s["connections"]) for s in servers} == {("IkeV2", 1), ("OpenVPN", 1)}
