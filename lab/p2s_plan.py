@@ -24,14 +24,15 @@ def gateway_fqdn(gw_name: str) -> str:
     return f"azuregateway-{gw_name}.vpnlab.test"
 
 
-def pushed_routes(t, gw_name: str) -> list[str]:
-    """What Azure pushes to a (non-Windows) client [6 P2SRT]: the VNet's address space,
-    the pool, custom routes, and the prefixes of the gateway's connections (site
-    address spaces, the prefixes BGP learns from the lab's devices, peer VNets)."""
+def pushed_routes(t, gw_name: str, os: str = "Linux") -> list[str]:
+    """The routes a client gets [6 P2SRT]: the VNet's address space, the pool and custom
+    routes; a non-Windows client (and any OpenVPN client) also the prefixes of the
+    gateway's connections (site address spaces, the prefixes BGP learns from the lab's
+    devices, peer VNets)."""
     gw = t.virtual_network_gateways[gw_name]
     cfg = gw.vpn_client_configuration
     out = [*t.virtual_networks[gw.virtual_network].address_space, *cfg.address_pool, *cfg.custom_routes]
-    for _, c in sorted(t.connections.items()):
+    for _, c in sorted(t.connections.items()) if os != "Windows" else ():
         if c.virtual_network_gateway != gw_name:
             continue
         if c.type == "Vnet2Vnet":
@@ -139,8 +140,11 @@ def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:
     node.routes.append(Route("0.0.0.0/0", via=inet))
     fqdn = gateway_fqdn(c.virtual_network_gateway)
     server_ca = f"ca-{SERVER_ROOT}.pem"
+    # the gateway offers every route; Windows' IKEv2 client asks only for the VNet's
+    pushed = pushed_routes(b.t, c.virtual_network_gateway, c.os if c.protocol == "IkeV2" else "Linux")
     if c.protocol == "IkeV2":
         node.charon = dict(p2s=True, side="client", connection=name, version=2, local_addr=str(public_ip),
+                           remote_ts=pushed if c.os == "Windows" else ["0.0.0.0/0"],
                            remote_addr=gw_ip, remote_id=fqdn, identities=identities,
                            policy=dict(ike=p2s["client_ike_proposals"], esp=p2s["client_esp_proposals"]),
                            dpd_timeout=_dpd(b.timers))
@@ -151,8 +155,7 @@ def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:
                             server_name=fqdn, **p2s["openvpn_client"][b.profile])
         node.pki = [("ca.pem", server_ca), ("client.key", f"client-{name}.key"),
                     ("client.pem", f"cert-{identities[0]}.pem")]
-    return P2sClient(name, c.virtual_network_gateway, c.protocol, identities, gw_ip,
-                     pushed_routes(b.t, c.virtual_network_gateway))
+    return P2sClient(name, c.virtual_network_gateway, c.protocol, identities, gw_ip, pushed)
 
 
 def _dpd(timers: dict) -> int:

@@ -161,6 +161,9 @@ class Client(Model):
     issued_by: Optional[Name] = None      # a root certificate; default: the gateway's first.
     #                                       Another name: a CA the gateway does not trust
     count: int = Field(default=1, ge=1, le=10000)
+    # Windows' IKEv2 client takes only the VNet's routes (and the pool, custom routes),
+    # not the sites' [6 P2SRT]
+    os: Literal["Linux", "Windows"] = "Linux"
 
     def identities(self, name: str) -> list[str]:
         """The client certificates' names (their subject CN)."""
@@ -398,8 +401,11 @@ def _site_errors(t: Topology):
 
 
 def _name_errors(t: Topology):
-    """Names become node names: VMs and hosts must not collide with each other or sites."""
-    owners: dict[str, tuple] = {}
+    """Names become node names: VMs, hosts, sites and clients must not collide with each
+    other or with the nodes the lab adds (the internet, VNet routers, gateway instances)."""
+    owners: dict[str, tuple] = {"internet": ("the lab's internet",)}
+    owners |= {f"{v}-sdn": (f"virtual network {v}'s router",) for v in t.virtual_networks}
+    owners |= {f"{g}-in{k}": (f"gateway {g}'s instance {k}",) for g in t.virtual_network_gateways for k in (0, 1)}
     for vnet_name, vnet in t.virtual_networks.items():
         for sub_name in vnet.subnets:
             for i, vm in enumerate(t.subnet_vms(vnet_name, sub_name)):

@@ -70,6 +70,9 @@ def test_each_protocol_gets_its_half_of_the_pool_and_reaches_the_vnet_and_the_br
     sessions = {s["protocol"]: s for s in live.p2s_sessions(rt, plab[1])}
     assert [c["certificate"] for c in sessions["IkeV2"]["clients"]] == ["alice"]
     assert [c["certificate"] for c in sessions["OpenVPN"]["clients"]] == ["bob"]
+    # client to client through the gateway, across protocols (FAQ 2026: yes [6])
+    bob_vip = sessions["OpenVPN"]["clients"][0]["virtual_ip"]
+    assert live.ping(rt, "alice", bob_vip, count=2), f"alice -> bob {bob_vip}"
 
 
 def test_pushed_routes_are_azures(plab):
@@ -84,6 +87,18 @@ def test_pushed_routes_are_azures(plab):
     routes = json.loads(rt.exec("bob", ["ip", "-j", "route", "show", "dev", "tun0"]).stdout)
     pushed = {f"{r['dst']}" for r in routes if r.get("gateway")}
     assert pushed == PUSHED, routes
+
+
+def test_a_windows_ikev2_client_gets_the_vnets_routes_only(plab):
+    """Windows' IKEv2 client takes the VNet's routes, not the branch's [6 P2SRT]: it
+    reaches the VM, not the branch."""
+    rt, _ = plab
+    connect(plab, "dave")
+    table = json.loads(rt.exec("dave", ["ip", "-j", "route", "show", "table", "220"]).stdout)
+    assert {r["dst"] for r in table} == {"10.70.0.0/16", "172.16.201.0/24", "10.99.0.0/16"}
+    assert live.ping(rt, "dave", VM, count=2)
+    assert not live.ping(rt, "dave", BRANCH_HOST, count=1, timeout=1)
+    assert vpnlab("p2s", "disconnect", "dave", "--name", plab.name).returncode == 0
 
 
 def test_revoked_and_untrusted_certificates_are_refused(plab):
