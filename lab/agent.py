@@ -40,6 +40,8 @@ class Agent:
         threads += [threading.Thread(target=self.on_demand, args=(t,), daemon=True)
                     for t in self.plan.tunnels if t.policy_based]
         threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
+        if self.plan.p2s_ends:
+            threads.append(threading.Thread(target=self.p2s_users, daemon=True))
         for th in threads:
             th.start()
         self.stop.wait()
@@ -215,6 +217,22 @@ class Agent:
                 if established.get((s.node, s.peer), False) != up:
                     established[(s.node, s.peer)] = up
                     self.log.bgp(s, self.plan, up)
+
+    def p2s_users(self):
+        """P2SDiagnosticLog: a user's session begins or ends on a P2S server, as the
+        servers' APIs list them (VICI SAs, openvpn's status) every POLL seconds."""
+        known: dict[tuple, dict] = {}
+        while not self.stop.wait(POLL):
+            now = {}
+            for server in live.p2s_sessions(self.rt, self.plan):
+                for c in server["clients"]:
+                    now[(server["instance"], server["protocol"], c["certificate"], c["address"])] = \
+                        {"gateway": server["gateway"], **c}
+            for key in now.keys() - known.keys():
+                self.log.p2s(*key, now[key], connected=True)
+            for key in known.keys() - now.keys():
+                self.log.p2s(*key, known[key], connected=False)
+            known = now
 
     def enforce_limit(self, s):
         """FRR checks maximum-prefix when an UPDATE arrives, against a count it adjusts

@@ -387,7 +387,8 @@ def parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("events", help="the gateway's diagnostic log, in Azure's shapes")
     ev.add_argument("--name")
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("--category", choices=["TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog"])
+    ev.add_argument("--category", choices=["TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog",
+                                           "P2SDiagnosticLog"])
     ev.add_argument("--last", type=int, default=50, help="rows shown in the table (default 50)")
     ev.set_defaults(func=cmd_events)
     rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")

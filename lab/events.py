@@ -1,11 +1,13 @@
 """The emulated gateway's diagnostic log, in the shapes of Azure's resource logs [7.5]:
 TunnelDiagnosticLog (TunnelConnected / TunnelDisconnected, instance_s =
-GatewayTenantWorker_IN_k), RouteDiagnosticLog (BgpConnectedEvent / BgpDisconnectedEvent)
-and IKEDiagnosticLog (IKE lines tagged [SEND] / [RECEIVED] / [LOCAL]).
+GatewayTenantWorker_IN_k), RouteDiagnosticLog (BgpConnectedEvent / BgpDisconnectedEvent),
+IKEDiagnosticLog (IKE lines tagged [SEND] / [RECEIVED] / [LOCAL]) and P2SDiagnosticLog
+(P2SLogEvent: a point-to-site user connected or disconnected).
 
 Written by the agent as JSON lines, read by `vpnlab events`. Column names follow Azure's
 AzureDiagnostics table where the reference names them (OperationName, instance_s,
-remoteIP_s, Message); the others (peerAddress_s, connectionName_s) are the lab's choice.
+remoteIP_s, Message); the others (peerAddress_s, connectionName_s, protocol_s,
+userName_s) are the lab's choice.
 """
 from __future__ import annotations
 
@@ -98,6 +100,16 @@ class Writer:
                     "Resource": session.node.rsplit("-in", 1)[0].upper(),
                     "instance_s": instance_name(session.node), "peerAddress_s": session.peer,
                     "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
+
+
+    def p2s(self, instance: str, protocol: str, user: str, address: str, session: dict, connected: bool):
+        """P2SLogEvent: a point-to-site user connected or disconnected."""
+        what = f"connected from {address} with virtual IP {session['virtual_ip']}" if connected \
+            else f"disconnected ({address}, virtual IP {session['virtual_ip']})"
+        self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
+                    "Resource": session["gateway"].upper(), "instance_s": instance_name(instance),
+                    "protocol_s": protocol, "userName_s": user, "remoteIP_s": address,
+                    "Message": f"{protocol} user CN={user} {what}"})
 
 
 def read(lab_dir: Path, category: str | None = None) -> list[dict]:

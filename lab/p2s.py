@@ -69,9 +69,10 @@ def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
     if c.protocol == "OpenVPN":
         if not rt.daemon_pids(c.name, "openvpn"):
             rt.start_openvpn([c.name], defaults()["waits"]["daemon_start"])
-    else:
-        for ident in c.identities:
-            control.initiate(rt, c.name, ident, timeout=-1, ike=ident)
+    else:      # identities already connected are left as they are
+        for ident, s in client_state(rt, c).items():
+            if s["state"] != "CONNECTED":
+                control.initiate(rt, c.name, ident, timeout=-1, ike=ident)
 
     def look():
         return client_state(rt, c), _refusal(logs, c)

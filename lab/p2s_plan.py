@@ -89,8 +89,7 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
             for p in used:
                 inst.frr.static.append((str(p), ifname))
                 inst.frr.networks.append(str(p))
-            ul = end.charon.pop("local_addr")
-            end.charon = None
+            ul, end.charon = end.charon["local_addr"], None     # the server's config follows
             inst.nft["dnat"].append(dict(peer=None, daddr=address if gw.active_active else None,
                                          to=ul, refuse_peer_init=False,
                                          proto="udp" if ikev2 else "tcp",

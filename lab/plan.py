@@ -99,7 +99,7 @@ class Node:
     standby: bool = False            # an active-standby gateway's idle instance (and its
                                      # tunnel ends): links down, no daemons
     shaping_mbps: int | None = None  # egress cap on pub and gws: the SKU's rated throughput
-    openvpn: dict | None = None      # context for openvpn-*.conf.j2 (point-to-site)
+    openvpn: dict | None = None      # context for openvpn.conf.j2 (point-to-site)
     pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
                                                                 # lab.pki file) to install
 

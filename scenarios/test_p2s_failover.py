@@ -5,6 +5,8 @@ import pytest
 
 from lab import live, p2s
 from lab.defaults import defaults
+from lab.events import read as read_events
+from lab.metrics import instance_name
 from lab.probe import worst
 
 LAB_TOPOLOGY = "../topologies/point-to-site.yaml"
@@ -54,4 +56,10 @@ def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, un
     assert outage <= bound, result["directions"]
     state = p2s.client_state(lab.rt, next(c for c in lab.plan.clients if c.name == client))
     assert state[client]["state"] == "CONNECTED" and state[client]["virtual_ip"] == vip
+    # the gateway's P2SDiagnosticLog: the user left the old instance, joined the new one
+    lab.eventually(lambda: [[e["instance_s"], "disconnected" in e["Message"]]
+                            for e in read_events(lab.state.dir, "P2SDiagnosticLog")
+                            if e["userName_s"] == client][-2:],
+                   [[instance_name(before), True], [instance_name(after), False]], "traffic_recovered",
+                   f"P2SLogEvents of {client}: disconnected on {before}, connected on {after}")
     p2s.disconnect(lab.rt, lab.plan, client)
