@@ -12,6 +12,7 @@ One process per lab (`python -m lab.agent LAB`), started by `up`, tagged, ended 
 """
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -42,6 +43,8 @@ class Agent:
         threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
         if self.plan.p2s_ends:
             threads.append(threading.Thread(target=self.p2s_users, daemon=True))
+        threads += [threading.Thread(target=self.ikev2_refusals, args=(e,), daemon=True)
+                    for e in self.plan.p2s_ends if e.protocol == "IkeV2"]
         for th in threads:
             th.start()
         self.stop.wait()
@@ -220,8 +223,10 @@ class Agent:
 
     def p2s_users(self):
         """P2SDiagnosticLog: a user's session begins or ends on a P2S server, as the
-        servers' APIs list them (VICI SAs, openvpn's status) every POLL seconds."""
+        servers' APIs list them (VICI SAs, openvpn's status) every POLL seconds; an
+        OpenVPN server refused a certificate (its log history, on the same API)."""
         known: dict[tuple, dict] = {}
+        since = int(time.time())
         while not self.stop.wait(POLL):
             now = {}
             for server in live.p2s_sessions(self.rt, self.plan):
@@ -233,6 +238,32 @@ class Agent:
             for key in known.keys() - now.keys():
                 self.log.p2s(*key, known[key], connected=False)
             known = now
+            for e in self.plan.p2s_ends:
+                if e.protocol == "OpenVPN":
+                    for r in live.openvpn_refusals(self.rt, e.node, since):
+                        self.log.p2s_refused(e, r["certificate"], r["address"], r["reason"])
+                        since = max(since, r["time"] + 1)
+
+    def ikev2_refusals(self, e):
+        """P2SDiagnosticLog: the IKEv2 server refused a certificate (VICI log events)."""
+        reasons: dict[bytes, str] = {}     # IKE SA -> why its certificate failed
+        while not self.stop.is_set():
+            try:
+                for kind, event in control.listen(self.rt, e.node, ["log"], POLL):
+                    if self.stop.is_set():
+                        return
+                    if event is None:       # a tick
+                        continue
+                    msg, sa = event.get("msg", b"").decode(errors="replace"), event.get("ikesa-uniqueid", b"")
+                    for needle, why in (("certificate was revoked", "certificate revoked"),
+                                        ("no issuer certificate found", "issuer not trusted")):
+                        if needle in msg:
+                            reasons[sa] = why
+                    m = _NO_TRUSTED_KEY.search(msg)
+                    if m:
+                        self.log.p2s_refused(e, m["user"], None, reasons.pop(sa, "no trusted public key"))
+            except OSError:
+                self.stop.wait(POLL)
 
     def enforce_limit(self, s):
         """FRR checks maximum-prefix when an UPDATE arrives, against a count it adjusts
@@ -241,6 +272,9 @@ class Agent:
         and FRR's check then trips (Cease, maximum number of prefixes reached)."""
         say(f"{s.node}: {s.peer} is past the prefix limit: route refresh to enforce it")
         self.rt.vtysh(s.node, f"clear bgp ipv4 unicast {s.peer} soft in")
+
+
+_NO_TRUSTED_KEY = re.compile(r"no trusted \w+ public key found for '(?:CN=)?(?P<user>[^']+)'")
 
 
 def say(line: str):

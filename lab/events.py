@@ -2,7 +2,7 @@
 TunnelDiagnosticLog (TunnelConnected / TunnelDisconnected, instance_s =
 GatewayTenantWorker_IN_k), RouteDiagnosticLog (BgpConnectedEvent / BgpDisconnectedEvent),
 IKEDiagnosticLog (IKE lines tagged [SEND] / [RECEIVED] / [LOCAL]) and P2SDiagnosticLog
-(P2SLogEvent: a point-to-site user connected or disconnected).
+(P2SLogEvent: a point-to-site user connected, disconnected or failed authentication).
 
 Written by the agent as JSON lines, read by `vpnlab events`. Column names follow Azure's
 AzureDiagnostics table where the reference names them (OperationName, instance_s,
@@ -110,6 +110,15 @@ class Writer:
                     "Resource": session["gateway"].upper(), "instance_s": instance_name(instance),
                     "protocol_s": protocol, "userName_s": user, "remoteIP_s": address,
                     "Message": f"{protocol} user CN={user} {what}"})
+
+
+    def p2s_refused(self, server, user: str, address: str | None, reason: str):
+        """P2SLogEvent: a point-to-site server refused a user's certificate."""
+        source = f" from {address}" if address else ""
+        self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
+                    "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
+                    "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
+                    "Message": f"{server.protocol} user CN={user}{source} failed authentication: {reason}"})
 
 
 def read(lab_dir: Path, category: str | None = None) -> list[dict]:

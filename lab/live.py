@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -210,6 +211,28 @@ def openvpn_server_clients(rt, node: str) -> list[dict]:
             age = max(1.0, now - int(f[8]))
             out.append({"certificate": f[1], "address": f[2].rsplit(":", 1)[0], "virtual_ip": f[3],
                         "bandwidth": round((int(f[5]) + int(f[6])) / age, 1)})
+    return out
+
+
+_VERIFY_ERROR = re.compile(r"^(?P<address>[\d.]+):\d+ VERIFY ERROR: depth=0, error=(?P<error>[^:]+): "
+                           r"CN=(?P<user>[^,]+)")
+
+
+def openvpn_refusals(rt, node: str, since: float = 0) -> list[dict]:
+    """Client certificates a P2S OpenVPN server refused since a time (revoked, or from
+    an untrusted root), from its log history on the management interface."""
+    try:
+        lines = openvpn_management(rt, node, "log all")
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        when, _, rest = line.partition(",")
+        message = rest.partition(",")[2]
+        m = _VERIFY_ERROR.match(message)
+        if m and when.isdigit() and int(when) >= since:
+            out.append({"time": int(when), "certificate": m["user"], "address": m["address"],
+                        "reason": m["error"]})
     return out
 
 

@@ -33,29 +33,18 @@ def client_state(rt, c: P2sClient) -> dict:
 
 # How a refusal shows: charon logs the gateway's AUTHENTICATION_FAILED and gives up;
 # an OpenVPN client only sees its TLS session reset (and would retry for ever), while
-# the gateway's openvpn logs why, with the certificate's name.
-def _refusal_logs(rt, plan: Plan, c: P2sClient) -> list[Path]:
+# the gateway's openvpn says why, with the certificate's name, on its management API.
+def _refusal(rt, plan: Plan, c: P2sClient, client_log: int, since: float) -> str | None:
+    """Why the gateway refused the client since the connect began, or None."""
     if c.protocol == "IkeV2":
-        return [_log(rt, c)]
-    return [rt.node_dir(e.node) / "openvpn.out" for e in plan.p2s_ends
-            if e.gateway == c.gateway and e.protocol == "OpenVPN"]
-
-
-def _refusal(logs: dict[Path, int], c: P2sClient) -> str | None:
-    """What the logs said since their offsets about refusing the client, or None."""
-    for log, offset in logs.items():
-        try:
-            with log.open("rb") as f:
-                f.seek(offset)
-                text = f.read().decode(errors="replace")
-        except FileNotFoundError:
-            continue
-        for line in text.splitlines():
-            if c.protocol == "IkeV2" and "received AUTHENTICATION_FAILED" in line:
-                return "AUTHENTICATION_FAILED"
-            if c.protocol == "OpenVPN" and "VERIFY ERROR: depth=0" in line and any(
-                    line.endswith(f"CN={i}") or f"CN={i}," in line for i in c.identities):
-                return line.split("error=", 1)[-1]
+        with _log(rt, c).open("rb") as f:
+            f.seek(client_log)
+            return "AUTHENTICATION_FAILED" if b"received AUTHENTICATION_FAILED" in f.read() else None
+    for e in plan.p2s_ends:
+        if e.gateway == c.gateway and e.protocol == "OpenVPN":
+            for r in live.openvpn_refusals(rt, e.node, since):
+                if r["certificate"] in c.identities:
+                    return f"{r['reason']} (CN={r['certificate']})"
     return None
 
 
@@ -64,8 +53,8 @@ def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
     the gateway refused it, and says which are not connected and why."""
     c = _client(plan, name)
     budget = budget or defaults()["waits"]["p2s_connect"]
-    logs = {p: p.stat().st_size if p.exists() else 0 for p in _refusal_logs(rt, plan, c)}
-    start = time.monotonic()
+    client_log = _log(rt, c).stat().st_size if _log(rt, c).exists() else 0
+    since, start = int(time.time()), time.monotonic()
     if c.protocol == "OpenVPN":
         if not rt.daemon_pids(c.name, "openvpn"):
             rt.start_openvpn([c.name], defaults()["waits"]["daemon_start"])
@@ -75,7 +64,7 @@ def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
                 control.initiate(rt, c.name, ident, timeout=-1, ike=ident)
 
     def look():
-        return client_state(rt, c), _refusal(logs, c)
+        return client_state(rt, c), _refusal(rt, plan, c, client_log, since)
     try:
         states, refused = wait_until(look, lambda x: _all_connected(x[0]) or x[1],
                                      f"client {name} to connect", budget)

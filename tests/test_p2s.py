@@ -14,6 +14,7 @@ import pytest
 
 from lab import live, p2s
 from lab.engine import load_state, plan_of, runtime_of
+from lab.events import read as read_events
 from lab.errors import LabError
 from lab.pytest_plugin import leftovers
 from lab.state import lab_dir
@@ -117,6 +118,13 @@ def test_revoked_and_untrusted_certificates_are_refused(plab):
     assert not rt.daemon_pids("carol", "openvpn"), "a refused OpenVPN client stops retrying"
     connected = {c["certificate"] for s in live.p2s_sessions(rt, plan) for c in s["clients"]}
     assert not connected & {"mallory", "eve", "carol"}
+    # the gateway's P2SDiagnosticLog says who failed and why
+    expected = {("IkeV2", "mallory", "certificate revoked"), ("IkeV2", "eve", "issuer not trusted"),
+                ("OpenVPN", "carol", "certificate revoked")}
+    wait_until(lambda: {(e["protocol_s"], e["userName_s"], e["Message"].rsplit(": ", 1)[-1])
+                        for e in read_events(lab_dir(plab.name), "P2SDiagnosticLog")
+                        if "failed authentication" in e["Message"]},
+               lambda got: expected <= got, "P2SLogEvents of the refused users", 10)
 
 
 def test_disconnect_and_status(plab):
