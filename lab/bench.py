@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import bench_p2s, engine
-from .peak_memory import PeakMemory, rss_mb
+from .peak_memory import measured
 from .runtime import procs
 
 def generated_topology(sites: int) -> dict:
@@ -42,24 +42,16 @@ def generated_topology(sites: int) -> dict:
 
 def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
     name = f"bench-{label}-{runtime}"
-    engine.down(name)
-    sampler = PeakMemory(name)
-    sampler.start()
-    start = time.monotonic()
     row = {"topology": label, "sites": sites, "runtime": runtime}
-    try:
-        result = engine.up(path, name=name, timers="fast", runtime=runtime)
-        seconds = time.monotonic() - start
-        sampler.peak = max(sampler.peak, rss_mb(procs.tagged(name)))
-        row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
-                   processes=len(procs.tagged(name)), converged_seconds=round(seconds, 2))
-    except engine.LabError as err:
-        row.update(error=str(err))
-    finally:
-        sampler.stop.set()
-        sampler.join()
-        engine.down(name)
-    row["peak_rss_mb"] = round(sampler.peak, 1)
+    with measured(name, row):
+        start = time.monotonic()
+        try:
+            result = engine.up(path, name=name, timers="fast", runtime=runtime)
+            row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
+                       processes=len(procs.tagged(name)),
+                       converged_seconds=round(time.monotonic() - start, 2))
+        except engine.LabError as err:
+            row.update(error=str(err))
     return row
 
 

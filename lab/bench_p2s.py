@@ -13,8 +13,7 @@ import yaml
 
 from . import engine, live, p2s
 from .defaults import defaults
-from .peak_memory import PeakMemory, rss_mb
-from .runtime import procs
+from .peak_memory import measured, rss_mb
 
 
 def generated_topology(sku: str) -> tuple[dict, int]:
@@ -39,35 +38,34 @@ def measure(sku: str, runtime: str, folder: Path) -> dict:
     path = folder / f"p2s-{sku}.yaml"
     path.write_text(yaml.safe_dump(topology))
     name = f"bench-p2s-{runtime}"
-    engine.down(name)
     row = {"sku": sku, "runtime": runtime, "clients": count}
-    sampler = PeakMemory(name)
-    sampler.start()
-    try:
-        start = time.monotonic()
-        engine.up(path, name=name, timers="fast", runtime=runtime)
-        row["up_seconds"] = round(time.monotonic() - start, 2)
-        state = engine.require_state(name)
-        rt, plan = engine.runtime_of(state), engine.plan_of(state)
+    with measured(name, row):
         try:
             start = time.monotonic()
-            try:
-                p2s.connect(rt, plan, "crowd", budget=max(60, count / 5))
-            except engine.LabError as err:
-                row["error"] = str(err)[:300]
-            row["connect_seconds"] = round(time.monotonic() - start, 2)
-            row["connected"] = sum(s["connections"] for s in live.p2s_sessions(rt, plan))
-            server = plan.p2s_ends[0].node
-            row["gateway_charon_rss_mb"] = round(rss_mb(rt.daemon_pids(server, "charon")), 1)
-            row["crowd_charon_rss_mb"] = round(rss_mb(rt.daemon_pids("crowd", "charon")), 1)
-            sampler.peak = max(sampler.peak, rss_mb(procs.tagged(name)))
-        finally:
-            rt.close()
-    except engine.LabError as err:
-        row["error"] = str(err)[:300]
-    finally:
-        sampler.stop.set()
-        sampler.join()
-        engine.down(name)
-    row["peak_rss_mb"] = round(sampler.peak, 1)
+            engine.up(path, name=name, timers="fast", runtime=runtime)
+            row["up_seconds"] = round(time.monotonic() - start, 2)
+            row.update(_connect_all(name, count))
+        except engine.LabError as err:
+            row["error"] = str(err)[:300]
     return row
+
+
+def _connect_all(name: str, count: int) -> dict:
+    """Connect the crowd; how long it took, how many the gateway holds, the charons' RSS."""
+    state = engine.require_state(name)
+    rt, plan = engine.runtime_of(state), engine.plan_of(state)
+    out = {}
+    try:
+        start = time.monotonic()
+        try:
+            p2s.connect(rt, plan, "crowd", budget=max(60, count / 5))
+        except engine.LabError as err:
+            out["error"] = str(err)[:300]
+        out["connect_seconds"] = round(time.monotonic() - start, 2)
+        out["connected"] = sum(s["connections"] for s in live.p2s_sessions(rt, plan))
+        server = plan.p2s_ends[0].node
+        out["gateway_charon_rss_mb"] = round(rss_mb(rt.daemon_pids(server, "charon")), 1)
+        out["crowd_charon_rss_mb"] = round(rss_mb(rt.daemon_pids("crowd", "charon")), 1)
+    finally:
+        rt.close()
+    return out

@@ -1,9 +1,11 @@
 """Memory of a lab's processes, for benchmarks: summed RSS, and its peak over a run."""
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
+from . import engine
 from .runtime import procs
 
 
@@ -30,3 +32,20 @@ class PeakMemory(threading.Thread):
         while not self.stop.is_set():
             self.peak = max(self.peak, rss_mb(procs.tagged(self.lab)))
             self.stop.wait(0.5)
+
+
+@contextlib.contextmanager
+def measured(name: str, row: dict):
+    """A benchmark's lab: removed before and after; the peak RSS of its processes while
+    the block runs goes into row (also when the block fails)."""
+    engine.down(name)
+    sampler = PeakMemory(name)
+    sampler.start()
+    try:
+        yield sampler
+    finally:
+        sampler.peak = max(sampler.peak, rss_mb(procs.tagged(name)))
+        sampler.stop.set()
+        sampler.join()
+        engine.down(name)
+        row["peak_rss_mb"] = round(sampler.peak, 1)

@@ -81,17 +81,22 @@ class RunningLab(tuple):
         return self
 
 
+def running(path, base: str, runtime: str):
+    """A module's lab (a fixture's body): up, yielded, then down, leaving nothing."""
+    name = lab_name(base, runtime)
+    up(path, name, runtime)
+    state = load_state(name)
+    yield RunningLab(runtime_of(state), plan_of(state), name, runtime)
+    res = vpnlab("down", "--name", name)
+    assert res.returncode == 0, res.stderr
+    assert leftovers(name) == {}
+
+
 @pytest.fixture(scope="module", params=RUNTIMES)
 def aa(request):
     global ROOT_BEFORE
     ROOT_BEFORE = root_namespace()
-    name = lab_name("it-aa", request.param)
-    up(AA, name, request.param)
-    state = load_state(name)
-    yield RunningLab(runtime_of(state), plan_of(state), name, request.param)
-    res = vpnlab("down", "--name", name)
-    assert res.returncode == 0, res.stderr
-    assert leftovers(name) == {}
+    yield from running(AA, "it-aa", request.param)
 
 
 # ------------------------------------------------------------ default topology

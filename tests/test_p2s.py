@@ -19,7 +19,7 @@ from lab.errors import LabError
 from lab.pytest_plugin import leftovers
 from lab.state import lab_dir
 from lab.waits import wait_until
-from test_integration import RUNTIMES, RunningLab, lab_name, readme_block, up, vpnlab
+from test_integration import RUNTIMES, readme_block, running, up, vpnlab
 
 ROOT = Path(__file__).parent.parent
 P2S = ROOT / "topologies/point-to-site.yaml"
@@ -37,13 +37,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module", params=RUNTIMES)
 def plab(request):
-    name = lab_name("it-p2s", request.param)
-    up(P2S, name, request.param)
-    state = load_state(name)
-    yield RunningLab(runtime_of(state), plan_of(state), name, request.param)
-    res = vpnlab("down", "--name", name)
-    assert res.returncode == 0, res.stderr
-    assert leftovers(name) == {}
+    yield from running(P2S, "it-p2s", request.param)
 
 
 def connect(plab, client) -> dict:
