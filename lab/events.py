@@ -111,7 +111,6 @@ class Writer:
                     "protocol_s": protocol, "userName_s": user, "remoteIP_s": address,
                     "Message": f"{protocol} user CN={user} {what}"})
 
-
     def p2s_refused(self, server, user: str, address: str | None, reason: str):
         """P2SLogEvent: a point-to-site server refused a user's certificate."""
         source = f" from {address}" if address else ""
