@@ -10,6 +10,7 @@ from lab.metrics import instance_name
 from lab.probe import worst
 
 LAB_TOPOLOGY = "../topologies/point-to-site.yaml"
+LAB_RUNTIMES = ("netns", "docker")     # openvpn and charon stopped and started by PID in containers too
 GATEWAY, VM = "hub-gw", "p2s-vm1"
 MARGIN = 3     # seconds for the client's first exchanges with the new instance
 # The VNet learns the pool from the new instance once its bgpd is up: 3.4-4 s after the
