@@ -43,8 +43,7 @@ def sa_counters(rt, node: str) -> dict:
             out["child"] += 1
             for key in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
                 out[key] += int(child.get(key.replace("_", "-"), 0))
-            age = max(1, int(child.get("install-time", 1)))
-            out["bandwidth"] += (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
+            out["bandwidth"] += _child_bandwidth(child)
     return out
 
 
