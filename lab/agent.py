@@ -5,7 +5,8 @@ One process per lab (`python -m lab.agent LAB`), started by `up`, tagged, ended 
   `azure.redial_seconds` while a tunnel is down; ResponderOnly never dials;
 - Azure's own CHILD_SA rekeys offer Azure's initiator list [3.1] (control.azure_rekey);
   IKEv1 main-mode SAs are closed and dialed again at their lifetime [3.3];
-- when both ends dialed at once, the gateway's duplicate IKE SA is deleted;
+- when both ends dialed at once, the gateway's duplicate IKE SA (or CHILD SA, when
+  strongSwan put it into the device's IKE SA) is deleted;
 - policy-based tunnels come up on traffic and go down when idle [1.1];
 - the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
   JSON lines to the lab's events file (lab.events reads it).
@@ -20,7 +21,7 @@ import time
 
 from . import control, events, live
 from .defaults import defaults
-from .plan import Plan, Tunnel, dial_children
+from .plan import Plan, Tunnel, dial_children, initiator_child
 from .state import load_state
 
 POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
@@ -82,13 +83,17 @@ class Agent:
             self._dial(t)
 
     def _settle_duplicates(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
+        """Duplicates seen on two polls in a row go (a rekey's overlap never lasts that
+        long: its old SA is no longer INSTALLED)."""
         extra = _duplicates(sas)
-        if not extra:
+        children = [] if extra else _duplicate_children(sas, t.connection)
+        if not (extra or children):
             seen["duplicated_since"] = None
         elif seen["duplicated_since"] is None:
             seen["duplicated_since"] = now
         elif now - seen["duplicated_since"] >= POLL:
             self._drop_duplicates(t, extra)
+            self._drop_duplicate_children(t, children)
             seen["duplicated_since"] = None
 
     def _main_mode_rekey(self, t: Tunnel, sas: list[dict]):
@@ -126,6 +131,17 @@ class Agent:
                 control.ike_terminate(self.rt, t.azure_end, t.connection, ike_id=ike["uniqueid"].decode())
             except Exception as err:  # noqa: BLE001
                 say(f"{t.name}: deleting the duplicate failed: {err!r}")
+
+    def _drop_duplicate_children(self, t: Tunnel, extra: list[dict]):
+        """The device reconnected while the gateway dialed, and strongSwan put the
+        gateway's CHILD SA into the device's IKE SA: the gateway deletes its own (the
+        lab's choice, as for IKE SAs)."""
+        for child in extra:
+            say(f"{t.name}: two CHILD SAs for the same selectors: deleting #{child['uniqueid'].decode()}")
+            try:
+                control.child_terminate(self.rt, t.azure_end, child["uniqueid"])
+            except Exception as err:  # noqa: BLE001
+                say(f"{t.name}: deleting the duplicate CHILD SA failed: {err!r}")
 
     def _dial(self, t: Tunnel):
         try:
@@ -297,6 +313,24 @@ def _duplicates(sas: list[dict]) -> list[dict]:
         return []
     up.sort(key=lambda ike: (ike.get("initiator") != b"yes", int(ike["uniqueid"])))
     return up[:-1]
+
+
+def _duplicate_children(sas: list[dict], connection: str) -> list[dict]:
+    """Installed CHILD SAs of one established IKE SA with another's traffic selectors:
+    all but one, keeping the device's (made under the responder child), the newest."""
+    own = initiator_child(connection).encode()
+    extra = []
+    for ike in sas:
+        if ike["state"] != b"ESTABLISHED":
+            continue
+        same: dict[tuple, list[dict]] = {}
+        for c in ike.get("child-sas", {}).values():
+            if c["state"] == b"INSTALLED":
+                same.setdefault((tuple(c.get("local-ts", [])), tuple(c.get("remote-ts", []))), []).append(c)
+        for group in same.values():
+            group.sort(key=lambda c: (c["name"] != own, int(c["uniqueid"])))
+            extra += group[:-1]
+    return extra
 
 
 def _installed(sas: list[dict]) -> bool:

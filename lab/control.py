@@ -57,11 +57,24 @@ def initiate(rt, node: str, child: str, timeout: float = 10, ike: str | None = N
     return timeout >= 0, lines
 
 
-def dial(rt, plan, t):
+def dial(rt, plan, t) -> bool:
     """The Azure end of tunnel t dials: it starts the child configs Azure starts when it
-    connects (plan.dial_children); returns at once."""
+    connects (plan.dial_children); returns at once. Not when the device got there first
+    (a CHILD SA is installed): strongSwan would reuse its IKE SA and add a second CHILD
+    SA beside the device's. False when it did not dial."""
+    if any(c["state"] == b"INSTALLED" for ike in live.ike_sas(rt, t.azure_end)
+           for c in ike.get("child-sas", {}).values()):
+        return False
     for child in dial_children(plan.nodes[t.azure_end].charon):
         initiate(rt, t.azure_end, child, timeout=-1, ike=t.connection)
+    return True
+
+
+def child_terminate(rt, node: str, child_id: bytes, timeout: float = 10):
+    """Delete one CHILD SA (the peer gets an INFORMATIONAL DELETE); its IKE SA stays."""
+    with _vici(rt, node, timeout + 2) as s:
+        for _ in s.terminate({"child-id": child_id, "timeout": int(timeout * 1000)}):
+            pass
 
 
 def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:
@@ -83,9 +96,7 @@ def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:
     ok, _ = initiate(rt, node, initiator_child(connection), timeout, ike=connection)
     if ok:
         _until_quiet(rt, node, child["uniqueid"])
-        with _vici(rt, node, timeout + 2) as s:
-            for _ in s.terminate({"child-id": child["uniqueid"], "timeout": int(timeout * 1000)}):
-                pass
+        child_terminate(rt, node, child["uniqueid"], timeout)
     return ok
 
 

@@ -76,11 +76,9 @@ def run(rt, plan: Plan, topology: Topology, gateway: str, instance: int | None =
 
 def _dial(rt, plan: Plan, node: str) -> int:
     """The new active instance connects at once where its connection mode dials [1.3]
-    (the agent's redial covers the rest)."""
+    (the agent's redial covers the rest); not to a device that reconnected first."""
     dialing = [t for t in plan.tunnels if t.gateway_instance == node and t.connection_mode != "ResponderOnly"]
-    for t in dialing:
-        control.dial(rt, plan, t)
-    return len(dialing)
+    return sum(control.dial(rt, plan, t) for t in dialing)
 
 
 def _platform_delay(seconds: float):

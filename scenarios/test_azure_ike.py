@@ -214,6 +214,28 @@ def test_device_initiates_in_default_and_responder_only(lab, devices, site):
     assert azure_initiated(lab, site) is False
 
 
+def test_a_device_that_reconnected_first_keeps_one_child_sa(lab, devices):
+    """The device reconnected just before the gateway dialed (a failover's race): the
+    gateway does not dial beside it, and when its CHILD SA still lands in the device's IKE
+    SA (strongSwan reuses it), the gateway deletes its own; the device's stays."""
+    site = "site-default"
+    t = tunnel_of(lab, site)
+    dev = devices(site)
+    dev.configure(SECRETS[site])
+    ok, lines = dev.initiate()
+    assert ok, lines[-3:]
+    device_child = [c["uniqueid"] for ike in dev.ike_sas() for c in ike.get("child-sas", {}).values()]
+    assert len(device_child) == 1
+    assert control.dial(lab.rt, lab.plan, t) is False, "dialed beside an installed CHILD SA"
+    control.initiate(lab.rt, t.azure_end, initiator_child(t.connection), timeout=5, ike=t.connection)
+    assert len(list(dev.ike_sas()[0]["child-sas"])) == 2, "the race was not reproduced"
+
+    def children() -> str:     # a string: lab.eventually takes a longer list as a match
+        return str([[c["uniqueid"].decode() for c in ike.get("child-sas", {}).values()] for ike in dev.ike_sas()])
+    lab.eventually(children, str([[device_child[0].decode()]]), 3 * REDIAL,
+                   "the gateway to delete its duplicate CHILD SA, leaving the device's")
+
+
 def test_initiator_only_refuses_a_device_that_dials(lab, devices):
     """InitiatorOnly: the device's own IKE_SA_INIT goes unanswered (how Azure refuses is
     UNCONFIRMED: the lab drops it); the tunnel comes up when Azure dials."""
