@@ -169,12 +169,12 @@ class Agent:
                     count = self._to_tunnel(end)
                     grew = end in seen and count > seen[end]
                     seen[end] = count
-                    if grew and not _installed(live.ike_sas(self.rt, end)):
+                    if grew and not live.child_installed(live.ike_sas(self.rt, end)):
                         say(f"{end}: traffic for the tunnel and no SA: starting it")
                         for child in self.plan.nodes[end].charon["children"]:
                             control.initiate(self.rt, end, child["name"], timeout=-1)
                 sas = live.ike_sas(self.rt, t.azure_end)
-                if not _installed(sas):
+                if not live.child_installed(sas):
                     idle_since = last_bytes = None
                     continue
                 moved = sum(_bytes(c) for ike in sas for c in ike.get("child-sas", {}).values())
@@ -331,10 +331,6 @@ def _duplicate_children(sas: list[dict], connection: str) -> list[dict]:
             group.sort(key=lambda c: (c["name"] != own, int(c["uniqueid"])))
             extra += group[:-1]
     return extra
-
-
-def _installed(sas: list[dict]) -> bool:
-    return any(c["state"] == b"INSTALLED" for ike in sas for c in ike.get("child-sas", {}).values())
 
 
 def _bytes(child: dict) -> int:

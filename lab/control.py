@@ -62,8 +62,7 @@ def dial(rt, plan, t) -> bool:
     connects (plan.dial_children); returns at once. Not when the device got there first
     (a CHILD SA is installed): strongSwan would reuse its IKE SA and add a second CHILD
     SA beside the device's. False when it did not dial."""
-    if any(c["state"] == b"INSTALLED" for ike in live.ike_sas(rt, t.azure_end)
-           for c in ike.get("child-sas", {}).values()):
+    if live.child_installed(live.ike_sas(rt, t.azure_end)):
         return False
     for child in dial_children(plan.nodes[t.azure_end].charon):
         initiate(rt, t.azure_end, child, timeout=-1, ike=t.connection)

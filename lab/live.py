@@ -25,6 +25,11 @@ def ike_sas(rt, node: str) -> list[dict]:
     return [ike for entry in vici_sas(rt.vici_socket(node)) for ike in entry.values()]
 
 
+def child_installed(sas: list[dict]) -> bool:
+    """Whether any of these IKE SAs (ike_sas) carries an installed CHILD SA."""
+    return any(c["state"] == b"INSTALLED" for ike in sas for c in ike.get("child-sas", {}).values())
+
+
 def sa_counters(rt, node: str) -> dict:
     """Established IKE SAs, installed CHILD SAs and their traffic (summed over the SAs
     installed now: strongSwan counts per SA), and the average bytes/s since each was
