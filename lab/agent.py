@@ -92,8 +92,7 @@ class Agent:
         elif seen["duplicated_since"] is None:
             seen["duplicated_since"] = now
         elif now - seen["duplicated_since"] >= POLL:
-            self._drop_duplicates(t, extra)
-            self._drop_duplicate_children(t, children)
+            self._drop_duplicates(t, extra, children)
             seen["duplicated_since"] = None
 
     def _main_mode_rekey(self, t: Tunnel, sas: list[dict]):
@@ -122,26 +121,20 @@ class Agent:
             except Exception as err:  # noqa: BLE001
                 say(f"{t.name}: rekey failed: {err!r}")
 
-    def _drop_duplicates(self, t: Tunnel, extra: list[dict]):
-        """Both ends dialed at once and two IKE SAs came up: the gateway deletes its own
-        (the lab's choice; how Azure settles it is not documented)."""
-        for ike in extra:
-            say(f"{t.name}: two IKE SAs (both ends dialed): deleting the gateway's own #{ike['uniqueid'].decode()}")
+    def _drop_duplicates(self, t: Tunnel, ikes: list[dict], children: list[dict]):
+        """Both ends dialed at once: two IKE SAs came up, or strongSwan put the gateway's
+        CHILD SA into the device's IKE SA. The gateway deletes its own (the lab's choice;
+        how Azure settles it is not documented)."""
+        for kind, sa in [("IKE SA", s) for s in ikes] + [("CHILD SA", s) for s in children]:
+            say(f"{t.name}: a second {kind} (both ends dialed): deleting the gateway's own "
+                f"#{sa['uniqueid'].decode()}")
             try:
-                control.ike_terminate(self.rt, t.azure_end, t.connection, ike_id=ike["uniqueid"].decode())
-            except Exception as err:  # noqa: BLE001
-                say(f"{t.name}: deleting the duplicate failed: {err!r}")
-
-    def _drop_duplicate_children(self, t: Tunnel, extra: list[dict]):
-        """The device reconnected while the gateway dialed, and strongSwan put the
-        gateway's CHILD SA into the device's IKE SA: the gateway deletes its own (the
-        lab's choice, as for IKE SAs)."""
-        for child in extra:
-            say(f"{t.name}: two CHILD SAs for the same selectors: deleting #{child['uniqueid'].decode()}")
-            try:
-                control.child_terminate(self.rt, t.azure_end, child["uniqueid"])
-            except Exception as err:  # noqa: BLE001
-                say(f"{t.name}: deleting the duplicate CHILD SA failed: {err!r}")
+                if kind == "IKE SA":
+                    control.ike_terminate(self.rt, t.azure_end, t.connection, ike_id=sa["uniqueid"].decode())
+                else:
+                    control.child_terminate(self.rt, t.azure_end, sa["uniqueid"])
+            except Exception as err:  # noqa: BLE001 - the next round sees it again
+                say(f"{t.name}: deleting the duplicate {kind} failed: {err!r}")
 
     def _dial(self, t: Tunnel):
         try:

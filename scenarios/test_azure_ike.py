@@ -230,9 +230,10 @@ def test_a_device_that_reconnected_first_keeps_one_child_sa(lab, devices):
     control.initiate(lab.rt, t.azure_end, initiator_child(t.connection), timeout=5, ike=t.connection)
     assert len(list(dev.ike_sas()[0]["child-sas"])) == 2, "the race was not reproduced"
 
-    def children() -> str:     # a string: lab.eventually takes a longer list as a match
-        return str([[c["uniqueid"].decode() for c in ike.get("child-sas", {}).values()] for ike in dev.ike_sas()])
-    lab.eventually(children, str([[device_child[0].decode()]]), 3 * REDIAL,
+    def children() -> dict:
+        ids = [c["uniqueid"] for ike in dev.ike_sas() for c in ike.get("child-sas", {}).values()]
+        return {"child_sas": len(ids), "device_child_kept": device_child[0] in ids}
+    lab.eventually(children, {"child_sas": 1, "device_child_kept": True}, 3 * REDIAL,
                    "the gateway to delete its duplicate CHILD SA, leaving the device's")
 
 
