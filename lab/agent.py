@@ -9,17 +9,17 @@ One process per lab (`python -m lab.agent LAB`), started by `up`, tagged, ended 
   strongSwan put it into the device's IKE SA) is deleted;
 - policy-based tunnels come up on traffic and go down when idle [1.1];
 - the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
-  JSON lines to the lab's events file (lab.events reads it).
+  JSON lines to the lab's events file (lab.events reads it);
+- point-to-site servers (lab.p2s_watch): users' sessions and refusals, the SKU's count.
 """
 from __future__ import annotations
 
-import re
 import signal
 import sys
 import threading
 import time
 
-from . import control, events, live
+from . import control, events, live, p2s_watch
 from .defaults import defaults
 from .plan import Plan, Tunnel, dial_children, initiator_child
 from .state import load_state
@@ -33,6 +33,7 @@ class Agent:
         self.log = events.Writer(rt.state.dir)
         self.stop = threading.Event()
         self.redial = defaults()["azure"]["redial_seconds"]
+        self.say = say
 
     def run(self):
         threads = [threading.Thread(target=self.tunnel_end, args=(t,), daemon=True)
@@ -42,10 +43,9 @@ class Agent:
         threads += [threading.Thread(target=self.on_demand, args=(t,), daemon=True)
                     for t in self.plan.tunnels if t.policy_based]
         threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
-        if self.plan.p2s_ends:
-            threads.append(threading.Thread(target=self.p2s_users, daemon=True))
-        threads += [threading.Thread(target=self.ikev2_refusals, args=(e,), daemon=True)
-                    for e in self.plan.p2s_ends if e.protocol == "IkeV2"]
+        threads += [threading.Thread(target=p2s_watch.ikev2_server if e.protocol == "IkeV2"
+                                     else p2s_watch.openvpn_server, args=(self, e, POLL), daemon=True)
+                    for e in self.plan.p2s_ends]
         for th in threads:
             th.start()
         self.stop.wait()
@@ -230,50 +230,6 @@ class Agent:
                     established[(s.node, s.peer)] = up
                     self.log.bgp(s, self.plan, up)
 
-    def p2s_users(self):
-        """P2SDiagnosticLog: a user's session begins or ends on a P2S server, as the
-        servers' APIs list them (VICI SAs, openvpn's status) every POLL seconds; an
-        OpenVPN server refused a certificate (its log history, on the same API)."""
-        known: dict[tuple, dict] = {}
-        since = int(time.time())
-        while not self.stop.wait(POLL):
-            now = {}
-            for server in live.p2s_sessions(self.rt, self.plan):
-                for c in server["clients"]:
-                    now[(server["instance"], server["protocol"], c["certificate"], c["address"])] = \
-                        {"gateway": server["gateway"], **c}
-            for key in now.keys() - known.keys():
-                self.log.p2s(*key, now[key], connected=True)
-            for key in known.keys() - now.keys():
-                self.log.p2s(*key, known[key], connected=False)
-            known = now
-            for e in self.plan.p2s_ends:
-                if e.protocol == "OpenVPN":
-                    for r in live.openvpn_refusals(self.rt, e.node, since):
-                        self.log.p2s_refused(e, r["certificate"], r["address"], r["reason"])
-                        since = max(since, r["time"] + 1)
-
-    def ikev2_refusals(self, e):
-        """P2SDiagnosticLog: the IKEv2 server refused a certificate (VICI log events)."""
-        reasons: dict[bytes, str] = {}     # IKE SA -> why its certificate failed
-        while not self.stop.is_set():
-            try:
-                for kind, event in control.listen(self.rt, e.node, ["log"], POLL):
-                    if self.stop.is_set():
-                        return
-                    if event is None:       # a tick
-                        continue
-                    msg, sa = event.get("msg", b"").decode(errors="replace"), event.get("ikesa-uniqueid", b"")
-                    for needle, why in (("certificate was revoked", "certificate revoked"),
-                                        ("no issuer certificate found", "issuer not trusted")):
-                        if needle in msg:
-                            reasons[sa] = why
-                    m = _NO_TRUSTED_KEY.search(msg)
-                    if m:
-                        self.log.p2s_refused(e, m["user"], None, reasons.pop(sa, "no trusted public key"))
-            except OSError:
-                self.stop.wait(POLL)
-
     def enforce_limit(self, s):
         """FRR checks maximum-prefix when an UPDATE arrives, against a count it adjusts
         later: a peer that sends 4,001 prefixes at once and then nothing stays up.
@@ -281,9 +237,6 @@ class Agent:
         and FRR's check then trips (Cease, maximum number of prefixes reached)."""
         say(f"{s.node}: {s.peer} is past the prefix limit: route refresh to enforce it")
         self.rt.vtysh(s.node, f"clear bgp ipv4 unicast {s.peer} soft in")
-
-
-_NO_TRUSTED_KEY = re.compile(r"no trusted \w+ public key found for '(?:CN=)?(?P<user>[^']+)'")
 
 
 def say(line: str):

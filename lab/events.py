@@ -102,22 +102,25 @@ class Writer:
                     "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
 
 
-    def p2s(self, instance: str, protocol: str, user: str, address: str, session: dict, connected: bool):
-        """P2SLogEvent: a point-to-site user connected or disconnected."""
-        what = f"connected from {address} with virtual IP {session['virtual_ip']}" if connected \
-            else f"disconnected ({address}, virtual IP {session['virtual_ip']})"
+    def p2s(self, server, client: dict, connected: bool):
+        """P2SLogEvent: a point-to-site user connected to a server, or disconnected."""
+        user, address, vip = client["certificate"], client["address"], client["virtual_ip"]
+        what = f"connected from {address} with virtual IP {vip}" if connected \
+            else f"disconnected ({address}, virtual IP {vip})"
         self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
-                    "Resource": session["gateway"].upper(), "instance_s": instance_name(instance),
-                    "protocol_s": protocol, "userName_s": user, "remoteIP_s": address,
-                    "Message": f"{protocol} user CN={user} {what}"})
+                    "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
+                    "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
+                    "Message": f"{server.protocol} user CN={user} {what}"})
 
-    def p2s_refused(self, server, user: str, address: str | None, reason: str):
-        """P2SLogEvent: a point-to-site server refused a user's certificate."""
+    def p2s_refused(self, server, user: str, address: str | None, reason: str,
+                    what: str = "failed authentication"):
+        """P2SLogEvent: a point-to-site server refused a user (its certificate, or one
+        connection more than the SKU takes)."""
         source = f" from {address}" if address else ""
         self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
                     "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
                     "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
-                    "Message": f"{server.protocol} user CN={user}{source} failed authentication: {reason}"})
+                    "Message": f"{server.protocol} user CN={user}{source} {what}: {reason}"})
 
 
 def read(lab_dir: Path, category: str | None = None) -> list[dict]:

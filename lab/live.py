@@ -200,20 +200,26 @@ def openvpn_management(rt, node: str, command: str, timeout: float = 3) -> list[
 
 
 def openvpn_server_clients(rt, node: str) -> list[dict]:
-    """Clients connected to a P2S OpenVPN server: certificate name, address, virtual IP."""
+    """Clients connected to a P2S OpenVPN server (none when it does not answer)."""
     try:
-        lines = openvpn_management(rt, node, "status 3")
+        return openvpn_clients(openvpn_management(rt, node, "status 3"))
     except OSError:
         return []
+
+
+def openvpn_clients(status: list[str]) -> list[dict]:
+    """The clients in openvpn's `status 3`: certificate name, address and source port,
+    virtual IP, bandwidth."""
     out = []
     now = time.time()
-    for line in lines:
+    for line in status:
         # CLIENT_LIST, name, real address, virtual address, virtual IPv6, bytes received,
         # bytes sent, connected since, connected since (time_t), ...
         f = line.split("\t")
         if f[0] == "CLIENT_LIST" and len(f) > 8:
             age = max(1.0, now - int(f[8]))
-            out.append({"certificate": f[1], "address": f[2].rsplit(":", 1)[0], "virtual_ip": f[3],
+            address, _, port = f[2].rpartition(":")
+            out.append({"certificate": f[1], "address": address, "source_port": port, "virtual_ip": f[3],
                         "bandwidth": round((int(f[5]) + int(f[6])) / age, 1)})
     return out
 
@@ -252,15 +258,20 @@ def openvpn_client_state(rt, node: str) -> dict:
 
 
 def ikev2_server_clients(rt, node: str) -> list[dict]:
-    """Clients with an established IKE SA on a P2S IKEv2 server: identity, virtual IP."""
+    """Clients with an established IKE SA on a P2S IKEv2 server (none when it does not answer)."""
     try:
         sas = ike_sas(rt, node)
     except OSError:
         return []
-    return [{"certificate": _cn(ike.get("remote-id", b"").decode()), "address": ike.get("remote-host", b"").decode(),
-             "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", [])),
-             "bandwidth": round(sum(_child_bandwidth(c) for c in ike.get("child-sas", {}).values()), 1)}
-            for ike in sas if ike["state"] == b"ESTABLISHED"]
+    return [ikev2_client(ike) for ike in sas if ike["state"] == b"ESTABLISHED"]
+
+
+def ikev2_client(ike: dict) -> dict:
+    """A P2S IKEv2 server's IKE SA (VICI) as a client: identity, address, virtual IP."""
+    return {"certificate": _cn(ike.get("remote-id", b"").decode()), "address": ike.get("remote-host", b"").decode(),
+            "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", [])),
+            "ike_sa": ike.get("uniqueid", b"").decode(),
+            "bandwidth": round(sum(_child_bandwidth(c) for c in ike.get("child-sas", {}).values()), 1)}
 
 
 def _child_bandwidth(child: dict) -> float:

@@ -15,6 +15,8 @@ PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem p
            "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
            "updown").split()
 SECRET_FILES = {"swanctl.conf"}
+# where a P2S openvpn server's session hook writes (the agent reads it)
+SESSIONS_FILE = "openvpn-sessions.jsonl"
 # nftables rules a tunnel end holds while its charon starts (the file says why)
 STARTING_GUARD = (Path(__file__).parent / "templates/starting-guard.nft").read_text()
 
@@ -53,6 +55,9 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
             ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0)
     if node.openvpn is not None:
         files["openvpn.conf"] = env.get_template("openvpn.conf.j2").render(ctx, o=node.openvpn)
+        if node.openvpn["role"] == "server":
+            files["openvpn-session.sh"] = env.get_template("openvpn-session.sh.j2").render(
+                ctx, sessions_file=SESSIONS_FILE)
     return files
 
 

@@ -8,13 +8,15 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from lab import live, p2s
+from lab import control, live, p2s
 from lab.engine import load_state, plan_of, runtime_of
 from lab.events import read as read_events
+from lab.metrics import instance_name
 from lab.errors import LabError
 from lab.pytest_plugin import leftovers
 from lab.state import lab_dir
@@ -138,6 +140,56 @@ def test_disconnect_and_status(plab):
     assert connect(plab, "alice")["connected"] == 1
 
 
+def test_a_session_shorter_than_a_second_is_in_the_diagnostic_log(plab):
+    """P2SDiagnosticLog comes from the servers' own events, not from a poll: a session
+    that lasts a fraction of a second is logged, its beginning and its end [7.5]."""
+    rt, plan = plab
+    folder = lab_dir(plab.name)
+
+    def sessions_of(client):
+        return [("disconnected" if " disconnected (" in e["Message"] else "connected", e["instance_s"])
+                for e in read_events(folder, "P2SDiagnosticLog")
+                if e["userName_s"] == client and (" disconnected (" in e["Message"] or " connected from " in e["Message"])]
+    for client in ("alice", "bob"):
+        c = next(c for c in plan.clients if c.name == client)
+        was_connected = p2s.client_state(rt, c)[client]["state"] == "CONNECTED"
+        assert vpnlab("p2s", "disconnect", client, "--name", plab.name).returncode == 0
+        wait_until(lambda: sessions_of(client)[-1:], lambda got: not got or got[0][0] == "disconnected",
+                   f"{client}'s earlier session to end in the log", 10)
+        before = len(sessions_of(client))
+        connect(plab, client)
+        fresh = runtime_of(load_state(plab.name))     # knows the daemon the CLI started
+        try:
+            assert p2s.disconnect(fresh, plan, client)["closed"] == 1
+        finally:
+            fresh.close()
+        instance = instance_name(next(e.gateway_instance for e in plan.p2s_ends if e.protocol == c.protocol))
+        wait_until(lambda: sessions_of(client)[before:], lambda got: len(got) >= 2,
+                   f"{client}'s short session in the log", 10)
+        assert sessions_of(client)[before:] == [("connected", instance), ("disconnected", instance)]
+        if was_connected:
+            connect(plab, client)
+
+
+def test_an_ike_rekey_does_not_end_the_users_session_in_the_log(plab):
+    """The session goes on under the new IKE SA: no disconnection is logged for it, and
+    its end is logged when the user leaves."""
+    rt, plan = plab
+    server = next(e.node for e in plan.p2s_ends if e.protocol == "IkeV2")
+    folder = lab_dir(plab.name)
+    connect(plab, "alice")
+    first = [c["ike_sa"] for c in live.ikev2_server_clients(rt, server) if c["certificate"] == "alice"]
+    before = len([e for e in read_events(folder, "P2SDiagnosticLog") if e["userName_s"] == "alice"])
+    control.ike_rekey(rt, "alice", "alice")
+    wait_until(lambda: [c["ike_sa"] for c in live.ikev2_server_clients(rt, server) if c["certificate"] == "alice"],
+               lambda got: len(got) == 1 and got != first, "alice's IKE SA to be rekeyed", 10)
+    assert vpnlab("p2s", "disconnect", "alice", "--name", plab.name).returncode == 0
+    wait_until(lambda: [e["Message"].split(" (")[0] for e in read_events(folder, "P2SDiagnosticLog")
+                        if e["userName_s"] == "alice"][before:],
+               lambda got: got == ["IkeV2 user CN=alice disconnected"], "alice's one disconnection in the log", 10)
+    connect(plab, "alice")
+
+
 def test_private_keys_stay_private(plab):
     folder = lab_dir(plab.name)
     keys = list(folder.rglob("*.key"))
@@ -149,21 +201,58 @@ def test_private_keys_stay_private(plab):
 
 
 def test_more_clients_than_the_sku_allows_are_refused():
-    """VpnGw1 takes 250 IKEv2 and OpenVPN connections [2.1]: the 251st is ignored."""
+    """VpnGw1 takes 250 IKEv2 and OpenVPN connections [2.1]: the 251st is refused.
+    charon ignores the IKE_SA_INIT past the limit; where two of its worker threads pass
+    that check at once, the agent refuses the session that came up past it. The second
+    half takes charon's check away, so the agent alone holds the count."""
     name = "it-p2s-crowd"
     up(CROWD, name)
     try:
         state = load_state(name)
         rt, plan = runtime_of(state), plan_of(state)
-        with pytest.raises(LabError, match=r"1 of 251 \(crowd-251\) not connected"):
-            p2s.connect(rt, plan, "crowd", budget=15)
-        assert [s["connections"] for s in live.p2s_sessions(rt, plan)] == [250]
         server = plan.p2s_ends[0].node
+        with pytest.raises(LabError, match=r"1 of 251 \(crowd-\d+\) not connected"):
+            p2s.connect(rt, plan, "crowd", budget=15)
+        _holds_250(rt, plan)
         assert "hitting IKE_SA limit (250)" in (rt.node_dir(server) / "charon.log").read_text()
+
+        conf = rt.node_dir(server) / "strongswan.conf"
+        conf.write_text("".join(ln for ln in conf.read_text().splitlines(True) if "ikesa_limit" not in ln))
+        rt.stop_daemon(server, "charon", graceful=True)      # IKE DELETE: the clients dial again
+        rt.start_tunnel_ends([server], 30)
+        wait_until(lambda: [e["userName_s"] for e in read_events(state.dir, "P2SDiagnosticLog")
+                            if "connection limit (250) is reached" in e["Message"]],
+                   bool, "the agent to refuse a session past the limit", 60)
+        # the refused client dials again at once and charon lets it in again: the gateway
+        # holds 250, with the 251st there only between its IKE_AUTH and the agent's DELETE
+        looks = _sessions_for(rt, plan, 3)
+        assert min(looks) == 250 and max(looks) <= 251, looks
         rt.close()
     finally:
         assert vpnlab("down", "--name", name).returncode == 0
     assert leftovers(name) == {}
+
+
+def _holds_250(rt, plan):
+    """250 sessions on the gateway and 250 clients connected, and still so 3 s later."""
+    def count():
+        clients = p2s.client_state(rt, plan.clients[0])
+        return [s["connections"] for s in live.p2s_sessions(rt, plan)], \
+            sum(c["state"] == "CONNECTED" for c in clients.values())
+    want = ([250], 250)
+    wait_until(count, lambda got: got == want, "250 connections, on the gateway and on the clients", 60)
+    since = time.monotonic()
+    got, _ = wait_until(lambda: (count(), time.monotonic() - since),
+                        lambda x: x[0] != want or x[1] >= 3, "the count to hold for 3 s", 30)
+    assert got == want, f"the count did not hold: {got}"
+
+
+def _sessions_for(rt, plan, seconds: float) -> list[int]:
+    """The gateway's session count, looked at for some seconds."""
+    looks, since = [], time.monotonic()
+    wait_until(lambda: looks.append(live.p2s_sessions(rt, plan)[0]["connections"]) or time.monotonic() - since,
+               lambda elapsed: elapsed >= seconds, f"{seconds} s of looks at the gateway's sessions", seconds + 30)
+    return looks
 
 
 def test_point_to_site_as_the_readme_says():
