@@ -148,8 +148,8 @@ def test_a_session_shorter_than_a_second_is_in_the_diagnostic_log(plab):
 
     def sessions_of(client):
         return [("disconnected" if " disconnected (" in e["Message"] else "connected", e["instance_s"])
-                for e in read_events(folder, "P2SDiagnosticLog")
-                if e["userName_s"] == client and (" disconnected (" in e["Message"] or " connected from " in e["Message"])]
+                for e in read_events(folder, "P2SDiagnosticLog") if e["userName_s"] == client
+                and (" disconnected (" in e["Message"] or " connected from " in e["Message"])]
     for client in ("alice", "bob"):
         c = next(c for c in plan.clients if c.name == client)
         was_connected = p2s.client_state(rt, c)[client]["state"] == "CONNECTED"
