@@ -70,7 +70,7 @@ def ikev2_server(agent, server: P2sEnd, poll: float):
                                  if ike["state"] == b"ESTABLISHED"), key=lambda ike: int(ike["uniqueid"]))
                     sessions.reconcile({ike["uniqueid"]: live.ikev2_client(ike) for ike in up[:limit]})
                     for ike in up[limit:]:
-                        _refuse_past_limit(agent, server, sessions, ike, limit)
+                        _refuse_past_limit(agent, server, ike, limit)
                 if event is None:       # a tick
                     continue
                 if kind == b"ike-updown":
@@ -97,14 +97,13 @@ def _updown(agent, server: P2sEnd, sessions: Sessions, event: dict, limit: int):
         if not up:
             sessions.down(ike["uniqueid"])
         elif ike["uniqueid"] not in sessions.known and len(sessions.known) >= limit:
-            _refuse_past_limit(agent, server, sessions, ike, limit)
+            _refuse_past_limit(agent, server, ike, limit)
         else:
             sessions.up(ike["uniqueid"], live.ikev2_client(ike))
 
 
-def _refuse_past_limit(agent, server: P2sEnd, sessions: Sessions, ike: dict, limit: int):
+def _refuse_past_limit(agent, server: P2sEnd, ike: dict, limit: int):
     client = live.ikev2_client(ike)
-    sessions.known.pop(ike["uniqueid"], None)
     agent.log.p2s_refused(server, client["certificate"], client["address"],
                           f"the gateway's point-to-site connection limit ({limit}) is reached", "was refused")
     agent.say(f"{server.node}: {client['certificate']} is past the connection limit ({limit}): "
@@ -156,11 +155,10 @@ class _OpenVpnWatch:
             self.journal.skip()       # the listing below brings who is on now
         for entry in self.journal.read():
             client = {k: entry[k] for k in ("certificate", "address", "source_port", "virtual_ip")}
-            key = (client["certificate"], client["address"], client["source_port"])
             if entry["event"] == "client-connect":
-                self.sessions.up(key, client)
+                self.sessions.up(_session(client), client)
             else:
-                self.sessions.down(key)
+                self.sessions.down(_session(client))
         try:
             listed = live.openvpn_clients(live.openvpn_management(rt, node, "status 3"))
             history = live.openvpn_refusals(rt, node, self.since)
@@ -168,7 +166,7 @@ class _OpenVpnWatch:
             self.sessions.clear()
             self.synced = False
             return
-        now = {(c["certificate"], c["address"], c["source_port"]): c for c in listed}
+        now = {_session(c): c for c in listed}
         if not self.synced:
             self.sessions.reconcile(now)
             self.synced, self.missing = True, set()
@@ -180,6 +178,11 @@ class _OpenVpnWatch:
         for r in history:
             self.agent.log.p2s_refused(self.server, r["certificate"], r["address"], r["reason"])
             self.since = max(self.since, r["time"] + 1)
+
+
+def _session(client: dict) -> tuple:
+    """An OpenVPN session: the user's TCP connection."""
+    return client["certificate"], client["address"], client["source_port"]
 
 
 class _Journal:

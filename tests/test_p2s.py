@@ -250,8 +250,12 @@ def _holds_250(rt, plan):
 def _sessions_for(rt, plan, seconds: float) -> list[int]:
     """The gateway's session count, looked at for some seconds."""
     looks, since = [], time.monotonic()
-    wait_until(lambda: looks.append(live.p2s_sessions(rt, plan)[0]["connections"]) or time.monotonic() - since,
-               lambda elapsed: elapsed >= seconds, f"{seconds} s of looks at the gateway's sessions", seconds + 30)
+
+    def look() -> float:
+        looks.append(live.p2s_sessions(rt, plan)[0]["connections"])
+        return time.monotonic() - since
+    wait_until(look, lambda elapsed: elapsed >= seconds, f"{seconds} s of looks at the gateway's sessions",
+               seconds + 30)
     return looks
 
 
