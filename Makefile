@@ -50,8 +50,8 @@ docker-engine:
 # The node image for --runtime docker (and containerlab): its base is made locally with
 # debootstrap when no registry can be reached.
 image: deps docker-engine
-	bash lab/images/base-image.sh $$($(PY) -c 'from lab.runtime.image import base_image; print(base_image())')
-	$(PY) -m lab.runtime.image
+	bash vpnlab/runtime/images/base-image.sh $$($(PY) -c 'from vpnlab.runtime.image import base_image; print(base_image())')
+	$(PY) -m vpnlab.runtime.image
 
 lab: deps $(if $(filter docker containerlab,$(RUNTIME)),image)
 	$(VPNLAB) up $(TOPOLOGY) --timers $(TIMERS) --runtime $(RUNTIME)
@@ -76,7 +76,7 @@ test-unit: deps
 	$(PY) -m pytest -v -m "not integration" $(PYTEST_ARGS)
 
 bench: deps image
-	$(PY) -m lab.bench --out bench-results/bench.json
+	$(PY) -m vpnlab.bench --out bench-results/bench.json
 
 clean:
 	rm -rf $(VENV) reports bench-results *.egg-info

@@ -1,5 +1,5 @@
 """Scenarios run against real labs (root, strongSwan, FRR); the vpnlab pytest plugin
-(lab.pytest_plugin, loaded through its entry point) provides `lab` and `scenario`."""
+(vpnlab.pytest_plugin, loaded through its entry point) provides `lab` and `scenario`."""
 import os
 
 import pytest

@@ -18,8 +18,8 @@ from pathlib import Path
 import vici
 from vici.exception import CommandException
 
-from lab import engine
-from lab.waits import wait_until
+from vpnlab import engine
+from vpnlab.waits import wait_until
 
 CHARON = "/usr/lib/ipsec/charon"
 STRONGSWAN_CONF = """\

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from lab import control, live
-from lab.defaults import defaults
-from lab.events import read as read_events
-from lab.plan import initiator_child
+from vpnlab.gateway import control
+from vpnlab.gateway import live
+from vpnlab.model.defaults import defaults
+from vpnlab.gateway.events import read as read_events
+from vpnlab.plan.build import initiator_child
 from owndevice import OwnDevice
 
 LAB_TOPOLOGY = "topologies/azure-ike.yaml"

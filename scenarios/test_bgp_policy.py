@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import contextlib
 
-from lab import control, live
-from lab.defaults import defaults
+from vpnlab.gateway import control
+from vpnlab.gateway import live
+from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/dual-site-transit.yaml"
 VNET, AZURE = "10.70.0.0/16", ("10.70.255.4", "10.70.255.5")     # IN_0, IN_1 BGP addresses

@@ -1,6 +1,6 @@
 """Daemons crashing on the active-active design: the charon of one tunnel end, and the
 bgpd of a gateway instance. Each is killed with SIGKILL and restarted when healed."""
-from lab.probe import worst
+from vpnlab.checks.probe import worst
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 FLOWS = 8

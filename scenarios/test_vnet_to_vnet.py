@@ -1,7 +1,7 @@
 """VNet-to-VNet [7.1] on topologies/vnet-to-vnet.yaml: east (active-active) and west
 (active-standby) joined by a connection pair with BGP, and a branch on east that
 reaches west through it (transit with BGP on every hop [4.6])."""
-from lab import live
+from vpnlab.gateway import live
 
 LAB_TOPOLOGY = "../topologies/vnet-to-vnet.yaml"
 EAST, WEST = "10.110.0.0/16", "10.120.0.0/16"

@@ -1,7 +1,7 @@
 """A VNet-to-VNet pair without BGP (scenarios/topologies/vnet-to-vnet-static.yaml): the
 VNets reach each other through static routes, the branch on east does not reach west:
 no transit across a VNet-to-VNet connection without BGP [4.6]."""
-from lab import live
+from vpnlab.gateway import live
 
 LAB_TOPOLOGY = "topologies/vnet-to-vnet-static.yaml"
 WEST = "10.120.0.0/16"

@@ -1,4 +1,4 @@
-"""containerlab files (lab.clab, `vpnlab export`): they validate against containerlab's own
+"""containerlab files (vpnlab.plan.clab, `vpnlab export`): they validate against containerlab's own
 schema, clabernetes' constraints hold, and a split over hosts keeps every link exactly once.
 Nothing is started here."""
 from __future__ import annotations
@@ -13,10 +13,10 @@ import pytest
 import regex
 import yaml
 
-from lab import clab
-from lab.plan import INTERNET, build
-from lab.runtime.containerlab import containers_of
-from lab.topology import load
+from vpnlab.plan import clab
+from vpnlab.plan.build import INTERNET, build
+from vpnlab.runtime.containerlab import containers_of
+from vpnlab.model.topology import load
 
 ROOT = Path(__file__).parent.parent
 SCHEMA = ROOT.parent / "shared/schemas/containerlab-v0.79.0.schema.json"
@@ -43,7 +43,7 @@ def validator():
 
 def export(topology, fmt, out, *options) -> subprocess.CompletedProcess:
     """vpnlab export --format FMT [options] TOPOLOGY DIR"""
-    return subprocess.run([sys.executable, "-m", "lab.cli", "export", "--format", fmt,
+    return subprocess.run([sys.executable, "-m", "vpnlab.cli", "export", "--format", fmt,
                            *map(str, options), str(topology), str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
 
@@ -167,7 +167,7 @@ def test_containerlab_inspect_output_is_read_defensively(output, names):
 
 @pytest.mark.parametrize("fmt", clab.FORMATS)
 def test_point_to_site_export_is_refused_with_the_reason(fmt, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "lab.cli", "export", "--format", fmt, str(P2S), str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "vpnlab.cli", "export", "--format", fmt, str(P2S), str(tmp_path)],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 1 and "point-to-site" in res.stderr and "netns or docker" in res.stderr, res.stderr
     assert not any(tmp_path.iterdir())

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from lab import control, live
-from lab.defaults import defaults
-from lab.engine import load_state, plan_of, runtime_of
-from lab.pytest_plugin import leftovers, runtime_param
-from lab.runtime import containerlab as clab_runtime, docker as docker_runtime, procs
-from lab.state import lab_dir
-from lab.waits import wait_until
+from vpnlab.gateway import control
+from vpnlab.gateway import live
+from vpnlab.model.defaults import defaults
+from vpnlab.engine import load_state, plan_of, runtime_of
+from vpnlab.pytest_plugin import leftovers, runtime_param
+from vpnlab.runtime import containerlab as clab_runtime, docker as docker_runtime, procs
+from vpnlab.runtime.state import lab_dir
+from vpnlab.waits import wait_until
 
 ROOT = Path(__file__).parent.parent
 AA = ROOT / "topologies/active-active-bgp.yaml"
@@ -34,7 +35,7 @@ pytestmark = [
 
 
 def vpnlab(*args, timeout=180, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lab.cli", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "vpnlab.cli", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -433,7 +434,7 @@ def test_bring_your_own_device_as_the_readme_says(tmp_path, runtime):
     name = lab_name("it-byod", runtime)
 
     def adapt(block: str) -> str:
-        return (block.replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
+        return (block.replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
                 .replace("--name byod", f"--name {name}").replace("/tmp/mydevice", str(tmp_path))
                 .replace("--timers fast", f"--timers fast --runtime {runtime}")
                 .replace("mydevice", "it-mydev"))
@@ -500,7 +501,7 @@ def test_down_leaves_nothing_and_is_idempotent(runtime):
 
 def _start_up_and_wait_for_daemons(name, runtime) -> subprocess.Popen:
     vpnlab("down", "--name", name)
-    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "up", str(STATIC), "--name", name,
+    proc = subprocess.Popen([sys.executable, "-m", "vpnlab.cli", "up", str(STATIC), "--name", name,
                              "--timers", "fast", "--runtime", runtime], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_until(lambda: (load_state(name).processes if load_state(name) else []),
@@ -537,7 +538,7 @@ def test_active_standby_maintenance_as_the_readme_says(runtime):
     runtime are the test's own): the standby takes over, status says so, the VM
     reaches the branch."""
     name = lab_name("it-as", runtime)
-    block = (readme_block("maintenance").replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
+    block = (readme_block("maintenance").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
              .replace("--name as", f"--name {name}").replace("--timers fast", f"--timers fast --runtime {runtime}"))
     up_line, maint, show, ping, down_line = block.strip().splitlines()
     assert f"--runtime {runtime}" in up_line

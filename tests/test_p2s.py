@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from lab import control, live, p2s
-from lab.engine import load_state, plan_of, runtime_of
-from lab.events import read as read_events
-from lab.metrics import instance_name
-from lab.errors import LabError
-from lab.pytest_plugin import leftovers
-from lab.state import lab_dir
-from lab.waits import wait_until
+from vpnlab.gateway import control
+from vpnlab.gateway import live
+from vpnlab.checks import p2s_clients as p2s
+from vpnlab.engine import load_state, plan_of, runtime_of
+from vpnlab.gateway.events import read as read_events
+from vpnlab.gateway.metrics import instance_name
+from vpnlab.errors import LabError
+from vpnlab.pytest_plugin import leftovers
+from vpnlab.runtime.state import lab_dir
+from vpnlab.waits import wait_until
 from test_integration import RUNTIMES, readme_block, running, up, vpnlab
 
 ROOT = Path(__file__).parent.parent
@@ -261,7 +263,7 @@ def test_point_to_site_as_the_readme_says():
     is the test's own): both clients connect and reach the VM and the branch, mallory is
     refused, status shows the sessions, maintenance drops and reconnects them."""
     name = "it-p2s-readme"
-    block = (readme_block("point-to-site").replace(".venv/bin/vpnlab", f"{sys.executable} -m lab.cli")
+    block = (readme_block("point-to-site").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
              .replace("--name p2s", f"--name {name}"))
     lines = [ln.split("  #")[0].strip() for ln in block.strip().splitlines()]
     vpnlab("down", "--name", name)

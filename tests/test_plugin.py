@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lab import engine
-from lab.runtime import procs
-from lab.runtime.netns import lab_namespaces
+from vpnlab import engine
+from vpnlab.runtime import procs
+from vpnlab.runtime.netns import lab_namespaces
 
 pytest_plugins = ["pytester"]
 STATIC = Path(__file__).parent.parent / "topologies/single-site-static.yaml"

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lab.plan import build, gateway_subnet_ips, never_advertised
-from lab.render import render
-from lab.topology import load
+from vpnlab.plan.build import build, gateway_subnet_ips, never_advertised
+from vpnlab.plan.render import render
+from vpnlab.model.topology import load
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden"

@@ -7,13 +7,15 @@ import networkx as nx
 import pytest
 import yaml
 
-from lab import faults, maintenance, routing
-from lab.match import ABSENT, differences
-from lab.plan import build
-from lab.probe import direction
-from lab.report import render
-from lab.topology import load
-from lab.yamlsrc import SourceError
+from vpnlab.checks import faults
+from vpnlab.checks import maintenance
+from vpnlab.checks import routing
+from vpnlab.checks.match import ABSENT, differences
+from vpnlab.plan.build import build
+from vpnlab.checks.probe import direction
+from vpnlab.checks.report import render
+from vpnlab.model.topology import load
+from vpnlab.model.yamlsrc import SourceError
 
 ROOT = Path(__file__).parent.parent
 AA = ROOT / "topologies/active-active-bgp.yaml"

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.topology import load
-from lab.yamlsrc import SourceError
+from vpnlab.model.topology import load
+from vpnlab.model.yamlsrc import SourceError
 
 BAD = sorted((Path(__file__).parent / "bad").glob("*.yaml"))
 TOPOLOGIES = sorted((Path(__file__).parent.parent / "topologies").glob("*.yaml"))

@@ -1,0 +1,129 @@
+"""`make bench`: time from `up` to converged and peak memory, for the default topology
+and generated active-active topologies of 1, 10 and 30 sites (2 tunnels per site), on
+each runtime asked for that can run here. Prints a table and writes JSON. Run as root;
+uses fast timers."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from vpnlab.bench import p2s as bench_p2s
+from vpnlab import engine
+from vpnlab.bench.peak_memory import measured
+from vpnlab.runtime import procs
+
+def generated_topology(sites: int) -> dict:
+    """One active-active VpnGw4 gateway (ASN 65515, APIPA) and N single-device sites."""
+    return {
+        "virtual_networks": {"hub": {"address_space": ["10.10.0.0/16"], "subnets": {
+            "GatewaySubnet": {"address_prefix": "10.10.255.0/27"},
+            "workload": {"address_prefix": "10.10.1.0/24", "vms": ["vm1"]}}}},
+        "virtual_network_gateways": {"hub-gw": {
+            "virtual_network": "hub", "sku": "VpnGw4", "active_active": True,
+            "bgp": {"asn": 65515, "peering_addresses": [{"apipa_addresses": ["169.254.21.1"]},
+                                                         {"apipa_addresses": ["169.254.22.1"]}]}}},
+        "local_network_gateways": {f"site{i}": {
+            "gateway_ip": f"198.51.100.{10 + i}", "address_space": [f"10.20.{i}.0/24"],
+            "bgp": {"asn": 65010 + i, "peering_address": f"169.254.21.{100 + i}"}}
+            for i in range(sites)},
+        "connections": {f"hub-to-site{i}": {
+            "virtual_network_gateway": "hub-gw", "local_network_gateway": f"site{i}",
+            "shared_key": f"Bench.Key.{i}", "enable_bgp": True} for i in range(sites)},
+    }
+
+
+def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
+    name = f"bench-{label}-{runtime}"
+    row = {"topology": label, "sites": sites, "runtime": runtime}
+    with measured(name, row):
+        start = time.monotonic()
+        try:
+            result = engine.up(path, name=name, timers="fast", runtime=runtime)
+            row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
+                       processes=len(procs.tagged(name)),
+                       converged_seconds=round(time.monotonic() - start, 2))
+        except engine.LabError as err:
+            row.update(error=str(err))
+    return row
+
+
+def machine() -> dict:
+    mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
+                      if l.startswith("MemTotal")).split()[1])
+    return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
+            "kernel": platform.release(), "python": platform.python_version()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m vpnlab.bench")
+    ap.add_argument("--sites", default="1,10,30")
+    ap.add_argument("--runtimes", default="netns,docker",
+                    help="runtimes to measure; one that cannot run here is skipped, with the reason")
+    ap.add_argument("--p2s-skus", default="VpnGw1",
+                    help="point-to-site: connect each SKU's number of IKEv2 clients ('' to skip)")
+    ap.add_argument("--out", default="bench-results/bench.json")
+    args = ap.parse_args(argv)
+    console = Console(width=130)
+    rows, p2s_rows = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        cases = [("default", engine.default_topology(), 2)]
+        for n in (int(x) for x in args.sites.split(",") if x):
+            path = Path(tmp) / f"sites-{n}.yaml"
+            path.write_text(yaml.safe_dump(generated_topology(n)))
+            cases.append((f"sites-{n}", path, n))
+        for runtime in args.runtimes.split(","):
+            why = engine.runtime_unavailable(runtime)
+            if why:
+                console.print(f"[yellow]runtime {runtime} skipped: {why}[/]")
+                continue
+            for label, path, sites in cases:
+                console.print(f"[dim]measuring {label} on {runtime}...[/]")
+                rows.append(measure(label, path, sites, runtime))
+            for sku in filter(None, args.p2s_skus.split(",")):
+                console.print(f"[dim]measuring point-to-site on {sku} on {runtime}...[/]")
+                p2s_rows.append(bench_p2s.measure(sku, runtime, Path(tmp)))
+    console.print(f"machine: {machine()}")
+    table = Table("runtime", "topology", "sites", "tunnels", "nodes", "processes", "converged (s)",
+                  "peak RSS (MB)", "s / tunnel", title="vpnlab up -> converged, fast timers")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["runtime"], r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
+                          f"{r['peak_rss_mb']:.0f}", "-")
+            console.print(f"[red]{r['topology']}: {r['error']}[/]")
+            continue
+        table.add_row(r["runtime"], r["topology"], str(r["sites"]), str(r["tunnels"]), str(r["namespaces"]),
+                      str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                      f"{r['converged_seconds'] / r['tunnels']:.2f}")
+    console.print(table)
+    if p2s_rows:
+        console.print(_p2s_table(p2s_rows))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows}, indent=2))
+    console.print(f"wrote {out}")
+    return 1 if any("error" in r for r in rows + p2s_rows) else 0
+
+
+def _p2s_table(rows: list[dict]) -> Table:
+    table = Table("runtime", "SKU", "clients", "connected", "up (s)", "connect all (s)", "gateway charon (MB)",
+                  "crowd charon (MB)", "peak RSS (MB)",
+                  title="point-to-site: the SKU's IKEv2 clients (one crowd namespace, one charon)")
+    for r in rows:
+        table.add_row(r["runtime"], r["sku"], str(r["clients"]), str(r.get("connected", "-")),
+                      str(r.get("up_seconds", "-")), str(r.get("connect_seconds", "-")),
+                      str(r.get("gateway_charon_rss_mb", "-")), str(r.get("crowd_charon_rss_mb", "-")),
+                      f"{r['peak_rss_mb']:.0f}")
+    return table
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,304 @@
+"""Fault injection and its inverse, usable from scenarios and the CLI (vpnlab fail/heal).
+
+A fault is named `<kind>:<target>` (one per kind and target) and recorded in the lab's
+state, so that `vpnlab heal` in another process, or the pytest plugin after a failed
+scenario, can undo it. Kinds:
+
+  instance NODE    a gateway instance is lost; planned = graceful (BGP Cease, IKE DELETE,
+                   daemons stopped), unplanned = links down, daemons killed, no goodbye
+  device NODE      an on-prem device is lost (unplanned by default)
+  carrier N:IF     a veth goes down: the node's routes through it withdraw at once
+  blackhole N:IF   carrier stays up, every packet is dropped (nftables, both directions):
+                   only DPD and BGP hold timers can notice
+  loss N:IF        a percentage of packets dropped in both directions (nftables)
+  delay N:IF       netem delay/jitter/loss, where the kernel has netem
+  crash NODE       a daemon is killed with SIGKILL (charon of a tunnel end, bgpd of a
+                   router); healing restarts it
+"""
+from __future__ import annotations
+
+import re
+import time
+
+from vpnlab.gateway import control
+from vpnlab.gateway import live
+from vpnlab.model.defaults import defaults
+from vpnlab.errors import LabError
+from vpnlab.plan.build import Plan
+from vpnlab.runtime.netns import FRR_DAEMONS
+from vpnlab.waits import wait_until
+from vpnlab.model.yamlsrc import SourceError
+
+KINDS = ("instance", "device", "carrier", "blackhole", "loss", "delay", "crash")
+LINK_KINDS = ("carrier", "blackhole", "loss", "delay")
+CRASHABLE = {"tunnel-endpoint": ("charon",), "gateway-instance": ("bgpd",), "device": ("bgpd",),
+             "vnet-router": ("bgpd",), "p2s-endpoint": ("charon", "openvpn")}
+
+
+def key(kind: str, target: str) -> str:
+    return f"{kind}:{target}"
+
+
+def _nft_table(fault_key: str) -> str:
+    return "vpnlab_fault_" + re.sub(r"[^A-Za-z0-9]", "_", fault_key)
+
+
+# ------------------------------------------------------------------ validation
+def check(plan: Plan, kind: str, target: str, params: dict) -> dict:
+    """Refuse a fault that names nothing real; return its normalised parameters."""
+    if kind not in KINDS:
+        raise SourceError(f"fault kind {kind!r}: allowed: {', '.join(KINDS)}")
+    if kind in LINK_KINDS:
+        node, _, ifname = target.partition(":")
+        _node(plan, node, None)
+        veths = [i.name for i in plan.nodes[node].interfaces if i.kind == "veth"]
+        if ifname not in veths:
+            raise SourceError(f"fault {kind} {target!r}: {node} has no link {ifname!r}; "
+                              f"its links: {', '.join(veths)}")
+    if kind == "instance":
+        _node(plan, target, "gateway-instance")
+    if kind == "device":
+        _node(plan, target, "device")
+    out = {}
+    if kind in ("instance", "device"):
+        out["planned"] = bool(params.get("planned", kind == "instance"))
+    if kind == "loss":
+        pct = params.get("percent")
+        if pct is None or not 0 < float(pct) <= 100:
+            raise SourceError(f"fault loss {target}: --percent must be in (0, 100], got {pct}")
+        out["percent"] = float(pct)
+    if kind == "delay":
+        out.update(delay_ms=float(params.get("delay_ms") or 0), jitter_ms=float(params.get("jitter_ms") or 0),
+                   percent=float(params.get("percent") or 0))
+    if kind == "crash":
+        role = _node(plan, target, None).role
+        allowed = CRASHABLE.get(role, ())
+        daemon = params.get("daemon") or (allowed[0] if allowed else None)
+        if daemon not in allowed:
+            raise SourceError(f"fault crash {target} ({role}): daemon {daemon!r}: allowed: "
+                              f"{', '.join(allowed) or 'none (no daemon runs there)'}")
+        out["daemon"] = daemon
+    return out
+
+
+def _node(plan: Plan, name: str, role: str | None):
+    node = plan.nodes.get(name)
+    if node is None or (role and node.role != role):
+        names = sorted(n for n, x in plan.nodes.items() if role is None or x.role == role)
+        raise SourceError(f"unknown {role or 'node'} {name!r}; known: {', '.join(names)}")
+    return node
+
+
+# ------------------------------------------------------------------ inject / heal
+def inject(rt, plan: Plan, kind: str, target: str, **params) -> dict:
+    params = check(plan, kind, target, params)
+    k = key(kind, target)
+    if any(f["key"] == k for f in rt.state.faults):
+        raise LabError(f"fault {k} is already injected; 'vpnlab heal {k}' first")
+    fault = {"key": k, "kind": kind, "target": target, "params": params,
+             "injected_at": time.time(), "detail": {}}
+    # recorded first: a fault that fails half-way is still healed by heal --all
+    rt.state.faults.append(fault)
+    rt.state.save()
+    try:
+        _APPLY[kind](rt, plan, fault)
+    except BaseException:
+        # half-applied: undo what can be undone, so the lab is as before
+        try:
+            _HEAL[kind](rt, plan, fault)
+        except Exception:  # noqa: BLE001 - the original error is the one to report
+            pass
+        rt.state.faults.remove(fault)
+        rt.state.save()
+        raise
+    rt.state.save()
+    return fault
+
+
+def heal(rt, plan: Plan, fault_key: str) -> dict:
+    fault = next((f for f in rt.state.faults if f["key"] == fault_key), None)
+    if fault is None:
+        active = ", ".join(f["key"] for f in rt.state.faults) or "none"
+        raise LabError(f"no active fault {fault_key!r}; active: {active}")
+    _HEAL[fault["kind"]](rt, plan, fault)
+    fault["healed_at"] = time.time()
+    rt.state.faults.remove(fault)
+    rt.state.save()
+    return fault
+
+
+def heal_all(rt, plan: Plan) -> list[dict]:
+    return [heal(rt, plan, f["key"]) for f in reversed(list(rt.state.faults))]
+
+
+# ------------------------------------------------------------------ router loss
+def _router_parts(plan: Plan, node: str) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+    """A router's links, its charons (tunnel end, connection; a gateway instance's
+    point-to-site IKEv2 server too) and its openvpn servers."""
+    links = [i.name for i in plan.nodes[node].interfaces if i.kind == "veth"]
+    ends = [(t.azure_end if t.gateway_instance == node else t.onprem_end, t.connection)
+            for t in plan.tunnels if node in (t.gateway_instance, t.device)]
+    mine = [e for e in plan.p2s_ends if e.gateway_instance == node]
+    ends += [(e.node, "p2s") for e in mine if e.protocol == "IkeV2"]
+    return links, ends, [e.node for e in mine if e.protocol == "OpenVPN"]
+
+
+def _lose_router(rt, plan: Plan, fault: dict):
+    fault["detail"]["steps"] = lose_router(rt, plan, fault["target"], fault["params"]["planned"])
+
+
+def lose_router(rt, plan: Plan, node: str, planned: bool) -> list[tuple[int, str]]:
+    """A router goes away, gracefully or not; returns its steps (monotonic ns, what)
+    for timelines. A standby instance runs nothing: there is nothing to lose."""
+    steps: list[tuple[int, str]] = []
+    if plan.nodes[node].standby:
+        return steps
+    links, ends, openvpn = _router_parts(plan, node)
+    if planned:
+        frr = plan.nodes[node].frr
+        if frr.asn:
+            control.bgp_shutdown(rt, node, frr.asn)
+            steps.append((time.monotonic_ns(), "BGP Cease sent to every peer"))
+            _wait_peers_dropped(rt, plan, node)
+            steps.append((time.monotonic_ns(), "peers dropped their sessions"))
+        for end, conn in ends:
+            control.ike_terminate(rt, end, conn)
+        steps.append((time.monotonic_ns(), f"IKE DELETE sent on {len(ends)} tunnels"))
+    else:
+        # links first: a killed daemon's kernel still closes its TCP sessions (FIN), which
+        # must not reach the peers
+        for ifname in links:
+            rt.set_link(node, ifname, False)
+        steps.append((time.monotonic_ns(), f"links down: {', '.join(links)}"))
+    for end, _ in ends:
+        rt.stop_daemon(end, "charon", graceful=planned)
+    for end in openvpn:      # its clients see the TCP session end (planned) or go silent
+        rt.stop_daemon(end, "openvpn", graceful=planned)
+    for daemon in reversed(FRR_DAEMONS):
+        rt.stop_daemon(node, daemon, graceful=planned)
+    steps.append((time.monotonic_ns(), f"daemons {'stopped' if planned else 'killed'}"))
+    if planned:
+        for ifname in links:
+            rt.set_link(node, ifname, False)
+    return steps
+
+
+def _wait_peers_dropped(rt, plan: Plan, node: str):
+    peers = [s for s in plan.bgp if s.peer_node == node]
+
+    def established():
+        return [f"{s.node}->{s.peer}" for s in peers
+                if live.bgp_peers(rt, s.node).get(s.peer, {}).get("state") == "Established"]
+    wait_until(established, lambda left: not left, f"peers of {node} to drop their BGP sessions",
+               defaults()["waits"]["graceful_drain"])
+
+
+def _restore_router(rt, plan: Plan, fault: dict):
+    restore_router(rt, plan, fault["target"])
+
+
+def restore_router(rt, plan: Plan, node: str):
+    """Links up, routes back, FRR and the charons of the node's tunnels started. A
+    standby instance stays as it is: links down, no daemons."""
+    if plan.nodes[node].standby:
+        return
+    links, ends, openvpn = _router_parts(plan, node)
+    # a heal that failed half-way may have started some daemons: start from none
+    for end, _ in ends:
+        rt.stop_daemon(end, "charon", graceful=False)
+    for end in openvpn:
+        rt.stop_daemon(end, "openvpn", graceful=False)
+    for daemon in FRR_DAEMONS:
+        rt.stop_daemon(node, daemon, graceful=False)
+    for ifname in links:
+        rt.set_link(node, ifname, True)
+    for name in [node] + [end for end, _ in ends] + openvpn:
+        rt.restore_routes(plan.nodes[name])
+    budget = defaults()["waits"]["daemon_start"]
+    rt.start_routers([node], budget)
+    rt.start_tunnel_ends([end for end, _ in ends], budget)
+    rt.start_openvpn(openvpn, budget)
+
+
+# ------------------------------------------------------------------ link faults
+def _split(target: str) -> tuple[str, str]:
+    node, _, ifname = target.partition(":")
+    return node, ifname
+
+
+def _carrier_down(rt, plan, fault):
+    rt.set_link(*_split(fault["target"]), False)
+
+
+def _carrier_up(rt, plan, fault):
+    node, ifname = _split(fault["target"])
+    rt.set_link(node, ifname, True)
+    rt.restore_routes(plan.nodes[node])
+
+
+def _drop_rules(rt, plan, fault):
+    node, ifname = _split(fault["target"])
+    pct = fault["params"].get("percent")
+    match = f"numgen random mod 1000 < {round(pct * 10)} " if fault["kind"] == "loss" else ""
+    table = _nft_table(fault["key"])
+    rt.nft(node, f"""table netdev {table} {{
+  chain ingress {{ type filter hook ingress device "{ifname}" priority -500; policy accept; {match}counter drop; }}
+  chain egress {{ type filter hook egress device "{ifname}" priority -500; policy accept; {match}counter drop; }}
+}}
+""")
+
+
+def _remove_drop_rules(rt, plan, fault):
+    node, _ = _split(fault["target"])
+    table = _nft_table(fault["key"])
+    dropped = 0
+    for item in rt.nft_json(node, "list", "table", "netdev", table).get("nftables", []):
+        for expr in item.get("rule", {}).get("expr", []):
+            dropped += expr.get("counter", {}).get("packets", 0)
+    fault["detail"]["packets_dropped"] = dropped
+    rt.nft(node, f"delete table netdev {table}\n")
+
+
+def _netem(rt, plan, fault):
+    if not rt.state.kernel_netem:
+        raise LabError("this kernel has no netem (sch_netem): delay and jitter cannot be "
+                       "emulated here; use 'loss' or 'blackhole' (nftables) instead")
+    node, ifname = _split(fault["target"])
+    p = fault["params"]
+    args = ["qdisc", "add", "dev", ifname, "root", "netem", "delay", f"{p['delay_ms']}ms"]
+    if p["jitter_ms"]:
+        args.append(f"{p['jitter_ms']}ms")
+    if p["percent"]:
+        args += ["loss", f"{p['percent']}%"]
+    rt.tc(node, *args)
+
+
+def _netem_off(rt, plan, fault):
+    node, ifname = _split(fault["target"])
+    rt.tc(node, "qdisc", "del", "dev", ifname, "root", check=False)
+
+
+# ------------------------------------------------------------------ daemon crash
+def _crash(rt, plan, fault):
+    fault["detail"]["killed"] = rt.stop_daemon(fault["target"], fault["params"]["daemon"],
+                                               graceful=False)
+
+
+def _restart(rt, plan, fault):
+    node, daemon = fault["target"], fault["params"]["daemon"]
+    budget = defaults()["waits"]["daemon_start"]
+    rt.stop_daemon(node, daemon, graceful=False)    # idempotent: none may run twice
+    if daemon == "charon":
+        rt.start_tunnel_ends([node], budget)
+    elif daemon == "openvpn":
+        rt.start_openvpn([node], budget)
+    else:
+        rt.start_frr([node], (daemon,))
+        rt.configure_frr(node, budget)
+
+
+_APPLY = {"instance": _lose_router, "device": _lose_router, "carrier": _carrier_down,
+          "blackhole": _drop_rules, "loss": _drop_rules, "delay": _netem, "crash": _crash}
+_HEAL = {"instance": _restore_router, "device": _restore_router, "carrier": _carrier_up,
+         "blackhole": _remove_drop_rules, "loss": _remove_drop_rules, "delay": _netem_off,
+         "crash": _restart}

@@ -1,0 +1,457 @@
+"""vpnlab: the command line. Data to stdout (tables, or JSON on request), progress and
+errors to stderr. Exit codes: 0 ok, 1 the lab failed, 2 bad input."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+from vpnlab import engine
+from vpnlab.checks import faults
+from vpnlab.model.yamlsrc import SourceError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str):
+    """Errors go to stderr unwrapped, so that file:line: field stays on one line."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _progress():
+    status = err.status("starting")
+
+    def update(message: str):
+        err.print(f"[dim]{time.strftime('%H:%M:%S')}[/] {message}", soft_wrap=True)
+        status.update(message)
+    return status, update
+
+
+def cmd_up(args) -> int:
+    status, update = _progress()
+    with status:
+        result = engine.up(args.file or engine.default_topology(), name=args.name,
+                           timers=args.timers, progress=update, runtime=args.runtime,
+                           keep_on_failure=args.keep_on_failure)
+    return _show_status(result, args.json)
+
+
+def cmd_status(args) -> int:
+    return _show_status(engine.status(engine.resolve_name(args.name)), args.json)
+
+
+def _show_status(s: dict, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return 0
+    out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
+              f"  timers {s['timers']}  phase {s['phase']}  delay/jitter: {s['impairments']['delay']}")
+    g = Table("gateway", "instance", "role", "public IP", "BGP address", title="Gateway instances")
+    for x in s.get("gateways", []):
+        g.add_row(x["gateway"], x["instance"], x["role"], x["public_ip"], x["bgp_address"])
+    out.print(g)
+    t = Table("tunnel", "gateway instance", "device", "IKE", "CHILD", "up (s)", title="Tunnels")
+    for x in s["tunnels"]:
+        color = "green" if x["state"] == "ESTABLISHED" else "red"
+        t.add_row(x["tunnel"], x["gateway_instance"], x["device"], f"[{color}]{x['state']}[/]",
+                  str(x["child_state"] or "-"), str(x["established_seconds"] or "-"))
+    out.print(t)
+    b = Table("node", "peer", "peer node", "kind", "state", "prefixes", title="BGP sessions")
+    for x in s["bgp"]:
+        color = "green" if x["state"] == "Established" else "red"
+        b.add_row(x["node"], x["peer"], x["peer_node"], x["kind"], f"[{color}]{x['state']}[/]",
+                  str(x["prefixes_received"] if x["prefixes_received"] is not None else "-"))
+    out.print(b)
+    up_t = sum(x["state"] == "ESTABLISHED" for x in s["tunnels"])
+    up_b = sum(x["state"] == "Established" for x in s["bgp"])
+    out.print(f"tunnels {up_t}/{len(s['tunnels'])} ESTABLISHED, "
+              f"BGP sessions {up_b}/{len(s['bgp'])} Established")
+    for d in s.get("own_devices", []):
+        where = (f"attached from namespace {d['netns']}" if d["netns"]
+                 else f"not attached: vpnlab attach {d['site']} --netns NS")
+        out.print(f"site {d['site']} ({d['public_ip']}) brings its own device: {where}")
+    for f in s.get("faults", []):
+        since = time.strftime("%H:%M:%S", time.localtime(f["injected_at"]))
+        out.print(f"[yellow]fault[/] {f['key']} {f['params'] or ''} since {since}")
+    return 0
+
+
+def _labs_to_remove(args) -> list[str]:
+    if args.all:
+        return engine.running_labs()
+    if args.name:
+        return [engine.check_name(args.name)]
+    labs = engine.running_labs()
+    if len(labs) > 1:
+        raise engine.LabError(f"several labs are up ({', '.join(labs)}): "
+                              "choose one with --name, or --all")
+    return labs
+
+
+def cmd_down(args) -> int:
+    names = _labs_to_remove(args)
+    if not names:
+        err.print("no lab is up")
+        return 0
+    failed = False
+    for name in names:
+        problems = engine.down(name)
+        for p in problems:
+            _fail(f"{name}: {p}")
+        failed |= bool(problems)
+        err.print(f"lab {name}: {'left problems behind' if problems else 'down'}")
+    return 1 if failed else 0
+
+
+def cmd_exec(args) -> int:
+    state = engine.require_state(engine.resolve_name(args.name))
+    plan = engine.plan_of(state)
+    if args.node not in plan.nodes:
+        raise SourceError(f"unknown node {args.node!r}; nodes: {', '.join(sorted(plan.nodes))}")
+    if not args.command:
+        raise SourceError("give a command after --, e.g. vpnlab exec vm1 -- ping 10.20.1.10")
+    argv = engine.runtime_of(state).exec_argv(args.node, args.command)
+    os.execvp(argv[0], argv)   # exit code passes through
+
+
+def cmd_graph(args) -> int:
+    from vpnlab.checks.graph import lab_graph, mermaid, png
+    name = engine.resolve_name(args.name)
+    g = lab_graph(engine.plan_of(engine.require_state(name)), engine.status(name))
+    if args.format == "mermaid":
+        text = mermaid(g)
+        if args.output:
+            open(args.output, "w").write(text)
+        else:
+            print(text, end="")
+    else:
+        path = args.output or f"{name}.png"
+        png(g, path)
+        err.print(f"wrote {path}")
+    return 0
+
+
+def cmd_fail(args) -> int:
+    params = {"percent": args.percent, "delay_ms": args.delay_ms, "jitter_ms": args.jitter_ms,
+              "daemon": args.daemon}
+    if args.planned is not None:
+        params["planned"] = args.planned
+    fault = engine.fail(engine.resolve_name(args.name), args.kind, args.target,
+                        **{k: v for k, v in params.items() if v is not None})
+    err.print(f"injected {fault['key']} {fault['params'] or ''}; undo with: vpnlab heal {fault['key']}",
+              soft_wrap=True)
+    return 0
+
+
+def cmd_maintenance(args) -> int:
+    status, update = _progress()
+    with status:
+        result = engine.maintenance(engine.resolve_name(args.name), args.gateway, args.instance,
+                                    args.unplanned, wait=not args.no_wait, progress=update)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    elif "note" in result:
+        err.print(result["note"])
+    elif "active_after" in result:
+        err.print(f"{args.gateway}: instance {result['active_after']} is active now "
+                  f"(IN_{result['active_before']} was {'reset' if result['planned'] else 'lost'})")
+    else:
+        err.print(f"{args.gateway}: instance {result['instance']} is back")
+    return 0
+
+
+def cmd_heal(args) -> int:
+    if not args.keys and not args.all:
+        raise SourceError("name the faults to heal (see 'vpnlab status'), or --all")
+    _, update = _progress()
+    healed = engine.heal(engine.resolve_name(args.name), None if args.all else args.keys,
+                         wait=not args.no_wait, progress=update)
+    for f in healed:
+        extra = f.get("detail", {}).get("packets_dropped")
+        err.print(f"healed {f['key']}" + (f" ({extra} packets dropped while it lasted)"
+                                          if extra is not None else ""))
+    if not healed:
+        err.print("no active fault")
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from vpnlab.gateway.metrics import metrics
+    state = engine.require_state(engine.resolve_name(args.name))
+    rt = engine.runtime_of(state)
+    try:
+        rows = metrics(rt, engine.plan_of(state))
+    finally:
+        rt.close()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    # one table per set of dimensions (tunnel, instance, BGP peer), a column per metric
+    groups: dict[tuple, dict[tuple, dict]] = {}
+    for r in rows:
+        dims = tuple(r["dimensions"])
+        groups.setdefault(dims, {}).setdefault(tuple(r["dimensions"].values()), {})[r["name"]] = r["value"]
+    for dims, by_key in groups.items():
+        names = list(dict.fromkeys(n for values in by_key.values() for n in values))
+        t = Table(*dims, *names, title="Azure Monitor metrics: " + ", ".join(dims))
+        for key, values in by_key.items():
+            t.add_row(*key, *(str(values.get(n, "-")) for n in names))
+        out.print(t)
+    return 0
+
+
+def cmd_attach(args) -> int:
+    name = engine.resolve_name(args.name)
+    a = engine.attach(name, args.site, args.netns)
+    if args.json:
+        print(json.dumps(a, indent=2))
+        return 0
+    err.print(f"attached namespace {a['netns']} as site {a['site']}: interface {a['interface']} "
+              f"{a['public_ip']}/24, route {', '.join(a['routes'])}")
+    err.print(f"Azure gateway public IPs to dial: {', '.join(a['gateways'])}")
+    return 0
+
+
+def cmd_detach(args) -> int:
+    name = engine.resolve_name(args.name)
+    err.print(f"detached {args.site}" if engine.detach(name, args.site) else f"{args.site} was not attached")
+    return 0
+
+
+def cmd_events(args) -> int:
+    from vpnlab.gateway.events import read
+    state = engine.require_state(engine.resolve_name(args.name))
+    entries = read(state.dir, args.category)
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    # one line per entry, as log viewers show it (a table would wrap the messages)
+    for e in entries[-args.last:]:
+        print(" ".join((e["TimeGenerated"], e["Category"], e.get("OperationName", "-"),
+                        e.get("instance_s", "-"), e["Message"])))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from vpnlab.checks.report import write_html
+    try:
+        results = json.loads(open(args.results).read())
+        write_html(results, args.output)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SourceError(f"{args.results}: not a vpnlab results file ({type(e).__name__}: {e})") from None
+    err.print(f"wrote {args.output} ({len(results.get('scenarios', []))} scenarios)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    hosts = [h for h in (args.host_addresses or "").split(",") if h]
+    paths = engine.export(args.file or engine.default_topology(), args.dir, args.format,
+                          name=args.name, timers=args.timers, split_hosts=args.split_hosts,
+                          host_addresses=hosts, image=args.image)
+    for path in paths:
+        err.print(f"wrote {path}")
+    if args.format == "clabernetes":
+        err.print("run it on Kubernetes with clabverter (see README: Kubernetes with clabernetes)")
+    return 0
+
+
+def cmd_p2s(args) -> int:
+    from vpnlab.checks import p2s_clients as p2s
+    result = p2s.run(args.name, args.action, args.client)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.action == "status":
+        _p2s_tables(result)
+    elif args.action == "connect":
+        out.print(f"{result['client']} connected ({result['connected']} over {result['protocol']}) in "
+                  f"{result['seconds']} s; virtual IP {', '.join(result['virtual_ips'][:5])}"
+                  f"{' ...' if len(result['virtual_ips']) > 5 else ''}")
+    else:
+        out.print(f"{result['client']} disconnected ({result['closed']} closed)")
+    return 0
+
+
+def _p2s_tables(result: dict):
+    t = Table(title="point-to-site clients")
+    for col in ("client", "protocol", "gateway IP", "state", "virtual IP", "certificate thumbprint"):
+        t.add_column(col)
+    for c in result["clients"]:
+        thumbs = [v for v in c["certificates"].values() if v]
+        t.add_row(c["client"], c["protocol"], c["gateway_ip"], c["state"], ", ".join(c["virtual_ips"][:3]),
+                  thumbs[0] if len(thumbs) == 1 else f"{len(c['certificates'])} certificates")
+    out.print(t)
+    g = Table(title="gateway side")
+    for col in ("instance", "protocol", "pool", "connections"):
+        g.add_column(col)
+    for s in result["gateways"]:
+        g.add_row(s["instance"], s["protocol"], ", ".join(s["pool"]), str(s["connections"]))
+    out.print(g)
+    for gw, revoked in result["revoked"].items():
+        for r in revoked:
+            out.print(f"{gw} revokes {r['name']}: {r['thumbprint']}"
+                      + ("" if r["enforced"] else " (not issued by the lab: nothing to enforce)"))
+
+
+def cmd_validate(args) -> int:
+    from vpnlab.model.topology import load
+    load(args.file)
+    err.print(f"{args.file}: valid")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vpnlab", description="Azure VPN Gateway lab with strongSwan and FRR")
+    sub = p.add_subparsers(dest="verb", required=True)
+    up = sub.add_parser("up", help="build, start and wait for convergence")
+    up.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
+    up.add_argument("--name", help="lab name (default: the file's stem)")
+    up.add_argument("--timers", default="azure", choices=["azure", "fast"])
+    up.add_argument("--runtime", default="netns", choices=list(engine.RUNTIMES),
+                    help="netns: namespaces on this host (default); docker: containers from "
+                         "the node image (make image); containerlab: deployed by containerlab")
+    up.add_argument("--json", action="store_true")
+    up.add_argument("--keep-on-failure", action="store_true",
+                    help="leave a lab that did not converge running, for debugging")
+    up.set_defaults(func=cmd_up)
+    st = sub.add_parser("status", help="tunnels and BGP sessions, live")
+    st.add_argument("--name")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+    dn = sub.add_parser("down", help="remove a lab (idempotent)")
+    g = dn.add_mutually_exclusive_group()
+    g.add_argument("--name")
+    g.add_argument("--all", action="store_true")
+    dn.set_defaults(func=cmd_down)
+    ex = sub.add_parser("exec", help="run a command in a node")
+    ex.add_argument("--name")
+    ex.add_argument("node")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+    gr = sub.add_parser("graph", help="the topology with tunnel and BGP state")
+    gr.add_argument("--name")
+    gr.add_argument("--format", default="mermaid", choices=["mermaid", "png"])
+    gr.add_argument("-o", "--output")
+    gr.set_defaults(func=cmd_graph)
+    fl = sub.add_parser("fail", help="inject a fault (see 'vpnlab fail --help')",
+                        description=faults.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    fl.add_argument("kind", choices=faults.KINDS)
+    fl.add_argument("target", help="a node (instance, device, crash) or NODE:IFACE (link faults)")
+    fl.add_argument("--name")
+    pl = fl.add_mutually_exclusive_group()
+    pl.add_argument("--planned", dest="planned", action="store_true", default=None,
+                    help="graceful: BGP Cease and IKE DELETE before the daemons stop")
+    pl.add_argument("--unplanned", dest="planned", action="store_false",
+                    help="links down and daemons killed: peers must notice by themselves")
+    fl.add_argument("--percent", type=float, help="loss (and delay): share of packets dropped")
+    fl.add_argument("--delay-ms", type=float, help="delay (netem only)")
+    fl.add_argument("--jitter-ms", type=float, help="jitter (netem only)")
+    fl.add_argument("--daemon", help="crash: charon (tunnel end) or bgpd (router)")
+    fl.set_defaults(func=cmd_fail)
+    hl = sub.add_parser("heal", help="undo faults and wait for convergence")
+    hl.add_argument("keys", nargs="*", metavar="FAULT", help="e.g. instance:hub-gw-in0")
+    hl.add_argument("--all", action="store_true")
+    hl.add_argument("--name")
+    hl.add_argument("--no-wait", action="store_true", help="return once the daemons run again")
+    hl.set_defaults(func=cmd_heal)
+    mn = sub.add_parser("maintenance", help="Azure's reset of a gateway instance: failover "
+                        "(active-standby) or reboot (active-active)")
+    mn.add_argument("gateway", help="a virtual network gateway of the topology")
+    mn.add_argument("--instance", type=int, choices=(0, 1),
+                    help="IN_0 or IN_1 (default: the active one; IN_0 on active-active)")
+    mn.add_argument("--unplanned", action="store_true",
+                    help="no BGP Cease, no IKE DELETE: the instance just dies")
+    mn.add_argument("--no-wait", action="store_true", help="return before the lab converged again")
+    mn.add_argument("--name")
+    mn.add_argument("--json", action="store_true")
+    mn.set_defaults(func=cmd_maintenance)
+    mt = sub.add_parser("metrics", help="Azure Monitor's gateway metrics, from live state")
+    mt.add_argument("--name")
+    mt.add_argument("--json", action="store_true")
+    mt.set_defaults(func=cmd_metrics)
+    at = sub.add_parser("attach", help="connect your own device's namespace as a managed: false site")
+    at.add_argument("site", help="a local network gateway with managed: false")
+    at.add_argument("--netns", required=True, help="an existing network namespace (ip netns add NAME)")
+    at.add_argument("--name")
+    at.add_argument("--json", action="store_true")
+    at.set_defaults(func=cmd_attach)
+    de = sub.add_parser("detach", help="disconnect a namespace attached with 'vpnlab attach'")
+    de.add_argument("site")
+    de.add_argument("--name")
+    de.set_defaults(func=cmd_detach)
+    ev = sub.add_parser("events", help="the gateway's diagnostic log, in Azure's shapes")
+    ev.add_argument("--name")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--category", choices=["TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog",
+                                           "P2SDiagnosticLog"])
+    ev.add_argument("--last", type=int, default=50, help="rows shown in the table (default 50)")
+    ev.set_defaults(func=cmd_events)
+    rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")
+    rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
+    rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")
+    rp.set_defaults(func=cmd_report)
+    ex = sub.add_parser("export", help="write the lab as containerlab files, start nothing")
+    ex.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
+    ex.add_argument("--format", required=True, choices=list(engine.clab.FORMATS))
+    ex.add_argument("dir", help="folder to write (created)")
+    ex.add_argument("--name", help="lab name (default: the file's stem)")
+    ex.add_argument("--timers", default="azure", choices=["azure", "fast"])
+    ex.add_argument("--image", help="the node image as the nodes' hosts pull it (default: the "
+                                    "local build, vpnlab/node:<digest>)")
+    ex.add_argument("--split-hosts", type=int, metavar="N",
+                    help="clab only: one topology per host, VXLAN links between them")
+    ex.add_argument("--host-addresses", metavar="IP,IP,...",
+                    help="with --split-hosts: each host's own address (the VXLAN remotes)")
+    ex.set_defaults(func=cmd_export)
+    ps = sub.add_parser("p2s", help="point-to-site clients: connect, disconnect, status")
+    ps.add_argument("action", choices=("connect", "disconnect", "status"))
+    ps.add_argument("client", nargs="?", help="a client of the topology's clients: (connect, disconnect)")
+    ps.add_argument("--name")
+    ps.add_argument("--json", action="store_true")
+    ps.set_defaults(func=cmd_p2s)
+    va = sub.add_parser("validate", help="check a topology file, start nothing")
+    va.add_argument("file")
+    va.set_defaults(func=cmd_validate)
+    return p
+
+
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends vpnlab the way Ctrl-C does, so that a half-built lab is removed.
+    Helper processes forked by libraries (pyroute2) inherit the handler: they just exit."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminate)
+    args = parser().parse_args(argv)
+    if getattr(args, "command", None) and args.command[:1] == ["--"]:
+        args.command = args.command[1:]
+    if args.verb not in ("validate", "report", "export") and os.geteuid() != 0:
+        err.print("vpnlab needs root: it creates network namespaces and starts daemons")
+        return 2
+    try:
+        return args.func(args)
+    except SourceError as e:
+        _fail(str(e))
+        return 2
+    except engine.LabError as e:
+        _fail(f"error: {e}")
+        return 1
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

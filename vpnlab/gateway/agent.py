@@ -1,0 +1,302 @@
+"""The emulated gateway's own control plane: what Azure does by itself, beside the daemons.
+
+One process per lab (`python -m vpnlab.gateway.agent LAB`), started by `up`, tagged, ended by `down`:
+- connection modes [1.3]: Default and InitiatorOnly dial the device and redial every
+  `azure.redial_seconds` while a tunnel is down; ResponderOnly never dials;
+- Azure's own CHILD_SA rekeys offer Azure's initiator list [3.1] (control.azure_rekey);
+  IKEv1 main-mode SAs are closed and dialed again at their lifetime [3.3];
+- when both ends dialed at once, the gateway's duplicate IKE SA (or CHILD SA, when
+  strongSwan put it into the device's IKE SA) is deleted;
+- policy-based tunnels come up on traffic and go down when idle [1.1];
+- the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
+  JSON lines to the lab's events file (vpnlab.gateway.events reads it);
+- point-to-site servers (lab.p2s_watch): users' sessions and refusals, the SKU's count.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+
+from vpnlab.gateway import control
+from vpnlab.gateway import events
+from vpnlab.gateway import live
+from vpnlab.gateway import p2s_watch
+from vpnlab.model.defaults import defaults
+from vpnlab.plan.build import Plan, Tunnel, dial_children, initiator_child
+from vpnlab.runtime.state import load_state
+
+POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
+
+
+class Agent:
+    def __init__(self, rt, plan: Plan):
+        self.rt, self.plan = rt, plan
+        self.log = events.Writer(rt.state.dir)
+        self.stop = threading.Event()
+        self.redial = defaults()["azure"]["redial_seconds"]
+        self.say = say
+
+    def run(self):
+        threads = [threading.Thread(target=self.tunnel_end, args=(t,), daemon=True)
+                   for t in self.plan.tunnels]
+        threads += [threading.Thread(target=self.ike_log, args=(t,), daemon=True)
+                    for t in self.plan.tunnels]
+        threads += [threading.Thread(target=self.on_demand, args=(t,), daemon=True)
+                    for t in self.plan.tunnels if t.policy_based]
+        threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
+        threads += [threading.Thread(target=p2s_watch.ikev2_server if e.protocol == "IkeV2"
+                                     else p2s_watch.openvpn_server, args=(self, e, POLL), daemon=True)
+                    for e in self.plan.p2s_ends]
+        for th in threads:
+            th.start()
+        self.stop.wait()
+
+    # ------------------------------------------------------------ dialing and rekeys
+    def tunnel_end(self, t: Tunnel):
+        """Dial when the mode says Azure dials and no IKE SA exists for redial seconds;
+        settle duplicates; rekey CHILD SAs Azure answered for, at Azure's lifetime, with
+        Azure's offers."""
+        seen = {"down_since": None, "last_dial": None, "duplicated_since": None,
+                "failed_rekeys": set()}
+        while not self.stop.wait(POLL):
+            try:
+                sas = live.ike_sas(self.rt, t.azure_end)
+            except OSError:        # charon is down (a fault): nothing to do until it is back
+                continue
+            except Exception as err:  # noqa: BLE001 - one bad answer must not end the thread
+                say(f"{t.name}: listing SAs failed: {err!r}")
+                continue
+            now = time.monotonic()
+            self._redial(t, sas, seen, now)
+            self._settle_duplicates(t, sas, seen, now)
+            self._rekey_answered(t, sas, seen["failed_rekeys"])
+            self._main_mode_rekey(t, sas)
+
+    def _redial(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
+        if sas or t.policy_based or t.connection_mode == "ResponderOnly":
+            seen["down_since"] = None     # policy-based: on demand (on_demand), not redialed
+            return
+        seen["down_since"] = seen["down_since"] or now
+        last = seen["last_dial"]
+        if now - seen["down_since"] >= self.redial and (last is None or now - last >= self.redial):
+            seen["last_dial"] = now
+            say(f"{t.name}: no IKE SA for {now - seen['down_since']:.0f} s: dialing {t.remote_ip}")
+            self._dial(t)
+
+    def _settle_duplicates(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
+        """Duplicates seen on two polls in a row go (a rekey's overlap never lasts that
+        long: its old SA is no longer INSTALLED)."""
+        extra = _duplicates(sas)
+        children = [] if extra else _duplicate_children(sas, t.connection)
+        if not (extra or children):
+            seen["duplicated_since"] = None
+        elif seen["duplicated_since"] is None:
+            seen["duplicated_since"] = now
+        elif now - seen["duplicated_since"] >= POLL:
+            self._drop_duplicates(t, extra, children)
+            seen["duplicated_since"] = None
+
+    def _main_mode_rekey(self, t: Tunnel, sas: list[dict]):
+        charon = self.plan.nodes[t.azure_end].charon
+        if charon["version"] != 1:
+            return
+        lifetime = charon["policy"]["ike_lifetime"]
+        if any(ike["state"] == b"ESTABLISHED" and int(ike.get("established", 0)) >= lifetime for ike in sas):
+            say(f"{t.name}: IKEv1 main-mode SA reached {lifetime} s: closing it and dialing again")
+            try:
+                control.ikev1_reconnect(self.rt, t.azure_end, t.connection, dial_children(charon))
+            except Exception as err:  # noqa: BLE001
+                say(f"{t.name}: IKEv1 reconnect failed: {err!r}")
+
+    def _rekey_answered(self, t: Tunnel, sas: list[dict], failed: set):
+        lifetime = self._child_lifetime(t)
+        for child in _answered_children(sas, t.connection):
+            due = int(child.get("install-time", 0)) >= lifetime["seconds"] or _bytes(child) >= lifetime["bytes"]
+            if not due or child["uniqueid"] in failed:
+                continue
+            say(f"{t.name}: CHILD SA {child['uniqueid'].decode()} reached Azure's lifetime: rekeying")
+            try:
+                if not control.azure_rekey(self.rt, t.azure_end, t.connection):
+                    failed.add(child["uniqueid"])
+                    say(f"{t.name}: the device refused Azure's rekey offers")
+            except Exception as err:  # noqa: BLE001
+                say(f"{t.name}: rekey failed: {err!r}")
+
+    def _drop_duplicates(self, t: Tunnel, ikes: list[dict], children: list[dict]):
+        """Both ends dialed at once: two IKE SAs came up, or strongSwan put the gateway's
+        CHILD SA into the device's IKE SA. The gateway deletes its own (the lab's choice;
+        how Azure settles it is not documented)."""
+        for kind, sa in [("IKE SA", s) for s in ikes] + [("CHILD SA", s) for s in children]:
+            say(f"{t.name}: a second {kind} (both ends dialed): deleting the gateway's own "
+                f"#{sa['uniqueid'].decode()}")
+            try:
+                if kind == "IKE SA":
+                    control.ike_terminate(self.rt, t.azure_end, t.connection, ike_id=sa["uniqueid"].decode())
+                else:
+                    control.child_terminate(self.rt, t.azure_end, sa["uniqueid"])
+            except Exception as err:  # noqa: BLE001 - the next round sees it again
+                say(f"{t.name}: deleting the duplicate {kind} failed: {err!r}")
+
+    def _dial(self, t: Tunnel):
+        try:
+            control.dial(self.rt, self.plan, t)
+        except Exception as err:  # noqa: BLE001 - the next round dials again
+            say(f"{t.name}: dialing failed: {err!r}")
+
+    def _child_lifetime(self, t: Tunnel) -> dict:
+        policy = self.plan.nodes[t.azure_end].charon["policy"]
+        return {"seconds": policy["child_lifetime"], "bytes": policy["child_kilobytes"] * 1024}
+
+    # ------------------------------------------------------------ policy-based tunnels
+    def on_demand(self, t: Tunnel):
+        """A policy-based tunnel comes up when traffic flows and the gateway tears it
+        down after the idle time [1.1]. libipsec raises no acquire for trap policies, so
+        the agent watches the packets routed into each end's tunnel (an nftables counter)
+        and starts that end's children when some arrive while none is installed."""
+        ends = [e for e in (t.azure_end, t.onprem_end) if e]
+        seen: dict[str, int] = {}
+        idle = defaults()["timers"][self.rt.state.timers]["policy_based_idle"]
+        idle_since = last_bytes = None
+        while not self.stop.wait(POLL):
+            try:
+                for end in ends:
+                    count = self._to_tunnel(end)
+                    grew = end in seen and count > seen[end]
+                    seen[end] = count
+                    if grew and not live.child_installed(live.ike_sas(self.rt, end)):
+                        say(f"{end}: traffic for the tunnel and no SA: starting it")
+                        for child in self.plan.nodes[end].charon["children"]:
+                            control.initiate(self.rt, end, child["name"], timeout=-1)
+                sas = live.ike_sas(self.rt, t.azure_end)
+                if not live.child_installed(sas):
+                    idle_since = last_bytes = None
+                    continue
+                moved = sum(_bytes(c) for ike in sas for c in ike.get("child-sas", {}).values())
+                if moved != last_bytes:
+                    idle_since, last_bytes = time.monotonic(), moved
+                elif time.monotonic() - idle_since >= idle:
+                    say(f"{t.name}: idle for {idle} s: tearing the tunnel down")
+                    self.log.pinned[t.name] = f"idle for {idle} s (policy-based gateway)"
+                    control.ike_terminate(self.rt, t.azure_end, t.connection)
+            except Exception as err:  # noqa: BLE001 - the next round tries again
+                say(f"{t.name}: on-demand round failed: {err!r}")
+
+    def _to_tunnel(self, end: str) -> int:
+        data = self.rt.nft_json(end, "list", "counter", "inet", "vpnlab_ts", "to_tunnel")
+        return next((x["counter"]["packets"] for x in data.get("nftables", []) if "counter" in x), 0)
+
+    # ------------------------------------------------------------ diagnostic log
+    def ike_log(self, t: Tunnel):
+        """Tunnel events and IKE log lines of one Azure tunnel end, from VICI events.
+        Whenever the listener (re)connects, the tunnel's state is read once, so that what
+        happened while charon was away (a crash, a restart) is reported too."""
+        while not self.stop.is_set():
+            try:
+                first = True
+                for kind, event in control.listen(self.rt, t.azure_end, ["ike-updown", "log"], POLL):
+                    if self.stop.is_set():
+                        return
+                    if first:    # registered now: from here on no event is missed
+                        first = False
+                        sas = live.ike_sas(self.rt, t.azure_end)
+                        self.log.tunnel(t, self.plan, any(sa["state"] == b"ESTABLISHED" for sa in sas))
+                    if kind == b"ike-updown":
+                        self.log.tunnel(t, self.plan, event.get("up") == b"yes")
+                    elif kind == b"log":
+                        self.log.ike(t, self.plan, event)
+            except OSError:
+                self.log.tunnel(t, self.plan, False, "the gateway's IKE service stopped")
+                self.stop.wait(POLL)
+
+    def bgp_speakers(self):
+        """BgpConnectedEvent / BgpDisconnectedEvent when an instance's eBGP session with
+        a site changes state; the 4,000-prefix limit enforced at once (enforce_limit)."""
+        sessions = [s for s in self.plan.bgp if s.kind == "ebgp"
+                    and self.plan.nodes[s.node].role == "gateway-instance"]
+        limit = defaults()["azure"]["bgp_max_prefixes"]
+        established: dict = {}
+        while not self.stop.wait(POLL):
+            peers = {}
+            for node in sorted({s.node for s in sessions}):     # one vtysh per instance
+                try:
+                    peers[node] = live.bgp_peers(self.rt, node)
+                except Exception:  # noqa: BLE001 - bgpd down (a fault): its sessions are down
+                    peers[node] = {}
+            for s in sessions:
+                peer = peers[s.node].get(s.peer, {})
+                up = peer.get("state") == "Established"
+                if up and peer.get("pfxRcd", 0) > limit:
+                    self.enforce_limit(s)
+                if established.get((s.node, s.peer), False) != up:
+                    established[(s.node, s.peer)] = up
+                    self.log.bgp(s, self.plan, up)
+
+    def enforce_limit(self, s):
+        """FRR checks maximum-prefix when an UPDATE arrives, against a count it adjusts
+        later: a peer that sends 4,001 prefixes at once and then nothing stays up.
+        Azure drops it [4.5]: a route refresh makes the peer send its routes again,
+        and FRR's check then trips (Cease, maximum number of prefixes reached)."""
+        say(f"{s.node}: {s.peer} is past the prefix limit: route refresh to enforce it")
+        self.rt.vtysh(s.node, f"clear bgp ipv4 unicast {s.peer} soft in")
+
+
+def say(line: str):
+    """The agent's own log (agent.log in the lab's folder)."""
+    print(f"{time.strftime('%F %T')} {line}", flush=True)
+
+
+def _answered_children(sas: list[dict], connection: str) -> list[dict]:
+    """Installed CHILD SAs made under the responder child (the device asked for them)."""
+    return [c for ike in sas if ike["state"] == b"ESTABLISHED"
+            for c in ike.get("child-sas", {}).values()
+            if c["name"] == connection.encode() and c["state"] == b"INSTALLED"]
+
+
+def _duplicates(sas: list[dict]) -> list[dict]:
+    """The IKE SAs to delete when more than one is established: those the gateway
+    initiated, keeping one (the device's, when there is one)."""
+    up = [ike for ike in sas if ike["state"] == b"ESTABLISHED"]
+    if len(up) < 2:
+        return []
+    up.sort(key=lambda ike: (ike.get("initiator") != b"yes", int(ike["uniqueid"])))
+    return up[:-1]
+
+
+def _duplicate_children(sas: list[dict], connection: str) -> list[dict]:
+    """Installed CHILD SAs of one established IKE SA with another's traffic selectors:
+    all but one, keeping the device's (made under the responder child), the newest."""
+    own = initiator_child(connection).encode()
+    extra = []
+    for ike in sas:
+        if ike["state"] != b"ESTABLISHED":
+            continue
+        same: dict[tuple, list[dict]] = {}
+        for c in ike.get("child-sas", {}).values():
+            if c["state"] == b"INSTALLED":
+                same.setdefault((tuple(c.get("local-ts", [])), tuple(c.get("remote-ts", []))), []).append(c)
+        for group in same.values():
+            group.sort(key=lambda c: (c["name"] != own, int(c["uniqueid"])))
+            extra += group[:-1]
+    return extra
+
+
+def _bytes(child: dict) -> int:
+    return int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))
+
+
+def main(argv: list[str]) -> int:
+    from vpnlab.engine import plan_of, runtime_of
+    state = load_state(argv[0])
+    if state is None:
+        print(f"agent: no lab named {argv[0]!r}", file=sys.stderr)
+        return 2
+    agent = Agent(runtime_of(state), plan_of(state))
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,135 @@
+"""The emulated gateway's diagnostic log, in the shapes of Azure's resource logs [7.5]:
+TunnelDiagnosticLog (TunnelConnected / TunnelDisconnected, instance_s =
+GatewayTenantWorker_IN_k), RouteDiagnosticLog (BgpConnectedEvent / BgpDisconnectedEvent),
+IKEDiagnosticLog (IKE lines tagged [SEND] / [RECEIVED] / [LOCAL]) and P2SDiagnosticLog
+(P2SLogEvent: a point-to-site user connected, disconnected or failed authentication).
+
+Written by the agent as JSON lines, read by `vpnlab events`. Column names follow Azure's
+AzureDiagnostics table where the reference names them (OperationName, instance_s,
+remoteIP_s, Message); the others (peerAddress_s, connectionName_s, protocol_s,
+userName_s) are the lab's choice.
+"""
+from __future__ import annotations
+
+import json
+import re
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vpnlab.gateway.metrics import instance_name
+
+FILE = "events.jsonl"
+MAX_BYTES = 20 * 1024 * 1024      # then the file is rotated once (events.jsonl.1)
+_TAGS = (("generating ", "[SEND]"), ("sending packet", "[SEND]"),
+         ("parsed ", "[RECEIVED]"), ("received packet", "[RECEIVED]"))
+_PORT = re.compile(r"\[(500|4500)\]")
+# what ended an IKE SA, from its last log lines: Azure's stateChangeReason_s, summarised
+_REASONS = (("retransmit", "peer did not answer (DPD or IKE retransmits timed out)"),
+            ("received DELETE", "deleted by the remote side"),
+            ("NO_PROPOSAL_CHOSEN", "no proposal chosen"),
+            ("AUTHENTICATION_FAILED", "authentication failed"),
+            ("deleting IKE_SA", "deleted by the gateway"))
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Writer:
+    def __init__(self, lab_dir: Path):
+        self.path = Path(lab_dir) / FILE
+        self.lock = threading.Lock()
+        self.last_reason: dict[str, str] = {}     # tunnel -> reason seen in its log
+        self.connected: dict[str, bool] = {}      # tunnel -> last reported state
+        self.pinned: dict[str, str] = {}          # tunnel -> reason the agent gave (wins)
+        self.port: dict[str, str] = {}            # tunnel -> IKE port in use (500, 4500)
+        self.file = None
+
+    def write(self, entry: dict):
+        """One JSON line, flushed at once (`vpnlab events` reads while the agent runs);
+        the file stays open: IKE lines come many a second."""
+        line = json.dumps({"TimeGenerated": _now(), **entry}) + "\n"
+        with self.lock:
+            if self.file is None:
+                self.file = open(self.path, "a")
+            elif self.file.tell() > MAX_BYTES:
+                self.file.close()
+                self.path.replace(self.path.with_name(FILE + ".1"))
+                self.file = open(self.path, "a")
+            self.file.write(line)
+            self.file.flush()
+
+    def _common(self, t, plan) -> dict:
+        return {"Resource": t.gateway.upper(), "instance_s": instance_name(t.gateway_instance),
+                "connectionName_s": t.connection, "remoteIP_s": t.remote_ip}
+
+    def tunnel(self, t, plan, up: bool, reason: str | None = None):
+        """TunnelConnected / TunnelDisconnected, once per change of the tunnel's state."""
+        if self.connected.get(t.name, False) == up:
+            return
+        self.connected[t.name] = up
+        if not up and t.name in self.pinned:
+            reason = self.pinned.pop(t.name)
+        reason = reason or ("tunnel established" if up else self.last_reason.pop(t.name, "IKE SA closed"))
+        self.write({"Category": "TunnelDiagnosticLog",
+                    "OperationName": "TunnelConnected" if up else "TunnelDisconnected",
+                    **self._common(t, plan), "stateChangeReason_s": reason,
+                    "Message": f"Tunnel {t.connection} to {t.remote_ip} "
+                               f"{'connected' if up else 'disconnected'}: {reason}"})
+
+    def ike(self, t, plan, event: dict):
+        msg = event.get("msg", b"").decode(errors="replace")
+        for needle, reason in _REASONS:
+            if needle in msg:
+                self.last_reason[t.name] = reason
+                break
+        tag = next((tag for prefix, tag in _TAGS if msg.startswith(prefix)), "[LOCAL]")
+        ports = _PORT.findall(msg)
+        port = self.port[t.name] = ports[-1] if ports else self.port.get(t.name, "500")
+        local = plan.nodes[t.gateway_instance].public_ip
+        # charon sits behind the instance's NAT: show the gateway's public address, as Azure
+        msg = msg.replace(plan.nodes[t.azure_end].charon["local_addr"], local)
+        self.write({"Category": "IKEDiagnosticLog", **self._common(t, plan),
+                    "Message": f"Remote {t.remote_ip}:{port}: Local {local}:{port}: {tag} {msg}"})
+
+    def bgp(self, session, plan, up: bool):
+        state = "connected" if up else "disconnected"
+        self.write({"Category": "RouteDiagnosticLog",
+                    "OperationName": "BgpConnectedEvent" if up else "BgpDisconnectedEvent",
+                    "Resource": session.node.rsplit("-in", 1)[0].upper(),
+                    "instance_s": instance_name(session.node), "peerAddress_s": session.peer,
+                    "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
+
+
+    def p2s(self, server, client: dict, connected: bool):
+        """P2SLogEvent: a point-to-site user connected to a server, or disconnected."""
+        user, address, vip = client["certificate"], client["address"], client["virtual_ip"]
+        what = f"connected from {address} with virtual IP {vip}" if connected \
+            else f"disconnected ({address}, virtual IP {vip})"
+        self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
+                    "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
+                    "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
+                    "Message": f"{server.protocol} user CN={user} {what}"})
+
+    def p2s_refused(self, server, user: str, address: str | None, reason: str,
+                    what: str = "failed authentication"):
+        """P2SLogEvent: a point-to-site server refused a user (its certificate, or one
+        connection more than the SKU takes)."""
+        source = f" from {address}" if address else ""
+        self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
+                    "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
+                    "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
+                    "Message": f"{server.protocol} user CN={user}{source} {what}: {reason}"})
+
+
+def read(lab_dir: Path, category: str | None = None) -> list[dict]:
+    out = []
+    for name in (FILE + ".1", FILE):
+        path = Path(lab_dir) / name
+        if path.exists():
+            for line in path.read_text().splitlines():
+                entry = json.loads(line)
+                if category is None or entry["Category"] == category:
+                    out.append(entry)
+    return out

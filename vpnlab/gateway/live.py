@@ -1,0 +1,317 @@
+"""Live state of a running lab, through the daemons' APIs: VICI for strongSwan,
+`vtysh ... json` for FRR. Pure queries; nothing here changes the lab."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import vici
+
+from vpnlab.plan.build import Plan
+
+
+def vici_sas(path) -> list[dict]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(3)
+        sock.connect(str(path))
+        return list(vici.Session(sock).list_sas())
+
+
+def ike_sas(rt, node: str) -> list[dict]:
+    """Every IKE SA of a tunnel end (any state), with its CHILD SAs under "child-sas"."""
+    return [ike for entry in vici_sas(rt.vici_socket(node)) for ike in entry.values()]
+
+
+def child_installed(sas: list[dict]) -> bool:
+    """Whether any of these IKE SAs (ike_sas) carries an installed CHILD SA."""
+    return any(c["state"] == b"INSTALLED" for ike in sas for c in ike.get("child-sas", {}).values())
+
+
+def sa_counters(rt, node: str) -> dict:
+    """Established IKE SAs, installed CHILD SAs and their traffic (summed over the SAs
+    installed now: strongSwan counts per SA), and the average bytes/s since each was
+    installed. All zero when the tunnel end does not answer."""
+    out = {"ike": 0, "child": 0, "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
+           "bandwidth": 0.0}
+    try:
+        sas = ike_sas(rt, node)
+    except OSError:
+        return out
+    for ike in sas:
+        out["ike"] += ike["state"] == b"ESTABLISHED"
+        for child in ike.get("child-sas", {}).values():
+            if child["state"] != b"INSTALLED":
+                continue
+            out["child"] += 1
+            for key in ("bytes_in", "bytes_out", "packets_in", "packets_out"):
+                out[key] += int(child.get(key.replace("_", "-"), 0))
+            out["bandwidth"] += _child_bandwidth(child)
+    return out
+
+
+def ts_mismatch_drops(rt, node: str) -> dict:
+    """Packets a tunnel end dropped for falling outside its traffic selectors (the
+    nftables counters of vpnlab/plan/templates/nftables.conf.j2); zero without selectors."""
+    data = rt.nft_json(node, "list", "counters", "table", "inet", "vpnlab_ts")
+    found = {x["counter"]["name"]: x["counter"]["packets"] for x in data.get("nftables", []) if "counter" in x}
+    return {"egress": found.get("ts_mismatch_egress", 0), "ingress": found.get("ts_mismatch_ingress", 0)}
+
+
+def tunnel_state(rt, node: str) -> dict:
+    """IKE and CHILD SA state of one tunnel endpoint, as strongSwan names it. Where
+    several IKE SAs exist (a rekey in flight), an established one with an installed
+    CHILD SA is the one reported."""
+    try:
+        sas = ike_sas(rt, node)
+    except OSError as err:
+        return {"state": "UNREACHABLE", "established_seconds": None, "child_state": None,
+                "error": err.strerror or str(err)}
+    found = []
+    for ike in sas:
+        children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
+        found.append({"state": ike["state"].decode(),
+                      "established_seconds": int(ike["established"]) if "established" in ike else None,
+                      "child_state": "INSTALLED" if "INSTALLED" in children else next(iter(children), None)})
+    rank = lambda sa: (sa["state"] == "ESTABLISHED", sa["child_state"] == "INSTALLED")
+    return max(found, key=rank, default={"state": "DOWN", "established_seconds": None,
+                                         "child_state": None})
+
+
+def each(fn, items) -> list:
+    """Query many nodes at once: each query waits on a daemon, not on the CPU."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=min(8, max(1, len(items)))) as pool:
+        return list(pool.map(fn, items))
+
+
+def tunnels(rt, plan: Plan) -> list[dict]:
+    out = []
+    states = each(lambda t: tunnel_state(rt, t.azure_end), plan.tunnels)
+    for t, az in zip(plan.tunnels, states):
+        out.append({"tunnel": t.name, "connection": t.connection, "gateway_instance": t.gateway_instance,
+                    "device": t.device, "state": az["state"],
+                    "established_seconds": az.get("established_seconds"),
+                    "child_state": az.get("child_state")})
+    return out
+
+
+def vtysh_json(rt, node: str, command: str):
+    res = rt.vtysh(node, command)
+    if res.returncode != 0:
+        raise RuntimeError(f"{node}: vtysh '{command}' failed: {(res.stderr or res.stdout).strip()}")
+    return json.loads(res.stdout or "{}")
+
+
+def bgp_peers(rt, node: str) -> dict:
+    data = vtysh_json(rt, node, "show bgp ipv4 unicast summary json")
+    return data.get("peers", data.get("ipv4Unicast", {}).get("peers", {}))
+
+
+def bgp(rt, plan: Plan) -> list[dict]:
+    def query(node):
+        try:
+            return bgp_peers(rt, node)
+        except Exception as err:  # noqa: BLE001 - reported as the session's state
+            return {"__error__": str(err)}
+    nodes = sorted({s.node for s in plan.bgp})
+    cache = dict(zip(nodes, each(query, nodes)))
+    out = []
+    for s in plan.bgp:
+        peer = cache[s.node].get(s.peer, {})
+        state = peer.get("state") or ("UNREACHABLE" if "__error__" in cache[s.node] else "Missing")
+        out.append({"node": s.node, "peer": s.peer, "peer_node": s.peer_node, "kind": s.kind,
+                    "state": state, "prefixes_received": peer.get("pfxRcd")})
+    return out
+
+
+def fib_prefixes(rt, node: str) -> dict[str, int]:
+    """Prefix -> number of installed next hops, from zebra's view of the FIB."""
+    routes = vtysh_json(rt, node, "show ip route json")
+    out = {}
+    for prefix, entries in routes.items():
+        for e in entries:
+            if e.get("installed"):
+                out[prefix] = sum(1 for nh in e.get("nexthops", []) if nh.get("fib"))
+    return out
+
+
+def missing_routes(rt, plan: Plan) -> list[str]:
+    def check(item):
+        node, prefixes = item
+        try:
+            fib = fib_prefixes(rt, node)
+        except Exception as err:  # noqa: BLE001
+            return [f"{node}: {err}"]
+        return [f"{node}: {p}" for p in prefixes if p not in fib]
+    wanted = [(n, p) for n, p in plan.expected_routes.items() if p and plan.nodes[n].frr is not None]
+    return [m for found in each(check, wanted) for m in found]
+
+
+def ping(rt, node: str, address: str, count: int = 1, timeout: int = 2) -> bool:
+    res = rt.exec(node, ["ping", "-n", "-q", "-c", str(count), "-W", str(timeout), address],
+                  timeout=count * timeout + 5)
+    return res.returncode == 0
+
+
+def convergence(rt, plan: Plan) -> list[str]:
+    """What is not converged yet: tunnels not ESTABLISHED/INSTALLED, BGP sessions not
+    Established, expected prefixes missing from a FIB. Empty when converged."""
+    problems = []
+    # the user's device is up when they bring it; a half-configured device never dials
+    # some instances (device.connect_to_instances)
+    skipped = {t.name for t in plan.tunnels if t.device in plan.unmanaged or not t.expected_up}
+    for t in tunnels(rt, plan):
+        if t["tunnel"] in skipped:
+            continue
+        if t["state"] != "ESTABLISHED" or t["child_state"] != "INSTALLED":
+            problems.append(f"tunnel {t['tunnel']}: {t['state']}/{t['child_state']}")
+    for b in bgp(rt, plan):
+        if b["state"] != "Established" and b["peer_node"] not in plan.unmanaged:
+            problems.append(f"bgp {b['node']} -> {b['peer']} ({b['peer_node']}): {b['state']}")
+    if not problems:
+        problems += [f"route {m}" for m in missing_routes(rt, plan)]
+    return problems
+
+
+# ------------------------------------------------------------------ point-to-site
+def openvpn_management(rt, node: str, command: str, timeout: float = 3) -> list[str]:
+    """One command on openvpn's management interface (its API); the reply's lines up to
+    END (status, state) or the single SUCCESS/ERROR line."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(rt.node_dir(node) / "openvpn.mgmt"))
+        f = sock.makefile("rw", encoding="utf-8", newline="\n")
+        f.write(command + "\n")
+        f.flush()
+        lines = []
+        for line in f:
+            line = line.rstrip("\r\n")
+            if line.startswith(">"):          # banner and real-time notifications
+                continue
+            if line == "END" or line.startswith(("SUCCESS:", "ERROR:")):
+                if not line == "END":
+                    lines.append(line)
+                break
+            lines.append(line)
+        return lines
+
+
+def openvpn_server_clients(rt, node: str) -> list[dict]:
+    """Clients connected to a P2S OpenVPN server (none when it does not answer)."""
+    try:
+        return openvpn_clients(openvpn_management(rt, node, "status 3"))
+    except OSError:
+        return []
+
+
+def openvpn_clients(status: list[str]) -> list[dict]:
+    """The clients in openvpn's `status 3`: certificate name, address and source port,
+    virtual IP, bandwidth."""
+    out = []
+    now = time.time()
+    for line in status:
+        # CLIENT_LIST, name, real address, virtual address, virtual IPv6, bytes received,
+        # bytes sent, connected since, connected since (time_t), ...
+        f = line.split("\t")
+        if f[0] == "CLIENT_LIST" and len(f) > 8:
+            age = max(1.0, now - int(f[8]))
+            address, _, port = f[2].rpartition(":")
+            out.append({"certificate": f[1], "address": address, "source_port": port, "virtual_ip": f[3],
+                        "bandwidth": round((int(f[5]) + int(f[6])) / age, 1)})
+    return out
+
+
+_VERIFY_ERROR = re.compile(r"^(?P<address>[\d.]+):\d+ VERIFY ERROR: depth=0, error=(?P<error>[^:]+): "
+                           r"CN=(?P<user>[^,]+)")
+
+
+def openvpn_refusals(rt, node: str, since: float = 0) -> list[dict]:
+    """Client certificates a P2S OpenVPN server refused since a time (revoked, or from
+    an untrusted root), from its log history on the management interface."""
+    try:
+        lines = openvpn_management(rt, node, "log all")
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        when, _, rest = line.partition(",")
+        message = rest.partition(",")[2]
+        m = _VERIFY_ERROR.match(message)
+        if m and when.isdigit() and int(when) >= since:
+            out.append({"time": int(when), "certificate": m["user"], "address": m["address"],
+                        "reason": m["error"]})
+    return out
+
+
+def openvpn_client_state(rt, node: str) -> dict:
+    """A P2S OpenVPN client's state (CONNECTED when up) and virtual IP; DOWN when its
+    openvpn does not run."""
+    try:
+        lines = openvpn_management(rt, node, "state")
+    except OSError:
+        return {"state": "DOWN", "virtual_ip": None}
+    f = (lines[-1] if lines else "").split(",")
+    return {"state": f[1] if len(f) > 1 else "UNKNOWN", "virtual_ip": f[3] if len(f) > 3 and f[3] else None}
+
+
+def ikev2_server_clients(rt, node: str) -> list[dict]:
+    """Clients with an established IKE SA on a P2S IKEv2 server (none when it does not answer)."""
+    try:
+        sas = ike_sas(rt, node)
+    except OSError:
+        return []
+    return [ikev2_client(ike) for ike in sas if ike["state"] == b"ESTABLISHED"]
+
+
+def ikev2_client(ike: dict) -> dict:
+    """A P2S IKEv2 server's IKE SA (VICI) as a client: identity, address, virtual IP."""
+    return {"certificate": _cn(ike.get("remote-id", b"").decode()), "address": ike.get("remote-host", b"").decode(),
+            "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", [])),
+            "ike_sa": ike.get("uniqueid", b"").decode(),
+            "bandwidth": round(sum(_child_bandwidth(c) for c in ike.get("child-sas", {}).values()), 1)}
+
+
+def _child_bandwidth(child: dict) -> float:
+    """Bytes/s both ways since the CHILD SA was installed (0 unless installed)."""
+    if child["state"] != b"INSTALLED":
+        return 0.0
+    age = max(1, int(child.get("install-time", 1)))
+    return (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
+
+
+def p2s_sessions(rt, plan: Plan) -> list[dict]:
+    """Each serving P2S server with the clients connected to it, as the gateway sees them."""
+    out = []
+    for e in plan.p2s_ends:
+        sessions = (ikev2_server_clients if e.protocol == "IkeV2" else openvpn_server_clients)(rt, e.node)
+        out.append({"gateway": e.gateway, "instance": e.gateway_instance, "protocol": e.protocol,
+                    "pool": e.pool, "connections": len(sessions), "clients": sessions})
+    return out
+
+
+def ikev2_client_sas(rt, node: str) -> dict[str, dict]:
+    """A P2S IKEv2 client's connections (one per identity): state and virtual IP."""
+    try:
+        sas = ike_sas_named(rt, node)
+    except OSError:
+        return {}
+    out = {}
+    for name, ike in sas:
+        children = [c["state"].decode() for c in ike.get("child-sas", {}).values()]
+        up = ike["state"] == b"ESTABLISHED" and "INSTALLED" in children
+        if name not in out or up:
+            out[name] = {"state": "CONNECTED" if up else ike["state"].decode(),
+                         "virtual_ip": ", ".join(v.decode() for v in ike.get("local-vips", [])) or None,
+                         "unique_id": ike.get("uniqueid", b"").decode()}
+    return out
+
+
+def ike_sas_named(rt, node: str) -> list[tuple[str, dict]]:
+    return [(name, ike) for entry in vici_sas(rt.vici_socket(node)) for name, ike in entry.items()]
+
+
+def _cn(identity: str) -> str:
+    return identity[3:] if identity.startswith("CN=") else identity

@@ -1,0 +1,83 @@
+"""Azure Monitor's gateway metrics (azure-reference.md 7.4), computed from the lab's
+live state under Azure's REST names and dimensions, so that alerting can be rehearsed.
+
+Counters are those of the SAs installed now (strongSwan counts per SA, so a rekey
+starts them again); AverageBandwidth is the average since each SA was installed.
+Traffic-selector mismatch drops are counted where selectors exist (policy-based
+gateways, use_policy_based_traffic_selectors), by nftables in the Azure tunnel end; any-
+to-any tunnels drop nothing for that reason (0). Not emulated: the other packet drop
+counts (libipsec does not count them).
+"""
+from __future__ import annotations
+
+from vpnlab.gateway import live
+from vpnlab.plan.build import Plan
+
+
+def instance_name(node: str) -> str:
+    """Azure's name of a gateway instance in metrics and logs (hub-gw-in0 -> IN_0)."""
+    k = node.rsplit("-in", 1)[1]
+    return f"GatewayTenantWorker_IN_{k}"
+
+
+def metrics(rt, plan: Plan) -> list[dict]:
+    rows = []
+
+    def add(name, value, unit, **dims):
+        rows.append({"name": name, "value": value, "unit": unit, "dimensions": dims})
+
+    counters = dict(zip([t.name for t in plan.tunnels],
+                        live.each(lambda t: live.sa_counters(rt, t.azure_end), plan.tunnels)))
+    mismatch = dict(zip([t.name for t in plan.tunnels],
+                        live.each(lambda t: live.ts_mismatch_drops(rt, t.azure_end), plan.tunnels)))
+    per_instance: dict[str, float] = {}
+    for t in plan.tunnels:
+        c = counters[t.name]
+        dims = {"ConnectionName": t.connection, "RemoteIP": t.remote_ip,
+                "Instance": instance_name(t.gateway_instance)}
+        # Ingress: from the tunnel into Azure (what the Azure end receives)
+        add("TunnelIngressBytes", c["bytes_in"], "Bytes", **dims)
+        add("TunnelEgressBytes", c["bytes_out"], "Bytes", **dims)
+        add("TunnelIngressPackets", c["packets_in"], "Count", **dims)
+        add("TunnelEgressPackets", c["packets_out"], "Count", **dims)
+        add("TunnelIngressPacketDropTSMismatch", mismatch[t.name]["ingress"], "Count", **dims)
+        add("TunnelEgressPacketDropTSMismatch", mismatch[t.name]["egress"], "Count", **dims)
+        add("TunnelAverageBandwidth", round(c["bandwidth"], 1), "BytesPerSecond", **dims)
+        add("MmsaCount", c["ike"], "Count", **dims)
+        add("QmsaCount", c["child"], "Count", **dims)
+        per_instance[t.gateway_instance] = per_instance.get(t.gateway_instance, 0) + c["bandwidth"]
+    instances = sorted({t.gateway_instance for t in plan.tunnels})
+    for node in instances:
+        add("AverageBandwidth", round(per_instance[node], 1), "BytesPerSecond",
+            Instance=instance_name(node))
+        add("VnetAddressPrefixCount", len(plan.nodes[node].frr.vnet_prefixes), "Count",
+            Instance=instance_name(node))
+    sessions = [s for s in plan.bgp if s.kind == "ebgp" and s.node in instances]
+    peers = dict(zip(instances, live.each(lambda n: _peers(rt, n), instances)))
+    for s in sessions:
+        p = peers[s.node].get(s.peer, {})
+        dims = {"BgpPeerAddress": s.peer, "Instance": instance_name(s.node)}
+        add("BgpPeerStatus", int(p.get("state") == "Established"), "Count", **dims)
+        add("BgpRoutesLearned", p.get("pfxRcd", 0), "Count", **dims)
+        add("BgpRoutesAdvertised", p.get("pfxSnt", 0), "Count", **dims)
+    _p2s(rt, plan, add)
+    return rows
+
+
+def _p2s(rt, plan: Plan, add):
+    """P2SConnectionCount per Protocol and Instance, P2SBandwidth per Instance (bytes/s
+    since each session began), on gateways with point-to-site."""
+    bandwidth: dict[str, float] = {}
+    for s in live.p2s_sessions(rt, plan):
+        add("P2SConnectionCount", s["connections"], "Count", Protocol=s["protocol"],
+            Instance=instance_name(s["instance"]))
+        bandwidth[s["instance"]] = bandwidth.get(s["instance"], 0) + sum(c["bandwidth"] for c in s["clients"])
+    for node, value in sorted(bandwidth.items()):
+        add("P2SBandwidth", round(value, 1), "BytesPerSecond", Instance=instance_name(node))
+
+
+def _peers(rt, node: str) -> dict:
+    try:
+        return live.bgp_peers(rt, node)
+    except Exception:  # noqa: BLE001 - a lost instance: its peers count as down
+        return {}

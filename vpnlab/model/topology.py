@@ -1,0 +1,595 @@
+"""Topology files in Azure's vocabulary: the pydantic model and its validation.
+
+Property names follow ARM/Terraform (snake_case) so that a design maps one to one.
+`load()` returns a validated Topology or raises SourceError naming file, line, field
+path and what is allowed; nothing is started before this succeeds.
+"""
+from __future__ import annotations
+
+import typing
+from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
+from vpnlab.model.yamlsrc import Source, SourceError, load as load_yaml
+from vpnlab.model.p2s_rules import p2s_errors
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
+Asn = Annotated[int, Field(ge=1, le=4294967295)]
+SKUS = tuple(defaults()["skus"])
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Subnet(Model):
+    address_prefix: IPv4Network
+    vms: list[Name] = []
+
+
+class VirtualNetwork(Model):
+    address_space: list[IPv4Network] = Field(min_length=1)
+    subnets: dict[Name, Subnet] = {}
+
+
+class InstancePeering(Model):
+    """BGP peering addresses of one gateway instance (Terraform `peering_addresses`)."""
+    apipa_addresses: list[IPv4Address] = []
+
+
+class GatewayBgp(Model):
+    asn: Asn = defaults()["azure"]["asn"]
+    peering_addresses: list[InstancePeering] = []
+
+
+class RootCertificate(Model):
+    """A trusted root for P2S client certificates. The lab makes the CA (and the client
+    certificates it issues): Azure stores only its public part."""
+    name: Name
+
+
+class RevokedCertificate(Model):
+    """A client certificate the gateway refuses, by thumbprint (Azure's way), or by the
+    name of a certificate the lab issues (the lab fills in its thumbprint)."""
+    name: Name
+    thumbprint: Optional[Annotated[str, Field(pattern=r"^[0-9A-Fa-f]{40}$")]] = None
+    certificate: Optional[Name] = None
+
+
+class VpnClientConfiguration(Model):
+    """Point-to-site [6] (ARM `vpnClientConfiguration`)."""
+    address_pool: list[IPv4Network] = Field(min_length=1)
+    vpn_client_protocols: list[Literal["IkeV2", "OpenVPN", "SSTP"]] = Field(
+        default=["IkeV2", "OpenVPN"], min_length=1)
+    vpn_auth_types: list[Literal["Certificate", "AAD", "Radius"]] = ["Certificate"]
+    root_certificates: list[RootCertificate] = []
+    revoked_certificates: list[RevokedCertificate] = []
+    custom_routes: list[IPv4Network] = []
+
+
+class VirtualNetworkGateway(Model):
+    virtual_network: Name
+    sku: Literal[SKUS]  # type: ignore[valid-type]
+    vpn_type: Literal["RouteBased", "PolicyBased"] = "RouteBased"
+    active_active: bool = False
+    bgp: Optional[GatewayBgp] = None
+    vpn_client_configuration: Optional[VpnClientConfiguration] = None
+
+
+class SiteBgp(Model):
+    asn: Asn
+    peering_address: IPv4Address
+
+
+class Device(Model):
+    """The on-prem device the lab runs behind a local network gateway."""
+    lan_prefixes: list[IPv4Network] = []   # default: the gateway's address_space
+    hosts: list[Name] = []                 # default: one host named <site>-host
+    # the active-active gateway instances the device builds tunnels to (default: all);
+    # [0] is the half-configured design that loses traffic when instance 0 is serviced
+    connect_to_instances: list[Literal[0, 1]] = Field(default=[0, 1], min_length=1)
+
+
+class LocalNetworkGateway(Model):
+    gateway_ip: IPv4Address
+    address_space: list[IPv4Network] = []
+    bgp: Optional[SiteBgp] = None
+    # false: the lab builds no device; the user brings one (`vpnlab attach SITE --netns NS`)
+    managed: bool = True
+    device: Device = Device()
+
+
+IkeEncryption = Literal["GCMAES256", "GCMAES128", "AES256", "AES192", "AES128"]
+IkeIntegrity = Literal["SHA384", "SHA256", "SHA1", "MD5"]
+DhGroup = Literal["DHGroup24", "ECP384", "ECP256", "DHGroup14", "DHGroup2048", "DHGroup2",
+                  "DHGroup1", "None"]
+IpsecEncryption = Literal["GCMAES256", "GCMAES192", "GCMAES128", "AES256", "AES192", "AES128",
+                          "DES3", "DES", "None"]
+IpsecIntegrity = Literal["GCMAES256", "GCMAES192", "GCMAES128", "SHA256", "SHA1", "MD5"]
+PfsGroup = Literal["PFS24", "ECP384", "ECP256", "PFS2048", "PFS2", "PFS1", "None"]
+
+
+class IpsecPolicy(Model):
+    """Custom IPsec/IKE policy: every field is required (Azure refuses partial policies)."""
+    ike_encryption: IkeEncryption
+    ike_integrity: IkeIntegrity
+    dh_group: DhGroup
+    ipsec_encryption: IpsecEncryption
+    ipsec_integrity: IpsecIntegrity
+    pfs_group: PfsGroup
+    sa_lifetime_seconds: int = Field(default=27000, ge=300)
+    sa_datasize_kilobytes: int = Field(default=102400000, ge=1024)
+
+
+DPD = defaults()["azure"]["dpd_timeout_seconds"]
+
+
+class CustomBgpAddresses(Model):
+    """Which custom APIPA address each gateway instance peers from on this connection
+    (Terraform `custom_bgp_addresses`; ARM `gatewayCustomBgpIpAddresses`) [4.3]."""
+    primary: IPv4Address                  # one of instance 0's apipa_addresses
+    secondary: Optional[IPv4Address] = None   # one of instance 1's (active-active)
+
+
+class Connection(Model):
+    """IPsec: to a local network gateway. Vnet2Vnet: to another virtual network gateway;
+    Azure has one connection resource per direction [7.1], so a pair is two entries."""
+    type: Literal["IPsec", "Vnet2Vnet"] = "IPsec"
+    virtual_network_gateway: Name
+    local_network_gateway: Optional[Name] = None         # IPsec
+    peer_virtual_network_gateway: Optional[Name] = None  # Vnet2Vnet
+    shared_key: SecretStr
+    connection_protocol: Literal["IKEv1", "IKEv2"] = "IKEv2"
+    enable_bgp: bool = False
+    dpd_timeout_seconds: int = Field(default=DPD["default"], ge=DPD["min"], le=DPD["max"])
+    ipsec_policies: list[IpsecPolicy] = Field(default=[], max_length=1)
+    use_policy_based_traffic_selectors: bool = False
+    connection_mode: Literal["Default", "InitiatorOnly", "ResponderOnly"] = "Default"
+    custom_bgp_addresses: Optional[CustomBgpAddresses] = None
+
+
+class Client(Model):
+    """A point-to-site client the lab runs on its internet. count > 1: a crowd, one
+    namespace and one charon with count identities (<certificate>-1 ...), for scale."""
+    virtual_network_gateway: Name
+    protocol: Literal["IkeV2", "OpenVPN"]
+    certificate: Optional[Name] = None    # default: the client's name
+    issued_by: Optional[Name] = None      # a root certificate; default: the gateway's first.
+    #                                       Another name: a CA the gateway does not trust
+    count: int = Field(default=1, ge=1, le=10000)
+    # Windows' IKEv2 client takes only the VNet's routes (and the pool, custom routes),
+    # not the sites' [6 P2SRT]
+    os: Literal["Linux", "Windows"] = "Linux"
+
+    def identities(self, name: str) -> list[str]:
+        """The client certificates' names (their subject CN)."""
+        cert = self.certificate or name
+        return [cert] if self.count == 1 else [f"{cert}-{i}" for i in range(1, self.count + 1)]
+
+
+class Topology(Model):
+    virtual_networks: dict[Name, VirtualNetwork]
+    virtual_network_gateways: dict[Name, VirtualNetworkGateway] = {}
+    local_network_gateways: dict[Name, LocalNetworkGateway] = {}
+    connections: dict[Name, Connection] = {}
+    clients: dict[Name, Client] = {}
+
+    def site_lan(self, site: str) -> list[IPv4Network]:
+        """The device's LAN prefixes: device.lan_prefixes, else the address space less
+        host routes (a /32 there is usually the BGP peer, not a LAN)."""
+        lng = self.local_network_gateways[site]
+        return list(lng.device.lan_prefixes or [p for p in lng.address_space if p.prefixlen <= 30])
+
+    def subnet_vms(self, vnet: str, subnet: str) -> list[str]:
+        """Every VNet subnet gets at least one VM to send traffic from."""
+        if subnet == "GatewaySubnet":
+            return []
+        return list(self.virtual_networks[vnet].subnets[subnet].vms or [f"{vnet}-{subnet}-vm"])
+
+    def site_hosts(self, site: str) -> list[str]:
+        lng = self.local_network_gateways[site]
+        if not lng.managed:
+            return []
+        return list(lng.device.hosts or [f"{site}-host"])
+
+
+# ---------------------------------------------------------------- validation
+
+def load(path: Path | str) -> Topology:
+    source = load_yaml(path)
+    if not isinstance(source.data, dict):
+        raise SourceError(f"{source.path}: expected a mapping with virtual_networks, "
+                          "virtual_network_gateways, local_network_gateways, connections")
+    try:
+        topology = Topology.model_validate(source.data)
+    except ValidationError as err:
+        raise SourceError(_format_pydantic(source, err)) from None
+    problems = list(semantic_errors(topology))
+    if problems:
+        raise SourceError("\n".join(f"{source.where(loc)}: {msg}" for loc, msg in problems))
+    return topology
+
+
+def _format_pydantic(source: Source, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            allowed = _fields_at(loc[:-1])
+            msg = f"unknown field '{loc[-1]}'; allowed: {', '.join(allowed)}"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        lines.append(f"{source.where(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def _fields_at(loc: tuple) -> list[str]:
+    """Field names of the model found at a field path, for 'allowed' lists."""
+    current: object = Topology
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            current = current.model_fields[part].annotation
+        else:
+            args = typing.get_args(current)
+            current = args[-1] if args else current
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _unwrap(tp):
+    if typing.get_origin(tp) is typing.Union:
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def _names(d: dict) -> str:
+    return ", ".join(sorted(d)) or "(none defined)"
+
+
+def _reserved_nets() -> list[IPv4Network]:
+    internal = defaults()["internal"]
+    return [IPv4Network(internal["underlay"]), IPv4Network(internal["azure_public"]),
+            *map(IPv4Network, internal["site_public"])]
+
+
+def semantic_errors(t: Topology):
+    """Azure's rules across fields; yields (field path, message)."""
+    yield from _address_space_errors(t)
+    yield from _gateway_errors(t)
+    yield from _site_errors(t)
+    yield from _name_errors(t)
+    yield from _connection_errors(t)
+    yield from p2s_errors(t)
+
+
+def _address_space_errors(t: Topology):
+    """Address spaces: no overlaps across VNets and sites, none in lab-internal ranges."""
+    reserved_nets = _reserved_nets()
+    spaces = []
+    for vnet_name, vnet in t.virtual_networks.items():
+        for i, prefix in enumerate(vnet.address_space):
+            spaces.append((("virtual_networks", vnet_name, "address_space", i), prefix))
+        for sub_name, sub in vnet.subnets.items():
+            loc = ("virtual_networks", vnet_name, "subnets", sub_name, "address_prefix")
+            if not any(sub.address_prefix.subnet_of(p) for p in vnet.address_space):
+                yield loc, (f"{sub.address_prefix} is outside the virtual network's address_space "
+                            f"({', '.join(map(str, vnet.address_space))})")
+        subs = list(vnet.subnets.items())
+        for i, (a_name, a) in enumerate(subs):
+            for b_name, b in subs[i + 1:]:
+                if a.address_prefix.overlaps(b.address_prefix):
+                    yield (("virtual_networks", vnet_name, "subnets", b_name, "address_prefix"),
+                           f"{b.address_prefix} overlaps subnet {a_name} ({a.address_prefix})")
+    for site, lng in t.local_network_gateways.items():
+        for i, prefix in enumerate(lng.address_space):
+            spaces.append((("local_network_gateways", site, "address_space", i), prefix))
+        for i, prefix in enumerate(lng.device.lan_prefixes):
+            if prefix not in lng.address_space:
+                spaces.append((("local_network_gateways", site, "device", "lan_prefixes", i), prefix))
+        if lng.managed and not t.site_lan(site):
+            yield (("local_network_gateways", site, "address_space"),
+                   "the lab's on-prem device needs a LAN: give address_space or device.lan_prefixes")
+    for i, (loc_a, a) in enumerate(spaces):
+        for r in reserved_nets:
+            if a.overlaps(r):
+                yield loc_a, f"{a} overlaps {r}, which the lab reserves for its own addressing"
+        for loc_b, b in spaces[i + 1:]:
+            if a.overlaps(b):
+                yield loc_b, f"{b} overlaps {a} ({'.'.join(map(str, loc_a))}); Azure requires non-overlapping address spaces"
+
+
+def _gateway_errors(t: Topology):
+    """Gateways."""
+    az = defaults()["azure"]
+    apipa_low, apipa_high = (IPv4Address(a) for a in az["apipa_range"])
+    gateway_of_vnet: dict[str, str] = {}
+    for gw_name, gw in t.virtual_network_gateways.items():
+        loc = ("virtual_network_gateways", gw_name)
+        if gw.virtual_network in gateway_of_vnet:
+            yield loc + ("virtual_network",), (f"virtual network '{gw.virtual_network}' already has "
+                                              f"gateway '{gateway_of_vnet[gw.virtual_network]}' "
+                                              "(one VPN gateway per virtual network)")
+        gateway_of_vnet[gw.virtual_network] = gw_name
+        sku = defaults()["skus"][gw.sku]
+        if gw.virtual_network not in t.virtual_networks:
+            yield loc + ("virtual_network",), (f"unknown virtual network '{gw.virtual_network}'; "
+                                              f"known: {_names(t.virtual_networks)}")
+        else:
+            subnet = t.virtual_networks[gw.virtual_network].subnets.get("GatewaySubnet")
+            if subnet is None:
+                yield loc + ("virtual_network",), (f"virtual network '{gw.virtual_network}' has no "
+                                                  "subnet named GatewaySubnet, which a gateway needs")
+            elif subnet.address_prefix.prefixlen > az["gateway_subnet_min_prefixlen"]:
+                yield (("virtual_networks", gw.virtual_network, "subnets", "GatewaySubnet", "address_prefix"),
+                       f"GatewaySubnet must be /{az['gateway_subnet_min_prefixlen']} or larger")
+            elif subnet.vms:
+                yield (("virtual_networks", gw.virtual_network, "subnets", "GatewaySubnet", "vms"),
+                       "GatewaySubnet cannot hold VMs")
+        if gw.active_active and not sku["active_active"]:
+            yield loc + ("active_active",), f"active-active is not supported on SKU {gw.sku}"
+        if gw.bgp is not None and not sku["bgp"]:
+            yield loc + ("bgp",), f"BGP is not supported on SKU {gw.sku}"
+        if gw.vpn_type == "PolicyBased" and gw.sku != "Basic":
+            yield loc + ("vpn_type",), "PolicyBased gateways exist only on the Basic SKU"
+        if gw.vpn_type == "PolicyBased" and gw.active_active:
+            yield loc + ("active_active",), "PolicyBased gateways cannot be active-active"
+        if gw.bgp is not None:
+            instances = 2 if gw.active_active else 1
+            if len(gw.bgp.peering_addresses) > instances:
+                yield loc + ("bgp", "peering_addresses"), (
+                    f"{len(gw.bgp.peering_addresses)} entries, but the gateway has {instances} "
+                    f"instance{'s' if instances > 1 else ''} (one entry per instance)")
+            apipa_count = sum(len(p.apipa_addresses) for p in gw.bgp.peering_addresses)
+            if apipa_count > az["apipa_max"]:
+                yield loc + ("bgp", "peering_addresses"), (
+                    f"{apipa_count} custom APIPA addresses; Azure allows at most {az['apipa_max']}")
+            if not gw.active_active and any(len(p.apipa_addresses) > 1 for p in gw.bgp.peering_addresses):
+                yield loc + ("bgp", "peering_addresses", 0, "apipa_addresses"), (
+                    "an active-standby gateway supports one custom APIPA address")
+            for k, inst in enumerate(gw.bgp.peering_addresses):
+                for j, ip in enumerate(inst.apipa_addresses):
+                    if not apipa_low <= ip <= apipa_high:
+                        yield loc + ("bgp", "peering_addresses", k, "apipa_addresses", j), (
+                            f"{ip} is outside Azure's APIPA range {apipa_low}-{apipa_high}")
+        tunnels = [c for c in t.connections.values() if c.virtual_network_gateway == gw_name]
+        limit = 1 if gw.vpn_type == "PolicyBased" else sku["s2s_tunnels"]
+        if len(tunnels) > limit:
+            yield loc + ("sku",), (f"{len(tunnels)} connections, but {gw.sku} "
+                                   f"{'policy-based ' if gw.vpn_type == 'PolicyBased' else ''}"
+                                   f"allows at most {limit} tunnels")
+
+
+def _site_errors(t: Topology):
+    """Local network gateways."""
+    internal = defaults()["internal"]
+    reserved_nets = _reserved_nets()
+    site_nets = [IPv4Network(n) for n in internal["site_public"]]
+    seen_ips: dict = {}
+    for site, lng in t.local_network_gateways.items():
+        loc = ("local_network_gateways", site)
+        if not any(lng.gateway_ip in n for n in site_nets) or int(lng.gateway_ip) & 0xFF in (0, 1, 255):
+            yield loc + ("gateway_ip",), (f"{lng.gateway_ip}: on-prem public IPs must be host addresses "
+                                          f"in {' or '.join(internal['site_public'])} (.2-.254; the "
+                                          "lab's internet owns .1)")
+        if lng.gateway_ip in seen_ips:
+            yield loc + ("gateway_ip",), f"{lng.gateway_ip} is already used by {seen_ips[lng.gateway_ip]}"
+        seen_ips[lng.gateway_ip] = site
+        if not lng.managed and "device" in lng.model_fields_set:
+            yield loc + ("device",), ("describes the device the lab builds; a site with managed: false "
+                                      "brings its own (remove device, or set managed: true)")
+        if lng.bgp is not None:
+            if reserved_site_asn(lng.bgp.asn):
+                yield loc + ("bgp", "asn"), (f"ASN {lng.bgp.asn} is reserved by Azure; "
+                                             f"reserved: {reserved_site_asn_text()}")
+            addr = lng.bgp.peering_address
+            if addr == lng.gateway_ip:
+                yield loc + ("bgp", "peering_address"), "must not be the device's public IP"
+            for vnet_name, vnet in t.virtual_networks.items():
+                if any(addr in p for p in vnet.address_space):
+                    yield loc + ("bgp", "peering_address"), (
+                        f"{addr} is inside virtual network {vnet_name}'s address space")
+            if any(addr in r for r in reserved_nets):
+                yield loc + ("bgp", "peering_address"), f"{addr} is in a range the lab reserves"
+
+
+def _name_errors(t: Topology):
+    """Names become node names: VMs, hosts, sites and clients must not collide with each
+    other or with the nodes the lab adds (the internet, VNet routers, gateway instances)."""
+    owners: dict[str, tuple] = {"internet": ("the lab's internet",)}
+    owners |= {f"{v}-sdn": (f"virtual network {v}'s router",) for v in t.virtual_networks}
+    owners |= {f"{g}-in{k}": (f"gateway {g}'s instance {k}",) for g in t.virtual_network_gateways for k in (0, 1)}
+    for vnet_name, vnet in t.virtual_networks.items():
+        for sub_name in vnet.subnets:
+            for i, vm in enumerate(t.subnet_vms(vnet_name, sub_name)):
+                yield from _claim(owners, vm, ("virtual_networks", vnet_name, "subnets", sub_name, "vms", i))
+    for site in t.local_network_gateways:
+        yield from _claim(owners, site, ("local_network_gateways", site))
+        for i, host in enumerate(t.site_hosts(site)):
+            yield from _claim(owners, host, ("local_network_gateways", site, "device", "hosts", i))
+    for client in t.clients:
+        yield from _claim(owners, client, ("clients", client))
+
+
+def _connection_errors(t: Topology):
+    """Connections."""
+    link_local = IPv4Network("169.254.0.0/16")
+    pairs: dict[tuple, str] = {}
+    for name, c in t.connections.items():
+        loc = ("connections", name)
+        if c.type == "Vnet2Vnet" or c.peer_virtual_network_gateway:
+            pair = (c.virtual_network_gateway, c.peer_virtual_network_gateway)
+            if pair in pairs:
+                yield loc + ("peer_virtual_network_gateway",), f"connection '{pairs[pair]}' already joins {pair[0]} to {pair[1]}"
+            pairs[pair] = name
+            yield from _vnet_to_vnet_errors(t, name, c, loc)
+            continue
+        if c.local_network_gateway is None:
+            yield loc + ("local_network_gateway",), ("required for type IPsec (type Vnet2Vnet takes "
+                                                     "peer_virtual_network_gateway)")
+            continue
+        pair = (c.virtual_network_gateway, c.local_network_gateway)
+        if pair in pairs:
+            yield loc + ("local_network_gateway",), (
+                f"connection '{pairs[pair]}' already joins {pair[0]} and {pair[1]}")
+        pairs[pair] = name
+        gw = t.virtual_network_gateways.get(c.virtual_network_gateway)
+        lng = t.local_network_gateways.get(c.local_network_gateway)
+        if gw is None:
+            yield loc + ("virtual_network_gateway",), (
+                f"unknown gateway '{c.virtual_network_gateway}'; known: {_names(t.virtual_network_gateways)}")
+        if lng is None:
+            yield loc + ("local_network_gateway",), (
+                f"unknown local network gateway '{c.local_network_gateway}'; "
+                f"known: {_names(t.local_network_gateways)}")
+        key = c.shared_key.get_secret_value()
+        if not key or any(ch in " -~" or not 32 < ord(ch) < 127 for ch in key):
+            yield loc + ("shared_key",), ("Azure allows printable ASCII except space, '-' and '~' "
+                                          "(value not shown)")
+        if c.connection_mode != "Default" and c.connection_protocol != "IKEv2":
+            yield loc + ("connection_mode",), "connection modes other than Default need IKEv2"
+        if c.ipsec_policies:
+            p = c.ipsec_policies[0]
+            if p.ipsec_encryption.startswith("GCM") and p.ipsec_integrity != p.ipsec_encryption:
+                yield loc + ("ipsec_policies", 0, "ipsec_integrity"), (
+                    f"GCM encryption {p.ipsec_encryption} needs the same GCM integrity "
+                    f"({p.ipsec_encryption}), Azure says")
+        if gw is None or lng is None:
+            continue
+        if c.ipsec_policies and gw.sku == "Basic":
+            yield loc + ("ipsec_policies",), "custom IPsec/IKE policies are not supported on Basic"
+        if gw.sku == "Basic" and gw.vpn_type == "RouteBased" and c.connection_protocol != "IKEv2":
+            yield loc + ("connection_protocol",), "a Basic route-based gateway supports IKEv2 only"
+        if gw.vpn_type == "PolicyBased" and c.connection_protocol != "IKEv1":
+            yield loc + ("connection_protocol",), "a policy-based gateway supports IKEv1 only"
+        if c.enable_bgp:
+            if gw.bgp is None:
+                yield loc + ("enable_bgp",), f"gateway '{c.virtual_network_gateway}' has no bgp settings"
+            if lng.bgp is None:
+                yield loc + ("enable_bgp",), f"local network gateway '{c.local_network_gateway}' has no bgp settings"
+            if gw.bgp is not None and lng.bgp is not None:
+                if gw.bgp.asn == lng.bgp.asn:
+                    yield loc + ("enable_bgp",), f"the site's ASN must differ from the gateway's ({gw.bgp.asn})"
+                if lng.bgp.peering_address in link_local:
+                    instances = 2 if gw.active_active else 1
+                    lists = [p.apipa_addresses for p in gw.bgp.peering_addresses]
+                    if len(lists) < instances or not all(lists[:instances]):
+                        yield loc + ("enable_bgp",), (
+                            f"site peering_address {lng.bgp.peering_address} is APIPA, so every gateway "
+                            f"instance needs custom APIPA addresses "
+                            f"(virtual_network_gateways.{c.virtual_network_gateway}.bgp.peering_addresses"
+                            f"[0..{instances - 1}].apipa_addresses)")
+        yield from _custom_bgp_errors(c, gw, loc)
+        if lng.device.connect_to_instances != [0, 1] and not gw.active_active:
+            yield (("local_network_gateways", c.local_network_gateway, "device", "connect_to_instances"),
+                   f"gateway '{c.virtual_network_gateway}' is active-standby: the device has one tunnel, "
+                   "to its one public IP (use it with active-active gateways)")
+        if c.use_policy_based_traffic_selectors:
+            if gw.vpn_type == "PolicyBased":
+                yield loc + ("use_policy_based_traffic_selectors",), (
+                    "applies to route-based gateways (a policy-based gateway always uses them)")
+            if c.connection_protocol != "IKEv2":
+                yield loc + ("use_policy_based_traffic_selectors",), "needs IKEv2 (Azure's rule)"
+            if c.enable_bgp:
+                yield loc + ("use_policy_based_traffic_selectors",), (
+                    "policy-based traffic selectors cover the address spaces, not BGP routes: "
+                    "use enable_bgp: false (the lab's rule)")
+        if (gw.vpn_type == "PolicyBased" or c.use_policy_based_traffic_selectors) and not lng.address_space:
+            yield ("local_network_gateways", c.local_network_gateway, "address_space"), (
+                "traffic selectors are built from it: give at least one prefix")
+
+
+def reverse_connection(t: Topology, name: str) -> str | None:
+    """The Vnet2Vnet connection resource of the other direction."""
+    c = t.connections[name]
+    return next((n for n, x in t.connections.items() if x.type == "Vnet2Vnet"
+                 and x.virtual_network_gateway == c.peer_virtual_network_gateway
+                 and x.peer_virtual_network_gateway == c.virtual_network_gateway), None)
+
+
+def _vnet_to_vnet_errors(t: Topology, name: str, c: Connection, loc: tuple):
+    """VNet-to-VNet [7.1]: between two route-based gateways, IKEv2, one connection
+    resource per direction with the same key, BGP and policy on both; with BGP the
+    gateways' ASNs differ [4.1]."""
+    if c.type != "Vnet2Vnet":
+        yield loc + ("peer_virtual_network_gateway",), "only for type Vnet2Vnet"
+        return
+    if c.local_network_gateway is not None:
+        yield loc + ("local_network_gateway",), "type Vnet2Vnet connects to peer_virtual_network_gateway instead"
+    for field, gw_name in (("virtual_network_gateway", c.virtual_network_gateway),
+                           ("peer_virtual_network_gateway", c.peer_virtual_network_gateway)):
+        if gw_name is None:
+            yield loc + (field,), "required for type Vnet2Vnet"
+        elif gw_name not in t.virtual_network_gateways:
+            yield loc + (field,), f"unknown gateway '{gw_name}'; known: {_names(t.virtual_network_gateways)}"
+        elif t.virtual_network_gateways[gw_name].vpn_type != "RouteBased":
+            yield loc + (field,), f"gateway '{gw_name}' is policy-based; VNet-to-VNet needs route-based gateways"
+    if c.peer_virtual_network_gateway == c.virtual_network_gateway:
+        yield loc + ("peer_virtual_network_gateway",), "a gateway cannot connect to itself"
+    if c.connection_protocol != "IKEv2":
+        yield loc + ("connection_protocol",), "VNet-to-VNet runs IKEv2 (Azure's rule)"
+    for field in ("use_policy_based_traffic_selectors", "custom_bgp_addresses"):
+        if field in c.model_fields_set:
+            yield loc + (field,), "not supported on a Vnet2Vnet connection in the lab"
+    if c.connection_mode != "Default":
+        yield loc + ("connection_mode",), "VNet-to-VNet connections use Default"
+    gws = [t.virtual_network_gateways.get(g) for g in (c.virtual_network_gateway, c.peer_virtual_network_gateway)]
+    if None in gws:
+        return
+    back = reverse_connection(t, name)
+    if back is None:
+        yield loc + ("peer_virtual_network_gateway",), (
+            f"no connection of type Vnet2Vnet from '{c.peer_virtual_network_gateway}' back to "
+            f"'{c.virtual_network_gateway}': Azure needs one per direction")
+        return
+    other = t.connections[back]
+    if other.shared_key.get_secret_value() != c.shared_key.get_secret_value():
+        yield loc + ("shared_key",), f"differs from connection '{back}' (value not shown); both directions share one key"
+    for field in ("enable_bgp", "ipsec_policies", "dpd_timeout_seconds"):
+        if getattr(c, field) != getattr(other, field):
+            yield loc + (field,), f"differs from connection '{back}'; both directions must match"
+    if c.enable_bgp:
+        if any(g.bgp is None for g in gws):
+            yield loc + ("enable_bgp",), "both gateways need bgp settings"
+        elif gws[0].bgp.asn == gws[1].bgp.asn:
+            yield loc + ("enable_bgp",), (f"both gateways use ASN {gws[0].bgp.asn}; VNet-to-VNet with BGP "
+                                          "needs different ASNs (set bgp.asn on one gateway)")
+
+
+def _custom_bgp_errors(c: Connection, gw: VirtualNetworkGateway, loc: tuple):
+    """custom_bgp_addresses name one APIPA address of each instance [4.3]."""
+    custom = c.custom_bgp_addresses
+    if custom is None:
+        return
+    loc = loc + ("custom_bgp_addresses",)
+    if not c.enable_bgp:
+        yield loc, "needs enable_bgp: true"
+        return
+    lists = [p.apipa_addresses for p in gw.bgp.peering_addresses] if gw.bgp else []
+    instances = 2 if gw.active_active else 1
+    for k, (field, ip) in enumerate((("primary", custom.primary), ("secondary", custom.secondary))):
+        if k >= instances:
+            if ip is not None:
+                yield loc + (field,), ("an active-standby gateway has one set of BGP addresses, which moves "
+                                       "with the active instance: give primary only")
+            continue
+        allowed = [str(a) for a in (lists[k] if k < len(lists) else [])]
+        if ip is None:
+            yield loc + (field,), (f"required on an active-active gateway; allowed: instance {k}'s "
+                                   f"apipa_addresses ({', '.join(allowed) or 'none configured'})")
+        elif str(ip) not in allowed:
+            yield loc + (field,), (f"{ip} is not one of instance {k}'s apipa_addresses; allowed: "
+                                   f"{', '.join(allowed) or 'none configured'}")
+
+
+def _claim(owners: dict, name: str, loc: tuple):
+    if name in owners:
+        yield loc, f"name '{name}' is already used at {'.'.join(map(str, owners[name]))}"
+    owners[name] = loc

@@ -1,0 +1,800 @@
+"""From a validated topology to the lab plan: nodes, links, addresses, tunnels, BGP.
+
+Internal addressing is allocated here, deterministically (sorted names, fixed ranges),
+so the same file always yields the same lab. Nothing here touches the system.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+from vpnlab.model.defaults import defaults
+from vpnlab.model.topology import Topology, reverse_connection
+
+INTERNET = "internet"
+# Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
+# what comes out of ipsec0 goes back to the router through the inner veth.
+TABLE_INTO_TUNNEL = 101
+TABLE_FROM_TUNNEL = 102
+HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
+ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
+              "p2s-endpoint", "vm", "host", "p2s-client")
+
+
+@dataclass
+class Iface:
+    name: str
+    addresses: list[str] = field(default_factory=list)   # "a.b.c.d/len"
+    kind: str = "veth"                                    # veth | bridge | lo
+    master: str | None = None                             # bridge in the same node
+    proxy_arp: bool = False
+    mtu: int | None = None
+    mac: str | None = None        # set: the address moves with the role (active-standby)
+
+
+@dataclass
+class Route:
+    dst: str
+    via: str | None = None
+    dev: str | None = None
+    table: int | None = None
+
+
+@dataclass
+class Rule:
+    iif: str
+    table: int
+    priority: int
+
+
+@dataclass
+class Neighbor:
+    address: str
+    asn: int
+    internal: bool = False
+    multihop: bool = False
+    passive: bool = False
+    next_hop_self: bool = False
+    update_source: str | None = None
+    route_map_out: str | None = None
+    route_map_in: str | None = None
+    maximum_prefix: tuple[int, int] | None = None   # (prefixes, restart minutes)
+    timers: dict | None = None       # None: the router's timer profile
+
+
+@dataclass
+class Frr:
+    asn: int | None
+    router_id: str
+    timers: dict
+    static: list[tuple[str, str]] = field(default_factory=list)   # (prefix, next hop or dev)
+    networks: list[str] = field(default_factory=list)
+    neighbors: list[Neighbor] = field(default_factory=list)
+    vnet_prefixes: list[str] = field(default_factory=list)
+    no_transit: list[str] = field(default_factory=list)   # static VNet-to-VNet prefixes: kept from BGP peers
+    maximum_paths: int = 8
+
+    @property
+    def not_advertised(self) -> list[str]:
+        """Prefix-list entries the router keeps from its eBGP peers (TO-BGP-PEER):
+        empty without such a peer."""
+        if not any(n.route_map_out == "TO-BGP-PEER" for n in self.neighbors):
+            return []
+        return never_advertised([IPv4Network(p) for p in self.vnet_prefixes]) + self.no_transit
+
+
+@dataclass
+class Node:
+    name: str
+    role: str
+    interfaces: list[Iface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)     # kernel routes set by the runtime
+    rules: list[Rule] = field(default_factory=list)
+    forwarding: bool = False
+    public_ip: str | None = None     # routers on the internet
+    frr: Frr | None = None          # context for frr.conf.j2
+    charon: dict | None = None       # context for strongswan.conf.j2 / swanctl.conf.j2
+    nft: dict | None = None          # context for nftables.conf.j2
+    standby: bool = False            # an active-standby gateway's idle instance (and its
+                                     # tunnel ends): links down, no daemons
+    shaping_mbps: int | None = None  # egress cap on pub and gws: the SKU's rated throughput
+    openvpn: dict | None = None      # context for openvpn.conf.j2 (point-to-site)
+    pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
+                                                                # vpnlab.plan.pki file) to install
+
+    def iface(self, name: str) -> Iface:
+        return next(i for i in self.interfaces if i.name == name)
+
+    def sysctls(self) -> dict:
+        """Kernel settings of the node's network namespace. Each router hashes flows over
+        equal paths with its own seed, so that the way out and the way back are chosen
+        independently and a flow may return through the other instance, as on Azure [5].
+        With one seed everywhere, Linux's symmetric flow hash sends every flow back the
+        way it came."""
+        return {HASH_SEED: zlib.crc32(self.name.encode()) or 1,
+                "net.ipv4.ip_forward": int(self.forwarding),
+                "net.ipv4.fib_multipath_hash_policy": 1,   # ECMP per flow (5-tuple), as Azure spreads flows
+                "net.ipv4.conf.all.rp_filter": 0,
+                "net.ipv4.conf.default.rp_filter": 0,
+                "net.ipv6.conf.all.disable_ipv6": 1,
+                "net.ipv6.conf.default.disable_ipv6": 1,
+                "net.ipv4.conf.all.send_redirects": 0,
+                "net.ipv4.conf.default.send_redirects": 0}
+
+    def link_starts_up(self, iface: Iface) -> bool:
+        """A standby instance holds its addresses with its links down until it takes over."""
+        return not (self.standby and self.role == "gateway-instance" and iface.kind == "veth")
+
+    def shaping(self) -> list[list[str]]:
+        """tc commands for the SKU's throughput on a gateway instance, both directions:
+        out to the internet (ESP to the sites) and to the GatewaySubnet (into the VNet).
+        Burst: 5 ms at the rate."""
+        if not self.shaping_mbps:
+            return []
+        burst = max(32 * 1024, int(self.shaping_mbps * 1e6 / 8 * 0.005))
+        return [["qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{self.shaping_mbps}mbit",
+                 "burst", str(burst), "latency", "50ms"] for ifname in ("pub", "gws")]
+
+
+@dataclass
+class Link:
+    a: str
+    a_if: str
+    b: str
+    b_if: str
+
+
+@dataclass
+class BgpSession:
+    node: str
+    peer: str            # peer address
+    peer_node: str
+    kind: str            # ebgp (over a tunnel) | sdn (gateway instance <-> VNet router)
+
+
+@dataclass
+class Tunnel:
+    name: str            # <connection>-in<k>
+    connection: str
+    gateway: str
+    gateway_instance: str
+    device: str          # the site (local network gateway) name
+    azure_end: str       # tunnel-endpoint node names
+    onprem_end: str | None   # None: the site is not managed (the user brings the device)
+    remote_ip: str = ""      # the site's public IP
+    connection_mode: str = "Default"
+    policy_based: bool = False   # a PolicyBased gateway: IKEv1, on demand, idle teardown
+    expected_up: bool = True     # False: the device builds no tunnel to this instance
+
+    @property
+    def managed(self) -> bool:
+        return self.onprem_end is not None
+
+
+@dataclass
+class P2sEnd:
+    """A gateway instance's point-to-site server: charon (IkeV2) or openvpn (OpenVPN)."""
+    gateway: str
+    gateway_instance: str
+    node: str
+    protocol: str            # IkeV2 | OpenVPN
+    pool: list[str]          # this protocol's share of the address pool
+
+
+@dataclass
+class P2sClient:
+    name: str                # the client's node
+    gateway: str
+    protocol: str
+    identities: list[str]    # client certificate names (one per connection)
+    gateway_ip: str          # the gateway's public IP it connects to
+    pushed: list[str]        # the routes Azure pushes to it [6]
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, Node]
+    links: list[Link]
+    tunnels: list[Tunnel]
+    bgp: list[BgpSession]
+    expected_routes: dict[str, list[str]]   # node -> prefixes that must be in its FIB
+    pings: list[tuple[str, str]]            # (from node, to address) that must answer
+    unmanaged: dict[str, str] = field(default_factory=dict)   # site -> public IP (attach)
+    active: dict[str, int] = field(default_factory=dict)      # active-standby gateway -> instance
+    p2s_ends: list[P2sEnd] = field(default_factory=list)
+    clients: list[P2sClient] = field(default_factory=list)
+
+    def ordered_nodes(self) -> list[Node]:
+        return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
+
+
+def _internet_side(public_ip: IPv4Address) -> str:
+    """The internet's own address on a public /24: .1, every router's default gateway."""
+    return f"{IPv4Network(f'{public_ip}/24', strict=False).network_address + 1}/24"
+
+
+def selectors(t: Topology, conn_name: str) -> list[tuple[str, str]]:
+    """(VNet prefix, site prefix) pairs of a connection with policy-based traffic
+    selectors (a PolicyBased gateway, or use_policy_based_traffic_selectors): every
+    VNet prefix x every local network gateway prefix [1.1, 1.2]. Empty: any-to-any."""
+    c = t.connections[conn_name]
+    gw = t.virtual_network_gateways[c.virtual_network_gateway]
+    if gw.vpn_type != "PolicyBased" and not c.use_policy_based_traffic_selectors:
+        return []
+    site = t.local_network_gateways[c.local_network_gateway]
+    return [(str(v), str(s)) for v in t.virtual_networks[gw.virtual_network].address_space
+            for s in site.address_space]
+
+
+def _child(name: str, local_ts: list[str], remote_ts: list[str], esp: list[str], policy: dict,
+           rekey: bool = True, **actions) -> dict:
+    seconds, kb = policy["child_lifetime"], policy["child_kilobytes"]
+    return dict(name=name, local_ts=local_ts, remote_ts=remote_ts, esp=esp,
+                rekey_time=seconds if rekey else 0, rekey_bytes=kb * 1024 if rekey else 0,
+                life_time=int(seconds * 1.1), life_bytes=int(kb * 1024 * 1.1),
+                start_action="none", dpd_action="clear", close_action="none", comment="") | actions
+
+
+def azure_children(c, conn: str, policy: dict, pairs: list, policy_based: bool) -> list[dict]:
+    """The Azure end's child configs. Route-based: one answers the device with the
+    responder offers; Azure's own rekeys of it go through the agent (control.azure_rekey),
+    because strongSwan would offer that child's list again. The initiator child carries
+    what Azure offers when it dials and rekeys. Policy-based (IKEv1): one child per
+    prefix pair; traffic brings an idle tunnel back [1.1] through the agent (libipsec
+    raises no acquire, so start_action = trap cannot)."""
+    if policy_based:
+        return [_child(f"{conn}-{i}", [v], [s], policy["esp"], policy,
+                       comment=f"selector pair {v} <-> {s}") for i, (v, s) in enumerate(pairs)]
+    local = [v for v, _ in pairs] or ["0.0.0.0/0"]
+    remote = [s for _, s in pairs] or ["0.0.0.0/0"]
+    local, remote = list(dict.fromkeys(local)), list(dict.fromkeys(remote))
+    return [
+        _child(conn, local, remote, policy["esp"], policy, rekey=False,
+               comment="answers the device with Azure's responder offers"),
+        _child(initiator_child(conn), local, remote, policy["esp_initiator"], policy,
+               start_action="start" if c.connection_mode == "InitiatorOnly" else "none",
+               comment="Azure's initiator offers: when it dials, and its own rekeys")]
+
+
+def device_children(conn: str, policy: dict, pairs: list, policy_based: bool) -> list[dict]:
+    if policy_based:   # one tunnel per subnet pair, as Azure asks of policy-based devices
+        return [_child(f"{conn}-{i}", [s], [v], policy["esp"], policy, start_action="start",
+                       dpd_action="none", comment=f"selector pair {s} <-> {v}")
+                for i, (v, s) in enumerate(pairs)]
+    local = list(dict.fromkeys(s for _, s in pairs)) or ["0.0.0.0/0"]
+    remote = list(dict.fromkeys(v for v, _ in pairs)) or ["0.0.0.0/0"]
+    # close_action none: when the gateway deletes the SA (planned maintenance, a duplicate
+    # from both ends dialing) the gateway's redial brings the tunnel back, not a race
+    return [_child(conn, local, remote, policy["esp"], policy, start_action="start",
+                   dpd_action="restart",
+                   comment="policy-based traffic selectors: every site prefix x every VNet prefix"
+                   if pairs else "route-based: any-to-any traffic selectors, routing decides")]
+
+
+def _selector_anchors(nets: list[IPv4Network]) -> list[str]:
+    """libipsec installs a CHILD SA's route (and trap) only with a local address inside
+    the local traffic selector, and Azure accepts any selector a device narrows to
+    [1.2]. The network address of every prefix of that side (never a host's: Azure
+    reserves it in every subnet), as a /32 in the tunnel end, lies inside every
+    selector derived from those prefixes."""
+    return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
+
+
+def dial_children(charon: dict) -> list[str]:
+    """The child configs the Azure end starts when it dials: the initiator child of a
+    route-based connection, every selector pair of a policy-based one."""
+    names = [c["name"] for c in charon["children"]]
+    init = initiator_child(charon["connection"])
+    return [init] if init in names else names
+
+
+def initiator_child(connection: str) -> str:
+    """The Azure end's child config that carries Azure's initiator offers [3.1]."""
+    return f"{connection}-init"
+
+
+def never_advertised(vnet_prefixes: list[IPv4Network]) -> list[str]:
+    """What an Azure gateway never advertises to a BGP peer [4.5]: the default route and
+    any route overlapping a VNet prefix (more specifics and supernets; the VNet prefix
+    itself it originates). FRR prefix-list entries, in order."""
+    out = ["0.0.0.0/0"]
+    for p in vnet_prefixes:
+        out += [str(p.supernet(new_prefix=n)) for n in range(1, p.prefixlen)]
+        if p.prefixlen < 32:
+            out.append(f"{p} ge {p.prefixlen + 1}")
+    return list(dict.fromkeys(out))
+
+
+def instance_count(gw) -> int:
+    """Every gateway has two instances: both serve (active-active) or one serves and
+    the other stands by with the same public IP and BGP address [5]. Policy-based
+    (Basic) gateways too."""
+    return 2
+
+
+def serves(gw, active: int, k: int) -> bool:
+    return gw.active_active or k == active
+
+
+def instance_name(gw_name: str, k: int) -> str:
+    return f"{gw_name}-in{k}"
+
+
+def azure_bgp_address(addresses: dict, c, k: int, apipa_peer: bool) -> str:
+    """The address instance k peers from on connection c [4.3]: its GatewaySubnet BGP
+    address, unless the site peers from APIPA; then the connection's custom address
+    for the instance, else the instance's first APIPA address."""
+    if not apipa_peer:
+        return addresses["bgp_ip"]
+    custom = c.custom_bgp_addresses
+    chosen = (custom.primary, custom.secondary)[k] if custom else None
+    return str(chosen) if chosen else addresses["apipa"][0]
+
+
+def gateway_subnet_ips(prefix: IPv4Network, active_active: bool) -> list[IPv4Address]:
+    """Azure's BGP addresses in the GatewaySubnet: .4/.5 active-active, last usable
+    address active-standby ([4.2]; the general rule beyond these examples is UNCONFIRMED)."""
+    if active_active:
+        return [prefix.network_address + 4, prefix.network_address + 5]
+    return [prefix.broadcast_address - 1]
+
+
+class _Builder:
+    def __init__(self, t: Topology, timers: str, active: dict[str, int] | None = None):
+        self.t = t
+        self.active = {g: (active or {}).get(g, 0) for g, gw in t.virtual_network_gateways.items()
+                       if not gw.active_active}
+        self.d = defaults()
+        self.profile = timers
+        self.timers = self.d["timers"][timers]
+        self.nodes: dict[str, Node] = {}
+        self.links: list[Link] = []
+        self.tunnels: list[Tunnel] = []
+        self.bgp: list[BgpSession] = []
+        self.expected: dict[str, list[str]] = {}
+        self.pings: list[tuple[str, str]] = []
+        self.inet_ports = 0
+        self.underlay = IPv4Network(self.d["internal"]["underlay"])
+        self.bgp_addresses: dict[str, dict] = {}   # instance -> {bgp_ip, apipa}
+
+    # -- helpers
+    def add(self, node: Node) -> Node:
+        self.nodes[node.name] = node
+        return node
+
+    def link(self, a: Node, a_if: Iface, b: Node, b_if: Iface):
+        a.interfaces.append(a_if)
+        b.interfaces.append(b_if)
+        self.links.append(Link(a.name, a_if.name, b.name, b_if.name))
+
+    def attach_public(self, node: Node, ip: IPv4Address, mac: str | None = None) -> str:
+        """Connect a router to the internet bridge with a public /24 address; returns
+        the internet's address on that /24 (the router's default gateway)."""
+        node.public_ip = str(ip)
+        net = IPv4Network(f"{ip}/24", strict=False)
+        inet = self.nodes[INTERNET]
+        br = inet.iface("br0")
+        br.addresses.append(_internet_side(ip))
+        gw = str(net.network_address + 1)
+        self.inet_ports += 1
+        self.link(node, Iface("pub", [f"{ip}/24"], mac=mac),
+                  inet, Iface(f"p{self.inet_ports}", master="br0"))
+        return gw
+
+    def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: list[str],
+            first_host: int, role: str):
+        """A bridge on the router with .1, and a host namespace per host name."""
+        gw = prefix.network_address + 1
+        router.interfaces.append(Iface(ifname, [f"{gw}/{prefix.prefixlen}"], kind="bridge"))
+        for i, host in enumerate(hosts):
+            addr = prefix.network_address + first_host + i
+            h = self.add(Node(host, role, routes=[Route("0.0.0.0/0", via=str(gw))]))
+            self.link(h, Iface("eth0", [f"{addr}/{prefix.prefixlen}"]),
+                      router, Iface(f"{ifname}h{i}", master=ifname))
+
+    # -- build
+    def build(self) -> Plan:
+        self.add(Node(INTERNET, "internet", [Iface("br0", kind="bridge")], forwarding=True))
+        for gw_index, gw_name in enumerate(sorted(self.t.virtual_network_gateways)):
+            self.gateway(gw_index, gw_name)
+        unmanaged = {}
+        for site, lng in sorted(self.t.local_network_gateways.items()):
+            if lng.managed:
+                self.device(site)
+            else:
+                unmanaged[site] = str(lng.gateway_ip)
+                self.nodes[INTERNET].iface("br0").addresses.append(_internet_side(lng.gateway_ip))
+        for conn in sorted(self.t.connections):
+            self.connection(conn)
+        from vpnlab.plan import p2s as p2s_plan  # P2S builds on the gateways and their connections
+        p2s_ends, clients = p2s_plan.build(self)
+        self.finish_routing()
+        br = self.nodes[INTERNET].iface("br0")
+        br.addresses = list(dict.fromkeys(br.addresses))
+        return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings,
+                    unmanaged, dict(self.active), p2s_ends, clients)
+
+    def serves(self, gw_name: str, k: int) -> bool:
+        gw = self.t.virtual_network_gateways[gw_name]
+        return serves(gw, self.active.get(gw_name, 0), k)
+
+    def gateway(self, gw_index: int, gw_name: str):
+        gw = self.t.virtual_network_gateways[gw_name]
+        vnet = self.t.virtual_networks[gw.virtual_network]
+        asn = gw.bgp.asn if gw.bgp else self.d["azure"]["asn"]
+        sdn = self.add(Node(f"{gw.virtual_network}-sdn", "vnet-router", forwarding=True))
+        gws = vnet.subnets["GatewaySubnet"].address_prefix
+        sdn_ip = gws.network_address + 1
+        sdn.interfaces.append(Iface("gws", [f"{sdn_ip}/{gws.prefixlen}"], kind="bridge"))
+        sdn.frr = Frr(asn, str(sdn_ip), self.timers)
+        first_vm_host = 4   # Azure reserves .1-.3 of every subnet
+        for i, (sub_name, sub) in enumerate(sorted(vnet.subnets.items())):
+            vms = self.t.subnet_vms(gw.virtual_network, sub_name)
+            if vms:
+                self.lan(sdn, f"s{i}", sub.address_prefix, vms, first_vm_host, "vm")
+        bgp_ips = gateway_subnet_ips(gws, gw.active_active)
+        for k in range(instance_count(gw)):
+            name = instance_name(gw_name, k)
+            # active-standby: one public IP and one BGP address, held by the active
+            # instance, with the same MAC, so that they move as Azure moves them [5]
+            slot = k if gw.active_active else 0
+            public_ip = IPv4Network(self.d["internal"]["azure_public"]).network_address + 10 + 2 * gw_index + slot
+            mac = None if gw.active_active else f"02:00:00:00:{gw_index:02x}:"
+            node = self.add(Node(name, "gateway-instance", forwarding=True,
+                                 standby=not self.serves(gw_name, k),
+                                 shaping_mbps=self.d["skus"][gw.sku]["throughput_mbps"]))
+            inet_gw = self.attach_public(node, public_ip, mac and mac + "01")
+            self.link(node, Iface("gws", [f"{bgp_ips[slot]}/{gws.prefixlen}"], mac=mac and mac + "02"),
+                      sdn, Iface(f"gws{k}", master="gws"))
+            apipa = []
+            if gw.bgp and slot < len(gw.bgp.peering_addresses):
+                apipa = [str(a) for a in gw.bgp.peering_addresses[slot].apipa_addresses]
+            node.interfaces.append(Iface("lo", [f"{a}/32" for a in apipa], kind="lo"))
+            vnet_prefixes = [str(p) for p in vnet.address_space]
+            node.frr = Frr(asn, str(bgp_ips[slot]), self.timers,
+                           static=[(p, str(sdn_ip)) for p in vnet_prefixes] + [("0.0.0.0/0", inet_gw)],
+                           networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes)
+            node.frr.neighbors.append(Neighbor(str(sdn_ip), asn, internal=True, next_hop_self=True,
+                                               update_source=str(bgp_ips[slot]),
+                                               route_map_out="TO-SDN", timers=self.d["sdn_timers"]))
+            if slot == k:
+                sdn.frr.neighbors.append(Neighbor(str(bgp_ips[slot]), asn, internal=True,
+                                                  timers=self.d["sdn_timers"]))
+            if not node.standby:
+                self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
+                self.bgp.append(BgpSession(sdn.name, str(bgp_ips[slot]), name, "sdn"))
+            self.bgp_addresses[name] = dict(bgp_ip=str(bgp_ips[slot]), apipa=apipa)
+            node.nft = dict(dnat=[], inner=[], mss_clamp=None)
+
+    def device(self, site: str):
+        lng = self.t.local_network_gateways[site]
+        node = self.add(Node(site, "device", forwarding=True))
+        inet_gw = self.attach_public(node, lng.gateway_ip)
+        addresses = []
+        for i, prefix in enumerate(self.t.site_lan(site)):
+            hosts = self.t.site_hosts(site) if i == 0 else []
+            self.lan(node, f"lan{i}", prefix, hosts, 10, "host")
+            addresses.append(str(prefix.network_address + 1))
+        lo = []
+        if lng.bgp and str(lng.bgp.peering_address) not in addresses:
+            lo.append(f"{lng.bgp.peering_address}/32")
+        node.interfaces.append(Iface("lo", lo, kind="lo"))
+        router_id = str(lng.bgp.peering_address) if lng.bgp else str(lng.gateway_ip)
+        node.frr = Frr(lng.bgp.asn if lng.bgp else None, router_id, self.timers,
+                       static=[("0.0.0.0/0", inet_gw)],
+                       networks=[str(p) for p in self.t.site_lan(site)])
+        node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
+
+    def tunnel_end(self, router: Node, tunnel: str, side: str, standby: bool = False,
+                   role: str = "tunnel-endpoint", device: str = "ipsec0") -> tuple[Node, str]:
+        """A tunnel namespace beside a router: underlay veth + inner veth (the tunnel
+        interface); device is where the tunnel's traffic goes (charon's ipsec0, or
+        openvpn's tun0). Returns the node and the router's inner interface name."""
+        j = sum(1 for i in router.interfaces if i.name.startswith("t") and i.name.endswith("u"))
+        net = IPv4Network((int(self.underlay.network_address) + 4 * j, 30))
+        r_ip, t_ip = net.network_address + 1, net.network_address + 2
+        end = self.add(Node(f"{tunnel}-{side}", role, forwarding=True, standby=standby))
+        self.link(router, Iface(f"t{j}u", [f"{r_ip}/30"]), end, Iface("ul", [f"{t_ip}/30"]))
+        # the inner veth is the tunnel interface: MTU 1400 as Azure advises [3.1], which
+        # also matches libipsec's ipsec0, so large segments are not silently lost
+        mtu = self.d["internal"]["tunnel_mtu"]
+        self.link(router, Iface(f"t{j}", proxy_arp=True, mtu=mtu),
+                  end, Iface("in", proxy_arp=True, mtu=mtu))
+        end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
+        end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
+        end.rules.append(Rule(device, TABLE_FROM_TUNNEL, 100))
+        if device == "ipsec0":   # openvpn routes its clients on tun0 itself
+            end.rules.append(Rule("in", TABLE_INTO_TUNNEL, 101))
+        end.charon = dict(local_addr=str(t_ip))
+        router.nft["inner"].append(f"t{j}")
+        return end, f"t{j}"
+
+    def connection(self, conn_name: str):
+        if self.t.connections[conn_name].type == "Vnet2Vnet":
+            self.vnet_to_vnet(conn_name)
+        else:
+            self.site_connection(conn_name)
+
+    def site_connection(self, conn_name: str):
+        """The tunnels of a connection: one per gateway instance. Active-active: each
+        instance has its own tunnel to the device [5]. Active-standby: the device has
+        one tunnel end, towards the gateway's one public IP; both instances have theirs
+        ready, the standby's idle until it takes over."""
+        c = self.t.connections[conn_name]
+        gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
+        lng = self.t.local_network_gateways[c.local_network_gateway]
+        vnet = self.t.virtual_networks[gw.virtual_network]
+        device = self.nodes.get(c.local_network_gateway)     # None: not managed
+        pairs = selectors(self.t, conn_name)
+        policy_based = gw.vpn_type == "PolicyBased"
+        common = dict(connection=conn_name, version=2 if c.connection_protocol == "IKEv2" else 1,
+                      secret=c.shared_key.get_secret_value(),
+                      dpd_timeout=None if policy_based else self.dpd(c))
+        policy = self.azure_policy(c, policy_based)
+        dev_policy = self.device_policy(c, policy_based)
+        op_end = op_if = None
+        for k in range(instance_count(gw)):
+            inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
+            tname = f"{conn_name}-in{k}"
+            az_end, az_if = self.tunnel_end(inst, tname, "az", standby=inst.standby)
+            az_end.interfaces.append(Iface("lo", _selector_anchors(
+                list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]), kind="lo"))
+            connected = k in lng.device.connect_to_instances or not gw.active_active
+            new_device_end = device is not None and connected and (gw.active_active or op_end is None)
+            if new_device_end:
+                op_end, op_if = self.tunnel_end(device, tname if gw.active_active else conn_name, "op")
+                op_end.interfaces.append(Iface("lo", _selector_anchors(
+                    list(lng.address_space) + self.t.site_lan(c.local_network_gateway)), kind="lo"))
+            if not inst.standby:
+                self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
+                                           c.local_network_gateway, az_end.name,
+                                           op_end.name if op_end and connected else None,
+                                           str(lng.gateway_ip), c.connection_mode, policy_based,
+                                           expected_up=connected or device is None))
+            self.azure_end(inst, az_end, c, common | dict(policy=policy), str(lng.gateway_ip), pairs,
+                           policy_based)
+            if new_device_end:
+                self.device_end(device, op_end, inst.public_ip, c, common | dict(policy=dev_policy),
+                                pairs, policy_based)
+            if c.enable_bgp:
+                self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k, new_device_end)
+            else:
+                for p in lng.address_space:     # what Azure routes: the site's address space
+                    inst.frr.static.append((str(p), az_if))
+                    inst.frr.networks.append(str(p))
+                # the VNet, and the P2S pool: a careful engineer routes it back too [6]
+                p2s = gw.vpn_client_configuration
+                for p in (list(vnet.address_space) + (p2s.address_pool if p2s else [])
+                          if new_device_end else ()):
+                    device.frr.static.append((str(p), op_if))
+
+    # -- VNet-to-VNet
+    def vnet_to_vnet(self, conn_name: str):
+        """A VNet-to-VNet pair [7.1], built once, from the connection whose name sorts
+        first: its gateway dials (the agent), the other answers; both ends run Azure's
+        proposals. Each instance has one tunnel end per public IP of the other gateway;
+        a tunnel joins two serving instances (both active-active: four tunnels)."""
+        back = reverse_connection(self.t, conn_name)
+        if back < conn_name:
+            return
+        c = self.t.connections[conn_name]
+        a, b = c.virtual_network_gateway, c.peer_virtual_network_gateway
+        ends = {**self.v2v_ends(a, b, c, conn_name), **self.v2v_ends(b, a, c, conn_name)}
+        for i in self.serving(a):
+            for j in self.serving(b):
+                sa, sb = self.slot(a, i), self.slot(b, j)
+                az_end, peer_end = ends[(a, i, sb)][0], ends[(b, j, sa)][0]
+                name = f"{conn_name}-in{i}" + (f"-{sb}" if self.gw(b).active_active else "")
+                self.tunnels.append(Tunnel(name, conn_name, a, instance_name(a, i), instance_name(b, j),
+                                           az_end.name, peer_end.name,
+                                           self.nodes[instance_name(b, j)].public_ip))
+                if c.enable_bgp:
+                    for g, k, peer in ((a, i, (b, j)), (b, j, (a, i))):
+                        self.bgp.append(BgpSession(instance_name(g, k), self.bgp_addresses[instance_name(*peer)]["bgp_ip"],
+                                                   instance_name(*peer), "ebgp"))
+
+    def gw(self, name: str):
+        return self.t.virtual_network_gateways[name]
+
+    def serving(self, gw_name: str) -> list[int]:
+        return [k for k in range(instance_count(self.gw(gw_name))) if self.serves(gw_name, k)]
+
+    def slot(self, gw_name: str, k: int) -> int:
+        """Which of the gateway's public IPs (and BGP addresses) instance k holds."""
+        return k if self.gw(gw_name).active_active else 0
+
+    def v2v_ends(self, g: str, peer: str, c, conn_name: str) -> dict:
+        """Gateway g's tunnel ends towards peer: per instance, one per peer public IP,
+        with its routing: BGP sessions to the peer's instances, or static routes to the
+        peer's VNet that BGP peers never learn (no transit without BGP [4.6])."""
+        out = {}
+        peer_vnet = [str(p) for p in self.t.virtual_networks[self.gw(peer).virtual_network].address_space]
+        slots = sorted({self.slot(peer, k) for k in range(instance_count(self.gw(peer)))})
+        policy = self.azure_policy(c)
+        for k in range(instance_count(self.gw(g))):
+            inst = self.nodes[instance_name(g, k)]
+            for s in slots:
+                peer_inst = self.nodes[instance_name(peer, s)]
+                towards = instance_name(peer, s) if len(slots) > 1 else peer
+                end, ifname = self.tunnel_end(inst, f"{inst.name}-to-{towards}", "v2v", standby=inst.standby)
+                out[(g, k, s)] = (end, ifname)
+                self.azure_end(inst, end, c, dict(connection=conn_name, version=2, policy=policy,
+                                                  secret=c.shared_key.get_secret_value(),
+                                                  dpd_timeout=self.dpd(c)), peer_inst.public_ip)
+                if c.enable_bgp:
+                    self.azure_peer(inst, ifname, self.bgp_addresses[peer_inst.name]["bgp_ip"],
+                                    self.gw(peer).bgp.asn, self.bgp_addresses[inst.name]["bgp_ip"])
+                else:
+                    inst.frr.static += [(p, ifname) for p in peer_vnet]
+                    inst.frr.networks += [p for p in peer_vnet if p not in inst.frr.networks]
+                    inst.frr.no_transit += [p for p in peer_vnet if p not in inst.frr.no_transit]
+        return out
+
+    def azure_peer(self, inst: Node, ifname: str, peer_ip: str, asn: int, local: str, passive: bool = False):
+        """An eBGP peer of a gateway instance: Azure installs the host route to it
+        through the tunnel [4.2], filters what it advertises and accepts and drops the
+        session past 4,000 prefixes [4.5]. One neighbor per address (an active-standby
+        peer is reached through two tunnel ends, one per instance)."""
+        inst.frr.static.append((f"{peer_ip}/32", ifname))
+        if any(n.address == peer_ip for n in inst.frr.neighbors):
+            return
+        az = self.d["azure"]
+        inst.frr.neighbors.append(Neighbor(
+            peer_ip, asn, multihop=True, update_source=local, passive=passive,
+            route_map_in="FROM-BGP-PEER", route_map_out="TO-BGP-PEER",
+            maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
+
+    # -- tunnel ends
+    def azure_end(self, inst: Node, end: Node, c, common: dict, peer: str, pairs: list = (),
+                  policy_based: bool = False):
+        """An Azure tunnel end facing peer (a device's or another gateway's public IP)."""
+        conn = common["connection"]
+        inst.nft["dnat"].append(dict(peer=peer, to=end.charon["local_addr"],
+                                     refuse_peer_init=c.connection_mode == "InitiatorOnly"))
+        end.charon.update(common, side="azure", local_id=inst.public_ip, remote_id=peer,
+                          remote_addr=peer,
+                          children=azure_children(c, conn, common["policy"], list(pairs), policy_based))
+        if pairs:
+            end.nft = dict(selectors=pairs)
+
+    def device_end(self, device: Node, end: Node, az_pub: str, c, common: dict, pairs: list,
+                   policy_based: bool):
+        conn = common["connection"]
+        op_pub = str(self.t.local_network_gateways[c.local_network_gateway].gateway_ip)
+        if pairs:
+            end.nft = dict(selectors=[(s, v) for v, s in pairs])
+        device.nft["dnat"].append(dict(peer=az_pub, to=end.charon["local_addr"], refuse_peer_init=False))
+        end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub, remote_addr=az_pub,
+                          children=device_children(conn, common["policy"], pairs, policy_based))
+
+    def bgp_over(self, inst: Node, az_if: str, device: Node | None, op_if: str | None, gw,
+                 c, k: int, configure_device: bool):
+        site = c.local_network_gateway
+        lng = self.t.local_network_gateways[site]
+        peer = str(lng.bgp.peering_address)
+        apipa_peer = lng.bgp.peering_address.is_link_local
+        local = azure_bgp_address(self.bgp_addresses[inst.name], c, k, apipa_peer)
+        # Azure never opens a session from APIPA [4.3]
+        self.azure_peer(inst, az_if, peer, lng.bgp.asn, local, passive=apipa_peer)
+        if not inst.standby and (device is not None or not lng.managed):
+            self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
+        if device is None:
+            return
+        if configure_device:
+            device.frr.static.append((f"{local}/32", op_if))
+            device.frr.neighbors.append(Neighbor(local, gw.bgp.asn, multihop=True, update_source=peer))
+        if not inst.standby:
+            self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
+
+    def dpd(self, c) -> int:
+        return self.timers["dpd_timeout"] or c.dpd_timeout_seconds
+
+    def azure_policy(self, c, policy_based: bool = False) -> dict:
+        """Azure's proposals per role [3.1]: esp answers the device, esp_initiator is what
+        Azure offers when it creates or rekeys a CHILD SA. A custom policy replaces both.
+        Policy-based gateways have one list for both roles and 3,600 s quick-mode SAs."""
+        az = self.d["azure"]
+        if policy_based:
+            pb = self.d["policy_based"]
+            return dict(ike=pb["ike_proposals"], esp=pb["esp_proposals"], esp_initiator=pb["esp_proposals"],
+                        ike_lifetime=az["ike_lifetime_seconds"],
+                        child_lifetime=pb["child_lifetime_seconds"],
+                        child_kilobytes=az["child_lifetime_kilobytes"])
+        if c.ipsec_policies:
+            policy = custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
+            return policy | dict(esp_initiator=policy["esp"])
+        return dict(ike=az["ike_proposals"], esp=az["esp_proposals_responder"],
+                    esp_initiator=az["esp_proposals_initiator"],
+                    ike_lifetime=az["ike_lifetime_seconds"],
+                    child_lifetime=az["child_lifetime_seconds"],
+                    child_kilobytes=az["child_lifetime_kilobytes"])
+
+    def device_policy(self, c, policy_based: bool = False) -> dict:
+        """The lab's device, configured as a careful engineer does for this gateway."""
+        az, dev = self.d["azure"], self.d["device"]
+        if policy_based:
+            pb = self.d["policy_based"]
+            return dict(ike=pb["ike_proposals"][:1], esp=pb["esp_proposals"][:1],
+                        ike_lifetime=az["ike_lifetime_seconds"],
+                        child_lifetime=pb["child_lifetime_seconds"],
+                        child_kilobytes=az["child_lifetime_kilobytes"])
+        if c.ipsec_policies:   # a careful engineer mirrors the custom policy
+            return custom_policy(c.ipsec_policies[0], az["ike_lifetime_seconds"])
+        return dict(ike=dev["ike_proposals"], esp=dev["esp_proposals"],
+                    ike_lifetime=az["ike_lifetime_seconds"],
+                    child_lifetime=az["child_lifetime_seconds"],
+                    child_kilobytes=az["child_lifetime_kilobytes"])
+
+    def finish_routing(self):
+        """What must be reachable once converged: every VM <-> every on-prem host, and
+        the prefixes each router must have in its FIB."""
+        for conn_name in sorted(self.t.connections):
+            c = self.t.connections[conn_name]
+            if c.type == "Vnet2Vnet":
+                self.vnet_to_vnet_routing(c)
+                continue
+            if not self.t.local_network_gateways[c.local_network_gateway].managed:
+                continue   # the user's device: nothing the lab can expect of it
+            gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
+            vnet = self.t.virtual_networks[gw.virtual_network]
+            site_prefixes = [str(p) for p in self.t.site_lan(c.local_network_gateway)]
+            vnet_prefixes = [str(p) for p in vnet.address_space]
+            self._expect(c.local_network_gateway, vnet_prefixes)
+            self._expect(f"{gw.virtual_network}-sdn", site_prefixes)
+            connected = self.t.local_network_gateways[c.local_network_gateway].device.connect_to_instances
+            for k in range(instance_count(gw)):
+                if self.serves(c.virtual_network_gateway, k) and (k in connected or not gw.active_active):
+                    self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
+            vms = [vm for sub in sorted(vnet.subnets) for vm in self.t.subnet_vms(gw.virtual_network, sub)]
+            hosts = self.t.site_hosts(c.local_network_gateway)
+            for vm in vms:
+                for h in hosts:
+                    self.pings.append((vm, self._address(h)))
+                    self.pings.append((h, self._address(vm)))
+
+    def vnet_to_vnet_routing(self, c):
+        """Each direction's connection: its gateway's serving instances and VNet reach
+        the peer VNet, and its VMs ping the peer's VMs."""
+        gw, peer = self.gw(c.virtual_network_gateway), self.gw(c.peer_virtual_network_gateway)
+        peer_vnet = [str(p) for p in self.t.virtual_networks[peer.virtual_network].address_space]
+        self._expect(f"{gw.virtual_network}-sdn", peer_vnet)
+        for k in self.serving(c.virtual_network_gateway):
+            self._expect(instance_name(c.virtual_network_gateway, k), peer_vnet)
+        vms = lambda vnet: [vm for sub in sorted(self.t.virtual_networks[vnet].subnets)
+                            for vm in self.t.subnet_vms(vnet, sub)]
+        for vm in vms(gw.virtual_network):
+            for other in vms(peer.virtual_network):
+                self.pings.append((vm, self._address(other)))
+
+    def _expect(self, node: str, prefixes: list[str]):
+        have = self.expected.setdefault(node, [])
+        have += [p for p in prefixes if p not in have]
+
+    def _address(self, node: str) -> str:
+        return self.nodes[node].iface("eth0").addresses[0].split("/")[0]
+
+
+_ENC = {"GCMAES256": "aes256gcm16", "GCMAES192": "aes192gcm16", "GCMAES128": "aes128gcm16",
+        "AES256": "aes256", "AES192": "aes192", "AES128": "aes128", "DES3": "3des", "DES": "des",
+        "None": "null"}
+_INTEG = {"SHA384": "sha384", "SHA256": "sha256", "SHA1": "sha1", "MD5": "md5"}
+_DH = {"DHGroup24": "modp2048s256", "ECP384": "ecp384", "ECP256": "ecp256",
+       "DHGroup14": "modp2048", "DHGroup2048": "modp2048", "DHGroup2": "modp1024",
+       "DHGroup1": "modp768", "None": None}
+_PFS = {"PFS24": "modp2048s256", "ECP384": "ecp384", "ECP256": "ecp256", "PFS2048": "modp2048",
+        "PFS2": "modp1024", "PFS1": "modp768", "None": None}
+
+
+def custom_policy(p, ike_lifetime: int) -> dict:
+    """Azure custom IPsec/IKE policy -> strongSwan proposals (mapping is ours, DERIVED)."""
+    ike = "-".join(x for x in (_ENC[p.ike_encryption], _INTEG[p.ike_integrity], _DH[p.dh_group]) if x)
+    esp_integ = None if p.ipsec_encryption.startswith("GCM") else _INTEG.get(p.ipsec_integrity)
+    esp = "-".join(x for x in (_ENC[p.ipsec_encryption], esp_integ, _PFS[p.pfs_group]) if x)
+    return dict(ike=[ike], esp=[esp], ike_lifetime=ike_lifetime,
+                child_lifetime=p.sa_lifetime_seconds, child_kilobytes=p.sa_datasize_kilobytes)
+
+
+def build(t: Topology, timers: str = "azure", active: dict[str, int] | None = None) -> Plan:
+    """active: which instance serves each active-standby gateway (default: instance 0)."""
+    return _Builder(t, timers, active).build()

@@ -1,0 +1,169 @@
+"""Point-to-site in the lab plan [6]: each serving gateway instance gets a P2S server
+per protocol (a namespace beside it, like a tunnel end: charon for IkeV2, openvpn for
+OpenVPN), and each client a namespace on the lab's internet.
+
+Active-standby: both instances hold P2S servers, the standby's idle, so that a takeover
+drops the clients and they reconnect to the same public IP [5]. Active-active: Azure
+gives P2S a third public IP [5 PIP3]; which instance serves it is not documented
+(UNCONFIRMED): in the lab instance 0 holds it.
+"""
+from __future__ import annotations
+
+from ipaddress import IPv4Address, IPv4Network
+
+from vpnlab.model.defaults import defaults
+from vpnlab.model.p2s_rules import pool_split
+from vpnlab.plan.build import Iface, Node, P2sClient, P2sEnd, Route, _selector_anchors, instance_count, instance_name
+
+SERVER_ROOT = "VpnServerRoot"    # the CA of the gateways' own certificates (Azure's name)
+
+
+def gateway_fqdn(gw_name: str) -> str:
+    """The gateway's identity in its certificate (Azure: azuregateway-<id>.vpn.azure.com)."""
+    return f"azuregateway-{gw_name}.vpnlab.test"
+
+
+def pushed_routes(t, gw_name: str, os: str = "Linux") -> list[str]:
+    """The routes a client gets [6 P2SRT]: the VNet's address space, the pool and custom
+    routes; a non-Windows client (and any OpenVPN client) also the prefixes of the
+    gateway's connections (site address spaces, the prefixes BGP learns from the lab's
+    devices, peer VNets)."""
+    gw = t.virtual_network_gateways[gw_name]
+    cfg = gw.vpn_client_configuration
+    out = [*t.virtual_networks[gw.virtual_network].address_space, *cfg.address_pool, *cfg.custom_routes]
+    for _, c in sorted(t.connections.items()) if os != "Windows" else ():
+        if c.virtual_network_gateway != gw_name:
+            continue
+        if c.type == "Vnet2Vnet":
+            peer = t.virtual_network_gateways[c.peer_virtual_network_gateway]
+            out += t.virtual_networks[peer.virtual_network].address_space
+            continue
+        lng = t.local_network_gateways[c.local_network_gateway]
+        out += lng.address_space
+        if c.enable_bgp and lng.managed:
+            out += t.site_lan(c.local_network_gateway)
+    return [str(p) for p in dict.fromkeys(out)]
+
+
+def p2s_public_ip(b, gw_name: str) -> str:
+    """Where clients connect: the gateway's public IP (active-standby), or its third
+    public IP (active-active), 203.0.113.100 + the gateway's index."""
+    if not b.gw(gw_name).active_active:
+        return b.nodes[instance_name(gw_name, 0)].public_ip
+    index = sorted(b.t.virtual_network_gateways).index(gw_name)
+    return str(IPv4Network(b.d["internal"]["azure_public"]).network_address + 100 + index)
+
+
+def build(b) -> tuple[list[P2sEnd], list[P2sClient]]:
+    ends = []
+    for gw_name in sorted(b.t.virtual_network_gateways):
+        if b.gw(gw_name).vpn_client_configuration is not None:
+            ends += _gateway(b, gw_name)
+    addresses = _client_addresses(b.t)
+    clients = [_client(b, name, addresses[name]) for name in sorted(b.t.clients)]
+    return ends, clients
+
+
+def _gateway(b, gw_name: str) -> list[P2sEnd]:
+    gw = b.gw(gw_name)
+    cfg = gw.vpn_client_configuration
+    p2s, timers = defaults()["p2s"], b.timers
+    pushed = pushed_routes(b.t, gw_name)
+    roots = [r.name for r in cfg.root_certificates]
+    limit = defaults()["skus"][gw.sku]["p2s_connections"]
+    address = p2s_public_ip(b, gw_name)
+    ends = []
+    for k in range(instance_count(gw)):
+        if gw.active_active and k != 0:
+            continue
+        inst = b.nodes[instance_name(gw_name, k)]
+        if gw.active_active:
+            inst.iface("pub").addresses.append(f"{address}/24")
+        for protocol, share in pool_split(cfg).items():
+            ikev2 = protocol == "IkeV2"
+            end, ifname = b.tunnel_end(inst, inst.name, "p2s-ikev2" if ikev2 else "p2s-openvpn",
+                                       standby=inst.standby, role="p2s-endpoint",
+                                       device="ipsec0" if ikev2 else "tun0")
+            used = share if ikev2 else share[:1]     # one openvpn server: one pool prefix
+            for p in used:
+                inst.frr.static.append((str(p), ifname))
+                inst.frr.networks.append(str(p))
+            ul, end.charon = end.charon["local_addr"], None     # the server's config follows
+            inst.nft["dnat"].append(dict(peer=None, daddr=address if gw.active_active else None,
+                                         to=ul, refuse_peer_init=False,
+                                         proto="udp" if ikev2 else "tcp",
+                                         ports="500, 4500" if ikev2 else str(p2s["openvpn_port"])))
+            if ikev2:
+                _ikev2_server(end, gw_name, ul, used, pushed, roots, limit, timers)
+            else:
+                _openvpn_server(end, gw_name, ul, used[0], pushed, limit, b.profile)
+            if not inst.standby:
+                ends.append(P2sEnd(gw_name, inst.name, end.name, protocol, [str(p) for p in used]))
+    return ends
+
+
+def _ikev2_server(end: Node, gw_name: str, ul: str, pool, pushed, roots, limit: int, timers: dict):
+    p2s = defaults()["p2s"]
+    end.charon = dict(p2s=True, side="azure", connection="p2s", version=2, local_addr=ul,
+                      local_id=gateway_fqdn(gw_name), pools=[str(p) for p in pool], local_ts=pushed,
+                      policy=dict(ike=p2s["ike_proposals"], esp=p2s["esp_proposals"]),
+                      dpd_timeout=_dpd(timers), ikesa_limit=limit)
+    # libipsec routes a CHILD SA only with a local address inside the local selector
+    end.interfaces.append(Iface("lo", _selector_anchors([IPv4Network(p) for p in pushed]), kind="lo"))
+    end.pki = ([(f"x509ca/{r}.pem", f"ca-{r}.pem") for r in roots]
+               + [(f"x509crl/{r}.crl", f"crl-{gw_name}-{r}.crl") for r in roots]
+               + [("x509/gateway.pem", f"server-{gw_name}.pem"), ("private/gateway.key", f"server-{gw_name}.key")])
+
+
+def _openvpn_server(end: Node, gw_name: str, ul: str, pool: IPv4Network, pushed, limit: int, profile: str):
+    p2s = defaults()["p2s"]
+    end.openvpn = dict(role="server", local=ul, port=p2s["openvpn_port"], cipher=p2s["openvpn_cipher"],
+                       server_ip=str(pool.network_address + 1), netmask=str(pool.netmask),
+                       pool_start=str(pool.network_address + 2), pool_end=str(pool.broadcast_address - 1),
+                       push=[(str(n.network_address), str(n.netmask)) for n in map(IPv4Network, pushed)],
+                       max_clients=limit, keepalive=p2s["openvpn_keepalive"][profile])
+    end.pki = [("ca.pem", f"bundle-{gw_name}.pem"), ("crl.pem", f"crl-{gw_name}.pem"),
+               ("server.pem", f"server-{gw_name}.pem"), ("server.key", f"server-{gw_name}.key")]
+
+
+def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:
+    c = b.t.clients[name]
+    p2s = defaults()["p2s"]
+    node = b.add(Node(name, "p2s-client"))
+    b.attach_public(node, public_ip)
+    gw_ip = p2s_public_ip(b, c.virtual_network_gateway)
+    identities = c.identities(name)
+    node.interfaces.append(Iface("lo", kind="lo"))
+    inet = str(IPv4Network(f"{public_ip}/24", strict=False).network_address + 1)
+    node.routes.append(Route("0.0.0.0/0", via=inet))
+    fqdn = gateway_fqdn(c.virtual_network_gateway)
+    server_ca = f"ca-{SERVER_ROOT}.pem"
+    # the gateway offers every route; Windows' IKEv2 client asks only for the VNet's
+    pushed = pushed_routes(b.t, c.virtual_network_gateway, c.os if c.protocol == "IkeV2" else "Linux")
+    if c.protocol == "IkeV2":
+        node.charon = dict(p2s=True, side="client", connection=name, version=2, local_addr=str(public_ip),
+                           remote_ts=pushed if c.os == "Windows" else ["0.0.0.0/0"],
+                           remote_addr=gw_ip, remote_id=fqdn, identities=identities,
+                           policy=dict(ike=p2s["client_ike_proposals"], esp=p2s["client_esp_proposals"]),
+                           dpd_timeout=_dpd(b.timers))
+        node.pki = ([(f"x509ca/{SERVER_ROOT}.pem", server_ca), ("private/client.key", f"client-{name}.key")]
+                    + [(f"x509/{i}.pem", f"cert-{i}.pem") for i in identities])
+    else:
+        node.openvpn = dict(role="client", remote=gw_ip, port=p2s["openvpn_port"], cipher=p2s["openvpn_cipher"],
+                            server_name=fqdn, **p2s["openvpn_client"][b.profile])
+        node.pki = [("ca.pem", server_ca), ("client.key", f"client-{name}.key"),
+                    ("client.pem", f"cert-{identities[0]}.pem")]
+    return P2sClient(name, c.virtual_network_gateway, c.protocol, identities, gw_ip, pushed)
+
+
+def _dpd(timers: dict) -> int:
+    return timers["dpd_timeout"] or defaults()["azure"]["dpd_timeout_seconds"]["default"]
+
+
+def _client_addresses(t) -> dict[str, IPv4Address]:
+    """Public IPs for the clients, from the top of the client range down, skipping the
+    sites' addresses."""
+    net = IPv4Network(defaults()["p2s"]["client_public"])
+    taken = {lng.gateway_ip for lng in t.local_network_gateways.values()}
+    free = (a for a in reversed(list(net.hosts())) if a not in taken and int(a) & 0xFF > 1)
+    return {name: next(free) for name in sorted(t.clients)}

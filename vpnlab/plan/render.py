@@ -1,0 +1,85 @@
+"""Rendered node configs: Jinja2 templates under vpnlab/plan/templates, one folder per node."""
+from __future__ import annotations
+
+import base64
+import math
+import os
+from pathlib import Path
+
+import jinja2
+
+from vpnlab.model.defaults import defaults
+from vpnlab.plan.build import Node, Plan
+
+PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
+           "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
+           "updown").split()
+SECRET_FILES = {"swanctl.conf"}
+# where a P2S openvpn server's session hook writes (the agent reads it)
+SESSIONS_FILE = "openvpn-sessions.jsonl"
+# nftables rules a tunnel end holds while its charon starts (the file says why)
+STARTING_GUARD = (Path(__file__).parent / "templates/starting-guard.nft").read_text()
+
+
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("vpnlab.plan", "templates"),
+                             undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["b64"] = lambda s: base64.b64encode(s.encode()).decode()
+    return env
+
+
+def retransmit(dpd_timeout: int) -> dict:
+    """charon gives up on a peer after (tries + 1) * timeout seconds of silence."""
+    tries = 3
+    return dict(tries=tries, timeout=round(dpd_timeout / (tries + 1), 2))
+
+
+def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str, str]:
+    ctx = dict(node=node, dir=str(node_dir))
+    files = {}
+    if node.frr is not None:
+        files["frr.conf"] = env.get_template("frr.conf.j2").render(ctx, frr=node.frr)
+        files["vtysh.conf"] = "service integrated-vtysh-config\n"
+    if node.nft is not None:
+        files["nftables.conf"] = env.get_template("nftables.conf.j2").render(
+            ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"])
+    if node.charon is not None:
+        c = node.charon
+        # no DPD (policy-based gateways): IKE retransmits as with Azure's default timeout
+        dpd = c["dpd_timeout"] or defaults()["azure"]["dpd_timeout_seconds"]["default"]
+        files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
+            ctx, c=c | {"dpd_timeout": dpd}, plugins=PLUGINS, retransmit=retransmit(dpd))
+        template = "swanctl-p2s.conf.j2" if c.get("p2s") else "swanctl.conf.j2"
+        files["swanctl.conf"] = env.get_template(template).render(
+            ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0)
+    if node.openvpn is not None:
+        files["openvpn.conf"] = env.get_template("openvpn.conf.j2").render(ctx, o=node.openvpn)
+        if node.openvpn["role"] == "server":
+            files["openvpn-session.sh"] = env.get_template("openvpn-session.sh.j2").render(
+                ctx, sessions_file=SESSIONS_FILE)
+    return files
+
+
+def render(plan: Plan, nodes_dir: Path) -> dict[str, dict[str, str]]:
+    """Render every node's configs in memory (no file is written)."""
+    return render_with(plan, lambda node: nodes_dir / node)
+
+
+def render_with(plan: Plan, node_dir) -> dict[str, dict[str, str]]:
+    """Render with node_dir(name): the folder the configs name (inside a container, for
+    an export, it is not where the files are written)."""
+    env = _env()
+    return {n.name: node_files(env, n, node_dir(n.name)) for n in plan.ordered_nodes()}
+
+
+def write(rendered: dict[str, dict[str, str]], nodes_dir: Path):
+    for node, files in rendered.items():
+        d = nodes_dir / node
+        d.mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            path = d / name
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                         0o600 if name in SECRET_FILES else 0o644)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
