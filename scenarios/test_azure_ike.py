@@ -3,7 +3,7 @@
 Each site of topologies/azure-ike.yaml is `managed: false`; the tests bring its device
 as a user would (scenarios/owndevice.py: own namespace, own charon, `vpnlab attach`) and
 check what the emulated gateway accepts, offers and refuses, through VICI on both ends
-and the device's own log ([3.1], [1.3] of ../shared/azure-reference.md).
+and the device's own log ([3.1], [1.3] of docs/azure-reference.md).
 """
 from __future__ import annotations
 

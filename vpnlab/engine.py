@@ -26,10 +26,11 @@ from vpnlab.runtime import procs
 from vpnlab.runtime.containerlab import ContainerlabRuntime
 from vpnlab.runtime.docker import DockerRuntime
 from vpnlab.runtime.netns import NetnsRuntime, all_lab_names, lab_namespaces
-from vpnlab.runtime.state import NAME_RE, LabState, claim_lock, known_labs, lab_dir, load_state, remove_lab_dir
+from vpnlab.model.names import LAB_NAME
+from vpnlab.runtime.state import LabState, claim_lock, known_labs, lab_dir, load_state, remove_lab_dir
 from vpnlab.model.topology import load
 from vpnlab.waits import WaitTimeout, wait_until
-from vpnlab.model.yamlsrc import SourceError
+from vpnlab.model.yamlsrc import SourceError, shown
 
 Progress = Callable[[str], None]
 DEFAULT_TOPOLOGY = "topologies/active-active-bgp.yaml"
@@ -45,10 +46,12 @@ def _quiet(_: str):
     pass
 
 
-def check_name(name: str) -> str:
-    if not NAME_RE.match(name):
-        raise SourceError(f"--name {name!r}: use 1-32 letters, digits, '-' or '_', "
-                          "starting with a letter or digit")
+def check_name(name: str, from_file: Path | None = None) -> str:
+    """A lab name: --name, or else the topology file's name."""
+    if not LAB_NAME.fullmatch(name):
+        given = f"lab name '{shown(name)}' (from {shown(from_file)}; choose one with --name)" \
+            if from_file else f"--name '{shown(name)}'"
+        raise SourceError(f"{given}: use 1-32 letters, digits, '-' or '_', starting with a letter or digit")
     return name
 
 
@@ -116,7 +119,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         raise SourceError(f"--timers {timers!r}: allowed: {', '.join(defaults()['timers'])}")
     if runtime not in RUNTIMES:
         raise SourceError(f"--runtime {runtime!r}: allowed: {', '.join(RUNTIMES)}")
-    name = check_name(name or topology_file.stem)
+    name = check_name(name) if name else check_name(topology_file.stem, topology_file)
     progress(f"validating {topology_file}")
     topology = load(topology_file)
     plan = build(topology, timers)                      # bad input stops here
@@ -231,7 +234,7 @@ def export(topology_file: str | Path, out: str | Path, fmt: str, name: str | Non
         raise SourceError(f"--format {fmt!r}: allowed: {', '.join(clab.FORMATS)}")
     if timers not in defaults()["timers"]:
         raise SourceError(f"--timers {timers!r}: allowed: {', '.join(defaults()['timers'])}")
-    name = check_name(name or topology_file.stem)
+    name = check_name(name) if name else check_name(topology_file.stem, topology_file)
     hosts = _split_hosts(fmt, split_hosts, host_addresses or [])
     plan = build(load(topology_file), timers)           # bad input stops here
     _containerlab_without_p2s(plan, fmt)

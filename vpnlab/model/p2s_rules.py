@@ -31,7 +31,34 @@ def p2s_errors(t):
     for name, gw in t.virtual_network_gateways.items():
         if gw.vpn_client_configuration is not None:
             yield from _gateway_errors(t, name, gw)
+            yield from _crowd_errors(t, name, gw)
     yield from _client_errors(t)
+    yield from _client_address_errors(t)
+
+
+def _crowd_errors(t, name: str, gw):
+    """Every IKEv2 identity of the gateway's clients needs an address of the pool's IkeV2
+    share (a pool prefix gives all but its network and broadcast addresses)."""
+    share = pool_split(gw.vpn_client_configuration).get("IkeV2", [])
+    capacity = sum(max(p.num_addresses - 2, 0) for p in share)
+    clients = [(c_name, c) for c_name, c in t.clients.items()
+               if c.virtual_network_gateway == name and c.protocol == "IkeV2"]
+    wanted = sum(c.count for _, c in clients)
+    if clients and wanted > capacity:
+        c_name = max(clients, key=lambda item: item[1].count)[0]
+        yield ("clients", c_name, "count"), (
+            f"gateway {name}'s IKEv2 clients need {wanted} addresses, but its address_pool gives "
+            f"IKEv2 {capacity} ({', '.join(map(str, share))}): lower count or widen the pool")
+
+
+def _client_address_errors(t):
+    """Each client node takes a public address of the lab's client range (a crowd one)."""
+    net = IPv4Network(defaults()["p2s"]["client_public"])
+    taken = {lng.gateway_ip for lng in t.local_network_gateways.values()}
+    free = sum(1 for a in net.hosts() if a not in taken and int(a) & 0xFF > 1)
+    if len(t.clients) > free:
+        yield ("clients",), (f"{len(t.clients)} clients, but the lab's client range {net} has {free} "
+                             "free addresses: use fewer clients, or one client with count (a crowd)")
 
 
 def _gateway_errors(t, name: str, gw):

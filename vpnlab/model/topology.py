@@ -14,11 +14,11 @@ from typing import Annotated, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
+from vpnlab.model import names
+from vpnlab.model.fields import Address, Asn, Int32, Name, Prefix
 from vpnlab.model.yamlsrc import Source, SourceError, load as load_yaml
 from vpnlab.model.p2s_rules import p2s_errors
 
-Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
-Asn = Annotated[int, Field(ge=1, le=4294967295)]
 SKUS = tuple(defaults()["skus"])
 
 
@@ -32,13 +32,13 @@ class Subnet(Model):
 
 
 class VirtualNetwork(Model):
-    address_space: list[IPv4Network] = Field(min_length=1)
+    address_space: list[Prefix] = Field(min_length=1)
     subnets: dict[Name, Subnet] = {}
 
 
 class InstancePeering(Model):
     """BGP peering addresses of one gateway instance (Terraform `peering_addresses`)."""
-    apipa_addresses: list[IPv4Address] = []
+    apipa_addresses: list[Address] = []
 
 
 class GatewayBgp(Model):
@@ -62,13 +62,13 @@ class RevokedCertificate(Model):
 
 class VpnClientConfiguration(Model):
     """Point-to-site [6] (ARM `vpnClientConfiguration`)."""
-    address_pool: list[IPv4Network] = Field(min_length=1)
+    address_pool: list[Prefix] = Field(min_length=1)
     vpn_client_protocols: list[Literal["IkeV2", "OpenVPN", "SSTP"]] = Field(
         default=["IkeV2", "OpenVPN"], min_length=1)
     vpn_auth_types: list[Literal["Certificate", "AAD", "Radius"]] = ["Certificate"]
     root_certificates: list[RootCertificate] = []
     revoked_certificates: list[RevokedCertificate] = []
-    custom_routes: list[IPv4Network] = []
+    custom_routes: list[Prefix] = []
 
 
 class VirtualNetworkGateway(Model):
@@ -82,12 +82,12 @@ class VirtualNetworkGateway(Model):
 
 class SiteBgp(Model):
     asn: Asn
-    peering_address: IPv4Address
+    peering_address: Address
 
 
 class Device(Model):
     """The on-prem device the lab runs behind a local network gateway."""
-    lan_prefixes: list[IPv4Network] = []   # default: the gateway's address_space
+    lan_prefixes: list[Prefix] = []   # default: the gateway's address_space
     hosts: list[Name] = []                 # default: one host named <site>-host
     # the active-active gateway instances the device builds tunnels to (default: all);
     # [0] is the half-configured design that loses traffic when instance 0 is serviced
@@ -95,8 +95,9 @@ class Device(Model):
 
 
 class LocalNetworkGateway(Model):
-    gateway_ip: IPv4Address
-    address_space: list[IPv4Network] = []
+    gateway_ip: Address
+    # Azure: at most 1,000 address prefixes per local network gateway [2.3]
+    address_space: list[Prefix] = Field(default=[], max_length=defaults()["azure"]["lng_max_prefixes"])
     bgp: Optional[SiteBgp] = None
     # false: the lab builds no device; the user brings one (`vpnlab attach SITE --netns NS`)
     managed: bool = True
@@ -121,8 +122,8 @@ class IpsecPolicy(Model):
     ipsec_encryption: IpsecEncryption
     ipsec_integrity: IpsecIntegrity
     pfs_group: PfsGroup
-    sa_lifetime_seconds: int = Field(default=27000, ge=300)
-    sa_datasize_kilobytes: int = Field(default=102400000, ge=1024)
+    sa_lifetime_seconds: Int32 = Field(default=27000, ge=300)
+    sa_datasize_kilobytes: Int32 = Field(default=102400000, ge=1024)
 
 
 DPD = defaults()["azure"]["dpd_timeout_seconds"]
@@ -131,8 +132,8 @@ DPD = defaults()["azure"]["dpd_timeout_seconds"]
 class CustomBgpAddresses(Model):
     """Which custom APIPA address each gateway instance peers from on this connection
     (Terraform `custom_bgp_addresses`; ARM `gatewayCustomBgpIpAddresses`) [4.3]."""
-    primary: IPv4Address                  # one of instance 0's apipa_addresses
-    secondary: Optional[IPv4Address] = None   # one of instance 1's (active-active)
+    primary: Address                  # one of instance 0's apipa_addresses
+    secondary: Optional[Address] = None   # one of instance 1's (active-active)
 
 
 class Connection(Model):
@@ -145,7 +146,7 @@ class Connection(Model):
     shared_key: SecretStr
     connection_protocol: Literal["IKEv1", "IKEv2"] = "IKEv2"
     enable_bgp: bool = False
-    dpd_timeout_seconds: int = Field(default=DPD["default"], ge=DPD["min"], le=DPD["max"])
+    dpd_timeout_seconds: Int32 = Field(default=DPD["default"], ge=DPD["min"], le=DPD["max"])
     ipsec_policies: list[IpsecPolicy] = Field(default=[], max_length=1)
     use_policy_based_traffic_selectors: bool = False
     connection_mode: Literal["Default", "InitiatorOnly", "ResponderOnly"] = "Default"
@@ -160,7 +161,7 @@ class Client(Model):
     certificate: Optional[Name] = None    # default: the client's name
     issued_by: Optional[Name] = None      # a root certificate; default: the gateway's first.
     #                                       Another name: a CA the gateway does not trust
-    count: int = Field(default=1, ge=1, le=10000)
+    count: Int32 = Field(default=1, ge=1, le=10000)
     # Windows' IKEv2 client takes only the VNet's routes (and the pool, custom routes),
     # not the sites' [6 P2SRT]
     os: Literal["Linux", "Windows"] = "Linux"
@@ -282,12 +283,10 @@ def _address_space_errors(t: Topology):
             if not any(sub.address_prefix.subnet_of(p) for p in vnet.address_space):
                 yield loc, (f"{sub.address_prefix} is outside the virtual network's address_space "
                             f"({', '.join(map(str, vnet.address_space))})")
-        subs = list(vnet.subnets.items())
-        for i, (a_name, a) in enumerate(subs):
-            for b_name, b in subs[i + 1:]:
-                if a.address_prefix.overlaps(b.address_prefix):
-                    yield (("virtual_networks", vnet_name, "subnets", b_name, "address_prefix"),
-                           f"{b.address_prefix} overlaps subnet {a_name} ({a.address_prefix})")
+        subs = [((name,), sub.address_prefix) for name, sub in vnet.subnets.items()]
+        for ((a_name,), a), ((b_name,), b) in overlapping(subs):
+            yield (("virtual_networks", vnet_name, "subnets", b_name, "address_prefix"),
+                   f"{b} overlaps subnet {a_name} ({a})")
     for site, lng in t.local_network_gateways.items():
         for i, prefix in enumerate(lng.address_space):
             spaces.append((("local_network_gateways", site, "address_space", i), prefix))
@@ -297,13 +296,33 @@ def _address_space_errors(t: Topology):
         if lng.managed and not t.site_lan(site):
             yield (("local_network_gateways", site, "address_space"),
                    "the lab's on-prem device needs a LAN: give address_space or device.lan_prefixes")
-    for i, (loc_a, a) in enumerate(spaces):
+    forbidden = {IPv4Network(n): why for n, why in defaults()["azure"]["vnet_forbidden_ranges"].items()}
+    for loc, a in spaces:
         for r in reserved_nets:
             if a.overlaps(r):
-                yield loc_a, f"{a} overlaps {r}, which the lab reserves for its own addressing"
-        for loc_b, b in spaces[i + 1:]:
-            if a.overlaps(b):
-                yield loc_b, f"{b} overlaps {a} ({'.'.join(map(str, loc_a))}); Azure requires non-overlapping address spaces"
+                yield loc, f"{a} overlaps {r}, which the lab reserves for its own addressing"
+        if loc[0] == "virtual_networks":
+            for r, why in forbidden.items():
+                if a.overlaps(r):
+                    yield loc, f"{a} overlaps {r} ({why}), which Azure does not allow in a virtual network"
+    for (loc_a, a), (loc_b, b) in overlapping(spaces):
+        yield loc_b, f"{b} overlaps {a} ({'.'.join(map(str, loc_a))}); Azure requires non-overlapping address spaces"
+
+
+def overlapping(items: list[tuple[tuple, IPv4Network]]):
+    """Pairs of overlapping prefixes, (earlier, later) in the given order, found with
+    one sweep over the sorted prefixes (n log n: 10,000 sites take seconds, not
+    minutes). Every prefix that overlaps another is in at least one pair."""
+    order = sorted(range(len(items)), key=lambda i: (int(items[i][1].network_address),
+                                                     -int(items[i][1].broadcast_address)))
+    widest = None
+    for i in order:
+        net = items[i][1]
+        if widest is not None and net.network_address <= items[widest][1].broadcast_address:
+            first, second = sorted((widest, i))
+            yield items[first], items[second]
+        if widest is None or net.broadcast_address > items[widest][1].broadcast_address:
+            widest = i
 
 
 def _gateway_errors(t: Topology):
@@ -313,6 +332,10 @@ def _gateway_errors(t: Topology):
     gateway_of_vnet: dict[str, str] = {}
     for gw_name, gw in t.virtual_network_gateways.items():
         loc = ("virtual_network_gateways", gw_name)
+        if gw.bgp is not None and reserved_site_asn(gw.bgp.asn) \
+                and gw.bgp.asn not in az["gateway_allowed_reserved_asns"]:
+            yield loc + ("bgp", "asn"), (f"ASN {gw.bgp.asn} is reserved; a gateway may use 65515 "
+                                         f"(its default) but none of: {reserved_site_asn_text()}")
         if gw.virtual_network in gateway_of_vnet:
             yield loc + ("virtual_network",), (f"virtual network '{gw.virtual_network}' already has "
                                               f"gateway '{gateway_of_vnet[gw.virtual_network]}' "
@@ -373,6 +396,8 @@ def _site_errors(t: Topology):
     reserved_nets = _reserved_nets()
     site_nets = [IPv4Network(n) for n in internal["site_public"]]
     seen_ips: dict = {}
+    peers: dict = {}
+    own = _gateway_bgp_addresses(t)
     for site, lng in t.local_network_gateways.items():
         loc = ("local_network_gateways", site)
         if not any(lng.gateway_ip in n for n in site_nets) or int(lng.gateway_ip) & 0xFF in (0, 1, 255):
@@ -390,6 +415,14 @@ def _site_errors(t: Topology):
                 yield loc + ("bgp", "asn"), (f"ASN {lng.bgp.asn} is reserved by Azure; "
                                              f"reserved: {reserved_site_asn_text()}")
             addr = lng.bgp.peering_address
+            if addr in peers:
+                yield loc + ("bgp", "peering_address"), (
+                    f"{addr} is already the BGP address of site {peers[addr]}: each BGP peer needs "
+                    "its own address")
+            peers.setdefault(addr, site)
+            if addr in own:
+                yield loc + ("bgp", "peering_address"), (
+                    f"{addr} is {own[addr]}; a site must peer from an address of its own")
             if addr == lng.gateway_ip:
                 yield loc + ("bgp", "peering_address"), "must not be the device's public IP"
             for vnet_name, vnet in t.virtual_networks.items():
@@ -400,12 +433,26 @@ def _site_errors(t: Topology):
                 yield loc + ("bgp", "peering_address"), f"{addr} is in a range the lab reserves"
 
 
+def _gateway_bgp_addresses(t: Topology) -> dict:
+    """The gateways' own custom APIPA BGP addresses, with whose they are."""
+    return {ip: f"gateway {g}'s APIPA address (instance {k})"
+            for g, gw in t.virtual_network_gateways.items() if gw.bgp
+            for k, inst in enumerate(gw.bgp.peering_addresses) for ip in inst.apipa_addresses}
+
+
 def _name_errors(t: Topology):
-    """Names become node names: VMs, hosts, sites and clients must not collide with each
-    other or with the nodes the lab adds (the internet, VNet routers, gateway instances)."""
-    owners: dict[str, tuple] = {"internet": ("the lab's internet",)}
-    owners |= {f"{v}-sdn": (f"virtual network {v}'s router",) for v in t.virtual_networks}
-    owners |= {f"{g}-in{k}": (f"gateway {g}'s instance {k}",) for g in t.virtual_network_gateways for k in (0, 1)}
+    """Azure's names are case-insensitive: two resources of a kind may not differ only in
+    case. VMs, hosts, sites and clients become node names: they must not collide with
+    each other, ignoring case, or with a name the lab generates (names.generated)."""
+    for kind in ("virtual_networks", "virtual_network_gateways", "local_network_gateways",
+                 "connections", "clients"):
+        seen: dict[str, str] = {}
+        for name in getattr(t, kind):
+            if name.lower() in seen:
+                yield (kind, name), (f"'{name}' differs from '{seen[name.lower()]}' only in case; "
+                                     "Azure's names are case-insensitive")
+            seen.setdefault(name.lower(), name)
+    owners = {name.lower(): (what,) for name, what in names.generated(t).items()}
     for vnet_name, vnet in t.virtual_networks.items():
         for sub_name in vnet.subnets:
             for i, vm in enumerate(t.subnet_vms(vnet_name, sub_name)):
@@ -450,6 +497,9 @@ def _connection_errors(t: Topology):
                 f"unknown local network gateway '{c.local_network_gateway}'; "
                 f"known: {_names(t.local_network_gateways)}")
         key = c.shared_key.get_secret_value()
+        longest = defaults()["azure"]["shared_key_max_length"]
+        if len(key) > longest:
+            yield loc + ("shared_key",), f"Azure allows 1-{longest} characters (value not shown)"
         if not key or any(ch in " -~" or not 32 < ord(ch) < 127 for ch in key):
             yield loc + ("shared_key",), ("Azure allows printable ASCII except space, '-' and '~' "
                                           "(value not shown)")
@@ -590,6 +640,7 @@ def _custom_bgp_errors(c: Connection, gw: VirtualNetworkGateway, loc: tuple):
 
 
 def _claim(owners: dict, name: str, loc: tuple):
-    if name in owners:
-        yield loc, f"name '{name}' is already used at {'.'.join(map(str, owners[name]))}"
-    owners[name] = loc
+    """A node name, once (ignoring case: a name is also a file and container name)."""
+    if name.lower() in owners:
+        yield loc, f"name '{name}' is already used at {'.'.join(map(str, owners[name.lower()]))}"
+    owners.setdefault(name.lower(), loc)

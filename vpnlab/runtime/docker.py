@@ -26,7 +26,8 @@ from pyroute2 import netns
 from vpnlab.model.defaults import defaults
 from vpnlab.errors import RuntimeFailure
 from vpnlab.plan.build import Node
-from vpnlab.runtime.state import LabState, process_tag
+from vpnlab.model.names import process_tag
+from vpnlab.runtime.state import LabState
 from vpnlab.waits import wait_until
 from vpnlab.runtime import image
 from vpnlab.runtime import procs

@@ -22,7 +22,8 @@ from pyroute2 import NetNS, netns
 from vpnlab.errors import RuntimeFailure
 from vpnlab.plan.build import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
 from vpnlab.plan.render import STARTING_GUARD
-from vpnlab.runtime.state import LabState, namespace_prefix
+from vpnlab.model.names import namespace_prefix
+from vpnlab.runtime.state import LabState
 from vpnlab.waits import wait_until
 from vpnlab.runtime import procs
 

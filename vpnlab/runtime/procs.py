@@ -7,7 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from vpnlab.runtime.state import process_tag
+from vpnlab.model.names import process_tag
 
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 

@@ -6,27 +6,16 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 _SAVE_LOCK = threading.Lock()
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
 
 
 def state_root() -> Path:
     return Path(os.environ.get("VPNLAB_STATE_DIR", "/var/lib/vpnlab"))
-
-
-def namespace_prefix(lab: str) -> str:
-    return f"vpnlab.{lab}."
-
-
-def process_tag(lab: str) -> str:
-    """Environment entry every lab process carries, so leftovers can be found."""
-    return f"VPNLAB_LAB={lab}"
 
 
 @dataclass
