@@ -14,13 +14,13 @@ PLANNED_LOSS_MS = 300
 
 
 def local_address(lab, node: str, peer: str) -> str:
-    return live.vtysh_json(lab.rt, node, f"show bgp neighbors {peer} json")[peer].get("hostLocal")
+    return live.vtysh_json(lab.backend, node, f"show bgp neighbors {peer} json")[peer].get("hostLocal")
 
 
 def ike_sas_of(lab, node: str) -> list[str]:
     """Unique ids of a tunnel end's established IKE SAs: unchanged ids mean untouched SAs.
     (An end whose device never answers only has attempts, renewed at each redial.)"""
-    return [ike["uniqueid"].decode() for ike in live.ike_sas(lab.rt, node)
+    return [ike["uniqueid"].decode() for ike in live.ike_sas(lab.backend, node)
             if ike["state"] == b"ESTABLISHED"]
 
 
@@ -31,9 +31,9 @@ def test_each_connection_peers_from_its_selected_apipa_address(lab):
     assert local_address(lab, "hub-gw-in1", "169.254.22.9") == "169.254.22.5"
     assert local_address(lab, "hub-gw-in0", "169.254.21.9") == "169.254.21.1"
     # the half-configured device has no tunnel and no session to instance 1
-    states = {t["tunnel"]: t["state"] for t in live.tunnels(lab.rt, lab.plan)}
+    states = {t["tunnel"]: t["state"] for t in live.tunnels(lab.backend, lab.plan)}
     assert states["hub-to-half-in0"] == "ESTABLISHED" and states["hub-to-half-in1"] != "ESTABLISHED", states
-    assert list(live.bgp_peers(lab.rt, "half")) == ["169.254.21.1"]
+    assert list(live.bgp_peers(lab.backend, "half")) == ["169.254.21.1"]
 
 
 def test_instance_maintenance_leaves_the_other_instance_untouched(lab, scenario):
@@ -43,7 +43,7 @@ def test_instance_maintenance_leaves_the_other_instance_untouched(lab, scenario)
     ends = ["hub-to-full-in1-az", "hub-to-half-in1-az"]
     before = {e: ike_sas_of(lab, e) for e in ends}
     assert len(before["hub-to-full-in1-az"]) == 1, before
-    sessions = live.bgp_peers(lab.rt, "hub-gw-in1")["169.254.22.9"]
+    sessions = live.bgp_peers(lab.backend, "hub-gw-in1")["169.254.22.9"]
     scenario.start(lab, "sp-vm1", "full-host", flows=8)
     at = scenario.maintenance("hub-gw", instance=0)    # returns when instance 0 is back
     scenario.wait_flowing(at)
@@ -52,7 +52,7 @@ def test_instance_maintenance_leaves_the_other_instance_untouched(lab, scenario)
     scenario.record("probe loss, fully peered site (worse direction)", lost_ms, "ms", f"<= {PLANNED_LOSS_MS} ms")
     assert lost_ms <= PLANNED_LOSS_MS, result["directions"]
     assert {e: ike_sas_of(lab, e) for e in ends} == before
-    after = live.bgp_peers(lab.rt, "hub-gw-in1")["169.254.22.9"]
+    after = live.bgp_peers(lab.backend, "hub-gw-in1")["169.254.22.9"]
     assert after["state"] == "Established" and after["connectionsEstablished"] == sessions["connectionsEstablished"]
 
 
@@ -74,27 +74,27 @@ def test_azure_never_opens_bgp_from_apipa(lab):
     comes up, whatever the wait; once the device opens them again, they come back."""
     peers = ("169.254.21.5", "169.254.22.5")     # Azure's addresses for "full"
     passive = ["router bgp 65052", *[f"neighbor {p} passive" for p in peers]]
-    control.vtysh_config(lab.rt, "full", passive)
+    control.vtysh_config(lab.backend, "full", passive)
     try:
-        before = {p: s["connectionsEstablished"] for p, s in live.bgp_peers(lab.rt, "full").items()}
-        lab.rt.vtysh("full", "clear bgp ipv4 unicast *")
+        before = {p: s["connectionsEstablished"] for p, s in live.bgp_peers(lab.backend, "full").items()}
+        lab.backend.vtysh("full", "clear bgp ipv4 unicast *")
         window = 5 * lab.timer("bgp_connect_retry") + lab.timer("bgp_hold")
         try:       # "never" is checked over a window: several connect retries and a hold time
-            seen = wait_until(lambda: live.bgp_peers(lab.rt, "full"),
+            seen = wait_until(lambda: live.bgp_peers(lab.backend, "full"),
                               lambda got: any(got[p]["state"] == "Established" for p in peers),
                               "a BGP session opened by Azure", window, interval=0.5)
         except WaitTimeout:
             seen = None
         assert seen is None, f"a session came up with both sides passive: {seen}"
     finally:
-        control.vtysh_config(lab.rt, "full", [passive[0], *[f"no {line}" for line in passive[1:]]])
-    lab.eventually(lambda: live.bgp_peers(lab.rt, "full"),
+        control.vtysh_config(lab.backend, "full", [passive[0], *[f"no {line}" for line in passive[1:]]])
+    lab.eventually(lambda: live.bgp_peers(lab.backend, "full"),
                    {p: {"state": "Established", "connectionsEstablished": before[p] + 1} for p in peers},
                    "session_down", "the device to open its sessions again")
 
 
 def _route_get(lab, node: str, *args: str) -> dict:
-    res = lab.rt.exec(node, ["ip", "-j", "route", "get", *args])
+    res = lab.backend.exec(node, ["ip", "-j", "route", "get", *args])
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)[0]
 

@@ -24,14 +24,14 @@ def holders(lab) -> dict:
     for k in (0, 1):
         node = f"{GATEWAY}-in{k}"
         for key, ifname, address in (("public_ip", "pub", PUBLIC_IP), ("bgp_address", "gws", BGP_ADDRESS)):
-            ipr = lab.rt.ipr(node)
+            ipr = lab.backend.ipr(node)
             idx = ipr.link_lookup(ifname=ifname)[0]
             has = any(a.get_attr("IFA_ADDRESS") == address for a in ipr.get_addr(index=idx))
-            if has and lab.rt.link_is_up(node, ifname):
+            if has and lab.backend.link_is_up(node, ifname):
                 out[key].append(node)
-        if lab.rt.daemon_pids(node, "bgpd"):
+        if lab.backend.daemon_pids(node, "bgpd"):
             out["bgpd"].append(node)
-        if lab.rt.daemon_pids(f"hub-to-branch-in{k}-az", "charon"):
+        if lab.backend.daemon_pids(f"hub-to-branch-in{k}-az", "charon"):
             out["charon"].append(node)
     return out
 
@@ -62,7 +62,7 @@ def _failover(lab, scenario, unplanned: bool) -> tuple[dict, float]:
     assert after != before, "the standby did not take over"
     scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
     assert holders(lab) == {"public_ip": [after], "bgp_address": [after], "bgpd": [after], "charon": [after]}
-    lab.eventually(lambda: live.bgp_peers(lab.rt, after), {SITE_PEER: {"state": "Established"}},
+    lab.eventually(lambda: live.bgp_peers(lab.backend, after), {SITE_PEER: {"state": "Established"}},
                    "session_down", f"the device's BGP session to {BGP_ADDRESS}, now on {after}")
     result = scenario.stop(at)
     return result, worst(result, "recovered_s")
@@ -79,7 +79,7 @@ def test_planned_failover_moves_public_ip_and_bgp_address(lab, scenario):
     assert outage <= bound, result["directions"]
     assert worst(result, "lost") > 0, "an active-standby failover cannot be hitless"
     # the diagnostic log says the tunnel moved from one instance to the other
-    events = [(e["OperationName"], e["instance_s"]) for e in read_events(lab.rt.state.dir)
+    events = [(e["OperationName"], e["instance_s"]) for e in read_events(lab.backend.state.dir)
               if e.get("OperationName", "").startswith("Tunnel")]
     old, new = (f"GatewayTenantWorker_IN_{n[-1]}" for n in (before, serving(lab)))
     assert ("TunnelDisconnected", old) in events and events[-1] == ("TunnelConnected", new), events[-6:]

@@ -16,7 +16,7 @@ from vpnlab.gateway import control
 from vpnlab.gateway import live
 from vpnlab.model.defaults import defaults
 from vpnlab.gateway.events import read as read_events
-from vpnlab.plan.build import initiator_child
+from vpnlab.plan.parts import initiator_child
 from owndevice import OwnDevice
 
 LAB_TOPOLOGY = "topologies/azure-ike.yaml"
@@ -74,7 +74,7 @@ def tunnel_of(lab, site: str):
 
 
 def azure_sas(lab, site: str) -> list[dict]:
-    return live.ike_sas(lab.rt, tunnel_of(lab, site).azure_end)
+    return live.ike_sas(lab.backend, tunnel_of(lab, site).azure_end)
 
 
 def azure_child(lab, site: str) -> dict:
@@ -153,7 +153,7 @@ def test_azure_rekeys_with_its_six_initiator_offers(lab, devices):
     assert dev.initiate()[0]
     before = azure_child(lab, "site-responder")["uniqueid"]
     mark = len(dev.log())
-    assert not control.azure_rekey(lab.rt, t.azure_end, t.connection)
+    assert not control.azure_rekey(lab.backend, t.azure_end, t.connection)
     offered = re.findall(r"received proposals: (.*)", log_since(dev, mark))
     assert offered and offered[0].split(", ") == six
     assert re.search(r"generating CREATE_CHILD_SA response \d+ \[ N\(NO_PROP\) \]", log_since(dev, mark))
@@ -162,13 +162,13 @@ def test_azure_rekeys_with_its_six_initiator_offers(lab, devices):
     dev.configure(SECRETS["site-responder"], esp="aes256-sha256")
     assert dev.initiate()[0]
     mark = len(dev.log())
-    assert control.azure_rekey(lab.rt, t.azure_end, t.connection)
+    assert control.azure_rekey(lab.backend, t.azure_end, t.connection)
     child = azure_child(lab, "site-responder")
     assert child["name"].decode() == initiator_child(t.connection)
     assert algorithms(child) == expected_sa("aes256-sha256")
     assert re.findall(r"received proposals: (.*)", log_since(dev, mark))[0].split(", ") == six
     mark = len(dev.log())
-    assert control.azure_rekey(lab.rt, t.azure_end, t.connection)     # in place: asynchronous
+    assert control.azure_rekey(lab.backend, t.azure_end, t.connection)     # in place: asynchronous
     rekey = r"parsed CREATE_CHILD_SA request \d+ \[ N\(REKEY_SA\) SA No TSi TSr \]"
     lab.eventually(lambda: bool(re.search(rekey, log_since(dev, mark))), True, "minimum",
                    "Azure's in-place CHILD_SA rekey at the device")
@@ -227,8 +227,8 @@ def test_a_device_that_reconnected_first_keeps_one_child_sa(lab, devices):
     assert ok, lines[-3:]
     device_child = [c["uniqueid"] for ike in dev.ike_sas() for c in ike.get("child-sas", {}).values()]
     assert len(device_child) == 1
-    assert control.dial(lab.rt, lab.plan, t) is False, "dialed beside an installed CHILD SA"
-    control.initiate(lab.rt, t.azure_end, initiator_child(t.connection), timeout=5, ike=t.connection)
+    assert control.dial(lab.backend, lab.plan, t) is False, "dialed beside an installed CHILD SA"
+    control.initiate(lab.backend, t.azure_end, initiator_child(t.connection), timeout=5, ike=t.connection)
     assert len(list(dev.ike_sas()[0]["child-sas"])) == 2, "the race was not reproduced"
 
     def children() -> dict:
@@ -253,7 +253,7 @@ def test_initiator_only_refuses_a_device_that_dials(lab, devices):
 
 
 def refused(lab, instance: str) -> int:
-    rules = lab.rt.nft_json(instance, "list", "chain", "ip", "vpnlab", "refuse_peer_init")
+    rules = lab.backend.nft_json(instance, "list", "chain", "ip", "vpnlab", "refuse_peer_init")
     return sum(r["rule"]["expr"][-2]["counter"]["packets"] for r in rules.get("nftables", [])
                if "rule" in r)
 

@@ -19,7 +19,7 @@ INSTANCES = ("hub-gw-in0", "hub-gw-in1")
 
 def routes(lab, node: str) -> dict[str, list[dict]]:
     """prefix -> BGP paths of a router."""
-    return live.vtysh_json(lab.rt, node, "show bgp ipv4 unicast json").get("routes", {})
+    return live.vtysh_json(lab.backend, node, "show bgp ipv4 unicast json").get("routes", {})
 
 
 def as_paths(lab, node: str) -> dict[str, list[str]]:
@@ -39,11 +39,11 @@ def originated(lab, site: str, prefixes: list[str], extra: list[str] = (), undo:
     asn = SITE[site][0]
     lines = [f"router bgp {asn}", "no bgp network import-check", *extra, "address-family ipv4 unicast",
              *[f"network {p}" for p in prefixes]]
-    control.vtysh_config(lab.rt, site, lines)
+    control.vtysh_config(lab.backend, site, lines)
     try:
         yield
     finally:
-        control.vtysh_config(lab.rt, site, [f"router bgp {asn}", *undo, "address-family ipv4 unicast",
+        control.vtysh_config(lab.backend, site, [f"router bgp {asn}", *undo, "address-family ipv4 unicast",
                                             *[f"no network {p}" for p in prefixes], "exit-address-family",
                                             "bgp network import-check"])
 
@@ -59,19 +59,19 @@ def test_transit_between_bgp_sites_and_static_prefixes(lab):
                         STATIC_SITE: ["65515", "65515"]},
                        "routes_withdrawn", f"{site} to learn the VNet, {other} and site-c through both instances")
         # ECMP: both instances' tunnels carry the other site's prefix
-        assert live.fib_prefixes(lab.rt, site)[other_lan] == 2
-    assert live.ping(lab.rt, "site-a-host", "10.81.1.10", count=3)
-    assert live.ping(lab.rt, "site-b-host", "10.80.1.10", count=3)
+        assert live.fib_prefixes(lab.backend, site)[other_lan] == 2
+    assert live.ping(lab.backend, "site-a-host", "10.81.1.10", count=3)
+    assert live.ping(lab.backend, "site-b-host", "10.80.1.10", count=3)
 
 
 def test_no_transit_without_bgp(lab):
     """The static site's device has static routes to the VNet only: it reaches the VM
     but not the BGP sites, although Azure advertises its prefix to them."""
-    fib = live.fib_prefixes(lab.rt, "site-c")
+    fib = live.fib_prefixes(lab.backend, "site-c")
     assert VNET in fib and SITE["site-a"][2] not in fib and SITE["site-b"][2] not in fib, fib
-    assert live.ping(lab.rt, "site-c-host", "10.70.1.4", count=3)
-    assert not live.ping(lab.rt, "site-c-host", "10.80.1.10", count=2, timeout=1)
-    assert not live.ping(lab.rt, "site-a-host", "10.82.1.10", count=2, timeout=1)
+    assert live.ping(lab.backend, "site-c-host", "10.70.1.4", count=3)
+    assert not live.ping(lab.backend, "site-c-host", "10.80.1.10", count=2, timeout=1)
+    assert not live.ping(lab.backend, "site-a-host", "10.82.1.10", count=2, timeout=1)
 
 
 def test_default_and_vnet_overlapping_routes_are_not_readvertised(lab):
@@ -97,7 +97,7 @@ def test_as_path_prepending_is_honoured(lab):
     Both instances prefer site-a's shorter path, and so does the VNet."""
     asn_b = SITE["site-b"][0]
     prepend = ["route-map PREPEND permit 10", f"set as-path prepend {asn_b} {asn_b}", "exit"]
-    control.vtysh_config(lab.rt, "site-b", prepend)
+    control.vtysh_config(lab.backend, "site-b", prepend)
     neighbors = [f"neighbor {a} route-map PREPEND out" for a in AZURE]
     try:
         with originated(lab, "site-a", ["10.84.0.0/24"]), \
@@ -113,22 +113,22 @@ def test_as_path_prepending_is_honoured(lab):
             best = next(p for p in nexthops if p.get("bestpath"))
             assert best["peerId"] == SITE["site-a"][1], best
     finally:
-        control.vtysh_config(lab.rt, "site-b", ["no route-map PREPEND"])
+        control.vtysh_config(lab.backend, "site-b", ["no route-map PREPEND"])
 
 
 def test_azure_opens_bgp_from_the_gateway_subnet(lab):
     """With BGP addresses from the GatewaySubnet, Azure opens the session itself: a
     passive device still gets its sessions back after a reset."""
     lines = [f"router bgp {SITE['site-a'][0]}", *[f"neighbor {a} passive" for a in AZURE]]
-    control.vtysh_config(lab.rt, "site-a", lines)
+    control.vtysh_config(lab.backend, "site-a", lines)
     try:
-        before = {a: s["connectionsEstablished"] for a, s in live.bgp_peers(lab.rt, "site-a").items()}
-        lab.rt.vtysh("site-a", "clear bgp ipv4 unicast *")
-        lab.eventually(lambda: live.bgp_peers(lab.rt, "site-a"),
+        before = {a: s["connectionsEstablished"] for a, s in live.bgp_peers(lab.backend, "site-a").items()}
+        lab.backend.vtysh("site-a", "clear bgp ipv4 unicast *")
+        lab.eventually(lambda: live.bgp_peers(lab.backend, "site-a"),
                        {a: {"state": "Established", "connectionsEstablished": before[a] + 1} for a in AZURE},
                        "session_down", "Azure to open both sessions to the passive site-a")
     finally:
-        control.vtysh_config(lab.rt, "site-a", [lines[0], *[f"no neighbor {a} passive" for a in AZURE]])
+        control.vtysh_config(lab.backend, "site-a", [lines[0], *[f"no neighbor {a} passive" for a in AZURE]])
 
 
 def test_session_over_4000_prefixes_is_dropped_and_comes_back(lab):
@@ -136,23 +136,23 @@ def test_session_over_4000_prefixes_is_dropped_and_comes_back(lab):
     prefixes). Once site-a is back under the limit the session comes back."""
     limit = defaults()["azure"]["bgp_max_prefixes"]
     _, peer, _ = SITE["site-a"]
-    have = live.bgp_peers(lab.rt, "hub-gw-in0")[peer]["pfxRcd"]
+    have = live.bgp_peers(lab.backend, "hub-gw-in0")[peer]["pfxRcd"]
     extra = [f"10.90.{i // 256}.{i % 256}/32" for i in range(limit + 1 - have)]
     with originated(lab, "site-a", extra):
         for node in INSTANCES:
-            lab.eventually(lambda: live.bgp_peers(lab.rt, node)[peer]["state"] != "Established", True,
+            lab.eventually(lambda: live.bgp_peers(lab.backend, node)[peer]["state"] != "Established", True,
                            "session_down", f"{node} to drop site-a past {limit} prefixes")
-        dropped = live.bgp_peers(lab.rt, "hub-gw-in0")[peer]
+        dropped = live.bgp_peers(lab.backend, "hub-gw-in0")[peer]
         assert dropped["connectionsDropped"] >= 1 and "PfxCt" in dropped.get("peerState", "") + \
             dropped["state"], dropped
-        control.vtysh_config(lab.rt, "site-a", [f"router bgp {SITE['site-a'][0]}", "address-family ipv4 unicast",
+        control.vtysh_config(lab.backend, "site-a", [f"router bgp {SITE['site-a'][0]}", "address-family ipv4 unicast",
                                                 *[f"no network {p}" for p in extra[-2:]]])
         del extra[-2:]     # originated() withdraws what is left
         restart = 60 * defaults()["azure"]["bgp_max_prefixes_restart_minutes"]
         for node in INSTANCES:
-            lab.eventually(lambda: live.bgp_peers(lab.rt, node)[peer],
+            lab.eventually(lambda: live.bgp_peers(lab.backend, node)[peer],
                            {"state": "Established", "pfxRcd": limit - 1}, restart + 30,
                            f"{node} to take site-a back under the limit")
     for node in INSTANCES:
-        lab.eventually(lambda: live.bgp_peers(lab.rt, node)[peer], {"pfxRcd": have}, "routes_withdrawn",
+        lab.eventually(lambda: live.bgp_peers(lab.backend, node)[peer], {"pfxRcd": have}, "routes_withdrawn",
                        f"{node} to see site-a's injected prefixes withdrawn")

@@ -3,7 +3,7 @@ traffic keeps flowing; IKEv1 has no in-place rekey, so every main-mode rekey dro
 tunnel until it is built again (Azure: up to 5 s). The gateway starts each rekey here
 at once instead of at its lifetime (28,800 s for the IKE SA, 27,000 s for the CHILD SA)."""
 from vpnlab.gateway import control
-from vpnlab.plan.build import dial_children
+from vpnlab.plan.parts import dial_children
 from vpnlab.checks.probe import worst
 
 LAB_TOPOLOGY = "topologies/ike-rekeys.yaml"
@@ -25,14 +25,14 @@ def test_ikev2_rekeys_in_place_without_loss(lab, scenario):
     control.azure_rekey; it runs before the measurement: a packet the device sends on the
     new SA before the gateway installed it can be lost there.)"""
     t = tunnel(lab, "site-v2")
-    assert control.azure_rekey(lab.rt, t.azure_end, t.connection)
+    assert control.azure_rekey(lab.backend, t.azure_end, t.connection)
     scenario.start(lab, "rk-vm", "site-v2-host", flows=FLOWS)
     before = ike_ids(lab, t.azure_end)
     at = scenario.event("the gateway rekeys the IKE SA", "fault")
-    control.ike_rekey(lab.rt, t.azure_end, t.connection)
+    control.ike_rekey(lab.backend, t.azure_end, t.connection)
     lab.eventually(lambda: bool(ike_ids(lab, t.azure_end) - before), True, "minimum", "the new IKE SA")
     scenario.event("the gateway rekeys its CHILD SA in place", "fault")
-    assert control.azure_rekey(lab.rt, t.azure_end, t.connection)
+    assert control.azure_rekey(lab.backend, t.azure_end, t.connection)
     scenario.wait_probe_packets(2000, at)
     result = scenario.stop(at)
     lost = worst(result, "lost_after_event")
@@ -45,7 +45,7 @@ def test_ikev1_main_mode_rekey_drops_the_tunnel_briefly(lab, scenario):
     t = tunnel(lab, "site-v1")
     scenario.start(lab, "rk-vm", "site-v1-host", flows=FLOWS)
     at = scenario.event("the gateway rekeys the IKEv1 main-mode SA (close, dial again)", "fault")
-    assert control.ikev1_reconnect(lab.rt, t.azure_end, t.connection,
+    assert control.ikev1_reconnect(lab.backend, t.azure_end, t.connection,
                                    dial_children(lab.plan.nodes[t.azure_end].charon))
     scenario.record("traffic flowing again after", scenario.wait_flowing(at), "s")
     scenario.wait_probe_packets(2000, at)

@@ -17,7 +17,7 @@ def test_planned_instance_failover(lab, scenario):
     and a TCP session survives."""
     scenario.start(lab, *PROBE, flows=FLOWS)
     at = scenario.fail("instance", "hub-gw-in0", planned=True)
-    lab.eventually(lambda: live.fib_prefixes(lab.rt, "onprem-dev0"), {"10.10.0.0/16": 1},
+    lab.eventually(lambda: live.fib_prefixes(lab.backend, "onprem-dev0"), {"10.10.0.0/16": 1},
                    "routes_withdrawn", "onprem-dev0 to reach the VNet through instance 1 only")
     scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
     scenario.heal()

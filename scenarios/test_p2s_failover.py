@@ -25,13 +25,13 @@ def _serving(lab) -> str:
 
 def _sessions(lab) -> dict:
     """client certificate -> the instance whose P2S server holds its session."""
-    return {c["certificate"]: s["instance"] for s in live.p2s_sessions(lab.rt, lab.plan) for c in s["clients"]}
+    return {c["certificate"]: s["instance"] for s in live.p2s_sessions(lab.backend, lab.plan) for c in s["clients"]}
 
 
 @pytest.mark.parametrize("client,unplanned", [("alice", False), ("bob", False), ("alice", True)],
                          ids=["ikev2-planned", "openvpn-planned", "ikev2-unplanned"])
 def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, unplanned):
-    connected = p2s.connect(lab.rt, lab.plan, client)
+    connected = p2s.connect(lab.backend, lab.plan, client)
     vip = connected["virtual_ips"][0]
     before = _serving(lab)
     assert _sessions(lab).get(client) == before
@@ -56,7 +56,7 @@ def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, un
     scenario.record("client outage (worse direction)", outage, "s", f"<= {bound} s")
     assert worst(result, "lost") > 0, "Azure drops P2S sessions on failover: it cannot be hitless"
     assert outage <= bound, result["directions"]
-    state = p2s.client_state(lab.rt, next(c for c in lab.plan.clients if c.name == client))
+    state = p2s.client_state(lab.backend, next(c for c in lab.plan.clients if c.name == client))
     assert state[client]["state"] == "CONNECTED" and state[client]["virtual_ip"] == vip
     # the gateway's P2SDiagnosticLog: the user left the old instance, joined the new one
     lab.eventually(lambda: [[e["instance_s"], "disconnected" in e["Message"]]
@@ -64,4 +64,4 @@ def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, un
                             if e["userName_s"] == client][-2:],
                    [[instance_name(before), True], [instance_name(after), False]], "traffic_recovered",
                    f"P2SLogEvents of {client}: disconnected on {before}, connected on {after}")
-    p2s.disconnect(lab.rt, lab.plan, client)
+    p2s.disconnect(lab.backend, lab.plan, client)

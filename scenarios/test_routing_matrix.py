@@ -29,14 +29,14 @@ def test_intended_matrix_holds_and_pings_agree(lab, scenario):
     prevention stops transit), and the data plane agrees: pings answer exactly where the
     matrix says it reaches."""
     want = routing.intended(lab.plan, lab.topology)
-    seen = routing.observe(lab.rt, lab.plan, lab.topology)
+    seen = routing.observe(lab.backend, lab.plan, lab.topology)
     scenario.record("pairs checked", len(want))
     assert routing.problems(want, seen) == []
     assert want[f"{SITE0} -> {SITE1}"]["reaches"] is False
     hosts = {VNET: "vm1", SITE0: "onprem-dev0-host", SITE1: "onprem-dev1-host"}
     for pair, w in want.items():
         src, dst = pair.split(" -> ")
-        answered = live.ping(lab.rt, hosts[src], lab.node(hosts[dst]).address, count=1, timeout=1)
+        answered = live.ping(lab.backend, hosts[src], lab.node(hosts[dst]).address, count=1, timeout=1)
         assert answered == w["reaches"], f"{pair}: ping {'answered' if answered else 'failed'}"
 
 
@@ -46,16 +46,16 @@ def test_matrix_after_fault(lab, scenario, fault):
     pairs unreachable); after healing it is the intended one again."""
     (kind, target, params), during = FAULTS[fault]
     want = routing.intended(lab.plan, lab.topology)
-    before = routing.observe(lab.rt, lab.plan, lab.topology)
+    before = routing.observe(lab.backend, lab.plan, lab.topology)
     scenario.fail(kind, target, **params)
-    after = lab.eventually(lambda: routing.observe(lab.rt, lab.plan, lab.topology), during,
+    after = lab.eventually(lambda: routing.observe(lab.backend, lab.plan, lab.topology), during,
                            "session_down", f"the matrix to reflect {fault}")
     for change in routing.changes(before, after):
         scenario.event(change, "state")
     scenario.record("changes", len(routing.changes(before, after)))
     scenario.heal()
     scenario.wait_converged()
-    healed = lab.eventually(lambda: routing.observe(lab.rt, lab.plan, lab.topology),
+    healed = lab.eventually(lambda: routing.observe(lab.backend, lab.plan, lab.topology),
                             {k: {"reaches": v["reaches"], "paths": v["paths"]} for k, v in want.items()},
                             "reconverge", "the intended matrix after healing")
     assert routing.problems(want, healed) == []

@@ -17,15 +17,15 @@ def test_device_loss_leaves_the_other_site_untouched(lab, scenario):
     (vm1 <-> onprem-dev0-host) does not lose a packet."""
     scenario.start(lab, "vm1", "onprem-dev0-host", flows=FLOWS)
     at = scenario.fail("device", "onprem-dev1")
-    lab.eventually(lambda: live.fib_prefixes(lab.rt, "hub-sdn"), {"10.20.2.0/24": None},
+    lab.eventually(lambda: live.fib_prefixes(lab.backend, "hub-sdn"), {"10.20.2.0/24": None},
                    "session_down", "the VNet to withdraw the lost site's prefix")
     withdrawn = scenario.event("VNet withdrew 10.20.2.0/24", "state")
     scenario.record("lost site withdrawn from the VNet after", round((withdrawn - at) / 1e9, 3), "s",
                     f"<= {lab.detection_budget()} s")
-    assert not live.ping(lab.rt, "vm1", lab.node("onprem-dev1-host").address, count=1, timeout=1)
+    assert not live.ping(lab.backend, "vm1", lab.node("onprem-dev1-host").address, count=1, timeout=1)
     scenario.heal()
     scenario.record("reconverged after heal", scenario.wait_converged(), "s")
-    assert live.ping(lab.rt, "vm1", lab.node("onprem-dev1-host").address, count=2)
+    assert live.ping(lab.backend, "vm1", lab.node("onprem-dev1-host").address, count=2)
     result = scenario.stop(at)
     scenario.record("other site's probe loss", worst(result, "lost"), "packets", "0")
     assert (withdrawn - at) / 1e9 <= lab.detection_budget()
@@ -81,7 +81,7 @@ def test_delay_needs_netem(lab, scenario):
     """Delay and jitter need the kernel's netem. Where it exists, 50 ms on onprem-dev0's
     uplink adds 50 ms to the round trip; where it does not, the fault is refused with
     the reason and this scenario is skipped."""
-    if not lab.rt.kernel_has_netem():
+    if not lab.backend.kernel_has_netem():
         with pytest.raises(Exception, match="no netem"):
             lab.fail("delay", "onprem-dev0:pub", delay_ms=50)
         assert lab.active_faults() == []

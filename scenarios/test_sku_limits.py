@@ -12,7 +12,7 @@ SECONDS = 4
 def test_basic_sku_saturates_at_its_rating_through_the_tunnel(lab, scenario):
     """iperf3 VM <-> office host through the policy-based tunnel, both directions: each
     saturates near 100 Mbit/s and no higher, and the report names the SKU as the limit."""
-    rt, vm, host = lab.rt, "legacy-vm", "office-host"
+    rt, vm, host = lab.backend, "legacy-vm", "office-host"
     scenario.nodes |= {vm, host}
     sku = lab.topology.virtual_network_gateways["legacy-gw"].sku
     rated = defaults()["skus"][sku]["throughput_mbps"]

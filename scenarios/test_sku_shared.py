@@ -13,7 +13,7 @@ def test_two_sites_share_the_skus_bandwidth(lab, scenario):
     vm = "shop-vm"
     hosts = ("store1-host", "store2-host")
     scenario.nodes |= {vm, *hosts}
-    runs = concurrent(lab.rt, [dict(client=h, server=vm, server_addr=lab.node(vm).address,
+    runs = concurrent(lab.backend, [dict(client=h, server=vm, server_addr=lab.node(vm).address,
                                     seconds=SECONDS, streams=2) for h in hosts])
     for run in runs:
         scenario.record(f"{run['client']} -> VNet, at the same time", run["mbps"], "Mbit/s")

@@ -15,7 +15,7 @@ def test_throughput_per_tunnel_all_tunnels_and_baseline(lab, scenario):
     the bytes iperf3 moved (the traffic crossed the tunnels, nothing else), one tunnel
     must carry at least 50 Mbit/s, and the report states whether the SKU or the lab's
     own data plane is the limit."""
-    rt, vm, host0, host1 = lab.rt, "vm1", "onprem-dev0-host", "onprem-dev1-host"
+    rt, vm, host0, host1 = lab.backend, "vm1", "onprem-dev0-host", "onprem-dev1-host"
     scenario.nodes |= {vm, host0, host1}
     sku = lab.topology.virtual_network_gateways["hub-gw"].sku
     rated = defaults()["skus"][sku]["throughput_mbps"]

@@ -8,7 +8,7 @@ EAST, WEST = "10.110.0.0/16", "10.120.0.0/16"
 
 
 def pair_tunnels(lab) -> dict[str, str]:
-    return {t["tunnel"]: t["state"] for t in live.tunnels(lab.rt, lab.plan) if t["connection"] == "east-to-west"}
+    return {t["tunnel"]: t["state"] for t in live.tunnels(lab.backend, lab.plan) if t["connection"] == "east-to-west"}
 
 
 def test_each_east_instance_has_a_tunnel_and_a_session_to_west(lab):
@@ -16,20 +16,20 @@ def test_each_east_instance_has_a_tunnel_and_a_session_to_west(lab):
     session over each, and west spreads its traffic to east over both (ECMP)."""
     assert pair_tunnels(lab) == {"east-to-west-in0": "ESTABLISHED", "east-to-west-in1": "ESTABLISHED"}
     west = lab.plan.nodes[f"west-gw-in{lab.plan.active['west-gw']}"].name
-    lab.eventually(lambda: live.bgp_peers(lab.rt, west),
+    lab.eventually(lambda: live.bgp_peers(lab.backend, west),
                    {"10.110.255.4": {"state": "Established"}, "10.110.255.5": {"state": "Established"}},
                    "session_down", "west's sessions to both east instances")
-    assert live.fib_prefixes(lab.rt, west)[EAST] == 2
-    assert live.ping(lab.rt, "east-vm1", "10.120.1.4", count=3)
-    assert live.ping(lab.rt, "west-vm1", "10.110.1.4", count=3)
+    assert live.fib_prefixes(lab.backend, west)[EAST] == 2
+    assert live.ping(lab.backend, "east-vm1", "10.120.1.4", count=3)
+    assert live.ping(lab.backend, "west-vm1", "10.110.1.4", count=3)
 
 
 def test_branch_reaches_west_through_east(lab):
     """BGP on every hop: east re-advertises west's VNet to the branch (AS path 65515
     65521) and the branch's prefix to west."""
-    routes = live.vtysh_json(lab.rt, "branch", "show bgp ipv4 unicast json")["routes"]
+    routes = live.vtysh_json(lab.backend, "branch", "show bgp ipv4 unicast json")["routes"]
     assert sorted(p["path"] for p in routes[WEST]) == ["65515 65521", "65515 65521"]
-    assert live.ping(lab.rt, "branch-host", "10.120.1.4", count=3)
+    assert live.ping(lab.backend, "branch-host", "10.120.1.4", count=3)
 
 
 def test_west_failover_moves_the_pair_to_its_standby(lab, scenario):

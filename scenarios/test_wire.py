@@ -2,7 +2,7 @@
 from ipaddress import IPv4Network
 
 from vpnlab.gateway import control
-from vpnlab.plan.build import initiator_child
+from vpnlab.plan.parts import initiator_child
 from vpnlab.model.defaults import defaults
 from vpnlab.checks.wire import Capture, clear_text_leaks, ike_sa_init_proposals
 
@@ -19,14 +19,14 @@ def test_only_ike_and_esp_in_udp_cross_the_internet(lab, scenario, tmp_path):
     azure_ip = lab.plan.nodes[t.gateway_instance].public_ip
     protected = [IPv4Network(p) for p in ("10.10.0.0/16", "10.20.1.0/24", "10.20.2.0/24")]
     public = [IPv4Network(p) for p in (defaults()["internal"]["azure_public"], *defaults()["internal"]["site_public"])]
-    with Capture(lab.rt, "internet", "br0", tmp_path / "internet.pcap") as cap:
+    with Capture(lab.backend, "internet", "br0", tmp_path / "internet.pcap") as cap:
         scenario.start(lab, "vm1", "onprem-dev0-host")
         scenario.wait_probe_packets(2000, scenario.probe.origin_ns)
         # the device's end goes quiet, so the Azure end's own IKE_SA_INIT stays unanswered
         scenario.fail("crash", t.onprem_end, daemon="charon")
-        control.ike_terminate(lab.rt, t.azure_end, t.connection, force=True, timeout=0.5)
-        established, log = control.initiate(lab.rt, t.azure_end, initiator_child(t.connection), timeout=3)
-        control.ike_terminate(lab.rt, t.azure_end, t.connection, force=True, timeout=0.5)
+        control.ike_terminate(lab.backend, t.azure_end, t.connection, force=True, timeout=0.5)
+        established, log = control.initiate(lab.backend, t.azure_end, initiator_child(t.connection), timeout=3)
+        control.ike_terminate(lab.backend, t.azure_end, t.connection, force=True, timeout=0.5)
         scenario.heal()
         scenario.wait_converged()
         scenario.stop()

@@ -14,7 +14,8 @@ import regex
 import yaml
 
 from vpnlab.plan import clab
-from vpnlab.plan.build import INTERNET, build
+from vpnlab.plan.build import build
+from vpnlab.plan.parts import INTERNET
 from vpnlab.runtime.containerlab import containers_of
 from vpnlab.model.topology import load
 

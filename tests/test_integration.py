@@ -18,7 +18,8 @@ import pytest
 from vpnlab.gateway import control
 from vpnlab.gateway import live
 from vpnlab.model.defaults import defaults
-from vpnlab.engine import load_state, plan_of, runtime_of
+from vpnlab.runtime.state import load_state
+from vpnlab.session import open_lab
 from vpnlab.pytest_plugin import leftovers, runtime_param
 from vpnlab.runtime import containerlab as clab_runtime, docker as docker_runtime, procs
 from vpnlab.runtime.state import lab_dir
@@ -86,8 +87,9 @@ def running(path, base: str, runtime: str):
     """A module's lab (a fixture's body): up, yielded, then down, leaving nothing."""
     name = lab_name(base, runtime)
     up(path, name, runtime)
-    state = load_state(name)
-    yield RunningLab(runtime_of(state), plan_of(state), name, runtime)
+    lab = open_lab(name)
+    yield RunningLab(lab.backend, lab.plan, name, runtime)
+    lab.close()
     res = vpnlab("down", "--name", name)
     assert res.returncode == 0, res.stderr
     assert leftovers(name) == {}
@@ -308,8 +310,8 @@ def test_two_labs_side_by_side_and_down_is_scoped(aa):
     other = lab_name("it-static", aa.runtime)
     s = up(STATIC, other, aa.runtime)
     assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
-    state = load_state(other)
-    srt, splan = runtime_of(state), plan_of(state)
+    lab = open_lab(other)
+    srt, splan = lab.backend, lab.plan
     assert_pings(srt, splan)
     res = vpnlab("down", "--name", other)
     assert res.returncode == 0, res.stderr
@@ -326,8 +328,8 @@ def test_ikev1_connection_on_a_route_based_gateway(tmp_path, runtime):
     try:
         s = up(path, name, runtime)
         assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"]
-        state = load_state(name)
-        rt, plan = runtime_of(state), plan_of(state)
+        lab = open_lab(name)
+        rt, plan = lab.backend, lab.plan
         sas = live.ike_sas(rt, plan.tunnels[0].azure_end)
         assert [ike["version"] for ike in sas] == [b"1"]
         assert_pings(rt, plan)
@@ -350,8 +352,8 @@ def test_custom_ipsec_policy_is_what_both_ends_negotiate(tmp_path, runtime):
          sa_lifetime_seconds: 3600}"""))
     try:
         up(path, name, runtime)
-        state = load_state(name)
-        rt, plan = runtime_of(state), plan_of(state)
+        lab = open_lab(name)
+        rt, plan = lab.backend, lab.plan
         end, conn = plan.tunnels[0].azure_end, plan.tunnels[0].connection
 
         def sa():
@@ -384,8 +386,8 @@ def test_policy_based_gateway_selectors_drops_and_idle_teardown(runtime):
     name = lab_name("it-pb", runtime)
     up(POLICY_BASED, name, runtime)
     try:
-        state = load_state(name)
-        rt, plan = runtime_of(state), plan_of(state)
+        lab = open_lab(name)
+        rt, plan = lab.backend, lab.plan
         t = plan.tunnels[0]
         ike = live.ike_sas(rt, t.azure_end)[0]
         assert ike["version"] == b"1"
@@ -576,8 +578,8 @@ def _containerlab_lab(name: str, env: dict):
         assert s["runtime"] == "containerlab"
         assert [t["state"] for t in s["tunnels"]] == ["ESTABLISHED"] * 4
         assert {n["namespace"] for n in s["nodes"]} == {f"clab-{name}-{n['name']}" for n in s["nodes"]}
-        state = load_state(name)
-        rt, plan = runtime_of(state), plan_of(state)
+        lab = open_lab(name)
+        rt, plan = lab.backend, lab.plan
         assert_pings(rt, plan)
         bgpd = rt.daemon_pids("hub-gw-in0", "bgpd")
         assert bgpd and "docker" in Path(f"/proc/{bgpd[0]}/cgroup").read_text()

@@ -16,7 +16,8 @@ import pytest
 from vpnlab.gateway import control
 from vpnlab.gateway import live
 from vpnlab.checks import p2s_clients as p2s
-from vpnlab.engine import load_state, plan_of, runtime_of
+from vpnlab.runtime import daemons
+from vpnlab.session import open_lab
 from vpnlab.gateway.events import read as read_events
 from vpnlab.gateway.metrics import instance_name
 from vpnlab.errors import LabError
@@ -160,11 +161,8 @@ def test_a_session_shorter_than_a_second_is_in_the_diagnostic_log(plab):
                    f"{client}'s earlier session to end in the log", 10)
         before = len(sessions_of(client))
         connect(plab, client)
-        fresh = runtime_of(load_state(plab.name))     # knows the daemon the CLI started
-        try:
-            assert p2s.disconnect(fresh, plan, client)["closed"] == 1
-        finally:
-            fresh.close()
+        with open_lab(plab.name) as fresh:            # knows the daemon the CLI started
+            assert p2s.disconnect(fresh, client)["closed"] == 1
         instance = instance_name(next(e.gateway_instance for e in plan.p2s_ends if e.protocol == c.protocol))
         wait_until(lambda: sessions_of(client)[before:], lambda got: len(got) >= 2,
                    f"{client}'s short session in the log", 10)
@@ -210,19 +208,19 @@ def test_more_clients_than_the_sku_allows_are_refused():
     name = "it-p2s-crowd"
     up(CROWD, name)
     try:
-        state = load_state(name)
-        rt, plan = runtime_of(state), plan_of(state)
+        lab = open_lab(name)
+        rt, plan = lab.backend, lab.plan
         server = plan.p2s_ends[0].node
         with pytest.raises(LabError, match=r"1 of 251 \(crowd-\d+\) not connected"):
-            p2s.connect(rt, plan, "crowd", budget=15)
+            p2s.connect(lab, "crowd", budget=15)
         _holds_250(rt, plan)
         assert "hitting IKE_SA limit (250)" in (rt.node_dir(server) / "charon.log").read_text()
 
         conf = rt.node_dir(server) / "strongswan.conf"
         conf.write_text("".join(ln for ln in conf.read_text().splitlines(True) if "ikesa_limit" not in ln))
         rt.stop_daemon(server, "charon", graceful=True)      # IKE DELETE: the clients dial again
-        rt.start_tunnel_ends([server], 30)
-        wait_until(lambda: [e["userName_s"] for e in read_events(state.dir, "P2SDiagnosticLog")
+        daemons.start_tunnel_ends(rt, [server], 30)
+        wait_until(lambda: [e["userName_s"] for e in read_events(lab.state.dir, "P2SDiagnosticLog")
                             if "connection limit (250) is reached" in e["Message"]],
                    bool, "the agent to refuse a session past the limit", 60)
         # the refused client dials again at once and charon lets it in again: the gateway
@@ -278,9 +276,8 @@ def test_point_to_site_as_the_readme_says():
         text = "\n".join(outputs)
         assert text.count("3 received") == 2 and "refused by the gateway" in text
         assert "instance 1 is active now" in text
-        state = load_state(name)
-        plan = plan_of(state)
-        rt = runtime_of(state)
+        lab = open_lab(name)
+        plan, rt = lab.plan, lab.backend
         try:    # bob reconnects to IN_1 by itself; alice was disconnected last
             wait_until(lambda: {c["certificate"]: s["instance"] for s in live.p2s_sessions(rt, plan)
                                 for c in s["clients"]}, lambda got: got == {"bob": "hub-gw-in1"},

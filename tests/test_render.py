@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vpnlab.plan.build import build, gateway_subnet_ips, never_advertised
+from vpnlab.plan.build import build, gateway_subnet_ips
+
+from vpnlab.plan.parts import never_advertised
 from vpnlab.plan.render import render
 from vpnlab.model.topology import load
 

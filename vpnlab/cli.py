@@ -14,7 +14,12 @@ from rich.table import Table
 
 from vpnlab import engine
 from vpnlab.checks import faults
+from vpnlab.plan import clab
+from vpnlab.errors import LabError
+from vpnlab.model.names import check_lab_name
 from vpnlab.model.yamlsrc import SourceError
+from vpnlab.runtime import registry
+from vpnlab.session import require_state, resolve_name, running_labs, session
 
 out = Console()
 err = Console(stderr=True)
@@ -44,7 +49,7 @@ def cmd_up(args) -> int:
 
 
 def cmd_status(args) -> int:
-    return _show_status(engine.status(engine.resolve_name(args.name)), args.json)
+    return _show_status(engine.status(resolve_name(args.name)), args.json)
 
 
 def _show_status(s: dict, as_json: bool) -> int:
@@ -85,12 +90,12 @@ def _show_status(s: dict, as_json: bool) -> int:
 
 def _labs_to_remove(args) -> list[str]:
     if args.all:
-        return engine.running_labs()
+        return running_labs()
     if args.name:
-        return [engine.check_name(args.name)]
-    labs = engine.running_labs()
+        return [check_lab_name(args.name)]
+    labs = running_labs()
     if len(labs) > 1:
-        raise engine.LabError(f"several labs are up ({', '.join(labs)}): "
+        raise LabError(f"several labs are up ({', '.join(labs)}): "
                               "choose one with --name, or --all")
     return labs
 
@@ -111,20 +116,20 @@ def cmd_down(args) -> int:
 
 
 def cmd_exec(args) -> int:
-    state = engine.require_state(engine.resolve_name(args.name))
-    plan = engine.plan_of(state)
-    if args.node not in plan.nodes:
-        raise SourceError(f"unknown node {args.node!r}; nodes: {', '.join(sorted(plan.nodes))}")
-    if not args.command:
-        raise SourceError("give a command after --, e.g. vpnlab exec vm1 -- ping 10.20.1.10")
-    argv = engine.runtime_of(state).exec_argv(args.node, args.command)
+    with session(args.name) as lab:
+        if args.node not in lab.plan.nodes:
+            raise SourceError(f"unknown node {args.node!r}; nodes: {', '.join(sorted(lab.plan.nodes))}")
+        if not args.command:
+            raise SourceError("give a command after --, e.g. vpnlab exec vm1 -- ping 10.20.1.10")
+        argv = lab.backend.exec_argv(args.node, args.command)
     os.execvp(argv[0], argv)   # exit code passes through
 
 
 def cmd_graph(args) -> int:
     from vpnlab.checks.graph import lab_graph, mermaid, png
-    name = engine.resolve_name(args.name)
-    g = lab_graph(engine.plan_of(engine.require_state(name)), engine.status(name))
+    with session(args.name) as lab:
+        name = lab.name
+        g = lab_graph(lab.plan, engine.status(name, lab))
     if args.format == "mermaid":
         text = mermaid(g)
         if args.output:
@@ -143,7 +148,7 @@ def cmd_fail(args) -> int:
               "daemon": args.daemon}
     if args.planned is not None:
         params["planned"] = args.planned
-    fault = engine.fail(engine.resolve_name(args.name), args.kind, args.target,
+    fault = engine.fail(resolve_name(args.name), args.kind, args.target,
                         **{k: v for k, v in params.items() if v is not None})
     err.print(f"injected {fault['key']} {fault['params'] or ''}; undo with: vpnlab heal {fault['key']}",
               soft_wrap=True)
@@ -153,7 +158,7 @@ def cmd_fail(args) -> int:
 def cmd_maintenance(args) -> int:
     status, update = _progress()
     with status:
-        result = engine.maintenance(engine.resolve_name(args.name), args.gateway, args.instance,
+        result = engine.maintenance(resolve_name(args.name), args.gateway, args.instance,
                                     args.unplanned, wait=not args.no_wait, progress=update)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -171,7 +176,7 @@ def cmd_heal(args) -> int:
     if not args.keys and not args.all:
         raise SourceError("name the faults to heal (see 'vpnlab status'), or --all")
     _, update = _progress()
-    healed = engine.heal(engine.resolve_name(args.name), None if args.all else args.keys,
+    healed = engine.heal(resolve_name(args.name), None if args.all else args.keys,
                          wait=not args.no_wait, progress=update)
     for f in healed:
         extra = f.get("detail", {}).get("packets_dropped")
@@ -184,12 +189,8 @@ def cmd_heal(args) -> int:
 
 def cmd_metrics(args) -> int:
     from vpnlab.gateway.metrics import metrics
-    state = engine.require_state(engine.resolve_name(args.name))
-    rt = engine.runtime_of(state)
-    try:
-        rows = metrics(rt, engine.plan_of(state))
-    finally:
-        rt.close()
+    with session(args.name) as lab:
+        rows = metrics(lab)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -208,7 +209,7 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_attach(args) -> int:
-    name = engine.resolve_name(args.name)
+    name = resolve_name(args.name)
     a = engine.attach(name, args.site, args.netns)
     if args.json:
         print(json.dumps(a, indent=2))
@@ -220,14 +221,14 @@ def cmd_attach(args) -> int:
 
 
 def cmd_detach(args) -> int:
-    name = engine.resolve_name(args.name)
+    name = resolve_name(args.name)
     err.print(f"detached {args.site}" if engine.detach(name, args.site) else f"{args.site} was not attached")
     return 0
 
 
 def cmd_events(args) -> int:
     from vpnlab.gateway.events import read
-    state = engine.require_state(engine.resolve_name(args.name))
+    state = require_state(resolve_name(args.name))
     entries = read(state.dir, args.category)
     if args.json:
         print(json.dumps(entries, indent=2))
@@ -313,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
     up.add_argument("--name", help="lab name (default: the file's stem)")
     up.add_argument("--timers", default="azure", choices=["azure", "fast"])
-    up.add_argument("--runtime", default="netns", choices=list(engine.RUNTIMES),
+    up.add_argument("--runtime", default="netns", choices=registry.names(),
                     help="netns: namespaces on this host (default); docker: containers from "
                          "the node image (make image); containerlab: deployed by containerlab")
     up.add_argument("--json", action="store_true")
@@ -398,7 +399,7 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
     ex = sub.add_parser("export", help="write the lab as containerlab files, start nothing")
     ex.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
-    ex.add_argument("--format", required=True, choices=list(engine.clab.FORMATS))
+    ex.add_argument("--format", required=True, choices=list(clab.FORMATS))
     ex.add_argument("dir", help="folder to write (created)")
     ex.add_argument("--name", help="lab name (default: the file's stem)")
     ex.add_argument("--timers", default="azure", choices=["azure", "fast"])
@@ -448,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     except SourceError as e:
         _fail(str(e))
         return 2
-    except engine.LabError as e:
+    except LabError as e:
         _fail(f"error: {e}")
         return 1
     except KeyboardInterrupt:

@@ -29,8 +29,8 @@ from vpnlab import engine
 from vpnlab.gateway import live
 from vpnlab.model.defaults import defaults
 from vpnlab.runtime import procs
-from vpnlab.runtime.docker import lab_containers
-from vpnlab.runtime.netns import lab_namespaces
+from vpnlab.errors import LabError
+from vpnlab.runtime import registry
 from vpnlab.scenario import LabHandle, Scenario
 from vpnlab.runtime.state import lab_dir, load_state
 
@@ -45,7 +45,7 @@ def pytest_addoption(parser):
     g.addoption("--lab-on-error", choices=["teardown", "pause"], default="teardown",
                 help="pause: on a failure, keep the lab and wait for Enter before teardown")
     g.addoption("--lab-timers", choices=sorted(defaults()["timers"]), default="fast")
-    g.addoption("--lab-runtime", choices=sorted(engine.RUNTIMES), default="netns",
+    g.addoption("--lab-runtime", choices=registry.names(), default="netns",
                 help="runtime of the scenarios' labs (a module's LAB_RUNTIMES overrides it)")
     g.addoption("--lab-results", default="reports/vpnlab-results.json",
                 help="scenario results as JSON ('vpnlab report' renders them)")
@@ -87,7 +87,7 @@ def pytest_generate_tests(metafunc):
 def runtime_param(runtime: str):
     """A pytest param for a runtime: skipped with the reason where it cannot run, or
     failed when VPNLAB_REQUIRE_RUNTIMES names it (CI, where the Makefile installed it)."""
-    why = engine.runtime_unavailable(runtime)
+    why = registry.unavailable(runtime)
     if why and runtime in os.environ.get("VPNLAB_REQUIRE_RUNTIMES", "").split(","):
         why = None          # required: let the test fail with the runtime's own error
     marks = [pytest.mark.skip(reason=f"runtime {runtime}: {why}")] if why else []
@@ -124,8 +124,7 @@ def _tear_down(config, handle: LabHandle):
 
 def leftovers(name: str) -> dict:
     """What of a lab is still on the machine (empty after a clean down)."""
-    return {k: v for k, v in {"namespaces": lab_namespaces(name), "processes": procs.tagged(name),
-                              "containers": [c.name for c in lab_containers(name)],
+    return {k: v for k, v in {**registry.leftovers(name), "processes": procs.tagged(name),
                               "files": lab_dir(name).exists()}.items() if v}
 
 
@@ -174,7 +173,7 @@ def _logs(handle: LabHandle, nodes: set[str], lines: int = 60) -> dict[str, str]
     out = {}
     for node in sorted(nodes):
         for name in ("charon.log", "frr.log"):
-            path = handle.rt.node_dir(node) / name
+            path = handle.backend.node_dir(node) / name
             if path.exists():
                 text = "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
                 for s in secrets:
@@ -198,7 +197,7 @@ def _lab_hygiene(request):
         handle.heal()
     try:
         handle.wait_converged()
-    except engine.LabError as err:
+    except LabError as err:
         problems.append(str(err))
     try:
         ends = {e: t for t in handle.plan.tunnels if t.managed for e in (t.azure_end, t.onprem_end)}
@@ -211,7 +210,7 @@ def _lab_hygiene(request):
     helpers = [p for p in procs.tagged(handle.name) if p not in daemons]
     if helpers:
         problems.append(f"helper processes left running: {helpers}")
-        handle.rt.end(helpers)
+        handle.backend.end(helpers)
     assert not problems, "; ".join(problems)
 
 
@@ -221,7 +220,7 @@ def _sa_counts(handle: LabHandle, ends: dict) -> dict:
     tunnel is idle (torn down after policy_based_idle)."""
     out = {}
     for end, tunnel in ends.items():
-        sas = live.ike_sas(handle.rt, end)
+        sas = live.ike_sas(handle.backend, end)
         got = [len(sas), sum(len(ike.get("child-sas", {})) for ike in sas)]
         pairs = len(handle.plan.nodes[end].charon["children"])
         planned = [[1, pairs], [0, 0]] if tunnel.policy_based else [[1, 1]]

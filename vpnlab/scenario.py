@@ -16,7 +16,7 @@ from vpnlab.errors import LabError
 from vpnlab.checks.match import differences
 from vpnlab.checks.probe import Probe
 from vpnlab.runtime.state import load_state
-from vpnlab.model.topology import load
+from vpnlab.session import open_lab
 from vpnlab.waits import WaitTimeout, wait_until
 
 
@@ -46,25 +46,36 @@ class NodeHandle:
 
 
 class LabHandle:
-    """A running lab, by name."""
+    """A running lab, by name: its session (vpnlab.session) with what scenarios ask."""
 
     def __init__(self, name: str):
         self.name = name
-        self.state = engine.require_state(name)
-        self.rt = engine.runtime_of(self.state)
-        self.plan = engine.plan_of(self.state)
-        self.topology = load(self.state.topology_file)
+        self.session = open_lab(name)
         self.timers = self.state.timers
+
+    @property
+    def state(self):
+        return self.session.state
+
+    @property
+    def backend(self):
+        return self.session.backend
+
+    @property
+    def plan(self):
+        return self.session.plan
+
+    @property
+    def topology(self):
+        return self.session.topology
 
     def node(self, name: str) -> NodeHandle:
         return NodeHandle(self, name)
 
     def timer(self, name: str) -> float:
-        """A value of the lab's timer profile (bgp_hold, bgp_keepalive, dpd_timeout...)."""
-        value = defaults()["timers"][self.timers][name]
-        if value is None and name == "dpd_timeout":
-            value = defaults()["azure"]["dpd_timeout_seconds"]["default"]
-        return value
+        """An effective timer of the lab (bgp_hold, bgp_keepalive, dpd_timeout: the
+        longest of its tunnels', as charon runs them), from its plan."""
+        return self.plan.timers[name]
 
     def detection_budget(self, margin: float = 3) -> float:
         """How long a silent failure may last: the longer of BGP hold and DPD, plus the
@@ -77,13 +88,13 @@ class LabHandle:
         return max(seconds, waits["minimum"])
 
     def status(self) -> dict:
-        return engine.status(self.name, rt=self.rt, plan=self.plan)
+        return engine.status(self.name, self.session)
 
     def convergence(self) -> list[str]:
-        return live.convergence(self.rt, self.plan)
+        return live.convergence(self.backend, self.plan)
 
     def wait_converged(self, budget: str | float = "reconverge"):
-        engine.wait_converged(self.rt, self.plan, self.timers, self.budget(budget))
+        engine.wait_converged(self.session, self.budget(budget))
 
     def eventually(self, probe, expected, budget: str | float, what: str):
         """Poll probe() until its JSON contains expected (vpnlab.checks.match); fail with the
@@ -95,27 +106,21 @@ class LabHandle:
             last = err.last if isinstance(err.last, str) else differences(err.last, expected)
             raise AssertionError(f"gave up after {err.budget:g} s waiting for {what}: {last}") from None
 
-    def _fresh_state(self):
-        """Faults may have been injected or healed from another process (the CLI)."""
-        self.state = self.rt.state = load_state(self.name) or self.state
-
     def fail(self, kind: str, target: str, **params) -> dict:
-        self._fresh_state()
-        return faults.inject(self.rt, self.plan, kind, target, **params)
+        self.session.refresh()       # faults may have come and gone from another process
+        return faults.inject(self.session, kind, target, **params)
 
     def heal(self, key: str | None = None) -> list[dict]:
-        self._fresh_state()
+        self.session.refresh()
         if key is None:
-            return faults.heal_all(self.rt, self.plan)
-        return [faults.heal(self.rt, self.plan, key)]
+            return faults.heal_all(self.session)
+        return [faults.heal(self.session, key)]
 
     def maintenance(self, gateway: str, instance: int | None = None, unplanned: bool = False) -> dict:
-        """Azure's reset of a gateway instance (lab.maintenance); the plan follows a
-        takeover."""
-        self._fresh_state()
-        self.plan = engine.plan_of(self.state)     # another process may have failed over
-        result, self.plan = maintenance.run(self.rt, self.plan, self.topology, gateway, instance, unplanned)
-        return result
+        """Azure's reset of a gateway instance (vpnlab.checks.maintenance); the saved plan
+        follows a takeover."""
+        self.session.refresh()
+        return maintenance.run(self.session, gateway, instance, unplanned)
 
     def active_faults(self) -> list[str]:
         state = load_state(self.name)
@@ -137,10 +142,10 @@ class LabHandle:
         the one a fault must hit for the probe to see it."""
         from vpnlab.checks.throughput import esp_bytes
         mine = [t.name for t in self.plan.tunnels if router in (t.device, t.gateway_instance)]
-        before = esp_bytes(self.rt, self.plan)
+        before = esp_bytes(self.backend, self.plan)
 
         def grown():
-            now = esp_bytes(self.rt, self.plan)
+            now = esp_bytes(self.backend, self.plan)
             return sorted(((now[n] - before.get(n, 0), n) for n in mine), reverse=True)
         ranked = wait_until(grown, lambda r: r[0][0] >= min_bytes,
                             f"traffic through a tunnel of {router}", budget, interval=0.1)
@@ -149,11 +154,11 @@ class LabHandle:
     def probe(self, a: str, b: str, a_addr: str | None = None, b_addr: str | None = None, **kw) -> Probe:
         """Probe flows between two nodes, from their own addresses unless given (a
         point-to-site client sends from its virtual IP)."""
-        return Probe(self.rt, a, a_addr or self.node(a).address, b, b_addr or self.node(b).address,
+        return Probe(self.backend, a, a_addr or self.node(a).address, b, b_addr or self.node(b).address,
                      **kw).start()
 
     def close(self):
-        self.rt.close()
+        self.backend.close()
 
 
 class Watcher(threading.Thread):

@@ -18,6 +18,8 @@ from rich.table import Table
 
 from vpnlab.bench import p2s as bench_p2s
 from vpnlab import engine
+from vpnlab.errors import LabError
+from vpnlab.runtime import registry
 from vpnlab.bench.peak_memory import measured
 from vpnlab.runtime import procs
 
@@ -51,7 +53,7 @@ def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
             row.update(tunnels=len(result["tunnels"]), namespaces=len(result["nodes"]),
                        processes=len(procs.tagged(name)),
                        converged_seconds=round(time.monotonic() - start, 2))
-        except engine.LabError as err:
+        except LabError as err:
             row.update(error=str(err))
     return row
 
@@ -81,7 +83,7 @@ def main(argv=None) -> int:
             path.write_text(yaml.safe_dump(generated_topology(n)))
             cases.append((f"sites-{n}", path, n))
         for runtime in args.runtimes.split(","):
-            why = engine.runtime_unavailable(runtime)
+            why = registry.unavailable(runtime)
             if why:
                 console.print(f"[yellow]runtime {runtime} skipped: {why}[/]")
                 continue

@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 from vpnlab import engine
+from vpnlab.errors import LabError
+from vpnlab.session import open_lab
 from vpnlab.gateway import live
 from vpnlab.checks import p2s_clients as p2s
 from vpnlab.model.defaults import defaults
@@ -47,21 +49,21 @@ def measure(sku: str, runtime: str, folder: Path) -> dict:
             engine.up(path, name=name, timers="fast", runtime=runtime)
             row["up_seconds"] = round(time.monotonic() - start, 2)
             row.update(_connect_all(name, count))
-        except engine.LabError as err:
+        except LabError as err:
             row["error"] = str(err)[:300]
     return row
 
 
 def _connect_all(name: str, count: int) -> dict:
     """Connect the crowd; how long it took, how many the gateway holds, the charons' RSS."""
-    state = engine.require_state(name)
-    rt, plan = engine.runtime_of(state), engine.plan_of(state)
+    lab = open_lab(name)
+    rt, plan = lab.backend, lab.plan
     out = {}
     try:
         start = time.monotonic()
         try:
-            p2s.connect(rt, plan, "crowd", budget=max(60, count / 5))
-        except engine.LabError as err:
+            p2s.connect(lab, "crowd", budget=max(60, count / 5))
+        except LabError as err:
             out["error"] = str(err)[:300]
         out["connect_seconds"] = round(time.monotonic() - start, 2)
         out["connected"] = sum(s["connections"] for s in live.p2s_sessions(rt, plan))
@@ -69,5 +71,5 @@ def _connect_all(name: str, count: int) -> dict:
         out["gateway_charon_rss_mb"] = round(rss_mb(rt.daemon_pids(server, "charon")), 1)
         out["crowd_charon_rss_mb"] = round(rss_mb(rt.daemon_pids("crowd", "charon")), 1)
     finally:
-        rt.close()
+        lab.close()
     return out

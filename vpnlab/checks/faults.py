@@ -24,8 +24,9 @@ from vpnlab.gateway import control
 from vpnlab.gateway import live
 from vpnlab.model.defaults import defaults
 from vpnlab.errors import LabError
-from vpnlab.plan.build import Plan
-from vpnlab.runtime.netns import FRR_DAEMONS
+from vpnlab.plan.parts import Plan
+from vpnlab.runtime import daemons
+from vpnlab.session import Lab
 from vpnlab.waits import wait_until
 from vpnlab.model.yamlsrc import SourceError
 
@@ -90,45 +91,45 @@ def _node(plan: Plan, name: str, role: str | None):
 
 
 # ------------------------------------------------------------------ inject / heal
-def inject(rt, plan: Plan, kind: str, target: str, **params) -> dict:
-    params = check(plan, kind, target, params)
+def inject(lab: Lab, kind: str, target: str, **params) -> dict:
+    params = check(lab.plan, kind, target, params)
     k = key(kind, target)
-    if any(f["key"] == k for f in rt.state.faults):
+    if any(f["key"] == k for f in lab.state.faults):
         raise LabError(f"fault {k} is already injected; 'vpnlab heal {k}' first")
     fault = {"key": k, "kind": kind, "target": target, "params": params,
              "injected_at": time.time(), "detail": {}}
     # recorded first: a fault that fails half-way is still healed by heal --all
-    rt.state.faults.append(fault)
-    rt.state.save()
+    lab.state.faults.append(fault)
+    lab.state.save()
     try:
-        _APPLY[kind](rt, plan, fault)
+        _APPLY[kind](lab, fault)
     except BaseException:
         # half-applied: undo what can be undone, so the lab is as before
         try:
-            _HEAL[kind](rt, plan, fault)
+            _HEAL[kind](lab, fault)
         except Exception:  # noqa: BLE001 - the original error is the one to report
             pass
-        rt.state.faults.remove(fault)
-        rt.state.save()
+        lab.state.faults.remove(fault)
+        lab.state.save()
         raise
-    rt.state.save()
+    lab.state.save()
     return fault
 
 
-def heal(rt, plan: Plan, fault_key: str) -> dict:
-    fault = next((f for f in rt.state.faults if f["key"] == fault_key), None)
+def heal(lab: Lab, fault_key: str) -> dict:
+    fault = next((f for f in lab.state.faults if f["key"] == fault_key), None)
     if fault is None:
-        active = ", ".join(f["key"] for f in rt.state.faults) or "none"
+        active = ", ".join(f["key"] for f in lab.state.faults) or "none"
         raise LabError(f"no active fault {fault_key!r}; active: {active}")
-    _HEAL[fault["kind"]](rt, plan, fault)
+    _HEAL[fault["kind"]](lab, fault)
     fault["healed_at"] = time.time()
-    rt.state.faults.remove(fault)
-    rt.state.save()
+    lab.state.faults.remove(fault)
+    lab.state.save()
     return fault
 
 
-def heal_all(rt, plan: Plan) -> list[dict]:
-    return [heal(rt, plan, f["key"]) for f in reversed(list(rt.state.faults))]
+def heal_all(lab: Lab) -> list[dict]:
+    return [heal(lab, f["key"]) for f in reversed(list(lab.state.faults))]
 
 
 # ------------------------------------------------------------------ router loss
@@ -143,81 +144,81 @@ def _router_parts(plan: Plan, node: str) -> tuple[list[str], list[tuple[str, str
     return links, ends, [e.node for e in mine if e.protocol == "OpenVPN"]
 
 
-def _lose_router(rt, plan: Plan, fault: dict):
-    fault["detail"]["steps"] = lose_router(rt, plan, fault["target"], fault["params"]["planned"])
+def _lose_router(lab: Lab, fault: dict):
+    fault["detail"]["steps"] = lose_router(lab, fault["target"], fault["params"]["planned"])
 
 
-def lose_router(rt, plan: Plan, node: str, planned: bool) -> list[tuple[int, str]]:
+def lose_router(lab: Lab, node: str, planned: bool) -> list[tuple[int, str]]:
     """A router goes away, gracefully or not; returns its steps (monotonic ns, what)
     for timelines. A standby instance runs nothing: there is nothing to lose."""
     steps: list[tuple[int, str]] = []
-    if plan.nodes[node].standby:
+    if lab.plan.nodes[node].standby:
         return steps
-    links, ends, openvpn = _router_parts(plan, node)
+    links, ends, openvpn = _router_parts(lab.plan, node)
     if planned:
-        frr = plan.nodes[node].frr
+        frr = lab.plan.nodes[node].frr
         if frr.asn:
-            control.bgp_shutdown(rt, node, frr.asn)
+            control.bgp_shutdown(lab.backend, node, frr.asn)
             steps.append((time.monotonic_ns(), "BGP Cease sent to every peer"))
-            _wait_peers_dropped(rt, plan, node)
+            _wait_peers_dropped(lab, node)
             steps.append((time.monotonic_ns(), "peers dropped their sessions"))
         for end, conn in ends:
-            control.ike_terminate(rt, end, conn)
+            control.ike_terminate(lab.backend, end, conn)
         steps.append((time.monotonic_ns(), f"IKE DELETE sent on {len(ends)} tunnels"))
     else:
         # links first: a killed daemon's kernel still closes its TCP sessions (FIN), which
         # must not reach the peers
         for ifname in links:
-            rt.set_link(node, ifname, False)
+            lab.backend.set_link(node, ifname, False)
         steps.append((time.monotonic_ns(), f"links down: {', '.join(links)}"))
     for end, _ in ends:
-        rt.stop_daemon(end, "charon", graceful=planned)
+        lab.backend.stop_daemon(end, "charon", graceful=planned)
     for end in openvpn:      # its clients see the TCP session end (planned) or go silent
-        rt.stop_daemon(end, "openvpn", graceful=planned)
-    for daemon in reversed(FRR_DAEMONS):
-        rt.stop_daemon(node, daemon, graceful=planned)
+        lab.backend.stop_daemon(end, "openvpn", graceful=planned)
+    for daemon in reversed(daemons.frr_daemons()):
+        lab.backend.stop_daemon(node, daemon, graceful=planned)
     steps.append((time.monotonic_ns(), f"daemons {'stopped' if planned else 'killed'}"))
     if planned:
         for ifname in links:
-            rt.set_link(node, ifname, False)
+            lab.backend.set_link(node, ifname, False)
     return steps
 
 
-def _wait_peers_dropped(rt, plan: Plan, node: str):
-    peers = [s for s in plan.bgp if s.peer_node == node]
+def _wait_peers_dropped(lab: Lab, node: str):
+    peers = [s for s in lab.plan.bgp if s.peer_node == node]
 
     def established():
         return [f"{s.node}->{s.peer}" for s in peers
-                if live.bgp_peers(rt, s.node).get(s.peer, {}).get("state") == "Established"]
+                if live.bgp_peers(lab.backend, s.node).get(s.peer, {}).get("state") == "Established"]
     wait_until(established, lambda left: not left, f"peers of {node} to drop their BGP sessions",
                defaults()["waits"]["graceful_drain"])
 
 
-def _restore_router(rt, plan: Plan, fault: dict):
-    restore_router(rt, plan, fault["target"])
+def _restore_router(lab: Lab, fault: dict):
+    restore_router(lab, fault["target"])
 
 
-def restore_router(rt, plan: Plan, node: str):
+def restore_router(lab: Lab, node: str):
     """Links up, routes back, FRR and the charons of the node's tunnels started. A
     standby instance stays as it is: links down, no daemons."""
-    if plan.nodes[node].standby:
+    if lab.plan.nodes[node].standby:
         return
-    links, ends, openvpn = _router_parts(plan, node)
+    links, ends, openvpn = _router_parts(lab.plan, node)
     # a heal that failed half-way may have started some daemons: start from none
     for end, _ in ends:
-        rt.stop_daemon(end, "charon", graceful=False)
+        lab.backend.stop_daemon(end, "charon", graceful=False)
     for end in openvpn:
-        rt.stop_daemon(end, "openvpn", graceful=False)
-    for daemon in FRR_DAEMONS:
-        rt.stop_daemon(node, daemon, graceful=False)
+        lab.backend.stop_daemon(end, "openvpn", graceful=False)
+    for daemon in daemons.frr_daemons():
+        lab.backend.stop_daemon(node, daemon, graceful=False)
     for ifname in links:
-        rt.set_link(node, ifname, True)
+        lab.backend.set_link(node, ifname, True)
     for name in [node] + [end for end, _ in ends] + openvpn:
-        rt.restore_routes(plan.nodes[name])
+        lab.backend.restore_routes(lab.plan.nodes[name])
     budget = defaults()["waits"]["daemon_start"]
-    rt.start_routers([node], budget)
-    rt.start_tunnel_ends([end for end, _ in ends], budget)
-    rt.start_openvpn(openvpn, budget)
+    daemons.start_routers(lab.backend, [node], budget)
+    daemons.start_tunnel_ends(lab.backend, [end for end, _ in ends], budget)
+    daemons.start_openvpn(lab.backend, openvpn, budget)
 
 
 # ------------------------------------------------------------------ link faults
@@ -226,41 +227,41 @@ def _split(target: str) -> tuple[str, str]:
     return node, ifname
 
 
-def _carrier_down(rt, plan, fault):
-    rt.set_link(*_split(fault["target"]), False)
+def _carrier_down(lab: Lab, fault: dict):
+    lab.backend.set_link(*_split(fault["target"]), False)
 
 
-def _carrier_up(rt, plan, fault):
+def _carrier_up(lab: Lab, fault: dict):
     node, ifname = _split(fault["target"])
-    rt.set_link(node, ifname, True)
-    rt.restore_routes(plan.nodes[node])
+    lab.backend.set_link(node, ifname, True)
+    lab.backend.restore_routes(lab.plan.nodes[node])
 
 
-def _drop_rules(rt, plan, fault):
+def _drop_rules(lab: Lab, fault: dict):
     node, ifname = _split(fault["target"])
     pct = fault["params"].get("percent")
     match = f"numgen random mod 1000 < {round(pct * 10)} " if fault["kind"] == "loss" else ""
     table = _nft_table(fault["key"])
-    rt.nft(node, f"""table netdev {table} {{
+    lab.backend.nft(node, f"""table netdev {table} {{
   chain ingress {{ type filter hook ingress device "{ifname}" priority -500; policy accept; {match}counter drop; }}
   chain egress {{ type filter hook egress device "{ifname}" priority -500; policy accept; {match}counter drop; }}
 }}
 """)
 
 
-def _remove_drop_rules(rt, plan, fault):
+def _remove_drop_rules(lab: Lab, fault: dict):
     node, _ = _split(fault["target"])
     table = _nft_table(fault["key"])
     dropped = 0
-    for item in rt.nft_json(node, "list", "table", "netdev", table).get("nftables", []):
+    for item in lab.backend.nft_json(node, "list", "table", "netdev", table).get("nftables", []):
         for expr in item.get("rule", {}).get("expr", []):
             dropped += expr.get("counter", {}).get("packets", 0)
     fault["detail"]["packets_dropped"] = dropped
-    rt.nft(node, f"delete table netdev {table}\n")
+    lab.backend.nft(node, f"delete table netdev {table}\n")
 
 
-def _netem(rt, plan, fault):
-    if not rt.state.kernel_netem:
+def _netem(lab: Lab, fault: dict):
+    if not lab.state.kernel_netem:
         raise LabError("this kernel has no netem (sch_netem): delay and jitter cannot be "
                        "emulated here; use 'loss' or 'blackhole' (nftables) instead")
     node, ifname = _split(fault["target"])
@@ -270,31 +271,30 @@ def _netem(rt, plan, fault):
         args.append(f"{p['jitter_ms']}ms")
     if p["percent"]:
         args += ["loss", f"{p['percent']}%"]
-    rt.tc(node, *args)
+    lab.backend.tc(node, *args)
 
 
-def _netem_off(rt, plan, fault):
+def _netem_off(lab: Lab, fault: dict):
     node, ifname = _split(fault["target"])
-    rt.tc(node, "qdisc", "del", "dev", ifname, "root", check=False)
+    lab.backend.tc(node, "qdisc", "del", "dev", ifname, "root", check=False)
 
 
 # ------------------------------------------------------------------ daemon crash
-def _crash(rt, plan, fault):
-    fault["detail"]["killed"] = rt.stop_daemon(fault["target"], fault["params"]["daemon"],
+def _crash(lab: Lab, fault: dict):
+    fault["detail"]["killed"] = lab.backend.stop_daemon(fault["target"], fault["params"]["daemon"],
                                                graceful=False)
 
 
-def _restart(rt, plan, fault):
+def _restart(lab: Lab, fault: dict):
     node, daemon = fault["target"], fault["params"]["daemon"]
     budget = defaults()["waits"]["daemon_start"]
-    rt.stop_daemon(node, daemon, graceful=False)    # idempotent: none may run twice
+    lab.backend.stop_daemon(node, daemon, graceful=False)    # idempotent: none may run twice
     if daemon == "charon":
-        rt.start_tunnel_ends([node], budget)
+        daemons.start_tunnel_ends(lab.backend, [node], budget)
     elif daemon == "openvpn":
-        rt.start_openvpn([node], budget)
+        daemons.start_openvpn(lab.backend, [node], budget)
     else:
-        rt.start_frr([node], (daemon,))
-        rt.configure_frr(node, budget)
+        daemons.restart_frr_daemon(lab.backend, node, daemon, budget)
 
 
 _APPLY = {"instance": _lose_router, "device": _lose_router, "carrier": _carrier_down,

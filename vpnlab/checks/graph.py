@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from vpnlab.plan.build import Plan
+from vpnlab.plan.parts import Plan
 
 SHOWN_ROLES = {"vnet-router", "gateway-instance", "device", "vm", "host"}
 

@@ -16,7 +16,9 @@ from vpnlab.gateway import control
 from vpnlab.model.defaults import defaults
 from vpnlab.errors import LabError
 from vpnlab.checks.faults import lose_router, restore_router
-from vpnlab.plan.build import Plan, build, instance_count, instance_name
+from vpnlab.plan.parts import instance_count, instance_name
+from vpnlab.runtime import daemons
+from vpnlab.session import Lab
 from vpnlab.model.topology import Topology
 from vpnlab.model.yamlsrc import SourceError
 
@@ -31,16 +33,16 @@ def check(topology: Topology, gateway: str, instance: int | None):
     return gw
 
 
-def run(rt, plan: Plan, topology: Topology, gateway: str, instance: int | None = None,
-        unplanned: bool = False, progress=lambda _: None) -> tuple[dict, Plan]:
-    """Returns what happened (with its steps on the monotonic clock) and the plan that
-    holds afterwards (a takeover changes which instance serves)."""
-    gw = check(topology, gateway, instance)
-    delays = defaults()["maintenance"][rt.state.timers]
-    active = plan.active.get(gateway)
+def run(lab: Lab, gateway: str, instance: int | None = None, unplanned: bool = False,
+        progress=lambda _: None) -> dict:
+    """Returns what happened (with its steps on the monotonic clock). A takeover changes
+    which instance serves: the lab's saved plan says so afterwards."""
+    gw = check(lab.topology, gateway, instance)
+    delays = defaults()["maintenance"][lab.state.timers]
+    active = lab.plan.active.get(gateway)
     k = instance if instance is not None else (active if active is not None else 0)
     node = instance_name(gateway, k)
-    busy = [f["key"] for f in rt.state.faults if f["target"] == node]
+    busy = [f["key"] for f in lab.state.faults if f["target"] == node]
     if busy:
         raise LabError(f"{node} has an active fault ({', '.join(busy)}); heal it first")
     planned = not unplanned
@@ -48,37 +50,37 @@ def run(rt, plan: Plan, topology: Topology, gateway: str, instance: int | None =
            "mode": "active-active" if gw.active_active else "active-standby", "steps": []}
     if not gw.active_active and k != active:
         out["note"] = f"{node} is the standby: its reboot changes nothing that serves traffic"
-        return out, plan
+        return out
     progress(f"{node}: {'planned maintenance' if planned else 'unplanned loss'}")
-    out["steps"] += lose_router(rt, plan, node, planned)
+    out["steps"] += lose_router(lab, node, planned)
     if gw.active_active:
         delay = delays["instance_reboot"]
         progress(f"{node} reboots ({delay} s)")
         _platform_delay(delay)
-        restore_router(rt, plan, node)
+        restore_router(lab, node)
         out["steps"].append((time.monotonic_ns(), f"{node} back"))
-        return out, plan
+        return out
     delay = delays["standby_takeover_planned" if planned else "standby_takeover_unplanned"]
     progress(f"the platform promotes the standby in {delay} s")
     _platform_delay(delay)
-    rt.state.active[gateway] = 1 - k
-    rt.state.save()
-    after = build(topology, rt.state.timers, rt.state.active)
+    lab.state.active[gateway] = 1 - k
+    lab.state.save()
+    lab.rebuild_plan()
     standby = instance_name(gateway, 1 - k)
-    restore_router(rt, after, standby)
+    restore_router(lab, standby)
     out["steps"].append((time.monotonic_ns(), f"{standby} took over the public IP and BGP address"))
-    rt.restart_agent()
-    dialed = _dial(rt, after, standby)
+    daemons.restart_agent(lab.backend)
+    dialed = _dial(lab, standby)
     out["steps"].append((time.monotonic_ns(), f"{standby} dialed {dialed} devices"))
     out["active_before"], out["active_after"] = k, 1 - k
-    return out, after
+    return out
 
 
-def _dial(rt, plan: Plan, node: str) -> int:
+def _dial(lab: Lab, node: str) -> int:
     """The new active instance connects at once where its connection mode dials [1.3]
     (the agent's redial covers the rest); not to a device that reconnected first."""
-    dialing = [t for t in plan.tunnels if t.gateway_instance == node and t.connection_mode != "ResponderOnly"]
-    return sum(control.dial(rt, plan, t) for t in dialing)
+    dialing = [t for t in lab.plan.tunnels if t.gateway_instance == node and t.connection_mode != "ResponderOnly"]
+    return sum(control.dial(lab.backend, lab.plan, t) for t in dialing)
 
 
 def _platform_delay(seconds: float):

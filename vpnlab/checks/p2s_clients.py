@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 from vpnlab.gateway import control
-from vpnlab import engine
 from vpnlab.gateway import live
 from vpnlab.plan import pki
 from vpnlab.model.defaults import defaults
 from vpnlab.errors import LabError
-from vpnlab.plan.build import P2sClient, Plan
+from vpnlab.plan.parts import P2sClient, Plan
+from vpnlab.runtime import daemons
+from vpnlab.session import Lab, session
 from vpnlab.waits import WaitTimeout, wait_until
 
 
@@ -51,16 +52,17 @@ def _refusal(rt, plan: Plan, c: P2sClient, client_log: int, since: float) -> str
     return None
 
 
-def connect(rt, plan: Plan, name: str, budget: float | None = None) -> dict:
+def connect(lab: Lab, name: str, budget: float | None = None) -> dict:
     """Connect a client (every identity of a crowd); waits until all are connected, or
     the gateway refused it, and says which are not connected and why."""
+    rt, plan = lab.backend, lab.plan
     c = _client(plan, name)
     budget = budget or defaults()["waits"]["p2s_connect"]
     client_log = _log(rt, c).stat().st_size if _log(rt, c).exists() else 0
     since, start = int(time.time()), time.monotonic()
     if c.protocol == "OpenVPN":
         if not rt.daemon_pids(c.name, "openvpn"):
-            rt.start_openvpn([c.name], defaults()["waits"]["daemon_start"])
+            daemons.start_openvpn(rt, [c.name], defaults()["waits"]["daemon_start"])
     else:      # identities already connected are left as they are
         for ident, s in client_state(rt, c).items():
             if s["state"] != "CONNECTED":
@@ -105,8 +107,8 @@ def _why(log: Path) -> str:
     return f"its log ({log}) says: {lines[-1][-300:]}" if lines else f"nothing telling in {log}"
 
 
-def disconnect(rt, plan: Plan, name: str) -> dict:
-    c = _client(plan, name)
+def disconnect(lab: Lab, name: str) -> dict:
+    rt, c = lab.backend, _client(lab.plan, name)
     if c.protocol == "OpenVPN":
         closed = len(rt.stop_daemon(c.name, "openvpn", graceful=True))
     else:
@@ -114,8 +116,9 @@ def disconnect(rt, plan: Plan, name: str) -> dict:
     return {"client": name, "protocol": c.protocol, "closed": closed}
 
 
-def status(rt, plan: Plan, pki_dir) -> dict:
-    certs = pki.load_index(pki_dir)
+def status(lab: Lab) -> dict:
+    rt, plan = lab.backend, lab.plan
+    certs = pki.load_index(lab.state.pki_dir)
     clients = []
     for c in plan.clients:
         states = client_state(rt, c)
@@ -139,15 +142,10 @@ def _summary(states: dict, connected: int) -> str:
 
 
 # ------------------------------------------------------------------ CLI entry points
-def run(lab: str | None, action: str, client: str | None = None) -> dict:
-    name = engine.resolve_name(lab)
-    state = engine.require_state(name)
-    rt, plan = engine.runtime_of(state), engine.plan_of(state)
-    try:
+def run(name: str | None, action: str, client: str | None = None) -> dict:
+    with session(name) as lab:
         if action == "status":
-            return status(rt, plan, state.pki_dir)
+            return status(lab)
         if client is None:
             raise LabError(f"p2s {action} needs a client name")
-        return connect(rt, plan, client) if action == "connect" else disconnect(rt, plan, client)
-    finally:
-        rt.close()
+        return connect(lab, client) if action == "connect" else disconnect(lab, client)

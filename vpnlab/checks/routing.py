@@ -13,7 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 import networkx as nx
 
 from vpnlab.gateway import live
-from vpnlab.plan.build import Plan
+from vpnlab.plan.parts import Plan
 
 
 # ------------------------------------------------------------------ intended

@@ -24,16 +24,17 @@ from vpnlab.gateway import events
 from vpnlab.gateway import live
 from vpnlab.gateway import p2s_watch
 from vpnlab.model.defaults import defaults
-from vpnlab.plan.build import Plan, Tunnel, dial_children, initiator_child
+from vpnlab.plan.parts import Tunnel, dial_children, initiator_child
 from vpnlab.runtime.state import load_state
+from vpnlab.session import Lab
 
 POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
 
 
 class Agent:
-    def __init__(self, rt, plan: Plan):
-        self.rt, self.plan = rt, plan
-        self.log = events.Writer(rt.state.dir)
+    def __init__(self, lab: Lab):
+        self.rt, self.plan = lab.backend, lab.plan
+        self.log = events.Writer(lab.state.dir)
         self.stop = threading.Event()
         self.redial = defaults()["azure"]["redial_seconds"]
         self.say = say
@@ -157,7 +158,7 @@ class Agent:
         and starts that end's children when some arrive while none is installed."""
         ends = [e for e in (t.azure_end, t.onprem_end) if e]
         seen: dict[str, int] = {}
-        idle = defaults()["timers"][self.rt.state.timers]["policy_based_idle"]
+        idle = self.plan.timers["policy_based_idle"]
         idle_since = last_bytes = None
         while not self.stop.wait(POLL):
             try:
@@ -287,12 +288,11 @@ def _bytes(child: dict) -> int:
 
 
 def main(argv: list[str]) -> int:
-    from vpnlab.engine import plan_of, runtime_of
-    state = load_state(argv[0])
+    state = load_state(argv[0]) if argv else None
     if state is None:
-        print(f"agent: no lab named {argv[0]!r}", file=sys.stderr)
+        print(f"agent: no lab named {argv[0] if argv else '(none given)'!r}", file=sys.stderr)
         return 2
-    agent = Agent(runtime_of(state), plan_of(state))
+    agent = Agent(Lab(state))
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     agent.run()
     return 0

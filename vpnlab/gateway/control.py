@@ -10,7 +10,7 @@ from vici.exception import CommandException
 
 from vpnlab.gateway import live
 from vpnlab.errors import RuntimeFailure
-from vpnlab.plan.build import dial_children, initiator_child
+from vpnlab.plan.parts import dial_children, initiator_child
 from vpnlab.waits import WaitTimeout, wait_until
 
 

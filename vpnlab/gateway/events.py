@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from vpnlab.gateway.metrics import instance_name
+from vpnlab.model import names
 
 FILE = "events.jsonl"
 MAX_BYTES = 20 * 1024 * 1024      # then the file is rotated once (events.jsonl.1)
@@ -97,7 +98,7 @@ class Writer:
         state = "connected" if up else "disconnected"
         self.write({"Category": "RouteDiagnosticLog",
                     "OperationName": "BgpConnectedEvent" if up else "BgpDisconnectedEvent",
-                    "Resource": session.node.rsplit("-in", 1)[0].upper(),
+                    "Resource": names.split_instance(session.node)[0].upper(),
                     "instance_s": instance_name(session.node), "peerAddress_s": session.peer,
                     "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import vici
 
-from vpnlab.plan.build import Plan
+from vpnlab.plan.parts import Plan
 
 
 def vici_sas(path) -> list[dict]:

@@ -11,16 +11,17 @@ counts (libipsec does not count them).
 from __future__ import annotations
 
 from vpnlab.gateway import live
-from vpnlab.plan.build import Plan
+from vpnlab.model import names
+from vpnlab.plan.parts import Plan
+from vpnlab.session import Lab
 
 
-def instance_name(node: str) -> str:
-    """Azure's name of a gateway instance in metrics and logs (hub-gw-in0 -> IN_0)."""
-    k = node.rsplit("-in", 1)[1]
-    return f"GatewayTenantWorker_IN_{k}"
+instance_name = names.azure_instance_name
 
 
-def metrics(rt, plan: Plan) -> list[dict]:
+def metrics(lab: Lab) -> list[dict]:
+    """Azure's metrics of the lab's gateways, now."""
+    rt, plan = lab.backend, lab.plan
     rows = []
 
     def add(name, value, unit, **dims):

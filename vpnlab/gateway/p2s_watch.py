@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vpnlab.gateway import control
 from vpnlab.gateway import live
-from vpnlab.plan.build import P2sEnd
+from vpnlab.plan.parts import P2sEnd
 from vpnlab.plan.render import SESSIONS_FILE
 
 _NO_TRUSTED_KEY = re.compile(r"no trusted \w+ public key found for '(?:CN=)?(?P<user>[^']+)'")

@@ -6,6 +6,9 @@ namespaces from them."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+from vpnlab.model.yamlsrc import SourceError, shown
 
 INTERNET = "internet"
 INSTANCES = (0, 1)                   # every gateway has two instances [5]
@@ -31,6 +34,11 @@ def split_instance(node: str) -> tuple[str, int]:
     return found["gateway"], int(found["k"])
 
 
+def azure_instance_name(node: str) -> str:
+    """Azure's name of a gateway instance in metrics and logs (hub-gw-in0 -> IN_0)."""
+    return f"GatewayTenantWorker_IN_{split_instance(node)[1]}"
+
+
 def tunnel(connection: str, k: int) -> str:
     """A site connection's tunnel from instance k."""
     return f"{connection}-in{k}"
@@ -48,6 +56,15 @@ def v2v_end(instance_name: str, towards: str) -> str:
 
 def p2s_server(instance_name: str, protocol: str) -> str:
     return f"{instance_name}-p2s-{P2S_PROTOCOLS[protocol]}"
+
+
+def check_lab_name(name: str, from_file: Path | None = None) -> str:
+    """A lab name: --name, or else the topology file's name."""
+    if not LAB_NAME.fullmatch(name):
+        given = f"lab name '{shown(name)}' (from {shown(from_file)}; choose one with --name)" \
+            if from_file else f"--name '{shown(name)}'"
+        raise SourceError(f"{given}: use 1-32 letters, digits, '-' or '_', starting with a letter or digit")
+    return name
 
 
 def namespace_prefix(lab: str) -> str:

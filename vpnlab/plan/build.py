@@ -5,209 +5,16 @@ so the same file always yields the same lab. Nothing here touches the system.
 """
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
+from vpnlab.plan import timers as timers_of
 from vpnlab.model.topology import Topology, reverse_connection
-
-INTERNET = "internet"
-# Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
-# what comes out of ipsec0 goes back to the router through the inner veth.
-TABLE_INTO_TUNNEL = 101
-TABLE_FROM_TUNNEL = 102
-HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
-ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
-              "p2s-endpoint", "vm", "host", "p2s-client")
-
-
-@dataclass
-class Iface:
-    name: str
-    addresses: list[str] = field(default_factory=list)   # "a.b.c.d/len"
-    kind: str = "veth"                                    # veth | bridge | lo
-    master: str | None = None                             # bridge in the same node
-    proxy_arp: bool = False
-    mtu: int | None = None
-    mac: str | None = None        # set: the address moves with the role (active-standby)
-
-
-@dataclass
-class Route:
-    dst: str
-    via: str | None = None
-    dev: str | None = None
-    table: int | None = None
-
-
-@dataclass
-class Rule:
-    iif: str
-    table: int
-    priority: int
-
-
-@dataclass
-class Neighbor:
-    address: str
-    asn: int
-    internal: bool = False
-    multihop: bool = False
-    passive: bool = False
-    next_hop_self: bool = False
-    update_source: str | None = None
-    route_map_out: str | None = None
-    route_map_in: str | None = None
-    maximum_prefix: tuple[int, int] | None = None   # (prefixes, restart minutes)
-    timers: dict | None = None       # None: the router's timer profile
-
-
-@dataclass
-class Frr:
-    asn: int | None
-    router_id: str
-    timers: dict
-    static: list[tuple[str, str]] = field(default_factory=list)   # (prefix, next hop or dev)
-    networks: list[str] = field(default_factory=list)
-    neighbors: list[Neighbor] = field(default_factory=list)
-    vnet_prefixes: list[str] = field(default_factory=list)
-    no_transit: list[str] = field(default_factory=list)   # static VNet-to-VNet prefixes: kept from BGP peers
-    maximum_paths: int = 8
-
-    @property
-    def not_advertised(self) -> list[str]:
-        """Prefix-list entries the router keeps from its eBGP peers (TO-BGP-PEER):
-        empty without such a peer."""
-        if not any(n.route_map_out == "TO-BGP-PEER" for n in self.neighbors):
-            return []
-        return never_advertised([IPv4Network(p) for p in self.vnet_prefixes]) + self.no_transit
-
-
-@dataclass
-class Node:
-    name: str
-    role: str
-    interfaces: list[Iface] = field(default_factory=list)
-    routes: list[Route] = field(default_factory=list)     # kernel routes set by the runtime
-    rules: list[Rule] = field(default_factory=list)
-    forwarding: bool = False
-    public_ip: str | None = None     # routers on the internet
-    frr: Frr | None = None          # context for frr.conf.j2
-    charon: dict | None = None       # context for strongswan.conf.j2 / swanctl.conf.j2
-    nft: dict | None = None          # context for nftables.conf.j2
-    standby: bool = False            # an active-standby gateway's idle instance (and its
-                                     # tunnel ends): links down, no daemons
-    shaping_mbps: int | None = None  # egress cap on pub and gws: the SKU's rated throughput
-    openvpn: dict | None = None      # context for openvpn.conf.j2 (point-to-site)
-    pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
-                                                                # vpnlab.plan.pki file) to install
-
-    def iface(self, name: str) -> Iface:
-        return next(i for i in self.interfaces if i.name == name)
-
-    def sysctls(self) -> dict:
-        """Kernel settings of the node's network namespace. Each router hashes flows over
-        equal paths with its own seed, so that the way out and the way back are chosen
-        independently and a flow may return through the other instance, as on Azure [5].
-        With one seed everywhere, Linux's symmetric flow hash sends every flow back the
-        way it came."""
-        return {HASH_SEED: zlib.crc32(self.name.encode()) or 1,
-                "net.ipv4.ip_forward": int(self.forwarding),
-                "net.ipv4.fib_multipath_hash_policy": 1,   # ECMP per flow (5-tuple), as Azure spreads flows
-                "net.ipv4.conf.all.rp_filter": 0,
-                "net.ipv4.conf.default.rp_filter": 0,
-                "net.ipv6.conf.all.disable_ipv6": 1,
-                "net.ipv6.conf.default.disable_ipv6": 1,
-                "net.ipv4.conf.all.send_redirects": 0,
-                "net.ipv4.conf.default.send_redirects": 0}
-
-    def link_starts_up(self, iface: Iface) -> bool:
-        """A standby instance holds its addresses with its links down until it takes over."""
-        return not (self.standby and self.role == "gateway-instance" and iface.kind == "veth")
-
-    def shaping(self) -> list[list[str]]:
-        """tc commands for the SKU's throughput on a gateway instance, both directions:
-        out to the internet (ESP to the sites) and to the GatewaySubnet (into the VNet).
-        Burst: 5 ms at the rate."""
-        if not self.shaping_mbps:
-            return []
-        burst = max(32 * 1024, int(self.shaping_mbps * 1e6 / 8 * 0.005))
-        return [["qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{self.shaping_mbps}mbit",
-                 "burst", str(burst), "latency", "50ms"] for ifname in ("pub", "gws")]
-
-
-@dataclass
-class Link:
-    a: str
-    a_if: str
-    b: str
-    b_if: str
-
-
-@dataclass
-class BgpSession:
-    node: str
-    peer: str            # peer address
-    peer_node: str
-    kind: str            # ebgp (over a tunnel) | sdn (gateway instance <-> VNet router)
-
-
-@dataclass
-class Tunnel:
-    name: str            # <connection>-in<k>
-    connection: str
-    gateway: str
-    gateway_instance: str
-    device: str          # the site (local network gateway) name
-    azure_end: str       # tunnel-endpoint node names
-    onprem_end: str | None   # None: the site is not managed (the user brings the device)
-    remote_ip: str = ""      # the site's public IP
-    connection_mode: str = "Default"
-    policy_based: bool = False   # a PolicyBased gateway: IKEv1, on demand, idle teardown
-    expected_up: bool = True     # False: the device builds no tunnel to this instance
-
-    @property
-    def managed(self) -> bool:
-        return self.onprem_end is not None
-
-
-@dataclass
-class P2sEnd:
-    """A gateway instance's point-to-site server: charon (IkeV2) or openvpn (OpenVPN)."""
-    gateway: str
-    gateway_instance: str
-    node: str
-    protocol: str            # IkeV2 | OpenVPN
-    pool: list[str]          # this protocol's share of the address pool
-
-
-@dataclass
-class P2sClient:
-    name: str                # the client's node
-    gateway: str
-    protocol: str
-    identities: list[str]    # client certificate names (one per connection)
-    gateway_ip: str          # the gateway's public IP it connects to
-    pushed: list[str]        # the routes Azure pushes to it [6]
-
-
-@dataclass
-class Plan:
-    nodes: dict[str, Node]
-    links: list[Link]
-    tunnels: list[Tunnel]
-    bgp: list[BgpSession]
-    expected_routes: dict[str, list[str]]   # node -> prefixes that must be in its FIB
-    pings: list[tuple[str, str]]            # (from node, to address) that must answer
-    unmanaged: dict[str, str] = field(default_factory=dict)   # site -> public IP (attach)
-    active: dict[str, int] = field(default_factory=dict)      # active-standby gateway -> instance
-    p2s_ends: list[P2sEnd] = field(default_factory=list)
-    clients: list[P2sClient] = field(default_factory=list)
-
-    def ordered_nodes(self) -> list[Node]:
-        return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
-
+from vpnlab.plan import p2s as p2s_plan
+from vpnlab.plan.parts import (INTERNET, TABLE_FROM_TUNNEL, TABLE_INTO_TUNNEL, BgpSession, Frr,
+                               Iface, Link, Neighbor, Node, Plan, Route, Rule, Tunnel, initiator_child,
+                               instance_count, instance_name, selector_anchors, serves)
 
 def _internet_side(public_ip: IPv4Address) -> str:
     """The internet's own address on a public /24: .1, every router's default gateway."""
@@ -272,55 +79,6 @@ def device_children(conn: str, policy: dict, pairs: list, policy_based: bool) ->
                    if pairs else "route-based: any-to-any traffic selectors, routing decides")]
 
 
-def _selector_anchors(nets: list[IPv4Network]) -> list[str]:
-    """libipsec installs a CHILD SA's route (and trap) only with a local address inside
-    the local traffic selector, and Azure accepts any selector a device narrows to
-    [1.2]. The network address of every prefix of that side (never a host's: Azure
-    reserves it in every subnet), as a /32 in the tunnel end, lies inside every
-    selector derived from those prefixes."""
-    return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
-
-
-def dial_children(charon: dict) -> list[str]:
-    """The child configs the Azure end starts when it dials: the initiator child of a
-    route-based connection, every selector pair of a policy-based one."""
-    names = [c["name"] for c in charon["children"]]
-    init = initiator_child(charon["connection"])
-    return [init] if init in names else names
-
-
-def initiator_child(connection: str) -> str:
-    """The Azure end's child config that carries Azure's initiator offers [3.1]."""
-    return f"{connection}-init"
-
-
-def never_advertised(vnet_prefixes: list[IPv4Network]) -> list[str]:
-    """What an Azure gateway never advertises to a BGP peer [4.5]: the default route and
-    any route overlapping a VNet prefix (more specifics and supernets; the VNet prefix
-    itself it originates). FRR prefix-list entries, in order."""
-    out = ["0.0.0.0/0"]
-    for p in vnet_prefixes:
-        out += [str(p.supernet(new_prefix=n)) for n in range(1, p.prefixlen)]
-        if p.prefixlen < 32:
-            out.append(f"{p} ge {p.prefixlen + 1}")
-    return list(dict.fromkeys(out))
-
-
-def instance_count(gw) -> int:
-    """Every gateway has two instances: both serve (active-active) or one serves and
-    the other stands by with the same public IP and BGP address [5]. Policy-based
-    (Basic) gateways too."""
-    return 2
-
-
-def serves(gw, active: int, k: int) -> bool:
-    return gw.active_active or k == active
-
-
-def instance_name(gw_name: str, k: int) -> str:
-    return f"{gw_name}-in{k}"
-
-
 def azure_bgp_address(addresses: dict, c, k: int, apipa_peer: bool) -> str:
     """The address instance k peers from on connection c [4.3]: its GatewaySubnet BGP
     address, unless the site peers from APIPA; then the connection's custom address
@@ -347,7 +105,7 @@ class _Builder:
                        if not gw.active_active}
         self.d = defaults()
         self.profile = timers
-        self.timers = self.d["timers"][timers]
+        self.timers = timers_of.profile(timers)
         self.nodes: dict[str, Node] = {}
         self.links: list[Link] = []
         self.tunnels: list[Tunnel] = []
@@ -407,13 +165,13 @@ class _Builder:
                 self.nodes[INTERNET].iface("br0").addresses.append(_internet_side(lng.gateway_ip))
         for conn in sorted(self.t.connections):
             self.connection(conn)
-        from vpnlab.plan import p2s as p2s_plan  # P2S builds on the gateways and their connections
         p2s_ends, clients = p2s_plan.build(self)
         self.finish_routing()
         br = self.nodes[INTERNET].iface("br0")
         br.addresses = list(dict.fromkeys(br.addresses))
         return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings,
-                    unmanaged, dict(self.active), p2s_ends, clients)
+                    unmanaged, dict(self.active), p2s_ends, clients,
+                    timers_of.effective(self.profile, [t.dpd_timeout for t in self.tunnels]))
 
     def serves(self, gw_name: str, k: int) -> bool:
         gw = self.t.virtual_network_gateways[gw_name]
@@ -423,7 +181,7 @@ class _Builder:
         gw = self.t.virtual_network_gateways[gw_name]
         vnet = self.t.virtual_networks[gw.virtual_network]
         asn = gw.bgp.asn if gw.bgp else self.d["azure"]["asn"]
-        sdn = self.add(Node(f"{gw.virtual_network}-sdn", "vnet-router", forwarding=True))
+        sdn = self.add(Node(names.vnet_router(gw.virtual_network), "vnet-router", forwarding=True))
         gws = vnet.subnets["GatewaySubnet"].address_prefix
         sdn_ip = gws.network_address + 1
         sdn.interfaces.append(Iface("gws", [f"{sdn_ip}/{gws.prefixlen}"], kind="bridge"))
@@ -486,7 +244,7 @@ class _Builder:
                        networks=[str(p) for p in self.t.site_lan(site)])
         node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
 
-    def tunnel_end(self, router: Node, tunnel: str, side: str, standby: bool = False,
+    def tunnel_end(self, router: Node, name: str, standby: bool = False,
                    role: str = "tunnel-endpoint", device: str = "ipsec0") -> tuple[Node, str]:
         """A tunnel namespace beside a router: underlay veth + inner veth (the tunnel
         interface); device is where the tunnel's traffic goes (charon's ipsec0, or
@@ -494,7 +252,7 @@ class _Builder:
         j = sum(1 for i in router.interfaces if i.name.startswith("t") and i.name.endswith("u"))
         net = IPv4Network((int(self.underlay.network_address) + 4 * j, 30))
         r_ip, t_ip = net.network_address + 1, net.network_address + 2
-        end = self.add(Node(f"{tunnel}-{side}", role, forwarding=True, standby=standby))
+        end = self.add(Node(name, role, forwarding=True, standby=standby))
         self.link(router, Iface(f"t{j}u", [f"{r_ip}/30"]), end, Iface("ul", [f"{t_ip}/30"]))
         # the inner veth is the tunnel interface: MTU 1400 as Azure advises [3.1], which
         # also matches libipsec's ipsec0, so large segments are not silently lost
@@ -536,22 +294,23 @@ class _Builder:
         op_end = op_if = None
         for k in range(instance_count(gw)):
             inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
-            tname = f"{conn_name}-in{k}"
-            az_end, az_if = self.tunnel_end(inst, tname, "az", standby=inst.standby)
-            az_end.interfaces.append(Iface("lo", _selector_anchors(
+            tname = names.tunnel(conn_name, k)
+            az_end, az_if = self.tunnel_end(inst, names.tunnel_end(tname, "az"), standby=inst.standby)
+            az_end.interfaces.append(Iface("lo", selector_anchors(
                 list(vnet.address_space) + [s.address_prefix for s in vnet.subnets.values()]), kind="lo"))
             connected = k in lng.device.connect_to_instances or not gw.active_active
             new_device_end = device is not None and connected and (gw.active_active or op_end is None)
             if new_device_end:
-                op_end, op_if = self.tunnel_end(device, tname if gw.active_active else conn_name, "op")
-                op_end.interfaces.append(Iface("lo", _selector_anchors(
+                op_end, op_if = self.tunnel_end(device, names.tunnel_end(tname if gw.active_active else conn_name, "op"))
+                op_end.interfaces.append(Iface("lo", selector_anchors(
                     list(lng.address_space) + self.t.site_lan(c.local_network_gateway)), kind="lo"))
             if not inst.standby:
                 self.tunnels.append(Tunnel(tname, conn_name, c.virtual_network_gateway, inst.name,
                                            c.local_network_gateway, az_end.name,
                                            op_end.name if op_end and connected else None,
                                            str(lng.gateway_ip), c.connection_mode, policy_based,
-                                           expected_up=connected or device is None))
+                                           expected_up=connected or device is None,
+                                           dpd_timeout=common["dpd_timeout"]))
             self.azure_end(inst, az_end, c, common | dict(policy=policy), str(lng.gateway_ip), pairs,
                            policy_based)
             if new_device_end:
@@ -585,10 +344,11 @@ class _Builder:
             for j in self.serving(b):
                 sa, sb = self.slot(a, i), self.slot(b, j)
                 az_end, peer_end = ends[(a, i, sb)][0], ends[(b, j, sa)][0]
-                name = f"{conn_name}-in{i}" + (f"-{sb}" if self.gw(b).active_active else "")
+                name = names.tunnel(conn_name, i) + (f"-{sb}" if self.gw(b).active_active else "")
                 self.tunnels.append(Tunnel(name, conn_name, a, instance_name(a, i), instance_name(b, j),
                                            az_end.name, peer_end.name,
-                                           self.nodes[instance_name(b, j)].public_ip))
+                                           self.nodes[instance_name(b, j)].public_ip,
+                                           dpd_timeout=self.dpd(c)))
                 if c.enable_bgp:
                     for g, k, peer in ((a, i, (b, j)), (b, j, (a, i))):
                         self.bgp.append(BgpSession(instance_name(g, k), self.bgp_addresses[instance_name(*peer)]["bgp_ip"],
@@ -617,7 +377,7 @@ class _Builder:
             for s in slots:
                 peer_inst = self.nodes[instance_name(peer, s)]
                 towards = instance_name(peer, s) if len(slots) > 1 else peer
-                end, ifname = self.tunnel_end(inst, f"{inst.name}-to-{towards}", "v2v", standby=inst.standby)
+                end, ifname = self.tunnel_end(inst, names.v2v_end(inst.name, towards), standby=inst.standby)
                 out[(g, k, s)] = (end, ifname)
                 self.azure_end(inst, end, c, dict(connection=conn_name, version=2, policy=policy,
                                                   secret=c.shared_key.get_secret_value(),
@@ -688,7 +448,7 @@ class _Builder:
             self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
 
     def dpd(self, c) -> int:
-        return self.timers["dpd_timeout"] or c.dpd_timeout_seconds
+        return timers_of.dpd_timeout(self.timers, c)
 
     def azure_policy(self, c, policy_based: bool = False) -> dict:
         """Azure's proposals per role [3.1]: esp answers the device, esp_initiator is what
@@ -741,7 +501,7 @@ class _Builder:
             site_prefixes = [str(p) for p in self.t.site_lan(c.local_network_gateway)]
             vnet_prefixes = [str(p) for p in vnet.address_space]
             self._expect(c.local_network_gateway, vnet_prefixes)
-            self._expect(f"{gw.virtual_network}-sdn", site_prefixes)
+            self._expect(names.vnet_router(gw.virtual_network), site_prefixes)
             connected = self.t.local_network_gateways[c.local_network_gateway].device.connect_to_instances
             for k in range(instance_count(gw)):
                 if self.serves(c.virtual_network_gateway, k) and (k in connected or not gw.active_active):
@@ -758,7 +518,7 @@ class _Builder:
         the peer VNet, and its VMs ping the peer's VMs."""
         gw, peer = self.gw(c.virtual_network_gateway), self.gw(c.peer_virtual_network_gateway)
         peer_vnet = [str(p) for p in self.t.virtual_networks[peer.virtual_network].address_space]
-        self._expect(f"{gw.virtual_network}-sdn", peer_vnet)
+        self._expect(names.vnet_router(gw.virtual_network), peer_vnet)
         for k in self.serving(c.virtual_network_gateway):
             self._expect(instance_name(c.virtual_network_gateway, k), peer_vnet)
         vms = lambda vnet: [vm for sub in sorted(self.t.virtual_networks[vnet].subnets)

@@ -20,7 +20,7 @@ import yaml
 
 from vpnlab.plan import render
 from vpnlab.model.defaults import defaults
-from vpnlab.plan.build import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
+from vpnlab.plan.parts import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
 from vpnlab.plan.render import STARTING_GUARD
 from vpnlab.model.names import process_tag
 from vpnlab.model.yamlsrc import shown
@@ -55,6 +55,14 @@ def export_layout(fmt: str) -> Layout:
                   run_on_host=fmt == "clab")
 
 
+def unsupported(plan: Plan) -> str | None:
+    """Why a plan cannot be written as containerlab files, or None."""
+    if plan.p2s_ends or plan.clients:
+        return ("point-to-site (vpn_client_configuration, clients) is not in the containerlab "
+                "files yet: use --runtime netns or docker")
+    return None
+
+
 # ------------------------------------------------------------------ files of a node
 def setup_files(plan: Plan, node_dir: Callable[[str], PurePosixPath]) -> dict[str, dict[str, str]]:
     """setup.sh (links, addresses, routes, firewall), the links to wait for, and a
@@ -67,7 +75,10 @@ def setup_files(plan: Plan, node_dir: Callable[[str], PurePosixPath]) -> dict[st
             node=node, dir=str(node_dir(node.name)), sysctls=sysctls, shaping=node.shaping())
         # the flow hash seed exists from kernel 6.11 on: set where there is one
         seed = f"[ ! -e /proc/sys/{HASH_SEED.replace('.', '/')} ] || sysctl -qw {HASH_SEED}={node.sysctls()[HASH_SEED]}\n"
-        files = {"setup.sh": text + seed,
+        start = env.get_template("start-daemons.sh.j2").render(
+            node=node, dir=str(node_dir(node.name)), order=defaults()["daemons"],
+            table_into_tunnel=TABLE_INTO_TUNNEL)
+        files = {"setup.sh": text + seed, "start-daemons.sh": start,
                  **({"starting-guard.nft": STARTING_GUARD} if node.charon else {}),
                  "interfaces": "".join(f"{i.name}\n" for i in node.interfaces if i.kind == "veth")}
         if node.standby:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from ipaddress import IPv4Address, IPv4Network
 
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.p2s_rules import pool_split
-from vpnlab.plan.build import Iface, Node, P2sClient, P2sEnd, Route, _selector_anchors, instance_count, instance_name
+from vpnlab.plan.parts import Iface, Node, P2sClient, P2sEnd, Route, selector_anchors, instance_count, instance_name
 
 SERVER_ROOT = "VpnServerRoot"    # the CA of the gateways' own certificates (Azure's name)
 
@@ -81,7 +82,7 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
             inst.iface("pub").addresses.append(f"{address}/24")
         for protocol, share in pool_split(cfg).items():
             ikev2 = protocol == "IkeV2"
-            end, ifname = b.tunnel_end(inst, inst.name, "p2s-ikev2" if ikev2 else "p2s-openvpn",
+            end, ifname = b.tunnel_end(inst, names.p2s_server(inst.name, protocol),
                                        standby=inst.standby, role="p2s-endpoint",
                                        device="ipsec0" if ikev2 else "tun0")
             used = share if ikev2 else share[:1]     # one openvpn server: one pool prefix
@@ -109,7 +110,7 @@ def _ikev2_server(end: Node, gw_name: str, ul: str, pool, pushed, roots, limit: 
                       policy=dict(ike=p2s["ike_proposals"], esp=p2s["esp_proposals"]),
                       dpd_timeout=_dpd(timers), ikesa_limit=limit)
     # libipsec routes a CHILD SA only with a local address inside the local selector
-    end.interfaces.append(Iface("lo", _selector_anchors([IPv4Network(p) for p in pushed]), kind="lo"))
+    end.interfaces.append(Iface("lo", selector_anchors([IPv4Network(p) for p in pushed]), kind="lo"))
     end.pki = ([(f"x509ca/{r}.pem", f"ca-{r}.pem") for r in roots]
                + [(f"x509crl/{r}.crl", f"crl-{gw_name}-{r}.crl") for r in roots]
                + [("x509/gateway.pem", f"server-{gw_name}.pem"), ("private/gateway.key", f"server-{gw_name}.key")])

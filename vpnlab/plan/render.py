@@ -9,7 +9,7 @@ from pathlib import Path
 import jinja2
 
 from vpnlab.model.defaults import defaults
-from vpnlab.plan.build import Node, Plan
+from vpnlab.plan.parts import Node, Plan
 
 PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
            "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
@@ -17,8 +17,6 @@ PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem p
 SECRET_FILES = {"swanctl.conf"}
 # where a P2S openvpn server's session hook writes (the agent reads it)
 SESSIONS_FILE = "openvpn-sessions.jsonl"
-# nftables rules a tunnel end holds while its charon starts (the file says why)
-STARTING_GUARD = (Path(__file__).parent / "templates/starting-guard.nft").read_text()
 
 
 def _env() -> jinja2.Environment:
@@ -27,6 +25,11 @@ def _env() -> jinja2.Environment:
                              lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["b64"] = lambda s: base64.b64encode(s.encode()).decode()
     return env
+
+
+# nftables rules a tunnel end holds while its charon starts (the template says why)
+STARTING_GUARD = _env().get_template("starting-guard.nft.j2").render(
+    table=defaults()["daemons"]["ike_guard_table"])
 
 
 def retransmit(dpd_timeout: int) -> dict:

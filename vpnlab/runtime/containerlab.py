@@ -14,12 +14,12 @@ import shutil
 import subprocess
 
 from vpnlab.errors import RuntimeFailure
-from vpnlab.plan.build import Plan
-from vpnlab.runtime.state import LabState
+from vpnlab.plan.parts import Plan
 from vpnlab.waits import wait_until
 from vpnlab.runtime import procs
-from vpnlab.runtime.docker import DockerRuntime, remove_labelled
-from vpnlab.runtime.netns import FRR_DAEMONS
+from vpnlab.plan import clab
+from vpnlab.runtime import daemons, image
+from vpnlab.runtime.docker import DockerBackend, remove_labelled
 
 BINARY = "containerlab"
 VERSION = "0.79.0"        # the version vpnlab's files are written for (its schema)
@@ -65,19 +65,22 @@ def containers_of(inspect_json: str) -> list[dict]:
     return [c for c in found if isinstance(c, dict) and isinstance(c.get("name"), str)]
 
 
-class ContainerlabRuntime(DockerRuntime):
+class ContainerlabBackend(DockerBackend):
+    """containerlab's nodes are Docker containers that set themselves up: only how the
+    lab is deployed and removed, what their namespaces are called, and how their daemons
+    are found differ from the docker runtime."""
     name = "containerlab"
-    nodes_start_themselves = True
 
-    def __init__(self, state: LabState):
-        super().__init__(state)
-        self.warnings: list[str] = []
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return unavailable() or DockerBackend.unavailable()
+
+    @classmethod
+    def lab_names(cls) -> set[str]:
+        return set()          # its containers carry the docker runtime's lab label too
 
     def namespace(self, node: str) -> str:
         return f"clab-{self.state.name}-{node}"
-
-    def container_name(self, node: str) -> str:
-        return self.namespace(node)
 
     @property
     def topology_file(self):
@@ -91,9 +94,22 @@ class ContainerlabRuntime(DockerRuntime):
             raise RuntimeFailure(f"containerlab {args[0]} failed: {(res.stderr or res.stdout).strip()[-1500:]}")
         return res
 
+    def supports(self, plan: Plan) -> str | None:
+        return clab.unsupported(plan)
+
+    def prepare(self, plan: Plan, rendered: dict[str, dict[str, str]]):
+        """The containerlab topology beside the node folders (their configs are written);
+        a node's folder is at the same path inside its container as on the host."""
+        state = self.state
+        layout = clab.Layout(lambda node: state.nodes_dir / node, bind_folder=True, run_on_host=True)
+        setup = clab.setup_files(plan, layout.node_dir)
+        clab.write_folders(setup, state.nodes_dir, layout)
+        files = {n: {**rendered[n], **setup[n]} for n in rendered}
+        clab.dump(clab.topology(plan, state.name, image.node_image(), layout, files),
+                  self.topology_file, f"lab {state.name}", str(state.topology_file))
+
     def create(self, plan: Plan):
-        """containerlab deploy; the topology file and node folders are written by the
-        engine (vpnlab.plan.clab) before."""
+        """containerlab deploy of the file prepare wrote."""
         found = version()
         if found != VERSION:
             self.warnings.append(f"containerlab {found or '(unknown version)'} is not {VERSION}, "
@@ -107,18 +123,24 @@ class ContainerlabRuntime(DockerRuntime):
         if missing:
             raise RuntimeFailure(f"containerlab deployed, but these nodes are not running: {', '.join(missing)}")
 
-    def adopt_daemons(self, plan: Plan, budget: float):
-        """Wait until every node started its daemons (vpnlab-node start) and record
-        their PIDs, found by the marker in their environment."""
+    def start_daemons(self, plan: Plan, budget: float, progress):
+        """The nodes start their own daemons (vpnlab-node start, in the one start order):
+        wait until each has, record their PIDs, found by the marker in their environment,
+        then start the agent."""
+        for warning in self.warnings:
+            progress(f"warning: {warning}")
+        progress("waiting for the nodes to start their daemons")
         wanted = [(n.name, d) for n in plan.ordered_nodes() if not n.standby
-                  for d in ((FRR_DAEMONS if n.frr is not None else ()) + (("charon",) if n.charon else ()))]
+                  for d in ((daemons.frr_daemons() if n.frr is not None else ()) + (("charon",) if n.charon else ()))]
         for node, daemon in wanted:
             pids = wait_until(lambda: procs.with_env(f"VPNLAB_DAEMON={node}/{daemon}"), bool,
                               f"{daemon} of {node} (see {self.node_dir(node) / (daemon + '.out')})", budget)
-            self._record(pids[0], node, daemon)
-        self.state.save()
+            self.state.processes.append({"pid": pids[0], "node": node, "daemon": daemon})
+        self.save_processes()
+        progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
+        daemons.start_agent(self)
 
-    def _remove_nodes(self) -> list[str]:
+    def remove_nodes(self) -> list[str]:
         """containerlab destroy --cleanup (its namespace links too); without the binary,
         the containers go by containerlab's own label."""
         if binary() and self.topology_file.exists():

@@ -1,10 +1,10 @@
 """The docker runtime: every node is a container from the node image (vpnlab/runtime/images).
 
-Only how a node's namespace comes to be, and how commands run in it, differ from the
-netns runtime. A container starts with no network (`network_mode=none`); its network
-namespace is then given the lab's name (`ip netns attach`, through pyroute2), and the
-netns runtime's code wires links, addresses, routes and firewalls exactly as it does for
-plain namespaces. Daemons run inside the containers (docker exec), with the image's
+Only how a node comes to be and goes, and how commands run in it, differ from the netns
+runtime. A container starts with no network (`network_mode=none`); its network namespace
+is then given the lab's name (`ip netns attach`, through pyroute2), and the backend's
+shared code wires links, addresses, routes and firewalls exactly as it does for plain
+namespaces. Daemons run inside the containers (docker exec), with the image's
 strongSwan and FRR: the host needs neither.
 
 Least privilege: no --privileged; the capabilities below and /dev/net/tun (libipsec's
@@ -25,13 +25,13 @@ from pyroute2 import netns
 
 from vpnlab.model.defaults import defaults
 from vpnlab.errors import RuntimeFailure
-from vpnlab.plan.build import Node
+from vpnlab.plan.parts import Node
 from vpnlab.model.names import process_tag
 from vpnlab.runtime.state import LabState
 from vpnlab.waits import wait_until
 from vpnlab.runtime import image
 from vpnlab.runtime import procs
-from vpnlab.runtime.netns import CHARON, NetnsRuntime
+from vpnlab.runtime.backend import Backend
 
 LABEL_LAB = "io.vpnlab.lab"
 LABEL_NODE = "io.vpnlab.node"
@@ -39,13 +39,25 @@ TIMED_OUT = 124                     # timeout(1)'s exit status
 PARALLEL = 8                        # engine calls in flight while a lab is built
 
 
-class DockerRuntime(NetnsRuntime):
+class DockerBackend(Backend):
     name = "docker"
 
     def __init__(self, state: LabState):
         super().__init__(state)
         self._client = None
         self._containers: dict[str, object] = {}
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return unavailable()
+
+    @classmethod
+    def lab_names(cls) -> set[str]:
+        return all_lab_names()
+
+    @classmethod
+    def leftovers(cls, lab: str) -> dict[str, list[str]]:
+        return {"containers": [c.name for c in lab_containers(lab)]}
 
     # ------------------------------------------------------------ containers
     @property
@@ -62,7 +74,7 @@ class DockerRuntime(NetnsRuntime):
             self._containers[node] = self.client.containers.get(self.container_name(node))
         return self._containers[node]
 
-    def _make_nodes(self, nodes: list[Node]):
+    def make_nodes(self, nodes: list[Node]):
         """Containers from the node image, started in parallel; each one's network
         namespace is then named like the netns runtime's."""
         why = unavailable()
@@ -76,7 +88,7 @@ class DockerRuntime(NetnsRuntime):
         for node, pid in pids.items():
             netns.attach(self.namespace(node), pid)
 
-    def _each(self, nodes: list[str], step):
+    def each(self, nodes: list[str], step):
         """Overlapped: each command in a container is a round trip to the engine. The
         namespaces' netlink sockets are opened first, one thread making them."""
         for node in nodes:
@@ -96,9 +108,13 @@ class DockerRuntime(NetnsRuntime):
         self._containers[node] = c
         return c.attrs["State"]["Pid"]
 
+    def remove_nodes(self) -> list[str]:
+        """The named namespaces, then the containers."""
+        return self.remove_namespaces() + remove_labelled(f"{LABEL_LAB}={self.state.name}", self._client)
+
     # ------------------------------------------------------------ commands in a node
     def exec(self, node: str, argv: list[str], timeout: float = 30, input: str | None = None,
-             check: bool = False, **_) -> subprocess.CompletedProcess:
+             check: bool = False) -> subprocess.CompletedProcess:
         """docker exec, with the netns runtime's contract: text output, TimeoutExpired."""
         cmd = ["timeout", "-k", "2", str(timeout), *argv]
         stdin = None
@@ -124,26 +140,24 @@ class DockerRuntime(NetnsRuntime):
         tty = ["-t"] if sys.stdin.isatty() else []
         return ["docker", "exec", "-i", *tty, self.container_name(node), *argv]
 
-    def _start_daemon(self, node: str, daemon: str, argv: list[str], log: Path,
-                      env: dict | None = None) -> int:
+    def start_process(self, node: str, argv: list[str], log: Path, env: dict | None = None) -> int:
         """docker exec, detached; the host finds the PID by a marker in its environment."""
-        marker = f"{node}/{daemon}/{uuid.uuid4().hex[:8]}"
+        marker = f"{node}/{argv[0].rsplit('/', 1)[-1]}/{uuid.uuid4().hex[:8]}"
         key, value = process_tag(self.state.name).split("=", 1)
         self.container(node).exec_run(["sh", "-c", 'exec "$@" >>"$0" 2>&1', str(log), *argv],
                                       detach=True, environment={key: value, "LANG": "C",
                                                                 "VPNLAB_DAEMON": marker, **(env or {})})
         pids = wait_until(lambda: procs.with_env(f"VPNLAB_DAEMON={marker}"), bool,
-                          f"{daemon} of {node} to start (see {log})", 10, interval=0.02)
-        self._record(pids[0], node, daemon)
+                          f"{argv[0]} in {node} to start (see {log})", 10, interval=0.02)
         return pids[0]
 
-    def _chown_frr(self, node: str):
+    def own_frr_folder(self, node: str):
         self.exec(node, ["chown", "frr:frr", str(self.node_dir(node))], check=True)
 
-    def _charon_argv(self, node: str) -> list[str]:
-        return [CHARON]                 # the container's /run is the node's run folder
+    def charon_argv(self, node: str) -> list[str]:
+        return [defaults()["daemons"]["charon"]]    # the container's /run is the node's run folder
 
-    def _works_in_scratch(self, name: str, argv: list[str]) -> bool:
+    def kernel_accepts(self, argv: list[str]) -> bool:
         """Tried in a throwaway container of the node image (the host may lack the tool)."""
         import docker
         try:
@@ -153,11 +167,6 @@ class DockerRuntime(NetnsRuntime):
             return True
         except docker.errors.ContainerError:
             return False
-
-    # ------------------------------------------------------------ teardown
-    def _remove_nodes(self) -> list[str]:
-        """The named namespaces, then the containers."""
-        return super()._remove_nodes() + remove_labelled(f"{LABEL_LAB}={self.state.name}", self._client)
 
 
 def unavailable() -> str | None:

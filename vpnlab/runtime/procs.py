@@ -12,13 +12,13 @@ from vpnlab.model.names import process_tag
 PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-def spawn(argv: list[str], lab: str, log: Path, env: dict | None = None) -> int:
+def spawn(argv: list[str], lab: str, log: Path, env: dict | None = None, cwd: Path | None = None) -> int:
     """Start a long-running daemon in its own session; its stdout/stderr go to log."""
     key, value = process_tag(lab).split("=", 1)
     full_env = {"PATH": PATH, "LANG": "C", key: value, **(env or {})}
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, env=full_env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd)
     return proc.pid
 
 

@@ -1,0 +1,257 @@
+"""The plan's parts: nodes with their interfaces, routes and daemon contexts, links,
+tunnels, BGP sessions, point-to-site ends and clients, and the Plan itself; with the
+small rules several stages read from them. Plain dataclasses: the plan is saved as
+JSON (vpnlab.plan.document) and read back typed."""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network
+
+from vpnlab.model import names
+
+INTERNET = names.INTERNET
+# Policy routing in a tunnel namespace: what arrives on the inner veth goes into ipsec0,
+# what comes out of ipsec0 goes back to the router through the inner veth.
+TABLE_INTO_TUNNEL = 101
+TABLE_FROM_TUNNEL = 102
+HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
+ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
+              "p2s-endpoint", "vm", "host", "p2s-client")
+
+
+@dataclass
+class Iface:
+    name: str
+    addresses: list[str] = field(default_factory=list)   # "a.b.c.d/len"
+    kind: str = "veth"                                    # veth | bridge | lo
+    master: str | None = None                             # bridge in the same node
+    proxy_arp: bool = False
+    mtu: int | None = None
+    mac: str | None = None        # set: the address moves with the role (active-standby)
+
+
+@dataclass
+class Route:
+    dst: str
+    via: str | None = None
+    dev: str | None = None
+    table: int | None = None
+
+
+@dataclass
+class Rule:
+    iif: str
+    table: int
+    priority: int
+
+
+@dataclass
+class Neighbor:
+    address: str
+    asn: int
+    internal: bool = False
+    multihop: bool = False
+    passive: bool = False
+    next_hop_self: bool = False
+    update_source: str | None = None
+    route_map_out: str | None = None
+    route_map_in: str | None = None
+    maximum_prefix: tuple[int, int] | None = None   # (prefixes, restart minutes)
+    timers: dict | None = None       # None: the router's timer profile
+
+
+@dataclass
+class Frr:
+    asn: int | None
+    router_id: str
+    timers: dict
+    static: list[tuple[str, str]] = field(default_factory=list)   # (prefix, next hop or dev)
+    networks: list[str] = field(default_factory=list)
+    neighbors: list[Neighbor] = field(default_factory=list)
+    vnet_prefixes: list[str] = field(default_factory=list)
+    no_transit: list[str] = field(default_factory=list)   # static VNet-to-VNet prefixes: kept from BGP peers
+    maximum_paths: int = 8
+
+    @property
+    def not_advertised(self) -> list[str]:
+        """Prefix-list entries the router keeps from its eBGP peers (TO-BGP-PEER):
+        empty without such a peer."""
+        if not any(n.route_map_out == "TO-BGP-PEER" for n in self.neighbors):
+            return []
+        return never_advertised([IPv4Network(p) for p in self.vnet_prefixes]) + self.no_transit
+
+
+@dataclass
+class Node:
+    name: str
+    role: str
+    interfaces: list[Iface] = field(default_factory=list)
+    routes: list[Route] = field(default_factory=list)     # kernel routes set by the runtime
+    rules: list[Rule] = field(default_factory=list)
+    forwarding: bool = False
+    public_ip: str | None = None     # routers on the internet
+    frr: Frr | None = None          # context for frr.conf.j2
+    charon: dict | None = None       # context for strongswan.conf.j2 / swanctl.conf.j2
+    nft: dict | None = None          # context for nftables.conf.j2
+    standby: bool = False            # an active-standby gateway's idle instance (and its
+                                     # tunnel ends): links down, no daemons
+    shaping_mbps: int | None = None  # egress cap on pub and gws: the SKU's rated throughput
+    openvpn: dict | None = None      # context for openvpn.conf.j2 (point-to-site)
+    pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
+                                                                # vpnlab.plan.pki file) to install
+
+    def iface(self, name: str) -> Iface:
+        return next(i for i in self.interfaces if i.name == name)
+
+    def sysctls(self) -> dict:
+        """Kernel settings of the node's network namespace. Each router hashes flows over
+        equal paths with its own seed, so that the way out and the way back are chosen
+        independently and a flow may return through the other instance, as on Azure [5].
+        With one seed everywhere, Linux's symmetric flow hash sends every flow back the
+        way it came."""
+        return {HASH_SEED: zlib.crc32(self.name.encode()) or 1,
+                "net.ipv4.ip_forward": int(self.forwarding),
+                "net.ipv4.fib_multipath_hash_policy": 1,   # ECMP per flow (5-tuple), as Azure spreads flows
+                "net.ipv4.conf.all.rp_filter": 0,
+                "net.ipv4.conf.default.rp_filter": 0,
+                "net.ipv6.conf.all.disable_ipv6": 1,
+                "net.ipv6.conf.default.disable_ipv6": 1,
+                "net.ipv4.conf.all.send_redirects": 0,
+                "net.ipv4.conf.default.send_redirects": 0}
+
+    def link_starts_up(self, iface: Iface) -> bool:
+        """A standby instance holds its addresses with its links down until it takes over."""
+        return not (self.standby and self.role == "gateway-instance" and iface.kind == "veth")
+
+    def shaping(self) -> list[list[str]]:
+        """tc commands for the SKU's throughput on a gateway instance, both directions:
+        out to the internet (ESP to the sites) and to the GatewaySubnet (into the VNet).
+        Burst: 5 ms at the rate."""
+        if not self.shaping_mbps:
+            return []
+        burst = max(32 * 1024, int(self.shaping_mbps * 1e6 / 8 * 0.005))
+        return [["qdisc", "replace", "dev", ifname, "root", "tbf", "rate", f"{self.shaping_mbps}mbit",
+                 "burst", str(burst), "latency", "50ms"] for ifname in ("pub", "gws")]
+
+
+@dataclass
+class Link:
+    a: str
+    a_if: str
+    b: str
+    b_if: str
+
+
+@dataclass
+class BgpSession:
+    node: str
+    peer: str            # peer address
+    peer_node: str
+    kind: str            # ebgp (over a tunnel) | sdn (gateway instance <-> VNet router)
+
+
+@dataclass
+class Tunnel:
+    name: str            # <connection>-in<k>
+    connection: str
+    gateway: str
+    gateway_instance: str
+    device: str          # the site (local network gateway) name
+    azure_end: str       # tunnel-endpoint node names
+    onprem_end: str | None   # None: the site is not managed (the user brings the device)
+    remote_ip: str = ""      # the site's public IP
+    connection_mode: str = "Default"
+    policy_based: bool = False   # a PolicyBased gateway: IKEv1, on demand, idle teardown
+    expected_up: bool = True     # False: the device builds no tunnel to this instance
+    dpd_timeout: int | None = None   # None: no DPD (policy-based)
+
+    @property
+    def managed(self) -> bool:
+        return self.onprem_end is not None
+
+
+@dataclass
+class P2sEnd:
+    """A gateway instance's point-to-site server: charon (IkeV2) or openvpn (OpenVPN)."""
+    gateway: str
+    gateway_instance: str
+    node: str
+    protocol: str            # IkeV2 | OpenVPN
+    pool: list[str]          # this protocol's share of the address pool
+
+
+@dataclass
+class P2sClient:
+    name: str                # the client's node
+    gateway: str
+    protocol: str
+    identities: list[str]    # client certificate names (one per connection)
+    gateway_ip: str          # the gateway's public IP it connects to
+    pushed: list[str]        # the routes Azure pushes to it [6]
+
+
+@dataclass
+class Plan:
+    nodes: dict[str, Node]
+    links: list[Link]
+    tunnels: list[Tunnel]
+    bgp: list[BgpSession]
+    expected_routes: dict[str, list[str]]   # node -> prefixes that must be in its FIB
+    pings: list[tuple[str, str]]            # (from node, to address) that must answer
+    unmanaged: dict[str, str] = field(default_factory=dict)   # site -> public IP (attach)
+    active: dict[str, int] = field(default_factory=dict)      # active-standby gateway -> instance
+    p2s_ends: list[P2sEnd] = field(default_factory=list)
+    clients: list[P2sClient] = field(default_factory=list)
+    timers: dict = field(default_factory=dict)    # effective timers (vpnlab.plan.timers)
+
+    def ordered_nodes(self) -> list[Node]:
+        return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
+
+
+def selector_anchors(nets: list[IPv4Network]) -> list[str]:
+    """libipsec installs a CHILD SA's route (and trap) only with a local address inside
+    the local traffic selector, and Azure accepts any selector a device narrows to
+    [1.2]. The network address of every prefix of that side (never a host's: Azure
+    reserves it in every subnet), as a /32 in the tunnel end, lies inside every
+    selector derived from those prefixes."""
+    return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
+
+
+def dial_children(charon: dict) -> list[str]:
+    """The child configs the Azure end starts when it dials: the initiator child of a
+    route-based connection, every selector pair of a policy-based one."""
+    names = [c["name"] for c in charon["children"]]
+    init = initiator_child(charon["connection"])
+    return [init] if init in names else names
+
+
+def initiator_child(connection: str) -> str:
+    """The Azure end's child config that carries Azure's initiator offers [3.1]."""
+    return f"{connection}-init"
+
+
+def never_advertised(vnet_prefixes: list[IPv4Network]) -> list[str]:
+    """What an Azure gateway never advertises to a BGP peer [4.5]: the default route and
+    any route overlapping a VNet prefix (more specifics and supernets; the VNet prefix
+    itself it originates). FRR prefix-list entries, in order."""
+    out = ["0.0.0.0/0"]
+    for p in vnet_prefixes:
+        out += [str(p.supernet(new_prefix=n)) for n in range(1, p.prefixlen)]
+        if p.prefixlen < 32:
+            out.append(f"{p} ge {p.prefixlen + 1}")
+    return list(dict.fromkeys(out))
+
+
+def instance_count(gw) -> int:
+    """Every gateway has two instances: both serve (active-active) or one serves and
+    the other stands by with the same public IP and BGP address [5]. Policy-based
+    (Basic) gateways too."""
+    return 2
+
+
+def serves(gw, active: int, k: int) -> bool:
+    return gw.active_active or k == active
+
+
+instance_name = names.instance

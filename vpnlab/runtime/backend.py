@@ -1,0 +1,394 @@
+"""The runtime backend interface: what a node is, running a command in it, starting and
+stopping a daemon, and wiring a link.
+
+Every runtime's node is a Linux network namespace (a plain one, or a container's), so
+wiring (links, addresses, routes, firewalls) is shared: it goes through pyroute2 into
+the namespace. A runtime says only what really differs (munet's container node
+overrides one method): how nodes come to be and go (`make_nodes`, `remove_nodes`), how a
+command and a daemon run in one (`exec`, `exec_argv`, `start_process`), and a few hooks
+with defaults below. Only runtime backends run subprocesses and touch netlink; which
+runtime a lab has is asked of the registry (vpnlab.runtime.registry) alone.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+from pyroute2 import NetNS, netns
+
+from vpnlab.errors import RuntimeFailure
+from vpnlab.model.defaults import defaults
+from vpnlab.model.names import INTERNET, namespace_prefix
+from vpnlab.plan.parts import HASH_SEED, Node, Plan
+from vpnlab.runtime import procs
+from vpnlab.runtime.state import LabState
+
+
+class Backend:
+    name = ""                 # the registry's name for it (--runtime)
+
+    def __init__(self, state: LabState):
+        self.state = state
+        self._ipr: dict[str, NetNS] = {}
+        self.warnings: list[str] = []
+
+    # ============================================================ what each runtime says
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this runtime cannot run on this machine, or None."""
+        return None
+
+    @classmethod
+    def lab_names(cls) -> set[str]:
+        """Labs that have nodes of this runtime on the machine, state or not."""
+        return set()
+
+    @classmethod
+    def leftovers(cls, lab: str) -> dict[str, list[str]]:
+        """What of a lab's nodes of this runtime is on the machine, by kind."""
+        return {}
+
+    def namespace(self, node: str) -> str:
+        """The name of a node's network namespace (in /run/netns)."""
+        return namespace_prefix(self.state.name) + node
+
+    def make_nodes(self, nodes: list[Node]):
+        """Make the nodes, each with a named network namespace and nothing else."""
+        raise NotImplementedError
+
+    def remove_nodes(self) -> list[str]:
+        """Remove the lab's nodes; what could not be removed."""
+        raise NotImplementedError
+
+    def exec(self, node: str, argv: list[str], timeout: float = 30, input: str | None = None,
+             check: bool = False) -> subprocess.CompletedProcess:
+        """Run a command in a node: text output, TimeoutExpired past timeout."""
+        raise NotImplementedError
+
+    def exec_argv(self, node: str, argv: list[str]) -> list[str]:
+        """The argument vector that runs argv inside a node (interactive use)."""
+        raise NotImplementedError
+
+    def start_process(self, node: str, argv: list[str], log: Path, env: dict | None = None) -> int:
+        """Start a long-running, lab-tagged process in a node; its PID on the host."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ hooks with defaults
+    def supports(self, plan: Plan) -> str | None:
+        """Why this runtime cannot run a plan, or None."""
+        return None
+
+    def prepare(self, plan: Plan, rendered: dict[str, dict[str, str]]):
+        """Files the runtime needs beside the rendered configs, before create."""
+
+    def start_daemons(self, plan: Plan, budget: float, progress):
+        """Start the lab's daemons in the one start order (vpnlab.runtime.daemons)."""
+        from vpnlab.runtime import daemons
+        daemons.start_lab(self, plan, budget, progress)
+
+    def each(self, nodes: list[str], step):
+        """step(node) for each node: in turn, where each step is a fork or a netlink call;
+        a runtime whose commands are round trips overlaps them."""
+        for node in nodes:
+            step(node)
+
+    def own_frr_folder(self, node: str):
+        """FRR runs as user frr: its folder (vty and zserv sockets) must be frr's."""
+        shutil.chown(self.node_dir(node), "frr", "frr")
+
+    def charon_argv(self, node: str) -> list[str]:
+        """charon with the node's run folder as its private /run (its pid file and VICI
+        socket paths are compiled in)."""
+        script = 'mount --bind "$1" /run && exec "$2"'
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "charon-run",
+                str(self.node_dir(node) / "run"), defaults()["daemons"]["charon"]]
+
+    def kernel_accepts(self, argv: list[str]) -> bool:
+        """Whether the kernel accepts argv, tried in a scratch namespace (named like the
+        lab's, so that down finds it if this process dies here)."""
+        scratch = self.namespace("kernel-probe")
+        netns.create(scratch)
+        try:
+            return procs.run(["ip", "netns", "exec", scratch, *argv]).returncode == 0
+        finally:
+            netns.remove(scratch)
+
+    # ============================================================ shared: node access
+    def node_dir(self, node: str) -> Path:
+        return self.state.nodes_dir / node
+
+    def vici_socket(self, node: str) -> Path:
+        return self.node_dir(node) / "run" / "charon.vici"
+
+    def vtysh(self, node: str, command: str, timeout: float = 10) -> subprocess.CompletedProcess:
+        return self.exec(node, ["vtysh", "--vty_socket", str(self.node_dir(node)), "-c", command],
+                         timeout=timeout)
+
+    def ipr(self, node: str) -> NetNS:
+        if node not in self._ipr:
+            self._ipr[node] = NetNS(self.namespace(node))
+        return self._ipr[node]
+
+    def close(self):
+        for ipr in self._ipr.values():
+            with contextlib.suppress(Exception):
+                ipr.close()
+        self._ipr.clear()
+
+    def kernel_has_esp(self) -> bool:
+        return self.kernel_accepts([
+            "ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+            "spi", "0x100", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"])
+
+    def kernel_has_netem(self) -> bool:
+        """netem (delay, jitter) is a kernel option."""
+        return self.kernel_accepts(["tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"])
+
+    # ============================================================ shared: wiring
+    def create(self, plan: Plan):
+        """Nodes, links, addresses, kernel routes and firewall rules."""
+        nodes = plan.ordered_nodes()
+        self.state.namespaces += [self.namespace(n.name) for n in nodes]
+        self.state.save()                     # before creating: down must find them all
+        self.make_nodes(nodes)
+        for node in nodes:
+            self._sysctls(node.name, node_sysctls(node))
+            ipr = self.ipr(node.name)
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+            for iface in node.interfaces:
+                if iface.kind == "bridge":
+                    ipr.link("add", ifname=iface.name, kind="bridge")
+                    # A bridge takes the lowest MAC of its ports unless its own is set:
+                    # a port added later (vpnlab attach) or removed would change it, and
+                    # neighbours would send to the old MAC until their ARP entry expires.
+                    idx = ipr.link_lookup(ifname=iface.name)[0]
+                    mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+                    ipr.link("set", index=idx, address=mac)
+        for link in plan.links:
+            self.ipr(link.a).link("add", ifname=link.a_if, kind="veth",
+                                  peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
+        for node in nodes:
+            self._configure(node)
+        firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
+        self.each(firewalled, lambda n: self.exec(n, ["nft", "-f", str(self.node_dir(n) / "nftables.conf")],
+                                                  check=True))
+
+    def _sysctls(self, node: str, values: dict):
+        netns.pushns(self.namespace(node))
+        try:
+            for key, value in values.items():
+                Path("/proc/sys", *key.split(".")).write_text(str(value))
+        finally:
+            netns.popns()
+
+    def _configure(self, node: Node):
+        ipr = self.ipr(node.name)
+        proxy = {}
+        for iface in node.interfaces:
+            idx = ipr.link_lookup(ifname=iface.name)[0]
+            if iface.master:
+                ipr.link("set", index=idx, master=ipr.link_lookup(ifname=iface.master)[0])
+            for cidr in iface.addresses:
+                addr, plen = cidr.split("/")
+                ipr.addr("add", index=idx, address=addr, prefixlen=int(plen))
+            if iface.mtu:
+                ipr.link("set", index=idx, mtu=iface.mtu)
+            if iface.mac:
+                ipr.link("set", index=idx, address=iface.mac)
+            ipr.link("set", index=idx, state="up" if node.link_starts_up(iface) else "down")
+            if iface.proxy_arp:
+                # answer at once: the kernel delays proxy ARP replies by up to 0.8 s
+                proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1
+                proxy[f"net.ipv4.neigh.{iface.name}.proxy_delay"] = 0
+        if proxy:
+            self._sysctls(node.name, proxy)
+        for route in node.routes if not node.standby else ():   # set when it takes over
+            self.route(node.name, route.dst, route.via, route.dev, route.table)
+        for rule in node.rules:
+            ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
+        for argv in node.shaping():
+            self.tc(node.name, *argv)
+
+    def route(self, node, dst, via=None, dev=None, table=None):
+        ipr = self.ipr(node)
+        spec = {"dst": dst, "table": table or 254}
+        if via:
+            spec["gateway"] = via
+        if dev:
+            spec["oif"] = ipr.link_lookup(ifname=dev)[0]
+        ipr.route("replace", **spec)
+
+    def restore_routes(self, node: Node):
+        """Kernel routes the runtime set (a link that went down took them away)."""
+        for route in node.routes:
+            self.route(node.name, route.dst, route.via, route.dev, route.table)
+
+    def set_link(self, node: str, ifname: str, up: bool):
+        ipr = self.ipr(node)
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise RuntimeFailure(f"{node} has no interface {ifname!r}")
+        ipr.link("set", index=found[0], state="up" if up else "down")
+
+    def link_is_up(self, node: str, ifname: str) -> bool:
+        link = self.ipr(node).get_links(ifname=ifname)[0]
+        return link.get_attr("IFLA_OPERSTATE") == "UP"
+
+    def nft(self, node: str, ruleset: str):
+        res = self.exec(node, ["nft", "-f", "-"], input=ruleset)
+        if res.returncode != 0:
+            raise RuntimeFailure(f"{node}: nft refused the rules: {res.stderr.strip()}")
+
+    def nft_json(self, node: str, *args: str) -> dict:
+        res = self.exec(node, ["nft", "-j", *args])
+        return json.loads(res.stdout) if res.returncode == 0 and res.stdout else {}
+
+    def tc(self, node: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        res = self.exec(node, ["tc", *args])
+        if check and res.returncode != 0:
+            raise RuntimeFailure(f"{node}: tc {' '.join(args)}: {res.stderr.strip()}")
+        return res
+
+    # ============================================================ shared: daemons by PID
+    def start_daemon(self, node: str, daemon: str, argv: list[str], log: Path,
+                     env: dict | None = None) -> int:
+        """A daemon in a node, recorded by PID: in the state file at the end of each
+        batch (save_processes); until then its process tag lets down find it."""
+        pid = self.start_process(node, argv, log, env)
+        self.state.processes.append({"pid": pid, "node": node, "daemon": daemon})
+        return pid
+
+    def save_processes(self):
+        self.state.save()
+
+    def daemon_pids(self, node: str, daemon: str) -> list[int]:
+        """Live PIDs of a node's daemon, as recorded when the lab started it."""
+        return [p["pid"] for p in self.state.processes
+                if p["node"] == node and p["daemon"] == daemon and procs.alive(p["pid"])
+                and procs.carries_tag(p["pid"], self.state.name)]
+
+    def stop_daemon(self, node: str, daemon: str, graceful: bool) -> list[int]:
+        """SIGTERM (graceful) or SIGKILL (a crash: no goodbye) a node's daemon; waits
+        until it is gone. A stale control socket is removed so a restart is not fooled."""
+        pids = self.daemon_pids(node, daemon)
+        if graceful:
+            survivors = procs.end(pids, self.state.name)
+        else:
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+            survivors = procs.end(pids, self.state.name, grace=0.5)
+        if survivors:
+            raise RuntimeFailure(f"{node}: {daemon} {survivors} survived SIGKILL")
+        # zebra's zserv socket too: a stale one lets the zebra wait pass before the new
+        # zebra listens, and staticd and bgpd that find no zebra retry only 10 s later
+        stale = {"charon": ("run/charon.vici", "run/charon.pid"), "openvpn": ("openvpn.mgmt",),
+                 "zebra": ("zebra.vty", "zebra.pid", "zserv.api")}.get(daemon, (f"{daemon}.vty", f"{daemon}.pid"))
+        for name in stale:     # a killed daemon leaves them; charon refuses to start
+            with contextlib.suppress(FileNotFoundError):
+                (self.node_dir(node) / name).unlink()
+        return pids
+
+    # ------------------------------------------------------------ measurement helpers
+    def spawn(self, node: str, argv: list[str], log: Path, daemon: str) -> int:
+        """A lab-tagged helper process in a node (capture, iperf3 server); recorded so
+        that down ends it if the caller does not."""
+        pid = self.start_daemon(node, daemon, argv, log)
+        self.save_processes()
+        return pid
+
+    def helper(self, argv: list[str]) -> subprocess.Popen:
+        """A short-lived measurement process talking over pipes; tagged, so that down
+        ends it if its caller died."""
+        return procs.helper(argv, self.state.name)
+
+    def end(self, pids: list[int], grace: float = 3.0) -> list[int]:
+        return procs.end(pids, self.state.name, grace)
+
+    # ============================================================ shared: your own device
+    def attach(self, site: str, netns_name: str, port: str, public_cidr: str,
+               routes: list[tuple[str, str]]) -> dict:
+        """A veth from the lab's internet bridge into the user's namespace, with the
+        site's public address and routes to the lab's public addresses. Deleting the
+        internet's end (detach, down) removes the pair."""
+        if netns_name not in netns.listnetns():
+            raise RuntimeFailure(f"network namespace {netns_name!r} does not exist "
+                                 f"(create it with 'ip netns add {netns_name}')")
+        if netns_name.startswith(namespace_prefix(self.state.name)):
+            raise RuntimeFailure(f"{netns_name!r} is one of the lab's own namespaces")
+        inside = f"vl-{site}"[:15]
+        inet = self.ipr(INTERNET)
+        inet.link("add", ifname=port, kind="veth", peer={"ifname": inside, "net_ns_fd": netns_name})
+        try:
+            idx = inet.link_lookup(ifname=port)[0]
+            inet.link("set", index=idx, master=inet.link_lookup(ifname="br0")[0], state="up")
+            with NetNS(netns_name) as ns:
+                i = ns.link_lookup(ifname=inside)[0]
+                addr, plen = public_cidr.split("/")
+                ns.addr("add", index=i, address=addr, prefixlen=int(plen))
+                ns.link("set", index=i, state="up")
+                for dst, via in routes:
+                    ns.route("replace", dst=dst, gateway=via)
+        except Exception:
+            inet.link("del", ifname=port)
+            raise
+        self._forget_neighbour(public_cidr.split("/")[0])
+        self.state.attached[site] = {"netns": netns_name, "port": port, "interface": inside,
+                                     "public_ip": public_cidr.split("/")[0]}
+        self.state.save()
+        return self.state.attached[site]
+
+    def _forget_neighbour(self, address: str | None):
+        """The internet's ARP entry for a site address: a device attached again has a new
+        MAC, and the old entry would hold its traffic until it expires."""
+        inet = self.ipr(INTERNET)
+        with contextlib.suppress(Exception):
+            inet.neigh("del", dst=address, ifindex=inet.link_lookup(ifname="br0")[0])
+
+    def detach(self, site: str) -> bool:
+        found = self.state.attached.pop(site, None)
+        if found:
+            with contextlib.suppress(Exception):
+                self.ipr(INTERNET).link("del", ifname=found["port"])
+            self._forget_neighbour(found.get("public_ip"))
+            self.state.save()
+        return found is not None
+
+    # ============================================================ shared: teardown
+    def teardown(self) -> list[str]:
+        """End the lab's processes (recorded or tagged), then remove its nodes.
+        Returns what could not be removed."""
+        self.close()
+        pids = {p["pid"] for p in self.state.processes} | set(procs.tagged(self.state.name))
+        survivors = procs.end(sorted(pids), self.state.name)
+        return [f"process {p} survived SIGKILL" for p in survivors] + self.remove_nodes()
+
+    def remove_namespaces(self) -> list[str]:
+        """Delete the lab's named namespaces (a container's name goes with it)."""
+        problems = []
+        for ns in set(self.state.namespaces) | set(lab_namespaces(self.state.name)):
+            try:
+                netns.remove(ns)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                problems.append(f"namespace {ns}: {err}")
+        return problems
+
+
+def node_sysctls(node: Node) -> dict:
+    """The node's kernel settings; the flow hash seed only where the kernel has it
+    (before 6.11 it has not)."""
+    values = node.sysctls()
+    if not Path("/proc/sys/net/ipv4/fib_multipath_hash_seed").exists():
+        values.pop(HASH_SEED, None)
+    return values
+
+
+def lab_namespaces(lab: str) -> list[str]:
+    prefix = namespace_prefix(lab)
+    return [ns for ns in netns.listnetns() if ns.startswith(prefix)]

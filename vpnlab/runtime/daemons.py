@@ -1,0 +1,207 @@
+"""The one daemon start order, for up, heal, maintenance and point-to-site. Its steps are
+data (`daemons` in defaults.yaml): this module follows them from the host through a
+backend, and the node image's entry point follows the same data through a script
+rendered per node (start-daemons.sh.j2, for containerlab).
+
+  routers    FRR: zebra alone first and its zserv socket awaited (a client that finds no
+             zebra retries only 10 s later), then the rest, then the integrated config
+  agent      the gateway's agent, before any charon, so its log sees the first exchanges
+  tunnels    charon per tunnel end, Azure's ends first so that a device's first
+             IKE_SA_INIT finds a responder; IKE is dropped until the connection is loaded
+             (the IKE start guard)
+  p2s        point-to-site servers, then the clients' charons
+"""
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+from pathlib import Path
+
+import vici
+
+from vpnlab.errors import RuntimeFailure
+from vpnlab.model.defaults import defaults
+from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
+from vpnlab.plan.render import STARTING_GUARD
+from vpnlab.runtime import procs
+from vpnlab.waits import wait_until
+
+AGENT = "agent"     # the node name under which the agent's process is recorded
+
+
+def order() -> dict:
+    return defaults()["daemons"]
+
+
+def frr_daemons() -> tuple[str, ...]:
+    """Every FRR daemon of a router, in start order."""
+    return tuple(d for step in order()["frr_steps"] for d in step)
+
+
+# ------------------------------------------------------------------ the whole lab
+def start_lab(backend, plan: Plan, budget: float, progress):
+    nodes = plan.ordered_nodes()
+    routers = [n.name for n in nodes if n.frr is not None and not n.standby]
+    progress(f"starting FRR on {len(routers)} routers")
+    start_routers(backend, routers, budget)
+    progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
+    start_agent(backend)
+    for side in ("az", "op"):
+        ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end)]
+        progress(f"starting {len(ends)} charon instances ({'Azure' if side == 'az' else 'on-prem'} side)")
+        start_tunnel_ends(backend, ends, budget)
+    start_p2s(backend, plan, budget, progress)
+
+
+def start_p2s(backend, plan: Plan, budget: float, progress):
+    """Point-to-site servers on the serving instances, then the clients' charons."""
+    if not (plan.p2s_ends or plan.clients):
+        return
+    progress(f"starting {len(plan.p2s_ends)} point-to-site servers")
+    start_tunnel_ends(backend, [e.node for e in plan.p2s_ends if e.protocol == "IkeV2"], budget)
+    start_openvpn(backend, [e.node for e in plan.p2s_ends if e.protocol == "OpenVPN"], budget)
+    ikev2 = [c.name for c in plan.clients if c.protocol == "IkeV2"]
+    progress(f"starting {len(ikev2)} IKEv2 clients (they connect with 'vpnlab p2s connect')")
+    start_p2s_clients(backend, ikev2, budget)
+
+
+# ------------------------------------------------------------------ FRR
+def start_routers(backend, nodes: list[str], budget: float):
+    """FRR on routers, step by step; each step's sockets awaited before the next."""
+    for step in order()["frr_steps"]:
+        start_frr(backend, nodes, tuple(step))
+        if "zebra" in step:
+            backend.each(nodes, lambda r: wait_zebra(backend, r, budget))
+    backend.each(nodes, lambda r: configure_frr(backend, r, budget))
+
+
+def start_frr(backend, nodes: list[str], daemons: tuple[str, ...]):
+    frr_dir = order()["frr_dir"]
+
+    def one(node: str):
+        d = backend.node_dir(node)
+        backend.own_frr_folder(node)
+        for daemon in daemons:
+            backend.start_daemon(node, daemon, [f"{frr_dir}/{daemon}", "--vty_socket", str(d),
+                                                "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
+                                                "-f", "/dev/null", "-u", "frr", "-g", "frr"],
+                                 d / f"{daemon}.out")
+    backend.each(nodes, one)
+    backend.save_processes()
+
+
+def restart_frr_daemon(backend, node: str, daemon: str, budget: float):
+    """One FRR daemon again (after a crash), zebra's socket awaited first, then the
+    config (it is the integrated one: every daemon's part is applied again)."""
+    start_frr(backend, [node], (daemon,))
+    if daemon == "zebra":
+        wait_zebra(backend, node, budget)
+    configure_frr(backend, node, budget)
+
+
+def wait_zebra(backend, node: str, budget: float = 15):
+    sock = backend.node_dir(node) / "zserv.api"
+    wait_until(sock.exists, bool, f"zebra's zserv socket of {node}", budget)
+
+
+def configure_frr(backend, node: str, budget: float = 15):
+    d = backend.node_dir(node)
+    wait_until(lambda: [x for x in frr_daemons() if not (d / f"{x}.vty").exists()],
+               lambda missing: not missing, f"FRR vty sockets of {node}", budget)
+    res = backend.exec(node, ["vtysh", "--vty_socket", str(d), "--config_dir", str(d), "-b"])
+    if res.returncode != 0:
+        raise RuntimeFailure(f"{node}: FRR refused its config {d / 'frr.conf'}: "
+                             f"{(res.stdout + res.stderr).strip()[-400:]}")
+
+
+# ------------------------------------------------------------------ charon, openvpn
+def start_charons(backend, nodes: list[str]):
+    """One charon per tunnel end, each with a private /run."""
+    def one(node: str):
+        d = backend.node_dir(node)
+        (d / "run").mkdir(exist_ok=True)
+        # SWANCTL_DIR: swanctl --load-all finds the node's certificates, keys and CRLs
+        backend.start_daemon(node, "charon", backend.charon_argv(node), d / "charon.out",
+                             env={"STRONGSWAN_CONF": str(d / "strongswan.conf"), "SWANCTL_DIR": str(d)})
+    backend.each(nodes, one)
+    backend.save_processes()
+
+
+def start_tunnel_ends(backend, nodes: list[str], budget: float):
+    """charon per tunnel end; ready once ipsec0 is routed and its connection is
+    loaded. Until its connection is loaded charon answers IKE_SA_INIT with
+    NO_PROPOSAL_CHOSEN, after which a peer never retries (keyingtries counts only
+    timeouts): IKE is dropped until then (the start guard), so that the peer's
+    retransmits wait."""
+    backend.each(nodes, lambda e: backend.nft(e, STARTING_GUARD))
+    start_charons(backend, nodes)
+
+    def ready(e: str):
+        route_into_tunnel(backend, e, budget)
+        wait_until(lambda: loaded_connections(backend, e), bool,
+                   f"charon of {e} to load its connection (see {backend.node_dir(e) / 'charon.log'})",
+                   budget)
+        backend.nft(e, f"delete table inet {order()['ike_guard_table']}\n")
+    backend.each(nodes, ready)
+
+
+def start_p2s_clients(backend, nodes: list[str], budget: float):
+    """charon of IKEv2 clients, ready once it loaded its connections (it dials only
+    when told: vpnlab p2s connect)."""
+    start_charons(backend, nodes)
+    backend.each(nodes, lambda n: wait_until(
+        lambda: loaded_connections(backend, n), bool,
+        f"charon of {n} to load its connections (see {backend.node_dir(n) / 'charon.log'})", budget))
+
+
+def start_openvpn(backend, nodes: list[str], budget: float):
+    """openvpn on P2S servers (and clients that connect), ready once its management
+    socket answers."""
+    def one(node: str):
+        d = backend.node_dir(node)
+        with contextlib.suppress(FileNotFoundError):
+            (d / "openvpn.mgmt").unlink()      # a killed openvpn leaves it
+        backend.start_daemon(node, "openvpn", ["openvpn", "--cd", str(d), "--config", str(d / "openvpn.conf")],
+                             d / "openvpn.out")
+    backend.each(nodes, one)
+    backend.save_processes()
+    backend.each(nodes, lambda n: wait_until(
+        lambda: (backend.node_dir(n) / "openvpn.mgmt").exists(), bool,
+        f"openvpn's management socket in {n} (see {backend.node_dir(n) / 'openvpn.out'})", budget))
+
+
+def loaded_connections(backend, node: str) -> list[str]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(3)
+        sock.connect(str(backend.vici_socket(node)))
+        return [c.decode() for c in vici.Session(sock).get_conns().get("conns", [])]
+
+
+def route_into_tunnel(backend, node: str, budget: float = 15):
+    """Once charon made ipsec0, send what arrives on the inner veth into it."""
+    ipr = backend.ipr(node)
+    log = backend.node_dir(node) / "charon.log"
+    wait_until(lambda: ipr.link_lookup(ifname="ipsec0"), bool,
+               f"charon's ipsec0 device in {node} (see {log})", budget)
+    ipr.link("set", index=ipr.link_lookup(ifname="ipsec0")[0], state="up")
+    backend.route(node, "0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL)
+
+
+# ------------------------------------------------------------------ the agent
+def start_agent(backend):
+    """The emulated gateway's own control plane (vpnlab.gateway.agent), in the root
+    namespace: it only talks to the lab's daemons through their sockets. It runs in
+    the lab's folder with the package's own path first, so that nothing in the
+    caller's working folder can stand in for vpnlab."""
+    argv = [sys.executable, "-m", "vpnlab.gateway.agent", backend.state.name]
+    pid = procs.spawn(argv, backend.state.name, backend.state.dir / "agent.log", cwd=backend.state.dir,
+                      env={"PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    backend.state.processes.append({"pid": pid, "node": AGENT, "daemon": "agent"})
+    backend.save_processes()
+
+
+def restart_agent(backend):
+    """A new agent for a changed plan (an active-standby takeover)."""
+    backend.stop_daemon(AGENT, "agent", graceful=True)
+    start_agent(backend)
