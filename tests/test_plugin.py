@@ -10,7 +10,7 @@ import pytest
 
 from vpnlab import engine
 from vpnlab.runtime import procs
-from vpnlab.runtime.netns import lab_namespaces
+from vpnlab.runtime.backend import lab_namespaces
 
 pytest_plugins = ["pytester"]
 STATIC = Path(__file__).parent.parent / "topologies/single-site-static.yaml"

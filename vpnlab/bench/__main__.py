@@ -19,6 +19,8 @@ from rich.table import Table
 from vpnlab.bench import p2s as bench_p2s
 from vpnlab import engine
 from vpnlab.errors import LabError
+from vpnlab.model.topology import load
+from vpnlab.model.yamlsrc import SourceError
 from vpnlab.runtime import registry
 from vpnlab.bench.peak_memory import measured
 from vpnlab.runtime import procs
@@ -41,6 +43,42 @@ def generated_topology(sites: int) -> dict:
             "virtual_network_gateway": "hub-gw", "local_network_gateway": f"site{i}",
             "shared_key": f"Bench.Key.{i}", "enable_bgp": True} for i in range(sites)},
     }
+
+
+def validation_topology(sites: int) -> dict:
+    """N static sites over as many VpnGw4 gateways as they need (100 connections each),
+    one VNet per gateway. The lab's two public /24s hold 506 site addresses: past that,
+    sites share one and validation refuses them, which is part of what is timed."""
+    public = [f"192.0.2.{h}" for h in range(2, 255)] + [f"198.51.100.{h}" for h in range(2, 255)]
+    gateways = (sites + 99) // 100
+    vnets = {f"vnet{g}": {"address_space": [f"172.{16 + g // 16}.{(g % 16) * 16}.0/20"], "subnets": {
+        "GatewaySubnet": {"address_prefix": f"172.{16 + g // 16}.{(g % 16) * 16 + 15}.224/27"},
+        "workload": {"address_prefix": f"172.{16 + g // 16}.{(g % 16) * 16}.0/24"}}} for g in range(gateways)}
+    return {
+        "virtual_networks": vnets,
+        "virtual_network_gateways": {f"gw{g}": {"virtual_network": f"vnet{g}", "sku": "VpnGw4"}
+                                     for g in range(gateways)},
+        "local_network_gateways": {f"site{i}": {"gateway_ip": public[i % len(public)],
+                                                "address_space": [f"10.{i // 256}.{i % 256}.0/24"]}
+                                   for i in range(sites)},
+        "connections": {f"gw{i // 100}-to-site{i}": {"virtual_network_gateway": f"gw{i // 100}",
+                                                      "local_network_gateway": f"site{i}",
+                                                      "shared_key": f"Bench.Key.{i}"} for i in range(sites)},
+    }
+
+
+def measure_validation(sites: int, folder: Path) -> dict:
+    """Seconds from a generated file to the model stage's answer (valid, or the refusal)."""
+    path = folder / f"validate-{sites}.yaml"
+    path.write_text(yaml.safe_dump(validation_topology(sites)))
+    start = time.monotonic()
+    try:
+        load(path)
+        problems = 0
+    except SourceError as err:
+        problems = str(err).count("\n") + 1
+    return {"sites": sites, "bytes": path.stat().st_size, "seconds": round(time.monotonic() - start, 2),
+            "problems": problems}
 
 
 def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
@@ -72,11 +110,16 @@ def main(argv=None) -> int:
                     help="runtimes to measure; one that cannot run here is skipped, with the reason")
     ap.add_argument("--p2s-skus", default="VpnGw1",
                     help="point-to-site: connect each SKU's number of IKEv2 clients ('' to skip)")
+    ap.add_argument("--validate-sites", default="1000,10000",
+                    help="time the model stage on generated files of these many sites ('' to skip)")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
     console = Console(width=130)
-    rows, p2s_rows = [], []
+    rows, p2s_rows, validation = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
+        for n in (int(x) for x in args.validate_sites.split(",") if x):
+            console.print(f"[dim]validating {n} sites...[/]")
+            validation.append(measure_validation(n, Path(tmp)))
         cases = [("default", engine.default_topology(), 2)]
         for n in (int(x) for x in args.sites.split(",") if x):
             path = Path(tmp) / f"sites-{n}.yaml"
@@ -106,13 +149,24 @@ def main(argv=None) -> int:
                       str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
                       f"{r['converged_seconds'] / r['tunnels']:.2f}")
     console.print(table)
+    if validation:
+        console.print(_validation_table(validation))
     if p2s_rows:
         console.print(_p2s_table(p2s_rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows}, indent=2))
+    out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows,
+                                "validation": validation}, indent=2))
     console.print(f"wrote {out}")
     return 1 if any("error" in r for r in rows + p2s_rows) else 0
+
+
+def _validation_table(rows: list[dict]) -> Table:
+    table = Table("sites", "file (MB)", "validation (s)", "problems found",
+                  title="model stage: a generated file -> valid or refused (vpnlab validate)")
+    for r in rows:
+        table.add_row(str(r["sites"]), f"{r['bytes'] / 2**20:.1f}", f"{r['seconds']:.2f}", str(r["problems"]))
+    return table
 
 
 def _p2s_table(rows: list[dict]) -> Table:

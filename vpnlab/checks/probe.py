@@ -28,7 +28,7 @@ UDP_PORT, TCP_PORT = 47000, 47100
 def _worker(cfg: dict, inp, out):
     """Runs as `python -m vpnlab.checks.probe`: config on stdin, a start line then the results on
     stdout; stops on a line (or EOF) on stdin, or at the bound."""
-    from vpnlab.runtime.netns import netns_socket
+    from vpnlab.runtime.backend import netns_socket
     stop = threading.Event()
     ends = {side: cfg[side] for side in ("a", "b")}      # {namespace, address}
     socks = {side: [] for side in ends}
@@ -138,7 +138,7 @@ class _Tcp:
     """A TCP connection a -> b carrying a 64-byte message every 10 ms."""
 
     def __init__(self, cfg: dict, stop: threading.Event):
-        from vpnlab.runtime.netns import netns_socket
+        from vpnlab.runtime.backend import netns_socket
         self.stop, self.max_seconds = stop, cfg["max_seconds"]
         self.server = netns_socket(cfg["b"]["namespace"], socket.SOCK_STREAM)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -3,9 +3,7 @@ for FRR. Used by fault injection and by scenarios; queries live in vpnlab.gatewa
 from __future__ import annotations
 
 import contextlib
-import socket
 
-import vici
 from vici.exception import CommandException
 
 from vpnlab.gateway import live
@@ -14,20 +12,12 @@ from vpnlab.plan.parts import dial_children, initiator_child
 from vpnlab.waits import WaitTimeout, wait_until
 
 
-@contextlib.contextmanager
-def _vici(rt, node: str, timeout: float):
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(timeout)
-        sock.connect(str(rt.vici_socket(node)))
-        yield vici.Session(sock)
-
-
 def ike_terminate(rt, node: str, ike: str, timeout: float = 3, force: bool = False,
                   ike_id: str | None = None) -> bool:
     """Close an IKE SA (all of the connection's, or the one ike_id names) the way an
     operator does: the peer gets an IKE DELETE (force: without waiting for its answer).
     False when there was no such SA."""
-    with _vici(rt, node, timeout + 2) as s:
+    with rt.vici(node, timeout + 2) as s:
         try:
             which = {"ike-id": ike_id} if ike_id else {"ike": ike}
             request = {**which, "timeout": int(timeout * 1000), **({"force": "yes"} if force else {})}
@@ -48,7 +38,7 @@ def initiate(rt, node: str, child: str, timeout: float = 10, ike: str | None = N
     negative timeout returns at once (the result is then unknown: False)."""
     lines = []
     request = {"child": child, "timeout": int(timeout * 1000), **({"ike": ike} if ike else {})}
-    with _vici(rt, node, max(timeout, 0) + 2) as s:
+    with rt.vici(node, max(timeout, 0) + 2) as s:
         try:
             for log in s.initiate(request):
                 lines.append(log.get("msg", b"").decode())
@@ -71,7 +61,7 @@ def dial(rt, plan, t) -> bool:
 
 def child_terminate(rt, node: str, child_id: bytes, timeout: float = 10):
     """Delete one CHILD SA (the peer gets an INFORMATIONAL DELETE); its IKE SA stays."""
-    with _vici(rt, node, timeout + 2) as s:
+    with rt.vici(node, timeout + 2) as s:
         for _ in s.terminate({"child-id": child_id, "timeout": int(timeout * 1000)}):
             pass
 
@@ -89,7 +79,7 @@ def azure_rekey(rt, node: str, connection: str, timeout: float = 10) -> bool:
         raise RuntimeFailure(f"{node}: no installed CHILD SA to rekey")
     child = children[0]
     if child["name"].decode() == initiator_child(connection):
-        with _vici(rt, node, timeout) as s:
+        with rt.vici(node, timeout) as s:
             s.rekey({"child-id": child["uniqueid"]})
         return True
     ok, _ = initiate(rt, node, initiator_child(connection), timeout, ike=connection)
@@ -125,19 +115,19 @@ def ikev1_reconnect(rt, node: str, connection: str, children: list[str], timeout
 
 def listen(rt, node: str, kinds: list[str], tick: float):
     """charon's VICI events of a tunnel end, with (None, None) every tick seconds."""
-    with _vici(rt, node, tick + 2) as s:
+    with rt.vici(node, tick + 2) as s:
         yield from s.listen(kinds, timeout=tick)
 
 
 def ike_rekey(rt, node: str, ike: str, timeout: float = 5):
     """Rekey an IKE SA now, in place (IKEv2). strongSwan also rekeys IKEv1 SAs without a
     gap, which Azure does not: ikev1_reconnect is Azure's IKEv1 rekey."""
-    with _vici(rt, node, timeout) as s:
+    with rt.vici(node, timeout) as s:
         s.rekey({"ike": ike})
 
 
 def child_rekey(rt, node: str, child: str, timeout: float = 5):
-    with _vici(rt, node, timeout) as s:
+    with rt.vici(node, timeout) as s:
         s.rekey({"child": child})
 
 

@@ -8,21 +8,18 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import vici
 
 from vpnlab.plan.parts import Plan
 
 
-def vici_sas(path) -> list[dict]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(3)
-        sock.connect(str(path))
-        return list(vici.Session(sock).list_sas())
+def vici_sas(rt, node: str) -> list[dict]:
+    with rt.vici(node) as session:
+        return list(session.list_sas())
 
 
 def ike_sas(rt, node: str) -> list[dict]:
     """Every IKE SA of a tunnel end (any state), with its CHILD SAs under "child-sas"."""
-    return [ike for entry in vici_sas(rt.vici_socket(node)) for ike in entry.values()]
+    return [ike for entry in vici_sas(rt, node) for ike in entry.values()]
 
 
 def child_installed(sas: list[dict]) -> bool:
@@ -310,7 +307,7 @@ def ikev2_client_sas(rt, node: str) -> dict[str, dict]:
 
 
 def ike_sas_named(rt, node: str) -> list[tuple[str, dict]]:
-    return [(name, ike) for entry in vici_sas(rt.vici_socket(node)) for name, ike in entry.items()]
+    return [(name, ike) for entry in vici_sas(rt, node) for name, ike in entry.items()]
 
 
 def _cn(identity: str) -> str:

@@ -41,7 +41,7 @@ def save(plan: Plan, path: Path):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
-        json.dump(to_dict(plan), out, indent=1, sort_keys=True)
+        json.dump(to_dict(plan), out, indent=1)
     tmp.replace(path)
 
 

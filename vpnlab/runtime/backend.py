@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
+import vici
 from pyroute2 import NetNS, netns
 
 from vpnlab.errors import RuntimeFailure
@@ -124,6 +126,14 @@ class Backend:
 
     def vici_socket(self, node: str) -> Path:
         return self.node_dir(node) / "run" / "charon.vici"
+
+    @contextlib.contextmanager
+    def vici(self, node: str, timeout: float = 3):
+        """A VICI session with the node's charon (the one place one is opened)."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.vici_socket(node)))
+            yield vici.Session(sock)
 
     def vtysh(self, node: str, command: str, timeout: float = 10) -> subprocess.CompletedProcess:
         return self.exec(node, ["vtysh", "--vty_socket", str(self.node_dir(node)), "-c", command],
@@ -392,3 +402,13 @@ def node_sysctls(node: Node) -> dict:
 def lab_namespaces(lab: str) -> list[str]:
     prefix = namespace_prefix(lab)
     return [ns for ns in netns.listnetns() if ns.startswith(prefix)]
+
+
+def netns_socket(namespace: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """A socket that lives in a namespace: setns applies to the calling thread only, and
+    a socket keeps the namespace it was made in."""
+    netns.pushns(namespace)
+    try:
+        return socket.socket(socket.AF_INET, kind)
+    finally:
+        netns.popns()

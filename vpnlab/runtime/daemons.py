@@ -14,11 +14,9 @@ rendered per node (start-daemons.sh.j2, for containerlab).
 from __future__ import annotations
 
 import contextlib
-import socket
 import sys
 from pathlib import Path
 
-import vici
 
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
@@ -172,10 +170,8 @@ def start_openvpn(backend, nodes: list[str], budget: float):
 
 
 def loaded_connections(backend, node: str) -> list[str]:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(3)
-        sock.connect(str(backend.vici_socket(node)))
-        return [c.decode() for c in vici.Session(sock).get_conns().get("conns", [])]
+    with backend.vici(node) as session:
+        return [c.decode() for c in session.get_conns().get("conns", [])]
 
 
 def route_into_tunnel(backend, node: str, budget: float = 15):

@@ -2,7 +2,6 @@
 the host's strongSwan and FRR inside it (`ip netns exec`)."""
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
@@ -41,13 +40,3 @@ class NetnsBackend(Backend):
 
     def start_process(self, node: str, argv: list[str], log: Path, env: dict | None = None) -> int:
         return procs.spawn(self.exec_argv(node, argv), self.state.name, log, env=env)
-
-
-def netns_socket(namespace: str, kind: int = socket.SOCK_DGRAM) -> socket.socket:
-    """A socket that lives in a namespace: setns applies to the calling thread only, and
-    a socket keeps the namespace it was made in."""
-    netns.pushns(namespace)
-    try:
-        return socket.socket(socket.AF_INET, kind)
-    finally:
-        netns.popns()

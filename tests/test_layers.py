@@ -1,0 +1,55 @@
+"""The tree by stage: data flows one way (model -> plan -> runtime -> session -> gateway ->
+checks -> the life cycle -> the front ends), so no module imports one of a later stage,
+there is no import cycle, and only the runtime stage knows the runtimes one by one."""
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PACKAGE = Path(__file__).parent.parent / "vpnlab"
+STAGES = [["errors", "waits", "model"], ["plan"], ["runtime"], ["session"], ["gateway"], ["checks"],
+          ["engine"], ["scenario", "cli", "pytest_plugin", "bench"]]
+RUNTIME_MODULES = {"vpnlab.runtime.netns", "vpnlab.runtime.docker", "vpnlab.runtime.containerlab"}
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports(path: Path) -> set[str]:
+    """vpnlab modules a file imports (at any level of the file)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("vpnlab"):
+            found |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("vpnlab")}
+    return found & set(modules())
+
+
+def stage(module: str) -> int:
+    top = module.split(".")[1] if "." in module else ""
+    return next(i for i, names in enumerate(STAGES) if top in names)
+
+
+def test_no_module_imports_a_later_stage():
+    late = [f"{m} (stage {stage(m)}) imports {i} (stage {stage(i)})"
+            for m, path in modules().items() if m != "vpnlab" for i in imports(path)
+            if i != "vpnlab" and stage(i) > stage(m)]
+    assert not late, "\n".join(late)
+
+
+def test_no_import_cycle():
+    graph = nx.DiGraph((m, i) for m, path in modules().items() for i in imports(path)
+                       if i != m and not modules()[i].name == "__init__.py")
+    assert list(nx.simple_cycles(graph)) == []
+
+
+def test_only_the_runtime_stage_knows_the_runtimes():
+    knowing = [f"{m} imports {i}" for m, path in modules().items() if not m.startswith("vpnlab.runtime")
+               for i in imports(path) & RUNTIME_MODULES]
+    assert not knowing, "\n".join(knowing)
