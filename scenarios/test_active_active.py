@@ -3,10 +3,9 @@ one BGP session per instance per device, per-connection APIPA selection [4.3], a
 instance 0's maintenance does to a fully peered site and to a half-configured one."""
 import json
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
-from vpnlab.model.defaults import defaults
 from vpnlab.checks.probe import worst
+from vpnlab.gateway import control, live
+from vpnlab.model.defaults import defaults
 from vpnlab.waits import WaitTimeout, wait_until
 
 LAB_TOPOLOGY = "topologies/single-peered.yaml"

@@ -3,10 +3,10 @@ one active, one public IP and one BGP address; Azure's reset (`vpnlab maintenanc
 moves both to the standby, which then serves the tunnel and the BGP session."""
 from ipaddress import IPv4Interface
 
-from vpnlab.gateway import live
-from vpnlab.model.defaults import defaults
-from vpnlab.gateway.events import read as read_events
 from vpnlab.checks.probe import worst
+from vpnlab.gateway import live
+from vpnlab.gateway.events import read as read_events
+from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/active-standby-bgp.yaml"
 PROBE = ("as-vm1", "branch-host")

@@ -11,13 +11,12 @@ import re
 import time
 
 import pytest
-
-from vpnlab.gateway import control
-from vpnlab.gateway import live
-from vpnlab.model.defaults import defaults
-from vpnlab.gateway.events import read as read_events
-from vpnlab.plan.parts import initiator_child
 from owndevice import OwnDevice
+
+from vpnlab.gateway import control, live
+from vpnlab.gateway.events import read as read_events
+from vpnlab.model.defaults import defaults
+from vpnlab.plan.parts import initiator_child
 
 LAB_TOPOLOGY = "topologies/azure-ike.yaml"
 AZ = defaults()["azure"]

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import contextlib
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
+from vpnlab.gateway import control, live
 from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/dual-site-transit.yaml"

@@ -2,9 +2,9 @@
 traffic keeps flowing; IKEv1 has no in-place rekey, so every main-mode rekey drops the
 tunnel until it is built again (Azure: up to 5 s). The gateway starts each rekey here
 at once instead of at its lifetime (28,800 s for the IKE SA, 27,000 s for the CHILD SA)."""
+from vpnlab.checks.probe import worst
 from vpnlab.gateway import control
 from vpnlab.plan.parts import dial_children
-from vpnlab.checks.probe import worst
 
 LAB_TOPOLOGY = "topologies/ike-rekeys.yaml"
 FLOWS = 4

@@ -1,7 +1,7 @@
 """Gateway instance failover on the active-active design (Azure's "dual redundancy":
 two instances, two devices, four tunnels, BGP over APIPA)."""
-from vpnlab.gateway import live
 from vpnlab.checks.probe import worst
+from vpnlab.gateway import live
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 LAB_RUNTIMES = ("netns", "docker")     # the same failover on plain namespaces and on containers

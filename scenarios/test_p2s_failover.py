@@ -3,12 +3,12 @@ and the clients reconnect, to the same public IP, now served by the other instan
 The probe runs between a client's virtual IP and a VNet VM and measures the outage."""
 import pytest
 
-from vpnlab.gateway import live
 from vpnlab.checks import p2s_clients as p2s
-from vpnlab.model.defaults import defaults
+from vpnlab.checks.probe import worst
+from vpnlab.gateway import live
 from vpnlab.gateway.events import read as read_events
 from vpnlab.gateway.metrics import instance_name
-from vpnlab.checks.probe import worst
+from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/point-to-site.yaml"
 LAB_RUNTIMES = ("netns", "docker")     # openvpn and charon stopped and started by PID in containers too

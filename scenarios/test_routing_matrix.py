@@ -4,8 +4,8 @@ each fault: every subnet reaches every subnet it should, none that it should not
 as many node-disjoint paths as the design has."""
 import pytest
 
-from vpnlab.gateway import live
 from vpnlab.checks import routing
+from vpnlab.gateway import live
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 VNET, SITE0, SITE1 = "10.10.1.0/24", "10.20.1.0/24", "10.20.2.0/24"

@@ -3,8 +3,8 @@ device's tunnels failing loudly (carrier) or silently (blackhole), a lossy uplin
 link delay where the kernel has netem."""
 import pytest
 
-from vpnlab.gateway import live
 from vpnlab.checks.probe import worst
+from vpnlab.gateway import live
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 FLOWS = 8

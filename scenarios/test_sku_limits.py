@@ -2,8 +2,8 @@
 rated throughput in both directions (tc on the instance), on
 topologies/basic-policy-based.yaml: a Basic gateway, 100 Mbit/s, which the lab's own
 userspace ESP can exceed, so that the cap itself is what a throughput test meets."""
-from vpnlab.model.defaults import defaults
 from vpnlab.checks.throughput import iperf, limited_by, measured
+from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/basic-policy-based.yaml"
 SECONDS = 4

@@ -1,8 +1,8 @@
 """Multi-site on one gateway [7.1]: all tunnels share the gateway's bandwidth. Two sites
 of a Basic route-based gateway (scenarios/topologies/basic-two-sites.yaml) push at once:
 together they get the SKU's 100 Mbit/s, not 100 each."""
-from vpnlab.model.defaults import defaults
 from vpnlab.checks.throughput import concurrent
+from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "topologies/basic-two-sites.yaml"
 SECONDS = 4

@@ -2,8 +2,8 @@
 direction, across all four tunnels at once, next to the plain-forwarding baseline of the
 same links (device -> gateway instance over the lab's internet, no IPsec) and next to
 the SKU's rated aggregate (azure-reference.md section 2.1)."""
-from vpnlab.model.defaults import defaults
 from vpnlab.checks.throughput import concurrent, iperf, limited_by, measured
+from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 SECONDS = 3

@@ -1,10 +1,10 @@
 """What crosses the lab's internet, captured on its bridge and read with scapy."""
 from ipaddress import IPv4Network
 
-from vpnlab.gateway import control
-from vpnlab.plan.parts import initiator_child
-from vpnlab.model.defaults import defaults
 from vpnlab.checks.wire import Capture, clear_text_leaks, ike_sa_init_proposals
+from vpnlab.gateway import control
+from vpnlab.model.defaults import defaults
+from vpnlab.plan.parts import initiator_child
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 

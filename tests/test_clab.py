@@ -13,11 +13,11 @@ import pytest
 import regex
 import yaml
 
+from vpnlab.model.topology import load
 from vpnlab.plan import clab
 from vpnlab.plan.build import build
 from vpnlab.plan.parts import INTERNET
 from vpnlab.runtime.containerlab import containers_of
-from vpnlab.model.topology import load
 
 ROOT = Path(__file__).parent.parent
 SCHEMA = Path(__file__).parent / "containerlab-v0.79.0.schema.json"   # containerlab v0.79.0's own

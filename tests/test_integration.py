@@ -6,8 +6,8 @@ test that removes a lab checks that nothing of it is left: namespaces, processes
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
+from vpnlab.gateway import control, live
 from vpnlab.model.defaults import defaults
-from vpnlab.runtime.state import load_state
-from vpnlab.session import open_lab
 from vpnlab.pytest_plugin import leftovers, runtime_param
-from vpnlab.runtime import containerlab as clab_runtime, docker as docker_runtime, procs
-from vpnlab.runtime.state import lab_dir
+from vpnlab.runtime import containerlab as clab_runtime
+from vpnlab.runtime import docker as docker_runtime
+from vpnlab.runtime import procs
+from vpnlab.runtime.state import lab_dir, load_state
+from vpnlab.session import open_lab
 from vpnlab.waits import wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -501,11 +501,14 @@ def test_down_leaves_nothing_and_is_idempotent(runtime):
     assert vpnlab("down", "--name", name).returncode == 0
 
 
-def _start_up_and_wait_for_daemons(name, runtime) -> subprocess.Popen:
+def _start_up_and_wait_for_daemons(name, runtime, ignoring=()) -> subprocess.Popen:
+    """`vpnlab up` in the background; ignoring: signals it inherits as ignored (a background
+    job of a non-interactive shell starts with SIGINT ignored)."""
     vpnlab("down", "--name", name)
     proc = subprocess.Popen([sys.executable, "-m", "vpnlab.cli", "up", str(STATIC), "--name", name,
                              "--timers", "fast", "--runtime", runtime], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_IGN) for s in ignoring])
     wait_until(lambda: (load_state(name).processes if load_state(name) else []),
                lambda p: any(x["daemon"] == "charon" for x in p),
                f"lab {name} to start its first charon", 60)
@@ -525,10 +528,12 @@ def test_down_after_up_was_killed_with_sigkill(runtime):
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupted_up_cleans_up_after_itself(sig, runtime):
+@pytest.mark.parametrize("sig, ignoring", [(signal.SIGINT, ()), (signal.SIGTERM, ()),
+                                           (signal.SIGINT, (signal.SIGINT, signal.SIGHUP))],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-inherited-ignored"])
+def test_interrupted_up_cleans_up_after_itself(sig, ignoring, runtime):
     name = lab_name("it-int", runtime)
-    proc = _start_up_and_wait_for_daemons(name, runtime)
+    proc = _start_up_and_wait_for_daemons(name, runtime, ignoring)
     proc.send_signal(sig)
     assert proc.wait(30) != 0
     assert leftovers(name) == {}

@@ -53,3 +53,13 @@ def test_only_the_runtime_stage_knows_the_runtimes():
     knowing = [f"{m} imports {i}" for m, path in modules().items() if not m.startswith("vpnlab.runtime")
                for i in imports(path) & RUNTIME_MODULES]
     assert not knowing, "\n".join(knowing)
+
+
+def test_the_architecture_page_names_every_module():
+    """docs/architecture.md matches the tree: every module and stage folder is on it."""
+    page = (PACKAGE.parent / "docs/architecture.md").read_text()
+    missing = [m for m, path in modules().items() if m != "vpnlab" and path.name != "__init__.py"
+               and path.name not in page]
+    missing += [f"vpnlab/{d.name}/" for d in PACKAGE.iterdir() if d.is_dir() and d.name != "__pycache__"
+                and f"vpnlab/{d.name}/" not in page]
+    assert not missing, f"not on docs/architecture.md: {missing}"

@@ -12,19 +12,18 @@ import time
 from pathlib import Path
 
 import pytest
+from test_integration import RUNTIMES, readme_block, running, up, vpnlab
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
 from vpnlab.checks import p2s_clients as p2s
-from vpnlab.runtime import daemons
-from vpnlab.session import open_lab
+from vpnlab.errors import LabError
+from vpnlab.gateway import control, live
 from vpnlab.gateway.events import read as read_events
 from vpnlab.gateway.metrics import instance_name
-from vpnlab.errors import LabError
 from vpnlab.pytest_plugin import leftovers
+from vpnlab.runtime import daemons
 from vpnlab.runtime.state import lab_dir
+from vpnlab.session import open_lab
 from vpnlab.waits import wait_until
-from test_integration import RUNTIMES, readme_block, running, up, vpnlab
 
 ROOT = Path(__file__).parent.parent
 P2S = ROOT / "topologies/point-to-site.yaml"

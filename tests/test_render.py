@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vpnlab.model.topology import load
 from vpnlab.plan.build import build, gateway_subnet_ips
-
 from vpnlab.plan.parts import never_advertised
 from vpnlab.plan.render import render
-from vpnlab.model.topology import load
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = Path(__file__).parent / "golden"

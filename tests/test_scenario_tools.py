@@ -7,15 +7,13 @@ import networkx as nx
 import pytest
 import yaml
 
-from vpnlab.checks import faults
-from vpnlab.checks import maintenance
-from vpnlab.checks import routing
+from vpnlab.checks import faults, maintenance, routing
 from vpnlab.checks.match import ABSENT, differences
-from vpnlab.plan.build import build
 from vpnlab.checks.probe import direction
 from vpnlab.checks.report import render
 from vpnlab.model.topology import load
 from vpnlab.model.yamlsrc import SourceError
+from vpnlab.plan.build import build
 
 ROOT = Path(__file__).parent.parent
 AA = ROOT / "topologies/active-active-bgp.yaml"

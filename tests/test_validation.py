@@ -7,7 +7,8 @@ import pytest
 from vpnlab.cli import main
 from vpnlab.engine import export
 from vpnlab.model.topology import load
-from vpnlab.model.yamlsrc import SourceError, load as yaml_load
+from vpnlab.model.yamlsrc import SourceError
+from vpnlab.model.yamlsrc import load as yaml_load
 
 ROOT = Path(__file__).parent.parent
 BAD = sorted((Path(__file__).parent / "bad").glob("*.yaml"))

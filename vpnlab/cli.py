@@ -14,10 +14,10 @@ from rich.table import Table
 
 from vpnlab import engine
 from vpnlab.checks import faults
-from vpnlab.plan import clab
 from vpnlab.errors import LabError
 from vpnlab.model.names import check_lab_name
 from vpnlab.model.yamlsrc import SourceError
+from vpnlab.plan import clab
 from vpnlab.runtime import registry
 from vpnlab.session import require_state, resolve_name, running_labs, session
 
@@ -314,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
     up.add_argument("--name", help="lab name (default: the file's stem)")
     up.add_argument("--timers", default="azure", choices=["azure", "fast"])
-    up.add_argument("--runtime", default="netns", choices=registry.names(),
+    up.add_argument("--runtime", default=registry.DEFAULT, choices=registry.names(),
                     help="netns: namespaces on this host (default); docker: containers from "
                          "the node image (make image); containerlab: deployed by containerlab")
     up.add_argument("--json", action="store_true")

@@ -25,7 +25,7 @@ from vpnlab.plan.build import build
 from vpnlab.plan.parts import Plan
 from vpnlab.runtime import image as node_image
 from vpnlab.runtime import registry
-from vpnlab.runtime.state import LabState, claim_lock, remove_lab_dir, load_state
+from vpnlab.runtime.state import LabState, claim_lock, load_state, remove_lab_dir
 from vpnlab.session import Lab, is_alive, open_lab
 from vpnlab.waits import WaitTimeout, wait_until
 
@@ -56,7 +56,7 @@ def _check_choices(timers: str, runtime: str | None = None):
 
 # ------------------------------------------------------------------ up
 def up(topology_file: str | Path, name: str | None = None, timers: str = "azure",
-       progress: Progress = _quiet, keep_on_failure: bool = False, runtime: str = "netns") -> dict:
+       progress: Progress = _quiet, keep_on_failure: bool = False, runtime: str = registry.DEFAULT) -> dict:
     topology_file = Path(topology_file)
     _check_choices(timers, runtime)
     name = _lab_name(name, topology_file)

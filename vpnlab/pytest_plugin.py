@@ -26,13 +26,12 @@ from pathlib import Path
 import pytest
 
 from vpnlab import engine
+from vpnlab.errors import LabError
 from vpnlab.gateway import live
 from vpnlab.model.defaults import defaults
-from vpnlab.runtime import procs
-from vpnlab.errors import LabError
-from vpnlab.runtime import registry
-from vpnlab.scenario import LabHandle, Scenario
+from vpnlab.runtime import procs, registry
 from vpnlab.runtime.state import lab_dir, load_state
+from vpnlab.scenario import LabHandle, Scenario
 
 DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received signal 11|"
                            r"Backtrace for|assertion .* failed|core dumped|Traceback \(most recent", re.I)
@@ -45,7 +44,7 @@ def pytest_addoption(parser):
     g.addoption("--lab-on-error", choices=["teardown", "pause"], default="teardown",
                 help="pause: on a failure, keep the lab and wait for Enter before teardown")
     g.addoption("--lab-timers", choices=sorted(defaults()["timers"]), default="fast")
-    g.addoption("--lab-runtime", choices=registry.names(), default="netns",
+    g.addoption("--lab-runtime", choices=registry.names(), default=registry.DEFAULT,
                 help="runtime of the scenarios' labs (a module's LAB_RUNTIMES overrides it)")
     g.addoption("--lab-results", default="reports/vpnlab-results.json",
                 help="scenario results as JSON ('vpnlab report' renders them)")
@@ -147,7 +146,7 @@ def lab_factory(request):
 def lab(request):
     runtime = getattr(request, "param", None) or request.config.getoption("--lab-runtime")
     name = _lab_name(request.module)
-    if runtime != "netns":
+    if runtime != registry.DEFAULT:          # the default runtime's labs keep the plain name
         name = f"{name[:32 - len(runtime) - 1]}-{runtime}"
     handle = _bring_up(request.config, _topology(request), name, None, runtime)
     yield handle

@@ -8,13 +8,12 @@ import threading
 import time
 
 from vpnlab import engine
-from vpnlab.checks import faults
-from vpnlab.gateway import live
-from vpnlab.checks import maintenance
-from vpnlab.model.defaults import defaults
-from vpnlab.errors import LabError
+from vpnlab.checks import faults, maintenance
 from vpnlab.checks.match import differences
 from vpnlab.checks.probe import Probe
+from vpnlab.errors import LabError
+from vpnlab.gateway import live
+from vpnlab.model.defaults import defaults
 from vpnlab.runtime.state import load_state
 from vpnlab.session import open_lab
 from vpnlab.waits import WaitTimeout, wait_until

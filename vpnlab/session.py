@@ -15,7 +15,8 @@ from typing import Iterator
 
 from vpnlab.errors import LabError
 from vpnlab.model.names import check_lab_name
-from vpnlab.model.topology import Topology, load as load_topology
+from vpnlab.model.topology import Topology
+from vpnlab.model.topology import load as load_topology
 from vpnlab.plan import document
 from vpnlab.plan.build import build
 from vpnlab.plan.parts import Plan

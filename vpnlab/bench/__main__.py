@@ -16,14 +16,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from vpnlab.bench import p2s as bench_p2s
 from vpnlab import engine
+from vpnlab.bench import p2s as bench_p2s
+from vpnlab.bench.peak_memory import measured
 from vpnlab.errors import LabError
 from vpnlab.model.topology import load
 from vpnlab.model.yamlsrc import SourceError
-from vpnlab.runtime import registry
-from vpnlab.bench.peak_memory import measured
-from vpnlab.runtime import procs
+from vpnlab.runtime import procs, registry
+
 
 def generated_topology(sites: int) -> dict:
     """One active-active VpnGw4 gateway (ASN 65515, APIPA) and N single-device sites."""

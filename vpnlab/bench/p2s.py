@@ -12,12 +12,12 @@ from pathlib import Path
 import yaml
 
 from vpnlab import engine
-from vpnlab.errors import LabError
-from vpnlab.session import open_lab
-from vpnlab.gateway import live
-from vpnlab.checks import p2s_clients as p2s
-from vpnlab.model.defaults import defaults
 from vpnlab.bench.peak_memory import measured, rss_mb
+from vpnlab.checks import p2s_clients as p2s
+from vpnlab.errors import LabError
+from vpnlab.gateway import live
+from vpnlab.model.defaults import defaults
+from vpnlab.session import open_lab
 
 
 def generated_topology(sku: str) -> tuple[dict, int]:

@@ -20,15 +20,14 @@ from __future__ import annotations
 import re
 import time
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
-from vpnlab.model.defaults import defaults
 from vpnlab.errors import LabError
+from vpnlab.gateway import control, live
+from vpnlab.model.defaults import defaults
+from vpnlab.model.yamlsrc import SourceError
 from vpnlab.plan.parts import Plan
 from vpnlab.runtime import daemons
 from vpnlab.session import Lab
 from vpnlab.waits import wait_until
-from vpnlab.model.yamlsrc import SourceError
 
 KINDS = ("instance", "device", "carrier", "blackhole", "loss", "delay", "crash")
 LINK_KINDS = ("carrier", "blackhole", "loss", "delay")

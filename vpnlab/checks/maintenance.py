@@ -12,15 +12,15 @@ from __future__ import annotations
 import threading
 import time
 
+from vpnlab.checks.faults import lose_router, restore_router
+from vpnlab.errors import LabError
 from vpnlab.gateway import control
 from vpnlab.model.defaults import defaults
-from vpnlab.errors import LabError
-from vpnlab.checks.faults import lose_router, restore_router
+from vpnlab.model.topology import Topology
+from vpnlab.model.yamlsrc import SourceError
 from vpnlab.plan.parts import instance_count, instance_name
 from vpnlab.runtime import daemons
 from vpnlab.session import Lab
-from vpnlab.model.topology import Topology
-from vpnlab.model.yamlsrc import SourceError
 
 
 def check(topology: Topology, gateway: str, instance: int | None):

@@ -8,11 +8,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
-from vpnlab.plan import pki
-from vpnlab.model.defaults import defaults
 from vpnlab.errors import LabError
+from vpnlab.gateway import control, live
+from vpnlab.model.defaults import defaults
+from vpnlab.plan import pki
 from vpnlab.plan.parts import P2sClient, Plan
 from vpnlab.runtime import daemons
 from vpnlab.session import Lab, session

@@ -13,6 +13,7 @@ from ipaddress import IPv4Address, IPv4Network
 import networkx as nx
 
 from vpnlab.gateway import live
+from vpnlab.model import names
 from vpnlab.plan.parts import Plan
 
 
@@ -24,7 +25,7 @@ def endpoints(plan: Plan, topology) -> dict[str, str]:
         vnet = topology.virtual_networks[gw.virtual_network]
         for name, sub in vnet.subnets.items():
             if topology.subnet_vms(gw.virtual_network, name):
-                out[str(sub.address_prefix)] = f"{gw.virtual_network}-sdn"
+                out[str(sub.address_prefix)] = names.vnet_router(gw.virtual_network)
     for site in topology.local_network_gateways:
         for prefix in topology.site_lan(site):
             out[str(prefix)] = site

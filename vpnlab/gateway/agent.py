@@ -19,10 +19,7 @@ import sys
 import threading
 import time
 
-from vpnlab.gateway import control
-from vpnlab.gateway import events
-from vpnlab.gateway import live
-from vpnlab.gateway import p2s_watch
+from vpnlab.gateway import control, events, live, p2s_watch
 from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import Tunnel, dial_children, initiator_child
 from vpnlab.runtime.state import load_state

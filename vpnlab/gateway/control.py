@@ -6,8 +6,8 @@ import contextlib
 
 from vici.exception import CommandException
 
-from vpnlab.gateway import live
 from vpnlab.errors import RuntimeFailure
+from vpnlab.gateway import live
 from vpnlab.plan.parts import dial_children, initiator_child
 from vpnlab.waits import WaitTimeout, wait_until
 

@@ -8,7 +8,6 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-
 from vpnlab.plan.parts import Plan
 
 

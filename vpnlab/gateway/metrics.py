@@ -15,7 +15,6 @@ from vpnlab.model import names
 from vpnlab.plan.parts import Plan
 from vpnlab.session import Lab
 
-
 instance_name = names.azure_instance_name
 
 

@@ -14,8 +14,7 @@ import re
 import time
 from pathlib import Path
 
-from vpnlab.gateway import control
-from vpnlab.gateway import live
+from vpnlab.gateway import control, live
 from vpnlab.plan.parts import P2sEnd
 from vpnlab.plan.render import SESSIONS_FILE
 

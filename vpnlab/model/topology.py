@@ -13,11 +13,12 @@ from typing import Annotated, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
 from vpnlab.model import names
+from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
 from vpnlab.model.fields import Address, Asn, Int32, Name, Prefix
-from vpnlab.model.yamlsrc import Source, SourceError, load as load_yaml
 from vpnlab.model.p2s_rules import p2s_errors
+from vpnlab.model.yamlsrc import Source, SourceError
+from vpnlab.model.yamlsrc import load as load_yaml
 
 SKUS = tuple(defaults()["skus"])
 

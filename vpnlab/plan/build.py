@@ -9,12 +9,30 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
-from vpnlab.plan import timers as timers_of
 from vpnlab.model.topology import Topology, reverse_connection
 from vpnlab.plan import p2s as p2s_plan
-from vpnlab.plan.parts import (INTERNET, TABLE_FROM_TUNNEL, TABLE_INTO_TUNNEL, BgpSession, Frr,
-                               Iface, Link, Neighbor, Node, Plan, Route, Rule, Tunnel, initiator_child,
-                               instance_count, instance_name, selector_anchors, serves)
+from vpnlab.plan import timers as timers_of
+from vpnlab.plan.parts import (
+    INTERNET,
+    TABLE_FROM_TUNNEL,
+    TABLE_INTO_TUNNEL,
+    BgpSession,
+    Frr,
+    Iface,
+    Link,
+    Neighbor,
+    Node,
+    Plan,
+    Route,
+    Rule,
+    Tunnel,
+    initiator_child,
+    instance_count,
+    instance_name,
+    selector_anchors,
+    serves,
+)
+
 
 def _internet_side(public_ip: IPv4Address) -> str:
     """The internet's own address on a public /24: .1, every router's default gateway."""

@@ -18,13 +18,12 @@ from typing import Callable
 import networkx as nx
 import yaml
 
-from vpnlab.plan import render
 from vpnlab.model.defaults import defaults
+from vpnlab.model.names import process_tag
+from vpnlab.model.yamlsrc import SourceError, shown
+from vpnlab.plan import render
 from vpnlab.plan.parts import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
 from vpnlab.plan.render import STARTING_GUARD
-from vpnlab.model.names import process_tag
-from vpnlab.model.yamlsrc import shown
-from vpnlab.model.yamlsrc import SourceError
 
 CONTAINERLAB_VERSION = "0.79.0"        # the version the emitted files are checked against
 FORMATS = ("clab", "clabernetes")

@@ -14,7 +14,16 @@ from ipaddress import IPv4Address, IPv4Network
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.p2s_rules import pool_split
-from vpnlab.plan.parts import Iface, Node, P2sClient, P2sEnd, Route, selector_anchors, instance_count, instance_name
+from vpnlab.plan.parts import (
+    Iface,
+    Node,
+    P2sClient,
+    P2sEnd,
+    Route,
+    instance_count,
+    instance_name,
+    selector_anchors,
+)
 
 SERVER_ROOT = "VpnServerRoot"    # the CA of the gateways' own certificates (Azure's name)
 

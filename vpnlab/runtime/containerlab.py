@@ -14,12 +14,11 @@ import shutil
 import subprocess
 
 from vpnlab.errors import RuntimeFailure
-from vpnlab.plan.parts import Plan
-from vpnlab.waits import wait_until
-from vpnlab.runtime import procs
 from vpnlab.plan import clab
-from vpnlab.runtime import daemons, image
+from vpnlab.plan.parts import Plan
+from vpnlab.runtime import daemons, image, procs
 from vpnlab.runtime.docker import DockerBackend, remove_labelled
+from vpnlab.waits import wait_until
 
 BINARY = "containerlab"
 VERSION = "0.79.0"        # the version vpnlab's files are written for (its schema)

@@ -17,7 +17,6 @@ import contextlib
 import sys
 from pathlib import Path
 
-
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan

@@ -23,15 +23,14 @@ from pathlib import Path
 
 from pyroute2 import netns
 
-from vpnlab.model.defaults import defaults
 from vpnlab.errors import RuntimeFailure
-from vpnlab.plan.parts import Node
+from vpnlab.model.defaults import defaults
 from vpnlab.model.names import process_tag
+from vpnlab.plan.parts import Node
+from vpnlab.runtime import image, procs
+from vpnlab.runtime.backend import Backend
 from vpnlab.runtime.state import LabState
 from vpnlab.waits import wait_until
-from vpnlab.runtime import image
-from vpnlab.runtime import procs
-from vpnlab.runtime.backend import Backend
 
 LABEL_LAB = "io.vpnlab.lab"
 LABEL_NODE = "io.vpnlab.node"

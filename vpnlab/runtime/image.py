@@ -34,7 +34,7 @@ def base_image() -> str:
 
 
 def client():
-    import docker            # imported here: the netns runtime does not need it
+    import docker  # imported here: the netns runtime does not need it
     try:
         c = docker.from_env(timeout=120)
         c.ping()
