@@ -7,6 +7,7 @@ path and what is allowed; nothing is started before this succeeds.
 from __future__ import annotations
 
 import typing
+from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Literal, Optional
@@ -17,7 +18,7 @@ from vpnlab.model import names
 from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
 from vpnlab.model.fields import Address, Asn, Int32, Name, Prefix
 from vpnlab.model.p2s_rules import p2s_errors
-from vpnlab.model.yamlsrc import Source, SourceError
+from vpnlab.model.yamlsrc import Source, SourceError, paused_gc
 from vpnlab.model.yamlsrc import load as load_yaml
 
 SKUS = tuple(defaults()["skus"])
@@ -202,6 +203,11 @@ class Topology(Model):
 # ---------------------------------------------------------------- validation
 
 def load(path: Path | str) -> Topology:
+    with paused_gc():
+        return _load(path)
+
+
+def _load(path: Path | str) -> Topology:
     source = load_yaml(path)
     if not isinstance(source.data, dict):
         raise SourceError(f"{source.path}: expected a mapping with virtual_networks, "
@@ -331,6 +337,7 @@ def _gateway_errors(t: Topology):
     az = defaults()["azure"]
     apipa_low, apipa_high = (IPv4Address(a) for a in az["apipa_range"])
     gateway_of_vnet: dict[str, str] = {}
+    connections_of = Counter(c.virtual_network_gateway for c in t.connections.values())
     for gw_name, gw in t.virtual_network_gateways.items():
         loc = ("virtual_network_gateways", gw_name)
         if gw.bgp is not None and reserved_site_asn(gw.bgp.asn) \
@@ -383,10 +390,10 @@ def _gateway_errors(t: Topology):
                     if not apipa_low <= ip <= apipa_high:
                         yield loc + ("bgp", "peering_addresses", k, "apipa_addresses", j), (
                             f"{ip} is outside Azure's APIPA range {apipa_low}-{apipa_high}")
-        tunnels = [c for c in t.connections.values() if c.virtual_network_gateway == gw_name]
+        tunnels = connections_of.get(gw_name, 0)
         limit = 1 if gw.vpn_type == "PolicyBased" else sku["s2s_tunnels"]
-        if len(tunnels) > limit:
-            yield loc + ("sku",), (f"{len(tunnels)} connections, but {gw.sku} "
+        if tunnels > limit:
+            yield loc + ("sku",), (f"{tunnels} connections, but {gw.sku} "
                                    f"{'policy-based ' if gw.vpn_type == 'PolicyBased' else ''}"
                                    f"allows at most {limit} tunnels")
 

@@ -5,6 +5,8 @@ YAML 1.1's surprises (yes/no booleans, octal and base-60 numbers) refused where 
 would silently change a value."""
 from __future__ import annotations
 
+import contextlib
+import gc
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -142,6 +144,20 @@ class _Converter:
                                 "leading zeros as octal, ':' as base 60): write it in decimal, "
                                 "or quote it for text", loc)
         return self.scalars.construct_object(node)
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """The cyclic garbage collector off while a file becomes a model: a large file makes
+    hundreds of thousands of objects without cycles, and the collector's passes over
+    them made validation grow faster than the file (10,000 sites: 1.9 s of 3)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _text(path: Path) -> str:
