@@ -64,7 +64,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
     topology = load(topology_file)
     plan = build(topology, timers)                      # bad input stops here
     backend_class = registry.backend_class(runtime)
-    why = backend_class(LabState(name=name)).supports(plan) or backend_class.unavailable()
+    why = backend_class.supports(plan) or backend_class.unavailable()
     if why:
         raise LabError(f"--runtime {runtime} cannot run this lab here: {why}")
     with claim_lock():

@@ -27,7 +27,7 @@ from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
 from vpnlab.model.names import INTERNET, namespace_prefix
 from vpnlab.plan.parts import HASH_SEED, Node, Plan
-from vpnlab.runtime import procs
+from vpnlab.runtime import daemons, procs
 from vpnlab.runtime.state import LabState
 
 
@@ -81,7 +81,8 @@ class Backend:
         raise NotImplementedError
 
     # ------------------------------------------------------------ hooks with defaults
-    def supports(self, plan: Plan) -> str | None:
+    @classmethod
+    def supports(cls, plan: Plan) -> str | None:
         """Why this runtime cannot run a plan, or None."""
         return None
 
@@ -90,7 +91,6 @@ class Backend:
 
     def start_daemons(self, plan: Plan, budget: float, progress):
         """Start the lab's daemons in the one start order (vpnlab.runtime.daemons)."""
-        from vpnlab.runtime import daemons
         daemons.start_lab(self, plan, budget, progress)
 
     def each(self, nodes: list[str], step):

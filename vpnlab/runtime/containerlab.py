@@ -93,7 +93,8 @@ class ContainerlabBackend(DockerBackend):
             raise RuntimeFailure(f"containerlab {args[0]} failed: {(res.stderr or res.stdout).strip()[-1500:]}")
         return res
 
-    def supports(self, plan: Plan) -> str | None:
+    @classmethod
+    def supports(cls, plan: Plan) -> str | None:
         return clab.unsupported(plan)
 
     def prepare(self, plan: Plan, rendered: dict[str, dict[str, str]]):
