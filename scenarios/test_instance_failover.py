@@ -29,6 +29,9 @@ def test_planned_instance_failover(lab, scenario):
     scenario.record("TCP longest stall", result["tcp"]["longest_stall_ms"], "ms")
     assert lost_ms <= PLANNED_LOSS_MS, result["directions"]
     assert result["tcp"]["survived"], result["tcp"]
+    # the timeline watcher saw instance 0's tunnels go and come back
+    seen = [e["what"] for e in scenario.events if e["kind"] == "tunnel"]
+    assert "tunnel hub-to-dev0-in0 down" in seen and "tunnel hub-to-dev0-in0 up" in seen, seen
 
 
 def test_unplanned_instance_failover(lab, scenario):

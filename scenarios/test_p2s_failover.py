@@ -31,7 +31,7 @@ def _sessions(lab) -> dict:
 @pytest.mark.parametrize("client,unplanned", [("alice", False), ("bob", False), ("alice", True)],
                          ids=["ikev2-planned", "openvpn-planned", "ikev2-unplanned"])
 def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, unplanned):
-    connected = p2s.connect(lab.backend, lab.plan, client)
+    connected = p2s.connect(lab.session, client)
     vip = connected["virtual_ips"][0]
     before = _serving(lab)
     assert _sessions(lab).get(client) == before
@@ -64,4 +64,4 @@ def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, un
                             if e["userName_s"] == client][-2:],
                    [[instance_name(before), True], [instance_name(after), False]], "traffic_recovered",
                    f"P2SLogEvents of {client}: disconnected on {before}, connected on {after}")
-    p2s.disconnect(lab.backend, lab.plan, client)
+    p2s.disconnect(lab.session, client)

@@ -76,7 +76,7 @@ def _topology(request) -> Path:
 
 def pytest_generate_tests(metafunc):
     """A module that sets LAB_RUNTIMES runs its tests once per runtime; a runtime that
-    cannot run here is skipped with the reason (lab.runtime.docker.unavailable)."""
+    cannot run here is skipped with the reason (vpnlab.runtime.registry.unavailable)."""
     runtimes = getattr(metafunc.module, "LAB_RUNTIMES", None)
     if runtimes and "lab" in metafunc.fixturenames:
         metafunc.parametrize("lab", [runtime_param(r) for r in runtimes], indirect=True,

@@ -27,13 +27,13 @@ class NodeHandle:
 
     def exec(self, command, timeout: float = 30):
         argv = shlex.split(command) if isinstance(command, str) else list(command)
-        return self.lab.rt.exec(self.name, argv, timeout=timeout)
+        return self.lab.backend.exec(self.name, argv, timeout=timeout)
 
     def vtysh_json(self, command: str):
-        return live.vtysh_json(self.lab.rt, self.name, command)
+        return live.vtysh_json(self.lab.backend, self.name, command)
 
     def sas(self) -> list[dict]:
-        return live.ike_sas(self.lab.rt, self.name)
+        return live.ike_sas(self.lab.backend, self.name)
 
     @property
     def address(self) -> str:
@@ -173,9 +173,9 @@ class Watcher(threading.Thread):
         while not self.halt.is_set():
             try:
                 now = {}
-                for t in live.tunnels(self.lab.rt, self.lab.plan):
+                for t in live.tunnels(self.lab.backend, self.lab.plan):
                     now[f"tunnel {t['tunnel']}"] = "up" if t["state"] == "ESTABLISHED" else "down"
-                for b in live.bgp(self.lab.rt, self.lab.plan):
+                for b in live.bgp(self.lab.backend, self.lab.plan):
                     now[f"BGP {b['node']} -> {b['peer_node']}"] = "up" if b["state"] == "Established" else "down"
                 for key, value in now.items():
                     if self.last and self.last.get(key) != value:
