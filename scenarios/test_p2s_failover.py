@@ -7,7 +7,7 @@ from vpnlab.checks import p2s_clients as p2s
 from vpnlab.checks.probe import worst
 from vpnlab.gateway import live
 from vpnlab.gateway.events import read as read_events
-from vpnlab.gateway.metrics import instance_name
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 
 LAB_TOPOLOGY = "../topologies/point-to-site.yaml"
@@ -62,6 +62,6 @@ def test_failover_drops_p2s_clients_and_they_reconnect(lab, scenario, client, un
     lab.eventually(lambda: [[e["instance_s"], "disconnected" in e["Message"]]
                             for e in read_events(lab.state.dir, "P2SDiagnosticLog")
                             if e["userName_s"] == client][-2:],
-                   [[instance_name(before), True], [instance_name(after), False]], "traffic_recovered",
+                   [[names.azure_instance_name(before), True], [names.azure_instance_name(after), False]], "traffic_recovered",
                    f"P2SLogEvents of {client}: disconnected on {before}, connected on {after}")
     p2s.disconnect(lab.session, client)

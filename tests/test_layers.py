@@ -44,8 +44,9 @@ def test_no_module_imports_a_later_stage():
 
 
 def test_no_import_cycle():
-    graph = nx.DiGraph((m, i) for m, path in modules().items() for i in imports(path)
-                       if i != m and not modules()[i].name == "__init__.py")
+    found = modules()
+    graph = nx.DiGraph((m, i) for m, path in found.items() for i in imports(path)
+                       if i != m and found[i].name != "__init__.py")
     assert list(nx.simple_cycles(graph)) == []
 
 

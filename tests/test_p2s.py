@@ -18,7 +18,7 @@ from vpnlab.checks import p2s_clients as p2s
 from vpnlab.errors import LabError
 from vpnlab.gateway import control, live
 from vpnlab.gateway.events import read as read_events
-from vpnlab.gateway.metrics import instance_name
+from vpnlab.model import names
 from vpnlab.pytest_plugin import leftovers
 from vpnlab.runtime import daemons
 from vpnlab.runtime.state import lab_dir
@@ -162,7 +162,7 @@ def test_a_session_shorter_than_a_second_is_in_the_diagnostic_log(plab):
         connect(plab, client)
         with open_lab(plab.name) as fresh:            # knows the daemon the CLI started
             assert p2s.disconnect(fresh, client)["closed"] == 1
-        instance = instance_name(next(e.gateway_instance for e in plan.p2s_ends if e.protocol == c.protocol))
+        instance = names.azure_instance_name(next(e.gateway_instance for e in plan.p2s_ends if e.protocol == c.protocol))
         wait_until(lambda: sessions_of(client)[before:], lambda got: len(got) >= 2,
                    f"{client}'s short session in the log", 10)
         assert sessions_of(client)[before:] == [("connected", instance), ("disconnected", instance)]

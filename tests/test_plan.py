@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from vpnlab.errors import LabError
 from vpnlab.model.topology import load
 from vpnlab.plan import document
 from vpnlab.plan.build import build
@@ -43,7 +44,7 @@ def test_a_saved_plan_reads_back_and_renders_the_same(path, tmp_path):
 
 def test_a_file_that_is_not_a_plan_is_refused(tmp_path):
     (tmp_path / "plan.json").write_text('{"nodes": {}}')
-    with pytest.raises(Exception, match="not a vpnlab plan"):
+    with pytest.raises(LabError, match="not a vpnlab plan"):
         document.load(tmp_path / "plan.json")
 
 

@@ -75,7 +75,7 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         state = LabState(name=name, timers=timers, owner_pid=os.getpid(), runtime=runtime)
         state.save()
     rendered = render.render(plan, state.nodes_dir)
-    lab = Lab(state, plan=plan)
+    lab = Lab(state)
     try:
         lab.save_plan(plan)
         state.kernel_esp = lab.backend.kernel_has_esp()
@@ -161,30 +161,28 @@ def down(name: str) -> list[str]:
 
 # ------------------------------------------------------------------ status
 def status(name: str, lab: Lab | None = None) -> dict:
-    own = lab is None
-    lab = lab or open_lab(name)
+    """The lab's status, live: of the open lab given, or of the named lab, opened here."""
+    if lab is None:
+        with open_lab(name) as lab:
+            return status(name, lab)
     state, plan, backend = lab.state, lab.plan, lab.backend
-    try:
-        return {
-            "name": name, "runtime": state.runtime, "dataplane": state.dataplane,
-            "kernel_esp": state.kernel_esp, "timers": state.timers, "phase": state.phase,
-            "impairments": impairments(state),
-            "nodes": [{"name": n.name, "role": n.role, "namespace": backend.namespace(n.name)}
-                      for n in plan.ordered_nodes()],
-            "gateways": gateway_instances(plan),
-            "tunnels": live.tunnels(backend, plan),
-            "bgp": live.bgp(backend, plan),
-            "point_to_site": [{k: s[k] for k in ("gateway", "instance", "protocol", "pool", "connections")}
-                              for s in live.p2s_sessions(backend, plan)],
-            "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
-                       for f in state.faults],
-            "own_devices": [{"site": site, "public_ip": ip,
-                             "netns": state.attached.get(site, {}).get("netns")}
-                            for site, ip in sorted(plan.unmanaged.items())],
-        }
-    finally:
-        if own:
-            lab.close()
+    return {
+        "name": name, "runtime": state.runtime, "dataplane": state.dataplane,
+        "kernel_esp": state.kernel_esp, "timers": state.timers, "phase": state.phase,
+        "impairments": impairments(state),
+        "nodes": [{"name": n.name, "role": n.role, "namespace": backend.namespace(n.name)}
+                  for n in plan.ordered_nodes()],
+        "gateways": gateway_instances(plan),
+        "tunnels": live.tunnels(backend, plan),
+        "bgp": live.bgp(backend, plan),
+        "point_to_site": [{k: s[k] for k in ("gateway", "instance", "protocol", "pool", "connections")}
+                          for s in live.p2s_sessions(backend, plan)],
+        "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
+                   for f in state.faults],
+        "own_devices": [{"site": site, "public_ip": ip,
+                         "netns": state.attached.get(site, {}).get("netns")}
+                        for site, ip in sorted(plan.unmanaged.items())],
+    }
 
 
 def gateway_instances(plan: Plan) -> list[dict]:

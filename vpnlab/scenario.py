@@ -157,7 +157,7 @@ class LabHandle:
                      **kw).start()
 
     def close(self):
-        self.backend.close()
+        self.session.close()
 
 
 class Watcher(threading.Thread):

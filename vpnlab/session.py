@@ -10,9 +10,6 @@ machine) is also answered here.
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator
-
 from vpnlab.errors import LabError
 from vpnlab.model.names import check_lab_name
 from vpnlab.model.topology import Topology
@@ -26,10 +23,10 @@ from vpnlab.runtime.state import LabState, known_labs, lab_dir, load_state
 
 
 class Lab:
-    def __init__(self, state: LabState, backend: Backend | None = None, plan: Plan | None = None):
+    def __init__(self, state: LabState):
         self.state = state
-        self.backend = backend or registry.backend_for(state)
-        self._plan = plan
+        self.backend: Backend = registry.backend_for(state)
+        self._plan: Plan | None = None
         self._topology: Topology | None = None
 
     @property
@@ -82,14 +79,9 @@ class Lab:
         self.close()
 
 
-@contextlib.contextmanager
-def session(name: str | None = None) -> Iterator[Lab]:
-    """The named lab (or the only one there is), opened; closed on leaving."""
-    lab = open_lab(resolve_name(name))
-    try:
-        yield lab
-    finally:
-        lab.close()
+def session(name: str | None = None) -> Lab:
+    """The named lab (or the only one there is), opened; `with` closes it."""
+    return open_lab(resolve_name(name))
 
 
 def open_lab(name: str) -> Lab:

@@ -15,10 +15,11 @@ import time
 from vpnlab.checks.faults import lose_router, restore_router
 from vpnlab.errors import LabError
 from vpnlab.gateway import control
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.topology import Topology
 from vpnlab.model.yamlsrc import SourceError
-from vpnlab.plan.parts import instance_count, instance_name
+from vpnlab.plan.parts import instance_count
 from vpnlab.runtime import daemons
 from vpnlab.session import Lab
 
@@ -41,7 +42,7 @@ def run(lab: Lab, gateway: str, instance: int | None = None, unplanned: bool = F
     delays = defaults()["maintenance"][lab.state.timers]
     active = lab.plan.active.get(gateway)
     k = instance if instance is not None else (active if active is not None else 0)
-    node = instance_name(gateway, k)
+    node = names.instance(gateway, k)
     busy = [f["key"] for f in lab.state.faults if f["target"] == node]
     if busy:
         raise LabError(f"{node} has an active fault ({', '.join(busy)}); heal it first")
@@ -66,7 +67,7 @@ def run(lab: Lab, gateway: str, instance: int | None = None, unplanned: bool = F
     lab.state.active[gateway] = 1 - k
     lab.state.save()
     lab.rebuild_plan()
-    standby = instance_name(gateway, 1 - k)
+    standby = names.instance(gateway, 1 - k)
     restore_router(lab, standby)
     out["steps"].append((time.monotonic_ns(), f"{standby} took over the public IP and BGP address"))
     daemons.restart_agent(lab.backend)

@@ -17,7 +17,6 @@ import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
-from vpnlab.gateway.metrics import instance_name
 from vpnlab.model import names
 
 FILE = "events.jsonl"
@@ -62,7 +61,7 @@ class Writer:
             self.file.flush()
 
     def _common(self, t, plan) -> dict:
-        return {"Resource": t.gateway.upper(), "instance_s": instance_name(t.gateway_instance),
+        return {"Resource": t.gateway.upper(), "instance_s": names.azure_instance_name(t.gateway_instance),
                 "connectionName_s": t.connection, "remoteIP_s": t.remote_ip}
 
     def tunnel(self, t, plan, up: bool, reason: str | None = None):
@@ -99,7 +98,7 @@ class Writer:
         self.write({"Category": "RouteDiagnosticLog",
                     "OperationName": "BgpConnectedEvent" if up else "BgpDisconnectedEvent",
                     "Resource": names.split_instance(session.node)[0].upper(),
-                    "instance_s": instance_name(session.node), "peerAddress_s": session.peer,
+                    "instance_s": names.azure_instance_name(session.node), "peerAddress_s": session.peer,
                     "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
 
 
@@ -109,7 +108,7 @@ class Writer:
         what = f"connected from {address} with virtual IP {vip}" if connected \
             else f"disconnected ({address}, virtual IP {vip})"
         self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
-                    "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
+                    "Resource": server.gateway.upper(), "instance_s": names.azure_instance_name(server.gateway_instance),
                     "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
                     "Message": f"{server.protocol} user CN={user} {what}"})
 
@@ -119,7 +118,7 @@ class Writer:
         connection more than the SKU takes)."""
         source = f" from {address}" if address else ""
         self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
-                    "Resource": server.gateway.upper(), "instance_s": instance_name(server.gateway_instance),
+                    "Resource": server.gateway.upper(), "instance_s": names.azure_instance_name(server.gateway_instance),
                     "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
                     "Message": f"{server.protocol} user CN={user}{source} {what}: {reason}"})
 

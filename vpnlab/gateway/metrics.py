@@ -15,8 +15,6 @@ from vpnlab.model import names
 from vpnlab.plan.parts import Plan
 from vpnlab.session import Lab
 
-instance_name = names.azure_instance_name
-
 
 def metrics(lab: Lab) -> list[dict]:
     """Azure's metrics of the lab's gateways, now."""
@@ -34,7 +32,7 @@ def metrics(lab: Lab) -> list[dict]:
     for t in plan.tunnels:
         c = counters[t.name]
         dims = {"ConnectionName": t.connection, "RemoteIP": t.remote_ip,
-                "Instance": instance_name(t.gateway_instance)}
+                "Instance": names.azure_instance_name(t.gateway_instance)}
         # Ingress: from the tunnel into Azure (what the Azure end receives)
         add("TunnelIngressBytes", c["bytes_in"], "Bytes", **dims)
         add("TunnelEgressBytes", c["bytes_out"], "Bytes", **dims)
@@ -49,14 +47,14 @@ def metrics(lab: Lab) -> list[dict]:
     instances = sorted({t.gateway_instance for t in plan.tunnels})
     for node in instances:
         add("AverageBandwidth", round(per_instance[node], 1), "BytesPerSecond",
-            Instance=instance_name(node))
+            Instance=names.azure_instance_name(node))
         add("VnetAddressPrefixCount", len(plan.nodes[node].frr.vnet_prefixes), "Count",
-            Instance=instance_name(node))
+            Instance=names.azure_instance_name(node))
     sessions = [s for s in plan.bgp if s.kind == "ebgp" and s.node in instances]
     peers = dict(zip(instances, live.each(lambda n: _peers(rt, n), instances)))
     for s in sessions:
         p = peers[s.node].get(s.peer, {})
-        dims = {"BgpPeerAddress": s.peer, "Instance": instance_name(s.node)}
+        dims = {"BgpPeerAddress": s.peer, "Instance": names.azure_instance_name(s.node)}
         add("BgpPeerStatus", int(p.get("state") == "Established"), "Count", **dims)
         add("BgpRoutesLearned", p.get("pfxRcd", 0), "Count", **dims)
         add("BgpRoutesAdvertised", p.get("pfxSnt", 0), "Count", **dims)
@@ -70,10 +68,10 @@ def _p2s(rt, plan: Plan, add):
     bandwidth: dict[str, float] = {}
     for s in live.p2s_sessions(rt, plan):
         add("P2SConnectionCount", s["connections"], "Count", Protocol=s["protocol"],
-            Instance=instance_name(s["instance"]))
+            Instance=names.azure_instance_name(s["instance"]))
         bandwidth[s["instance"]] = bandwidth.get(s["instance"], 0) + sum(c["bandwidth"] for c in s["clients"])
     for node, value in sorted(bandwidth.items()):
-        add("P2SBandwidth", round(value, 1), "BytesPerSecond", Instance=instance_name(node))
+        add("P2SBandwidth", round(value, 1), "BytesPerSecond", Instance=names.azure_instance_name(node))
 
 
 def _peers(rt, node: str) -> dict:

@@ -3,7 +3,7 @@ and how the address pool is split between protocols. Yields (field path, message
 the rest of lab.topology's validation."""
 from __future__ import annotations
 
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model.defaults import defaults
 
@@ -51,11 +51,18 @@ def _crowd_errors(t, name: str, gw):
             f"IKEv2 {capacity} ({', '.join(map(str, share))}): lower count or widen the pool")
 
 
-def _client_address_errors(t):
-    """Each client node takes a public address of the lab's client range (a crowd one)."""
+def free_client_addresses(t) -> list[IPv4Address]:
+    """The public IPs clients may take, in the order the plan gives them out: the lab's
+    client range from the top down, less the sites' addresses and the internet's .1."""
     net = IPv4Network(defaults()["p2s"]["client_public"])
     taken = {lng.gateway_ip for lng in t.local_network_gateways.values()}
-    free = sum(1 for a in net.hosts() if a not in taken and int(a) & 0xFF > 1)
+    return [a for a in reversed(list(net.hosts())) if a not in taken and int(a) & 0xFF > 1]
+
+
+def _client_address_errors(t):
+    """Each client node takes a public address of the lab's client range (a crowd one)."""
+    free = len(free_client_addresses(t))
+    net = defaults()["p2s"]["client_public"]
     if len(t.clients) > free:
         yield ("clients",), (f"{len(t.clients)} clients, but the lab's client range {net} has {free} "
                              "free addresses: use fewer clients, or one client with count (a crowd)")

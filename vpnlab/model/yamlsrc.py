@@ -84,7 +84,7 @@ class _Converter:
                             "needs far fewer (is an anchor used inside itself many times over?)", loc)
         self.lines.setdefault(loc, node.start_mark.line + 1)
         if len(loc) > MAX_DEPTH:
-            self.fail(node, f"nested more than {MAX_DEPTH} levels deep (through aliases)", loc)
+            self.fail(node, f"nested more than {MAX_DEPTH} levels deep; a topology nests far less", loc)
         if id(node) in self.open:
             self.fail(node, "an alias refers to a node that contains it (a recursive alias)", loc)
         if isinstance(node, yaml.ScalarNode):
@@ -185,9 +185,10 @@ def _text(path: Path) -> str:
     return text
 
 
-def _check_depth(path: Path, text: str, loader=FAST_LOADER):
-    """PyYAML composes recursively: deep nesting is refused from the event stream, which
-    is read iteratively, before composing; the message names the field it reached."""
+def _check_depth(path: Path, text: str, loader=yaml.SafeLoader):
+    """Deep nesting refused from the event stream, which is read iteratively, before the
+    recursive composer sees it (libyaml's composer stops at its own limit, and this then
+    names the field); the message names the field it reached."""
     stack: list[list] = []           # per open collection: [is_mapping, next_is_key, key or index]
 
     def item_starts(event):
@@ -220,7 +221,8 @@ def load(path: Path | str) -> Source:
     path = Path(path)
     text = _text(path)
     try:
-        _check_depth(path, text)
+        if FAST_LOADER is yaml.SafeLoader:     # PyYAML's own composer recurses: check first
+            _check_depth(path, text)
         node = yaml.compose(text, Loader=FAST_LOADER)
     except yaml.MarkedYAMLError as err:
         if "nesting depth" in str(err.problem):    # libyaml's own limit: find the field

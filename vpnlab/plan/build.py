@@ -28,7 +28,6 @@ from vpnlab.plan.parts import (
     Tunnel,
     initiator_child,
     instance_count,
-    instance_name,
     selector_anchors,
     serves,
 )
@@ -211,7 +210,7 @@ class _Builder:
                 self.lan(sdn, f"s{i}", sub.address_prefix, vms, first_vm_host, "vm")
         bgp_ips = gateway_subnet_ips(gws, gw.active_active)
         for k in range(instance_count(gw)):
-            name = instance_name(gw_name, k)
+            name = names.instance(gw_name, k)
             # active-standby: one public IP and one BGP address, held by the active
             # instance, with the same MAC, so that they move as Azure moves them [5]
             slot = k if gw.active_active else 0
@@ -311,7 +310,7 @@ class _Builder:
         dev_policy = self.device_policy(c, policy_based)
         op_end = op_if = None
         for k in range(instance_count(gw)):
-            inst = self.nodes[instance_name(c.virtual_network_gateway, k)]
+            inst = self.nodes[names.instance(c.virtual_network_gateway, k)]
             tname = names.tunnel(conn_name, k)
             az_end, az_if = self.tunnel_end(inst, names.tunnel_end(tname, "az"), standby=inst.standby)
             az_end.interfaces.append(Iface("lo", selector_anchors(
@@ -363,14 +362,14 @@ class _Builder:
                 sa, sb = self.slot(a, i), self.slot(b, j)
                 az_end, peer_end = ends[(a, i, sb)][0], ends[(b, j, sa)][0]
                 name = names.tunnel(conn_name, i) + (f"-{sb}" if self.gw(b).active_active else "")
-                self.tunnels.append(Tunnel(name, conn_name, a, instance_name(a, i), instance_name(b, j),
+                self.tunnels.append(Tunnel(name, conn_name, a, names.instance(a, i), names.instance(b, j),
                                            az_end.name, peer_end.name,
-                                           self.nodes[instance_name(b, j)].public_ip,
+                                           self.nodes[names.instance(b, j)].public_ip,
                                            dpd_timeout=self.dpd(c)))
                 if c.enable_bgp:
                     for g, k, peer in ((a, i, (b, j)), (b, j, (a, i))):
-                        self.bgp.append(BgpSession(instance_name(g, k), self.bgp_addresses[instance_name(*peer)]["bgp_ip"],
-                                                   instance_name(*peer), "ebgp"))
+                        self.bgp.append(BgpSession(names.instance(g, k), self.bgp_addresses[names.instance(*peer)]["bgp_ip"],
+                                                   names.instance(*peer), "ebgp"))
 
     def gw(self, name: str):
         return self.t.virtual_network_gateways[name]
@@ -391,10 +390,10 @@ class _Builder:
         slots = sorted({self.slot(peer, k) for k in range(instance_count(self.gw(peer)))})
         policy = self.azure_policy(c)
         for k in range(instance_count(self.gw(g))):
-            inst = self.nodes[instance_name(g, k)]
+            inst = self.nodes[names.instance(g, k)]
             for s in slots:
-                peer_inst = self.nodes[instance_name(peer, s)]
-                towards = instance_name(peer, s) if len(slots) > 1 else peer
+                peer_inst = self.nodes[names.instance(peer, s)]
+                towards = names.instance(peer, s) if len(slots) > 1 else peer
                 end, ifname = self.tunnel_end(inst, names.v2v_end(inst.name, towards), standby=inst.standby)
                 out[(g, k, s)] = (end, ifname)
                 self.azure_end(inst, end, c, dict(connection=conn_name, version=2, policy=policy,
@@ -523,7 +522,7 @@ class _Builder:
             connected = self.t.local_network_gateways[c.local_network_gateway].device.connect_to_instances
             for k in range(instance_count(gw)):
                 if self.serves(c.virtual_network_gateway, k) and (k in connected or not gw.active_active):
-                    self._expect(instance_name(c.virtual_network_gateway, k), site_prefixes)
+                    self._expect(names.instance(c.virtual_network_gateway, k), site_prefixes)
             vms = [vm for sub in sorted(vnet.subnets) for vm in self.t.subnet_vms(gw.virtual_network, sub)]
             hosts = self.t.site_hosts(c.local_network_gateway)
             for vm in vms:
@@ -538,7 +537,7 @@ class _Builder:
         peer_vnet = [str(p) for p in self.t.virtual_networks[peer.virtual_network].address_space]
         self._expect(names.vnet_router(gw.virtual_network), peer_vnet)
         for k in self.serving(c.virtual_network_gateway):
-            self._expect(instance_name(c.virtual_network_gateway, k), peer_vnet)
+            self._expect(names.instance(c.virtual_network_gateway, k), peer_vnet)
         vms = lambda vnet: [vm for sub in sorted(self.t.virtual_networks[vnet].subnets)
                             for vm in self.t.subnet_vms(vnet, sub)]
         for vm in vms(gw.virtual_network):

@@ -13,7 +13,8 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
-from vpnlab.model.p2s_rules import pool_split
+from vpnlab.model.p2s_rules import free_client_addresses, pool_split
+from vpnlab.plan import timers as timers_of
 from vpnlab.plan.parts import (
     Iface,
     Node,
@@ -21,7 +22,6 @@ from vpnlab.plan.parts import (
     P2sEnd,
     Route,
     instance_count,
-    instance_name,
     selector_anchors,
 )
 
@@ -59,7 +59,7 @@ def p2s_public_ip(b, gw_name: str) -> str:
     """Where clients connect: the gateway's public IP (active-standby), or its third
     public IP (active-active), 203.0.113.100 + the gateway's index."""
     if not b.gw(gw_name).active_active:
-        return b.nodes[instance_name(gw_name, 0)].public_ip
+        return b.nodes[names.instance(gw_name, 0)].public_ip
     index = sorted(b.t.virtual_network_gateways).index(gw_name)
     return str(IPv4Network(b.d["internal"]["azure_public"]).network_address + 100 + index)
 
@@ -86,7 +86,7 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
     for k in range(instance_count(gw)):
         if gw.active_active and k != 0:
             continue
-        inst = b.nodes[instance_name(gw_name, k)]
+        inst = b.nodes[names.instance(gw_name, k)]
         if gw.active_active:
             inst.iface("pub").addresses.append(f"{address}/24")
         for protocol, share in pool_split(cfg).items():
@@ -117,7 +117,7 @@ def _ikev2_server(end: Node, gw_name: str, ul: str, pool, pushed, roots, limit: 
     end.charon = dict(p2s=True, side="azure", connection="p2s", version=2, local_addr=ul,
                       local_id=gateway_fqdn(gw_name), pools=[str(p) for p in pool], local_ts=pushed,
                       policy=dict(ike=p2s["ike_proposals"], esp=p2s["esp_proposals"]),
-                      dpd_timeout=_dpd(timers), ikesa_limit=limit)
+                      dpd_timeout=timers_of.dpd_timeout(timers), ikesa_limit=limit)
     # libipsec routes a CHILD SA only with a local address inside the local selector
     end.interfaces.append(Iface("lo", selector_anchors([IPv4Network(p) for p in pushed]), kind="lo"))
     end.pki = ([(f"x509ca/{r}.pem", f"ca-{r}.pem") for r in roots]
@@ -155,7 +155,7 @@ def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:
                            remote_ts=pushed if c.os == "Windows" else ["0.0.0.0/0"],
                            remote_addr=gw_ip, remote_id=fqdn, identities=identities,
                            policy=dict(ike=p2s["client_ike_proposals"], esp=p2s["client_esp_proposals"]),
-                           dpd_timeout=_dpd(b.timers))
+                           dpd_timeout=timers_of.dpd_timeout(b.timers))
         node.pki = ([(f"x509ca/{SERVER_ROOT}.pem", server_ca), ("private/client.key", f"client-{name}.key")]
                     + [(f"x509/{i}.pem", f"cert-{i}.pem") for i in identities])
     else:
@@ -166,14 +166,6 @@ def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:
     return P2sClient(name, c.virtual_network_gateway, c.protocol, identities, gw_ip, pushed)
 
 
-def _dpd(timers: dict) -> int:
-    return timers["dpd_timeout"] or defaults()["azure"]["dpd_timeout_seconds"]["default"]
-
-
 def _client_addresses(t) -> dict[str, IPv4Address]:
-    """Public IPs for the clients, from the top of the client range down, skipping the
-    sites' addresses."""
-    net = IPv4Network(defaults()["p2s"]["client_public"])
-    taken = {lng.gateway_ip for lng in t.local_network_gateways.values()}
-    free = (a for a in reversed(list(net.hosts())) if a not in taken and int(a) & 0xFF > 1)
-    return {name: next(free) for name in sorted(t.clients)}
+    """Public IPs for the clients, in name order (the model checked there are enough)."""
+    return dict(zip(sorted(t.clients), free_client_addresses(t)))

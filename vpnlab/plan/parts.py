@@ -247,11 +247,10 @@ def instance_count(gw) -> int:
     """Every gateway has two instances: both serve (active-active) or one serves and
     the other stands by with the same public IP and BGP address [5]. Policy-based
     (Basic) gateways too."""
-    return 2
+    return len(names.INSTANCES)
 
 
 def serves(gw, active: int, k: int) -> bool:
     return gw.active_active or k == active
 
 
-instance_name = names.instance

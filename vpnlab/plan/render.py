@@ -9,6 +9,7 @@ from pathlib import Path
 import jinja2
 
 from vpnlab.model.defaults import defaults
+from vpnlab.plan import timers
 from vpnlab.plan.parts import Node, Plan
 
 PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
@@ -50,7 +51,7 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
     if node.charon is not None:
         c = node.charon
         # no DPD (policy-based gateways): IKE retransmits as with Azure's default timeout
-        dpd = c["dpd_timeout"] or defaults()["azure"]["dpd_timeout_seconds"]["default"]
+        dpd = c["dpd_timeout"] or timers.azure_dpd()
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
             ctx, c=c | {"dpd_timeout": dpd}, plugins=PLUGINS, retransmit=retransmit(dpd))
         template = "swanctl-p2s.conf.j2" if c.get("p2s") else "swanctl.conf.j2"

@@ -39,12 +39,11 @@ def lab_names() -> set[str]:
 
 def leftovers(lab: str) -> dict[str, list[str]]:
     """What of a lab's nodes is on the machine, of any runtime, by kind (empty: none)."""
-    found: dict[str, list[str]] = {}
+    found: dict[str, dict[str, None]] = {}     # containerlab's containers are docker's too
     for b in BACKENDS.values():
         for kind, items in b.leftovers(lab).items():
-            found.setdefault(kind, [])
-            found[kind] += [i for i in items if i not in found[kind]]
-    return {kind: items for kind, items in found.items() if items}
+            found.setdefault(kind, {}).update(dict.fromkeys(items))
+    return {kind: list(items) for kind, items in found.items() if items}
 
 
 def leftover_runtime(lab: str) -> str:
