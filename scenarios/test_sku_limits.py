@@ -3,7 +3,7 @@ rated throughput in both directions (tc on the instance), on
 topologies/basic-policy-based.yaml: a Basic gateway, 100 Mbit/s, which the lab's own
 userspace ESP can exceed, so that the cap itself is what a throughput test meets."""
 from vpnlab.checks.throughput import iperf, limited_by, measured
-from vpnlab.model.defaults import defaults
+from vpnlab.model.topology import throughput_mbps
 
 LAB_TOPOLOGY = "../topologies/basic-policy-based.yaml"
 SECONDS = 4
@@ -14,8 +14,8 @@ def test_basic_sku_saturates_at_its_rating_through_the_tunnel(lab, scenario):
     saturates near 100 Mbit/s and no higher, and the report names the SKU as the limit."""
     rt, vm, host = lab.backend, "legacy-vm", "office-host"
     scenario.nodes |= {vm, host}
-    sku = lab.topology.virtual_network_gateways["legacy-gw"].sku
-    rated = defaults()["skus"][sku]["throughput_mbps"]
+    gateway = lab.topology.virtual_network_gateways["legacy-gw"]
+    sku, rated = gateway.sku, throughput_mbps(gateway)
     for reverse in (False, True):
         label = "VNet -> site" if reverse else "site -> VNet"
         run, per_tunnel, _ = measured(rt, lab.plan, lambda: iperf(

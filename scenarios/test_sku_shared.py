@@ -2,14 +2,14 @@
 of a Basic route-based gateway (scenarios/topologies/basic-two-sites.yaml) push at once:
 together they get the SKU's 100 Mbit/s, not 100 each."""
 from vpnlab.checks.throughput import concurrent
-from vpnlab.model.defaults import defaults
+from vpnlab.model.topology import throughput_mbps
 
 LAB_TOPOLOGY = "topologies/basic-two-sites.yaml"
 SECONDS = 4
 
 
 def test_two_sites_share_the_skus_bandwidth(lab, scenario):
-    rated = defaults()["skus"]["Basic"]["throughput_mbps"]
+    rated = throughput_mbps(next(iter(lab.topology.virtual_network_gateways.values())))
     vm = "shop-vm"
     hosts = ("store1-host", "store2-host")
     scenario.nodes |= {vm, *hosts}

@@ -3,7 +3,7 @@ direction, across all four tunnels at once, next to the plain-forwarding baselin
 same links (device -> gateway instance over the lab's internet, no IPsec) and next to
 the SKU's rated aggregate (azure-reference.md section 2.1)."""
 from vpnlab.checks.throughput import concurrent, iperf, limited_by, measured
-from vpnlab.model.defaults import defaults
+from vpnlab.model.topology import throughput_mbps
 
 LAB_TOPOLOGY = "../topologies/active-active-bgp.yaml"
 SECONDS = 3
@@ -17,8 +17,8 @@ def test_throughput_per_tunnel_all_tunnels_and_baseline(lab, scenario):
     own data plane is the limit."""
     rt, vm, host0, host1 = lab.backend, "vm1", "onprem-dev0-host", "onprem-dev1-host"
     scenario.nodes |= {vm, host0, host1}
-    sku = lab.topology.virtual_network_gateways["hub-gw"].sku
-    rated = defaults()["skus"][sku]["throughput_mbps"]
+    gateway = lab.topology.virtual_network_gateways["hub-gw"]
+    sku, rated = gateway.sku, throughput_mbps(gateway)
     single = {}
     for reverse in (False, True):
         run, per_tunnel, _ = measured(rt, lab.plan, lambda: iperf(

@@ -2,6 +2,7 @@
 gateway, clients on the plab's internet, certificates from the plab's PKI."""
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -200,10 +201,12 @@ def test_private_keys_stay_private(plab):
 
 
 def test_more_clients_than_the_sku_allows_are_refused():
-    """VpnGw1 takes 250 IKEv2 and OpenVPN connections [2.1]: the 251st is refused.
-    charon ignores the IKE_SA_INIT past the limit; where two of its worker threads pass
-    that check at once, the agent refuses the session that came up past it. The second
-    half takes charon's check away, so the agent alone holds the count."""
+    """VpnGw1 takes 250 IKEv2 and OpenVPN connections together [2.1]: the 251st is
+    refused, whichever its protocol. charon ignores the IKE_SA_INIT past the limit;
+    where two of its worker threads pass that check at once, the agent refuses the
+    session that came up past it; an OpenVPN session past the gateway's count is ended
+    by the agent. The second half takes charon's check away, so the agent alone holds
+    the count."""
     name = "it-p2s-crowd"
     up(CROWD, name)
     try:
@@ -214,6 +217,15 @@ def test_more_clients_than_the_sku_allows_are_refused():
             p2s.connect(lab, "crowd", budget=15)
         _holds_250(rt, plan)
         assert "hitting IKE_SA limit (250)" in (rt.node_dir(server) / "charon.log").read_text()
+        with contextlib.suppress(LabError):     # it may look connected until the agent ends it
+            p2s.connect(lab, "late", budget=10)
+        wait_until(lambda: [e["Message"] for e in read_events(lab.state.dir, "P2SDiagnosticLog")
+                            if e["userName_s"] == "late" and "connection limit (250) is reached" in e["Message"]],
+                   bool, "the agent to refuse the OpenVPN session past the combined limit", 30)
+        looks = _looks(lambda: sum(s["connections"] for s in live.p2s_sessions(rt, plan)), 3)
+        assert min(looks) == 250 and max(looks) <= 251, looks     # 251: between connect and kill
+        p2s.disconnect(lab, "late")
+        _holds_250(rt, plan)
 
         conf = rt.node_dir(server) / "strongswan.conf"
         conf.write_text("".join(ln for ln in conf.read_text().splitlines(True) if "ikesa_limit" not in ln))
@@ -238,7 +250,7 @@ def _holds_250(rt, plan):
         clients = p2s.client_state(rt, plan.clients[0])
         return [s["connections"] for s in live.p2s_sessions(rt, plan)], \
             sum(c["state"] == "CONNECTED" for c in clients.values())
-    want = ([250], 250)
+    want = ([250, 0], 250)
     wait_until(count, lambda got: got == want, "250 connections, on the gateway and on the clients", 60)
     looks = _looks(count, 3)
     assert all(got == want for got in looks), f"the count did not hold: {looks}"

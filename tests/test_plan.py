@@ -61,3 +61,32 @@ def test_the_dpd_bound_is_the_connections_own(tmp_path):
     swan = render(plan, NODES_DIR)[plan.tunnels[0].azure_end]["swanctl.conf"]
     assert "dpd_delay = 1200s" in swan
     assert build(load(path), "fast").timers["dpd_timeout"] == 9     # the fast profile's own
+
+
+@pytest.mark.parametrize("generation, rated", [(None, 1250), ("Generation2", 1250), ("Generation1", 1000)])
+def test_the_throughput_cap_follows_the_gateway_generation(tmp_path, generation, rated):
+    """VpnGw2 is rated 1 Gbit/s in Generation1 and 1.25 in Generation2 [2.1]; without a
+    generation the lab takes the SKU's newest."""
+    text = (ROOT / "topologies/active-active-bgp.yaml").read_text()
+    if generation:
+        text = text.replace("    sku: VpnGw2\n", f"    sku: VpnGw2\n    generation: {generation}\n")
+    (tmp_path / "t.yaml").write_text(text)
+    plan = build(load(tmp_path / "t.yaml"))
+    assert {n.shaping_mbps for n in plan.nodes.values() if n.role == "gateway-instance"} == {rated}
+
+
+def test_hub_gateway_routes_and_advertises_its_spokes():
+    """Gateway transit [PEER]: the instances route the spokes to the hub's router and
+    advertise them, the spokes' routers peer with both instances, clients get the
+    spokes pushed, and on-prem hosts are pinged from spoke VMs (not from subnets behind
+    a route table, which the routing checks cover)."""
+    plan = build(load(ROOT / "topologies/hub-spoke.yaml"))
+    inst = plan.nodes["hub-gw-in0"]
+    assert {"10.11.0.0/16", "10.12.0.0/16"} <= set(inst.frr.networks)
+    assert "10.13.0.0/16" not in inst.frr.networks           # spoke3: no gateway transit
+    sessions = {(s.node, s.peer_node) for s in plan.bgp}
+    assert {("spoke1-sdn", "hub-gw-in0"), ("spoke1-sdn", "hub-gw-in1"), ("hub-gw-in0", "spoke2-sdn")} <= sessions
+    assert not any("spoke3-sdn" in pair for pair in sessions)
+    pings = set(plan.pings)
+    assert ("app1", "10.20.1.10") in pings and ("web1", "10.20.1.10") not in pings
+    assert {"10.11.0.0/16", "10.12.0.0/16"} <= set(plan.clients[0].pushed)

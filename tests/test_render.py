@@ -177,8 +177,8 @@ def test_point_to_site_servers_and_the_third_public_ip_on_active_active(tmp_path
     plan = build(load(path), "azure")
     assert [(e.gateway_instance, e.protocol) for e in plan.p2s_ends] == [("hub-gw-in0", "IkeV2"),
                                                                         ("hub-gw-in0", "OpenVPN")]
-    assert "203.0.113.100/24" in plan.nodes["hub-gw-in0"].iface("pub").addresses
-    assert "203.0.113.100/24" not in plan.nodes["hub-gw-in1"].iface("pub").addresses
+    assert "203.0.113.100/32" in plan.nodes["hub-gw-in0"].iface("pub").addresses
+    assert "203.0.113.100/32" not in plan.nodes["hub-gw-in1"].iface("pub").addresses
     nft = render(plan, NODES_DIR)["hub-gw-in0"]["nftables.conf"]
     s2s = nft.index("ip saddr 198.51.100.10 udp dport { 500, 4500 }")
     assert s2s < nft.index("ip daddr 203.0.113.100 udp dport { 500, 4500 }") < nft.index(

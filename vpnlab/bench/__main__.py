@@ -1,5 +1,6 @@
-"""`make bench`: time from `up` to converged and peak memory, for the default topology
-and generated active-active topologies of 1, 10 and 30 sites (2 tunnels per site), on
+"""`make bench`: time from `up` to converged and peak memory, for the default topology,
+shipped designs (--designs: hub-and-spoke, forced tunnelling) and generated
+active-active topologies of 1, 10 and 30 sites (2 tunnels per site), on
 each runtime asked for that can run here. Prints a table and writes JSON. Run as root;
 uses fast timers."""
 from __future__ import annotations
@@ -106,6 +107,8 @@ def machine() -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vpnlab.bench")
     ap.add_argument("--sites", default="1,10,30")
+    ap.add_argument("--designs", default="hub-spoke,forced-tunnelling",
+                    help="shipped topologies (topologies/NAME.yaml) to time beside the default ('' to skip)")
     ap.add_argument("--runtimes", default="netns,docker",
                     help="runtimes to measure; one that cannot run here is skipped, with the reason")
     ap.add_argument("--p2s-skus", default="VpnGw1",
@@ -121,6 +124,10 @@ def main(argv=None) -> int:
             console.print(f"[dim]validating {n} sites...[/]")
             validation.append(measure_validation(n, Path(tmp)))
         cases = [("default", engine.default_topology(), 2)]
+        shipped = engine.default_topology().parent
+        for design in filter(None, args.designs.split(",")):
+            path = shipped / f"{design}.yaml"
+            cases.append((design, path, len(load(path).local_network_gateways)))
         for n in (int(x) for x in args.sites.split(",") if x):
             path = Path(tmp) / f"sites-{n}.yaml"
             path.write_text(yaml.safe_dump(generated_topology(n)))

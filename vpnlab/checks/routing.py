@@ -19,20 +19,23 @@ from vpnlab.plan.parts import Plan
 
 # ------------------------------------------------------------------ intended
 def endpoints(plan: Plan, topology) -> dict[str, str]:
-    """Subnets where workloads live -> the router that delivers them."""
+    """Subnets where workloads live -> the router that delivers them: every VNet's
+    subnets without a route table (a route table's paths are the table's to decide,
+    checked by the scenarios that use one), every site's LAN."""
     out = {}
-    for gw in topology.virtual_network_gateways.values():
-        vnet = topology.virtual_networks[gw.virtual_network]
+    for vnet_name, vnet in topology.virtual_networks.items():
         for name, sub in vnet.subnets.items():
-            if topology.subnet_vms(gw.virtual_network, name):
-                out[str(sub.address_prefix)] = names.vnet_router(gw.virtual_network)
+            if sub.route_table is None and topology.subnet_vms(vnet_name, name):
+                out[str(sub.address_prefix)] = names.vnet_router(vnet_name)
     for site in topology.local_network_gateways:
         for prefix in topology.site_lan(site):
             out[str(prefix)] = site
     return out
 
 
-def intended_graph(plan: Plan) -> nx.Graph:
+def intended_graph(plan: Plan, topology=None) -> nx.Graph:
+    """Tunnels, each instance to its VNet's router, and (with a topology) each spoke's
+    router to its hub's: the ways the design gives traffic between VNets and sites."""
     g = nx.Graph()
     for t in plan.tunnels:
         g.add_edge(t.device, f"tunnel:{t.name}")
@@ -41,17 +44,24 @@ def intended_graph(plan: Plan) -> nx.Graph:
         if node.role == "gateway-instance":
             sdn = next(link.b for link in plan.links if link.a == node.name and link.a_if == "gws")
             g.add_edge(node.name, sdn)
+    for vnet in (topology.virtual_networks if topology else ()):
+        hub = topology.transit_hub(vnet)
+        if hub:
+            g.add_edge(names.vnet_router(vnet), names.vnet_router(hub))
     return g
 
 
 def intended(plan: Plan, topology) -> dict[str, dict]:
-    """pair "src -> dst" -> {reaches, paths}. VNet <-> connected site: must reach, over as
-    many disjoint paths as the design has. Site <-> site: transit only where both
-    connections run BGP and the sites' ASNs differ (BGP loop prevention); else must not."""
+    """pair "src -> dst" -> {reaches, paths}. VNet <-> connected site (a spoke through its
+    hub's gateway): must reach, over as many disjoint paths as the design has. VNet <->
+    VNet: directly peered (both directions allow access), or joined by their gateways;
+    peering is not transitive. Site <-> site: transit only where both connections run
+    BGP and the sites' ASNs differ (BGP loop prevention); else must not."""
     ends = endpoints(plan, topology)
-    g = intended_graph(plan)
+    g = intended_graph(plan, topology)
     conns = {c.local_network_gateway: c for c in topology.connections.values() if c.local_network_gateway}
     lngs = topology.local_network_gateways
+    vnet_of = {names.vnet_router(v): v for v in topology.virtual_networks}
     out = {}
     for src, a in ends.items():
         for dst, b in ends.items():
@@ -64,11 +74,29 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
                                and ca.virtual_network_gateway == cb.virtual_network_gateway
                                and lngs[a].bgp.asn != lngs[b].bgp.asn)
                 paths = 1 if reaches else 0
+            elif not sites:
+                reaches, paths = _vnets_reach(topology, plan, vnet_of[a], vnet_of[b])
             else:
-                reaches = all(s in conns for s in sites) and a in g and b in g
+                vnet = vnet_of[a if b in sites else b]
+                gateway = topology.gateway_of(vnet)
+                reaches = all(s in conns and conns[s].virtual_network_gateway == gateway for s in sites) \
+                    and a in g and b in g and nx.has_path(g, a, b)
                 paths = nx.node_connectivity(g, a, b) if reaches else 0
             out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": paths}
     return out
+
+
+def _vnets_reach(topology, plan: Plan, a: str, b: str) -> tuple[bool, int]:
+    peered = topology.peered(a).get(b)
+    if peered is not None:
+        back = topology.peered(b)[a]
+        ok = peered.allow_virtual_network_access and back.allow_virtual_network_access
+        return ok, int(ok)
+    tunnels = intended_graph(plan)           # joined by their gateways (VNet-to-VNet)
+    ra, rb = names.vnet_router(a), names.vnet_router(b)
+    if ra in tunnels and rb in tunnels and nx.has_path(tunnels, ra, rb):
+        return True, nx.node_connectivity(tunnels, ra, rb)
+    return False, 0
 
 
 # ------------------------------------------------------------------ observed

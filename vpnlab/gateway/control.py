@@ -145,3 +145,8 @@ def bgp_shutdown(rt, node: str, asn: int):
     """Administrative shutdown of the BGP instance: every peer gets a Cease NOTIFICATION
     and withdraws this router's routes at once (a planned, graceful exit)."""
     vtysh_config(rt, node, [f"router bgp {asn}", "bgp shutdown"])
+
+
+def openvpn_kill(rt, node: str, address: str, port: int | str) -> list[str]:
+    """End one OpenVPN client's session (its TCP connection) on a server."""
+    return live.openvpn_management(rt, node, f"kill {address}:{port}")

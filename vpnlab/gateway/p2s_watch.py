@@ -3,9 +3,11 @@
 - P2SDiagnosticLog [7.5]: a user's session begins or ends, from the servers' own events
   (VICI's ike-updown; openvpn's client-connect and client-disconnect hooks), so that a
   session shorter than a poll is logged too; a server refused a certificate.
-- The SKU's connection count [2.1], exactly: charon's `ikesa_limit` is checked before a
-  new IKE SA is made, by each worker thread on its own, so a burst can pass it by one or
-  two. The IKEv2 watch refuses a session that comes up past the limit.
+- The SKU's connection count [2.1], exactly, and for IKEv2 and OpenVPN together (one
+  figure in Microsoft's table): charon's `ikesa_limit` and openvpn's `max-clients` hold
+  each server to it; the watches refuse a session that comes up past the gateway's
+  count of both (an IKE DELETE; openvpn's `kill`). charon checks its limit in each worker
+  thread on its own, so a burst can pass it by one or two.
 """
 from __future__ import annotations
 
@@ -52,10 +54,15 @@ class Sessions:
         self.reconcile({})
 
 
+def in_use(agent, gateway: str) -> int:
+    """The gateway's point-to-site sessions, every server's (IKEv2 and OpenVPN together)."""
+    return sum(len(s.known) for s in list(agent.p2s_users.values()) if s.server.gateway == gateway)
+
+
 def ikev2_server(agent, server: P2sEnd, poll: float):
     """Sessions and refusals of a P2S IKEv2 server, from its VICI events; whenever the
     listener (re)connects, the server's SAs are read once, so nothing is missed."""
-    sessions = Sessions(agent.log, server)
+    sessions = agent.p2s_users[server.node] = Sessions(agent.log, server)
     limit = agent.plan.nodes[server.node].charon["ikesa_limit"]
     reasons: dict[bytes, str] = {}      # IKE SA -> why its certificate failed
     while not agent.stop.is_set():
@@ -68,8 +75,9 @@ def ikev2_server(agent, server: P2sEnd, poll: float):
                     first = False
                     up = sorted((ike for ike in live.ike_sas(agent.rt, server.node)
                                  if ike["state"] == b"ESTABLISHED"), key=lambda ike: int(ike["uniqueid"]))
-                    sessions.reconcile({ike["uniqueid"]: live.ikev2_client(ike) for ike in up[:limit]})
-                    for ike in up[limit:]:
+                    room = max(limit - (in_use(agent, server.gateway) - len(sessions.known)), 0)
+                    sessions.reconcile({ike["uniqueid"]: live.ikev2_client(ike) for ike in up[:room]})
+                    for ike in up[room:]:
                         _refuse_past_limit(agent, server, ike, limit)
                 if event is None:       # a tick
                     continue
@@ -96,7 +104,7 @@ def _updown(agent, server: P2sEnd, sessions: Sessions, event: dict, limit: int):
             continue
         if not up:
             sessions.down(ike["uniqueid"])
-        elif ike["uniqueid"] not in sessions.known and len(sessions.known) >= limit:
+        elif ike["uniqueid"] not in sessions.known and in_use(agent, server.gateway) >= limit:
             _refuse_past_limit(agent, server, ike, limit)
         else:
             sessions.up(ike["uniqueid"], live.ikev2_client(ike))
@@ -143,7 +151,8 @@ class _OpenVpnWatch:
 
     def __init__(self, agent, server: P2sEnd):
         self.agent, self.server = agent, server
-        self.sessions = Sessions(agent.log, server)
+        self.sessions = agent.p2s_users[server.node] = Sessions(agent.log, server)
+        self.limit = agent.plan.nodes[server.node].openvpn["max_clients"]
         self.journal = _Journal(agent.rt.node_dir(server.node) / SESSIONS_FILE)
         self.synced = False           # the sessions agree with a listing, the journal goes on from it
         self.missing: set = set()     # known sessions the last listing did not show
@@ -156,7 +165,7 @@ class _OpenVpnWatch:
         for entry in self.journal.read():
             client = {k: entry[k] for k in ("certificate", "address", "source_port", "virtual_ip")}
             if entry["event"] == "client-connect":
-                self.sessions.up(_session(client), client)
+                self._connected(client)
             else:
                 self.sessions.down(_session(client))
         try:
@@ -178,6 +187,23 @@ class _OpenVpnWatch:
         for r in history:
             self.agent.log.p2s_refused(self.server, r["certificate"], r["address"], r["reason"])
             self.since = max(self.since, r["time"] + 1)
+
+
+    def _connected(self, client: dict):
+        key = _session(client)
+        if key in self.sessions.known or in_use(self.agent, self.server.gateway) < self.limit:
+            self.sessions.up(key, client)
+            return
+        agent, server = self.agent, self.server
+        agent.log.p2s_refused(server, client["certificate"], client["address"],
+                              f"the gateway's point-to-site connection limit ({self.limit}) is reached",
+                              "was refused")
+        agent.say(f"{server.node}: {client['certificate']} is past the connection limit ({self.limit}): "
+                  "ending its session")
+        try:
+            control.openvpn_kill(agent.rt, server.node, client["address"], client["source_port"])
+        except OSError as err:
+            agent.say(f"{server.node}: ending {client['certificate']}'s session failed: {err!r}")
 
 
 def _session(client: dict) -> tuple:

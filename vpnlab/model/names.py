@@ -11,6 +11,7 @@ from pathlib import Path
 from vpnlab.model.yamlsrc import SourceError, shown
 
 INTERNET = "internet"
+INTERNET_HOST = "internet-host"        # a host on the lab's internet (Internet egress checks)
 INSTANCES = (0, 1)                   # every gateway has two instances [5]
 SIDES = ("az", "op")                 # a tunnel's Azure end and on-prem end
 P2S_PROTOCOLS = {"IkeV2": "ikev2", "OpenVPN": "openvpn"}
@@ -81,7 +82,7 @@ def generated(topology) -> dict[str, str]:
     host, site or client may take none of them. A superset of what a plan uses (an
     active-standby gateway's tunnels from instance 1 are named too), so that a name
     does not become invalid when a gateway changes mode."""
-    out = {INTERNET: "the lab's internet"}
+    out = {INTERNET: "the lab's internet", INTERNET_HOST: "the lab's Internet host"}
     for vnet in topology.virtual_networks:
         out[vnet_router(vnet)] = f"virtual network {vnet}'s router"
     gateways = topology.virtual_network_gateways

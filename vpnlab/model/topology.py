@@ -10,7 +10,7 @@ import typing
 from collections import Counter
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
@@ -22,20 +22,60 @@ from vpnlab.model.yamlsrc import Source, SourceError, paused_gc
 from vpnlab.model.yamlsrc import load as load_yaml
 
 SKUS = tuple(defaults()["skus"])
+FIRST_VM_HOST = 4          # Azure reserves .1-.3 of every subnet
 
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class VirtualMachine(Model):
+    """A VM written as a mapping, for its NIC's settings. ip_forwarding_enabled (Azure's
+    NIC setting, Terraform `ip_forwarding_enabled`) makes it a network virtual appliance:
+    it forwards what it receives, and route tables may name it as a next hop."""
+    name: Name
+    ip_forwarding_enabled: bool = False
+
+
 class Subnet(Model):
     address_prefix: IPv4Network
-    vms: list[Name] = []
+    vms: list[Union[Name, VirtualMachine]] = []     # a name, or a VM with NIC settings
+    route_table: Optional[Name] = None              # a key of route_tables
+
+    def vm_names(self) -> list[str]:
+        return [v if isinstance(v, str) else v.name for v in self.vms]
+
+
+class VirtualNetworkPeering(Model):
+    """One direction of a peering (ARM `virtualNetworkPeerings`, Terraform
+    `azurerm_virtual_network_peering`) [PEER]. Azure needs both directions."""
+    remote_virtual_network: Name
+    allow_virtual_network_access: bool = True
+    allow_forwarded_traffic: bool = False
+    allow_gateway_transit: bool = False
+    use_remote_gateways: bool = False
 
 
 class VirtualNetwork(Model):
     address_space: list[Prefix] = Field(min_length=1)
     subnets: dict[Name, Subnet] = {}
+    peerings: dict[Name, VirtualNetworkPeering] = {}
+
+
+NextHopType = Literal["VirtualNetworkGateway", "VnetLocal", "Internet", "VirtualAppliance", "None"]
+
+
+class UserRoute(Model):
+    """A user-defined route (ARM `routes`, Terraform `route`) [UDR]."""
+    address_prefix: Prefix
+    next_hop_type: NextHopType
+    next_hop_in_ip_address: Optional[Address] = None    # VirtualAppliance only
+
+
+class RouteTable(Model):
+    """A route table, associated with subnets by their `route_table` [UDR]."""
+    routes: dict[Name, UserRoute] = {}
+    bgp_route_propagation_enabled: bool = True
 
 
 class InstancePeering(Model):
@@ -76,10 +116,15 @@ class VpnClientConfiguration(Model):
 class VirtualNetworkGateway(Model):
     virtual_network: Name
     sku: Literal[SKUS]  # type: ignore[valid-type]
+    # Azure's gateway generation [2.1]: the throughput benchmark differs for VpnGw2/3
+    generation: Optional[Literal["Generation1", "Generation2"]] = None   # None: the SKU's default
     vpn_type: Literal["RouteBased", "PolicyBased"] = "RouteBased"
     active_active: bool = False
     bgp: Optional[GatewayBgp] = None
     vpn_client_configuration: Optional[VpnClientConfiguration] = None
+    # forced tunnelling with static routing: the site Internet-bound traffic goes to
+    # (ARM `gatewayDefaultSite`, Set-AzVirtualNetworkGatewayDefaultSite) [7.3]
+    gateway_default_site: Optional[Name] = None
 
 
 class SiteBgp(Model):
@@ -94,6 +139,8 @@ class Device(Model):
     # the active-active gateway instances the device builds tunnels to (default: all);
     # [0] is the half-configured design that loses traffic when instance 0 is serviced
     connect_to_instances: list[Literal[0, 1]] = Field(default=[0, 1], min_length=1)
+    # the device advertises 0.0.0.0/0 over BGP: forced tunnelling with BGP [7.3]
+    advertise_default_route: bool = False
 
 
 class LocalNetworkGateway(Model):
@@ -180,6 +227,7 @@ class Topology(Model):
     local_network_gateways: dict[Name, LocalNetworkGateway] = {}
     connections: dict[Name, Connection] = {}
     clients: dict[Name, Client] = {}
+    route_tables: dict[Name, RouteTable] = {}
 
     def site_lan(self, site: str) -> list[IPv4Network]:
         """The device's LAN prefixes: device.lan_prefixes, else the address space less
@@ -191,7 +239,53 @@ class Topology(Model):
         """Every VNet subnet gets at least one VM to send traffic from."""
         if subnet == "GatewaySubnet":
             return []
-        return list(self.virtual_networks[vnet].subnets[subnet].vms or [f"{vnet}-{subnet}-vm"])
+        return self.virtual_networks[vnet].subnets[subnet].vm_names() or [f"{vnet}-{subnet}-vm"]
+
+    def appliances(self, vnet: str) -> dict[str, str]:
+        """VM name -> subnet, of the VNet's VMs with IP forwarding."""
+        return {v.name: sub_name for sub_name, sub in self.virtual_networks[vnet].subnets.items()
+                for v in sub.vms if isinstance(v, VirtualMachine) and v.ip_forwarding_enabled}
+
+    def vm_address(self, vnet: str, vm: str) -> IPv4Address:
+        """A VM's private address: .4 on (Azure reserves .1-.3), in the subnet's VM order."""
+        for sub_name, sub in self.virtual_networks[vnet].subnets.items():
+            vms = self.subnet_vms(vnet, sub_name)
+            if vm in vms:
+                return sub.address_prefix.network_address + FIRST_VM_HOST + vms.index(vm)
+        raise KeyError(vm)
+
+    def peered(self, vnet: str) -> dict[str, VirtualNetworkPeering]:
+        """Remote VNet -> this VNet's peering to it, where both directions exist."""
+        return {p.remote_virtual_network: p for p in self.virtual_networks[vnet].peerings.values()
+                if p.remote_virtual_network in self.virtual_networks
+                and any(q.remote_virtual_network == vnet
+                        for q in self.virtual_networks[p.remote_virtual_network].peerings.values())}
+
+    def gateway_of(self, vnet: str) -> Optional[str]:
+        """The gateway in the VNet, or the remote gateway it uses through a peering."""
+        for name, gw in self.virtual_network_gateways.items():
+            if gw.virtual_network == vnet:
+                return name
+        hub = self.transit_hub(vnet)
+        return self.gateway_of(hub) if hub else None
+
+    def transit_hub(self, vnet: str) -> Optional[str]:
+        """The VNet whose gateway this VNet uses (use_remote_gateways, allowed by the hub)."""
+        for remote, p in self.peered(vnet).items():
+            back = self.peered(remote)[vnet]
+            if p.use_remote_gateways and back.allow_gateway_transit and any(
+                    gw.virtual_network == remote for gw in self.virtual_network_gateways.values()):
+                return remote
+        return None
+
+    def spokes(self, vnet: str) -> list[str]:
+        """The VNets that use this VNet's gateway."""
+        return sorted(v for v in self.virtual_networks if self.transit_hub(v) == vnet)
+
+    def gateway_prefixes(self, gw_name: str) -> list[IPv4Network]:
+        """What a gateway routes to the VNet side: its VNet and its spokes' address spaces."""
+        vnet = self.virtual_network_gateways[gw_name].virtual_network
+        return [p for v in (vnet, *self.spokes(vnet)) for p in self.virtual_networks[v].address_space]
 
     def site_hosts(self, site: str) -> list[str]:
         lng = self.local_network_gateways[site]
@@ -264,7 +358,8 @@ def _names(d: dict) -> str:
 
 def _reserved_nets() -> list[IPv4Network]:
     internal = defaults()["internal"]
-    return [IPv4Network(internal["underlay"]), IPv4Network(internal["azure_public"]),
+    return [IPv4Network(internal["underlay"]), IPv4Network(internal["peering"]),
+            IPv4Network(internal["azure_public"]),
             *map(IPv4Network, internal["site_public"])]
 
 
@@ -276,6 +371,8 @@ def semantic_errors(t: Topology):
     yield from _name_errors(t)
     yield from _connection_errors(t)
     yield from p2s_errors(t)
+    yield from _peering_errors(t)
+    yield from _route_table_errors(t)
 
 
 def _address_space_errors(t: Topology):
@@ -303,6 +400,10 @@ def _address_space_errors(t: Topology):
         if lng.managed and not t.site_lan(site):
             yield (("local_network_gateways", site, "address_space"),
                    "the lab's on-prem device needs a LAN: give address_space or device.lan_prefixes")
+    internal = defaults()["internal"]
+    most = 253 - internal["vnet_egress_first"]      # one egress address each, below the Internet host
+    if len(t.virtual_networks) > most:
+        yield ("virtual_networks",), f"{len(t.virtual_networks)} virtual networks; the lab runs at most {most}"
     forbidden = {IPv4Network(n): why for n, why in defaults()["azure"]["vnet_forbidden_ranges"].items()}
     for loc, a in spaces:
         for r in reserved_nets:
@@ -364,6 +465,11 @@ def _gateway_errors(t: Topology):
             elif subnet.vms:
                 yield (("virtual_networks", gw.virtual_network, "subnets", "GatewaySubnet", "vms"),
                        "GatewaySubnet cannot hold VMs")
+        if gw.generation is not None and gw.generation not in sku["throughput_mbps"]:
+            yield loc + ("generation",), (f"{gw.sku} exists as {' or '.join(sku['throughput_mbps'])} "
+                                          f"only, Azure's SKU table says")
+        if gw.gateway_default_site is not None:
+            yield from _default_site_errors(t, gw_name, gw, loc + ("gateway_default_site",))
         if gw.active_active and not sku["active_active"]:
             yield loc + ("active_active",), f"active-active is not supported on SKU {gw.sku}"
         if gw.bgp is not None and not sku["bgp"]:
@@ -415,6 +521,8 @@ def _site_errors(t: Topology):
         if lng.gateway_ip in seen_ips:
             yield loc + ("gateway_ip",), f"{lng.gateway_ip} is already used by {seen_ips[lng.gateway_ip]}"
         seen_ips[lng.gateway_ip] = site
+        if lng.device.advertise_default_route and lng.bgp is None:
+            yield loc + ("device", "advertise_default_route"), "needs bgp: the device advertises it over BGP"
         if not lng.managed and "device" in lng.model_fields_set:
             yield loc + ("device",), ("describes the device the lab builds; a site with managed: false "
                                       "brings its own (remove device, or set managed: true)")
@@ -652,3 +760,114 @@ def _claim(owners: dict, name: str, loc: tuple):
     if name.lower() in owners:
         yield loc, f"name '{name}' is already used at {'.'.join(map(str, owners[name.lower()]))}"
     owners.setdefault(name.lower(), loc)
+
+
+def throughput_mbps(gw: VirtualNetworkGateway) -> int:
+    """The SKU's aggregate throughput benchmark for the gateway's generation [2.1]."""
+    figures = defaults()["skus"][gw.sku]["throughput_mbps"]
+    return figures.get(gw.generation) or list(figures.values())[-1]
+
+
+def _default_site_errors(t: Topology, gw_name: str, gw: VirtualNetworkGateway, loc: tuple):
+    """The Default Site [7.3]: a local network gateway this route-based gateway connects to."""
+    site = gw.gateway_default_site
+    if gw.vpn_type != "RouteBased":
+        yield loc, "forced tunnelling with a default site needs a route-based gateway"
+    if site not in t.local_network_gateways:
+        yield loc, f"unknown local network gateway '{site}'; known: {_names(t.local_network_gateways)}"
+    elif not any(c.virtual_network_gateway == gw_name and c.local_network_gateway == site
+                 for c in t.connections.values()):
+        yield loc, f"no connection joins gateway '{gw_name}' to '{site}': the default site must be connected"
+
+
+def _peering_errors(t: Topology):
+    """VNet peering [PEER]: both directions, gateway transit only towards a gateway that
+    allows it, one remote gateway per VNet and none beside a gateway of its own."""
+    vnet_gateway = {gw.virtual_network: (name, gw) for name, gw in t.virtual_network_gateways.items()}
+    for vnet_name, vnet in t.virtual_networks.items():
+        remotes: dict[str, str] = {}
+        remote_gateways = []
+        for name, p in vnet.peerings.items():
+            loc = ("virtual_networks", vnet_name, "peerings", name)
+            remote = p.remote_virtual_network
+            if remote not in t.virtual_networks:
+                yield loc + ("remote_virtual_network",), (
+                    f"unknown virtual network '{remote}'; known: {_names(t.virtual_networks)}")
+                continue
+            if remote == vnet_name:
+                yield loc + ("remote_virtual_network",), "a virtual network cannot peer with itself"
+                continue
+            if remote in remotes:
+                yield loc + ("remote_virtual_network",), f"peering '{remotes[remote]}' already peers with {remote}"
+            remotes[remote] = name
+            back = [q for q in t.virtual_networks[remote].peerings.values()
+                    if q.remote_virtual_network == vnet_name]
+            if not back:
+                yield loc, (f"virtual network '{remote}' has no peering back to '{vnet_name}': Azure "
+                            "connects a peering only when both directions exist")
+                continue
+            if p.use_remote_gateways:
+                remote_gateways.append(name)
+                if vnet_name in vnet_gateway:
+                    yield loc + ("use_remote_gateways",), (
+                        f"virtual network '{vnet_name}' has gateway '{vnet_gateway[vnet_name][0]}' of its "
+                        "own; Azure allows remote gateways only in a VNet without one")
+                elif remote not in vnet_gateway:
+                    yield loc + ("use_remote_gateways",), f"virtual network '{remote}' has no gateway to use"
+                elif not back[0].allow_gateway_transit:
+                    yield loc + ("use_remote_gateways",), (
+                        f"'{remote}''s peering back to '{vnet_name}' does not set allow_gateway_transit")
+                elif vnet_gateway[remote][1].sku == "Basic":
+                    yield loc + ("use_remote_gateways",), "gateway transit is not supported on the Basic SKU"
+            if p.allow_gateway_transit and p.use_remote_gateways:
+                yield loc + ("allow_gateway_transit",), "a peering cannot both offer and use gateway transit"
+        for name in remote_gateways[1:]:
+            yield (("virtual_networks", vnet_name, "peerings", name, "use_remote_gateways"),
+                   f"peering '{remote_gateways[0]}' already uses a remote gateway; Azure allows one per VNet")
+
+
+def _route_table_errors(t: Topology):
+    """Route tables [UDR]: known tables, next hops that exist, and the GatewaySubnet's
+    guardrails (no 0.0.0.0/0, BGP propagation on)."""
+    used = set()
+    for vnet_name, vnet in t.virtual_networks.items():
+        for sub_name, sub in vnet.subnets.items():
+            if sub.route_table is None:
+                continue
+            loc = ("virtual_networks", vnet_name, "subnets", sub_name, "route_table")
+            table = t.route_tables.get(sub.route_table)
+            if table is None:
+                yield loc, f"unknown route table '{sub.route_table}'; known: {_names(t.route_tables)}"
+                continue
+            used.add(sub.route_table)
+            tloc = ("route_tables", sub.route_table)
+            if sub_name == "GatewaySubnet":
+                if not table.bgp_route_propagation_enabled:
+                    yield tloc + ("bgp_route_propagation_enabled",), (
+                        "the GatewaySubnet's route table must keep BGP route propagation enabled, Azure says")
+                for r_name, r in table.routes.items():
+                    if r.address_prefix.prefixlen == 0:
+                        yield tloc + ("routes", r_name, "address_prefix"), (
+                            "a 0.0.0.0/0 route on the GatewaySubnet is not supported by Azure")
+            for r_name, r in table.routes.items():
+                yield from _next_hop_errors(t, vnet_name, r, tloc + ("routes", r_name))
+
+
+def _next_hop_errors(t: Topology, vnet_name: str, r: UserRoute, loc: tuple):
+    if r.next_hop_type != "VirtualAppliance":
+        if r.next_hop_in_ip_address is not None:
+            yield loc + ("next_hop_in_ip_address",), "only for next_hop_type VirtualAppliance"
+        if r.next_hop_type == "VirtualNetworkGateway" and t.gateway_of(vnet_name) is None:
+            yield loc + ("next_hop_type",), (f"virtual network '{vnet_name}' has no gateway, "
+                                             "nor uses a remote one")
+        return
+    if r.next_hop_in_ip_address is None:
+        yield loc + ("next_hop_in_ip_address",), "required for next_hop_type VirtualAppliance"
+        return
+    reachable = [vnet_name, *t.peered(vnet_name)]
+    appliances = {str(t.vm_address(v, vm)): (v, vm) for v in reachable for vm in t.appliances(v)}
+    if str(r.next_hop_in_ip_address) not in appliances:
+        known = ", ".join(f"{a} ({vm})" for a, (_, vm) in sorted(appliances.items())) or "none"
+        yield loc + ("next_hop_in_ip_address",), (
+            f"{r.next_hop_in_ip_address} is not a VM with ip_forwarding_enabled in '{vnet_name}' or a "
+            f"peered VNet (the lab's rule: Azure drops such traffic); appliances: {known}")

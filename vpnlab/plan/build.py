@@ -9,13 +9,15 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
-from vpnlab.model.topology import Topology, reverse_connection
+from vpnlab.model.topology import Topology, reverse_connection, throughput_mbps
 from vpnlab.plan import p2s as p2s_plan
 from vpnlab.plan import timers as timers_of
+from vpnlab.plan import vnet as vnet_plan
 from vpnlab.plan.parts import (
     INTERNET,
     TABLE_FROM_TUNNEL,
     TABLE_INTO_TUNNEL,
+    TABLE_UNDERLAY,
     BgpSession,
     Frr,
     Iface,
@@ -132,6 +134,9 @@ class _Builder:
         self.inet_ports = 0
         self.underlay = IPv4Network(self.d["internal"]["underlay"])
         self.bgp_addresses: dict[str, dict] = {}   # instance -> {bgp_ip, apipa}
+        self.egress_gw: dict[str, str] = {}         # VNet -> its router's Internet next hop
+        self.peer_links: dict[tuple, tuple] = {}    # (VNet, peer VNet) -> (ifname, far, own)
+        self.hop_links: dict[tuple, str] = {}       # (VNet, VNet, next hop) -> far address
 
     # -- helpers
     def add(self, node: Node) -> Node:
@@ -171,8 +176,12 @@ class _Builder:
     # -- build
     def build(self) -> Plan:
         self.add(Node(INTERNET, "internet", [Iface("br0", kind="bridge")], forwarding=True))
+        vnet_plan.internet_host(self)
+        for index, vnet in enumerate(sorted(self.t.virtual_networks)):
+            vnet_plan.router(self, index, vnet)
         for gw_index, gw_name in enumerate(sorted(self.t.virtual_network_gateways)):
             self.gateway(gw_index, gw_name)
+        vnet_plan.peerings(self)
         unmanaged = {}
         for site, lng in sorted(self.t.local_network_gateways.items()):
             if lng.managed:
@@ -183,6 +192,7 @@ class _Builder:
         for conn in sorted(self.t.connections):
             self.connection(conn)
         p2s_ends, clients = p2s_plan.build(self)
+        vnet_plan.route_tables(self)
         self.finish_routing()
         br = self.nodes[INTERNET].iface("br0")
         br.addresses = list(dict.fromkeys(br.addresses))
@@ -198,17 +208,13 @@ class _Builder:
         gw = self.t.virtual_network_gateways[gw_name]
         vnet = self.t.virtual_networks[gw.virtual_network]
         asn = gw.bgp.asn if gw.bgp else self.d["azure"]["asn"]
-        sdn = self.add(Node(names.vnet_router(gw.virtual_network), "vnet-router", forwarding=True))
+        sdn = self.nodes[names.vnet_router(gw.virtual_network)]
         gws = vnet.subnets["GatewaySubnet"].address_prefix
         sdn_ip = gws.network_address + 1
         sdn.interfaces.append(Iface("gws", [f"{sdn_ip}/{gws.prefixlen}"], kind="bridge"))
-        sdn.frr = Frr(asn, str(sdn_ip), self.timers)
-        first_vm_host = 4   # Azure reserves .1-.3 of every subnet
-        for i, (sub_name, sub) in enumerate(sorted(vnet.subnets.items())):
-            vms = self.t.subnet_vms(gw.virtual_network, sub_name)
-            if vms:
-                self.lan(sdn, f"s{i}", sub.address_prefix, vms, first_vm_host, "vm")
         bgp_ips = gateway_subnet_ips(gws, gw.active_active)
+        # what the gateway routes to the VNet side: its VNet and the spokes that use it
+        vnet_prefixes = [str(p) for p in self.t.gateway_prefixes(gw_name)]
         for k in range(instance_count(gw)):
             name = names.instance(gw_name, k)
             # active-standby: one public IP and one BGP address, held by the active
@@ -218,29 +224,45 @@ class _Builder:
             mac = None if gw.active_active else f"02:00:00:00:{gw_index:02x}:"
             node = self.add(Node(name, "gateway-instance", forwarding=True,
                                  standby=not self.serves(gw_name, k),
-                                 shaping_mbps=self.d["skus"][gw.sku]["throughput_mbps"]))
+                                 shaping_mbps=throughput_mbps(gw)))
             inet_gw = self.attach_public(node, public_ip, mac and mac + "01")
+            # its own IKE and ESP take the public path, whatever default route the VNet
+            # has; the public address is a /32 with the internet on-link, so that no
+            # part of the Internet is connected beside the VNet's forced tunnel
+            node.iface("pub").addresses = [f"{public_ip}/32"]
+            node.routes.append(Route("0.0.0.0/0", via=inet_gw, dev="pub", onlink=True, table=TABLE_UNDERLAY))
+            node.rules.append(Rule(None, TABLE_UNDERLAY, 100, src=str(public_ip)))
             self.link(node, Iface("gws", [f"{bgp_ips[slot]}/{gws.prefixlen}"], mac=mac and mac + "02"),
                       sdn, Iface(f"gws{k}", master="gws"))
             apipa = []
             if gw.bgp and slot < len(gw.bgp.peering_addresses):
                 apipa = [str(a) for a in gw.bgp.peering_addresses[slot].apipa_addresses]
             node.interfaces.append(Iface("lo", [f"{a}/32" for a in apipa], kind="lo"))
-            vnet_prefixes = [str(p) for p in vnet.address_space]
             node.frr = Frr(asn, str(bgp_ips[slot]), self.timers,
-                           static=[(p, str(sdn_ip)) for p in vnet_prefixes] + [("0.0.0.0/0", inet_gw)],
+                           static=[(p, str(sdn_ip)) for p in vnet_prefixes],
                            networks=list(vnet_prefixes), vnet_prefixes=vnet_prefixes)
-            node.frr.neighbors.append(Neighbor(str(sdn_ip), asn, internal=True, next_hop_self=True,
-                                               update_source=str(bgp_ips[slot]),
-                                               route_map_out="TO-SDN", timers=self.d["sdn_timers"]))
-            if slot == k:
-                sdn.frr.neighbors.append(Neighbor(str(bgp_ips[slot]), asn, internal=True,
-                                                  timers=self.d["sdn_timers"]))
-            if not node.standby:
-                self.bgp.append(BgpSession(name, str(sdn_ip), sdn.name, "sdn"))
-                self.bgp.append(BgpSession(sdn.name, str(bgp_ips[slot]), name, "sdn"))
+            self.sdn_peer(node, sdn, str(sdn_ip), str(bgp_ips[slot]), slot == k)
             self.bgp_addresses[name] = dict(bgp_ip=str(bgp_ips[slot]), apipa=apipa)
             node.nft = dict(dnat=[], inner=[], mss_clamp=None)
+
+    def sdn_peer(self, inst: Node, router: Node, router_ip: str, bgp_ip: str, configure_router: bool,
+                 spoke: bool = False):
+        """The emulated SDN's iBGP session between a gateway instance and a VNet router
+        (its own VNet's, or a spoke's that uses it): the VNet learns what the instance
+        learns. An active-standby gateway's two instances share one address: the router
+        is configured once."""
+        asn = inst.frr.asn
+        inst.frr.neighbors.append(Neighbor(router_ip, asn, internal=True, next_hop_self=True,
+                                           update_source=bgp_ip, route_map_out="TO-SDN",
+                                           timers=self.d["sdn_timers"]))
+        if configure_router:
+            # a spoke's router reaches the hub's instances across the peering, from its
+            # address on that link
+            router.frr.neighbors.append(Neighbor(bgp_ip, asn, internal=True, timers=self.d["sdn_timers"],
+                                                 update_source=router_ip if spoke else None))
+        if not inst.standby:
+            self.bgp.append(BgpSession(inst.name, router_ip, router.name, "sdn"))
+            self.bgp.append(BgpSession(router.name, bgp_ip, inst.name, "sdn"))
 
     def device(self, site: str):
         lng = self.t.local_network_gateways[site]
@@ -258,8 +280,10 @@ class _Builder:
         router_id = str(lng.bgp.peering_address) if lng.bgp else str(lng.gateway_ip)
         node.frr = Frr(lng.bgp.asn if lng.bgp else None, router_id, self.timers,
                        static=[("0.0.0.0/0", inet_gw)],
-                       networks=[str(p) for p in self.t.site_lan(site)])
-        node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"])
+                       networks=[str(p) for p in self.t.site_lan(site)]
+                       + (["0.0.0.0/0"] if lng.device.advertise_default_route else []))
+        # its LAN, and what Azure forces to it, reach the Internet through its public address
+        node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"], snat_all=True)
 
     def tunnel_end(self, router: Node, name: str, standby: bool = False,
                    role: str = "tunnel-endpoint", device: str = "ipsec0") -> tuple[Node, str]:
@@ -283,6 +307,8 @@ class _Builder:
             end.rules.append(Rule("in", TABLE_INTO_TUNNEL, 101))
         end.charon = dict(local_addr=str(t_ip))
         router.nft["inner"].append(f"t{j}")
+        if router.role == "gateway-instance":
+            router.rules.append(Rule(f"t{j}u", TABLE_UNDERLAY, 100))
         return end, f"t{j}"
 
     def connection(self, conn_name: str):
@@ -333,6 +359,10 @@ class _Builder:
             if new_device_end:
                 self.device_end(device, op_end, inst.public_ip, c, common | dict(policy=dev_policy),
                                 pairs, policy_based)
+            if gw.gateway_default_site == c.local_network_gateway:
+                # forced tunnelling to the Default Site: Internet-bound traffic into its tunnel [7.3]
+                inst.frr.static.append(("0.0.0.0/0", az_if))
+                inst.frr.networks.append("0.0.0.0/0")
             if c.enable_bgp:
                 self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k, new_device_end)
             else:
@@ -341,7 +371,7 @@ class _Builder:
                     inst.frr.networks.append(str(p))
                 # the VNet, and the P2S pool: a careful engineer routes it back too [6]
                 p2s = gw.vpn_client_configuration
-                for p in (list(vnet.address_space) + (p2s.address_pool if p2s else [])
+                for p in (self.t.gateway_prefixes(c.virtual_network_gateway) + (p2s.address_pool if p2s else [])
                           if new_device_end else ()):
                     device.frr.static.append((str(p), op_if))
 
@@ -514,21 +544,27 @@ class _Builder:
             if not self.t.local_network_gateways[c.local_network_gateway].managed:
                 continue   # the user's device: nothing the lab can expect of it
             gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
-            vnet = self.t.virtual_networks[gw.virtual_network]
             site_prefixes = [str(p) for p in self.t.site_lan(c.local_network_gateway)]
-            vnet_prefixes = [str(p) for p in vnet.address_space]
-            self._expect(c.local_network_gateway, vnet_prefixes)
-            self._expect(names.vnet_router(gw.virtual_network), site_prefixes)
+            served = [gw.virtual_network, *self.t.spokes(gw.virtual_network)]
+            self._expect(c.local_network_gateway, [str(p) for p in self.t.gateway_prefixes(c.virtual_network_gateway)])
+            for vnet in served:
+                self._expect(names.vnet_router(vnet), site_prefixes)
             connected = self.t.local_network_gateways[c.local_network_gateway].device.connect_to_instances
             for k in range(instance_count(gw)):
                 if self.serves(c.virtual_network_gateway, k) and (k in connected or not gw.active_active):
                     self._expect(names.instance(c.virtual_network_gateway, k), site_prefixes)
-            vms = [vm for sub in sorted(vnet.subnets) for vm in self.t.subnet_vms(gw.virtual_network, sub)]
             hosts = self.t.site_hosts(c.local_network_gateway)
-            for vm in vms:
+            for vm in (vm for vnet in served for vm in self._plain_vms(vnet)):
                 for h in hosts:
                     self.pings.append((vm, self._address(h)))
                     self.pings.append((h, self._address(vm)))
+
+    def _plain_vms(self, vnet: str) -> list[str]:
+        """VMs of subnets without a route table: what they reach follows from the design
+        alone (a route table may send traffic anywhere; the routing checks cover it)."""
+        subnets = self.t.virtual_networks[vnet].subnets
+        return [vm for sub in sorted(subnets) if subnets[sub].route_table is None
+                for vm in self.t.subnet_vms(vnet, sub)]
 
     def vnet_to_vnet_routing(self, c):
         """Each direction's connection: its gateway's serving instances and VNet reach
@@ -538,10 +574,8 @@ class _Builder:
         self._expect(names.vnet_router(gw.virtual_network), peer_vnet)
         for k in self.serving(c.virtual_network_gateway):
             self._expect(names.instance(c.virtual_network_gateway, k), peer_vnet)
-        vms = lambda vnet: [vm for sub in sorted(self.t.virtual_networks[vnet].subnets)
-                            for vm in self.t.subnet_vms(vnet, sub)]
-        for vm in vms(gw.virtual_network):
-            for other in vms(peer.virtual_network):
+        for vm in self._plain_vms(gw.virtual_network):
+            for other in self._plain_vms(peer.virtual_network):
                 self.pings.append((vm, self._address(other)))
 
     def _expect(self, node: str, prefixes: list[str]):

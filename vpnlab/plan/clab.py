@@ -18,6 +18,7 @@ from typing import Callable
 import networkx as nx
 import yaml
 
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.names import process_tag
 from vpnlab.model.yamlsrc import SourceError, shown
@@ -130,13 +131,14 @@ def host_groups(plan: Plan, hosts: int) -> list[set[str]]:
     """Nodes per host. What belongs together stays together: a VNet with its gateway
     instances and their tunnel ends, a site with its device, tunnel ends and hosts. Only
     links to the internet (the emulated public network) cross hosts. Groups go to the
-    least loaded host, largest first; the internet to the first host."""
+    least loaded host, largest first; the internet and its Internet host to the first."""
+    internet = {INTERNET, names.INTERNET_HOST}
     g = nx.Graph()
-    g.add_nodes_from(n for n in plan.nodes if n != INTERNET)
-    g.add_edges_from((link.a, link.b) for link in plan.links if INTERNET not in (link.a, link.b))
+    g.add_nodes_from(n for n in plan.nodes if n not in internet)
+    g.add_edges_from((link.a, link.b) for link in plan.links if not internet & {link.a, link.b})
     groups = sorted(nx.connected_components(g), key=lambda c: (-len(c), min(c)))
     placed: list[set[str]] = [set() for _ in range(hosts)]
-    placed[0].add(INTERNET)
+    placed[0].update(internet & set(plan.nodes))
     for group in groups:
         min(placed, key=len).update(group)
     return placed

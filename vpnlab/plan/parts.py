@@ -15,8 +15,16 @@ INTERNET = names.INTERNET
 # what comes out of ipsec0 goes back to the router through the inner veth.
 TABLE_INTO_TUNNEL = 101
 TABLE_FROM_TUNNEL = 102
+# A gateway instance's own traffic (IKE, ESP, OpenVPN from its tunnel namespaces) leaves
+# through its public path in a table of its own: a default route the VNet learns (forced
+# tunnelling) never captures it [7.3].
+TABLE_UNDERLAY = 103
+# VNet routers: a subnet's route table, one kernel table per prefix length (see
+# vpnlab.plan.udr), and the system routes alone for tables without BGP propagation.
+TABLE_SYSTEM = 200
+TABLE_FIRST_UDR = 1000
 HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
-ROLE_ORDER = ("internet", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
+ROLE_ORDER = ("internet", "internet-host", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "p2s-endpoint", "vm", "host", "p2s-client")
 
 
@@ -37,13 +45,20 @@ class Route:
     via: str | None = None
     dev: str | None = None
     table: int | None = None
+    nexthops: list[str] = field(default_factory=list)   # equal-cost next hops (instead of via)
+    blackhole: bool = False
+    onlink: bool = False     # via is on dev's link without a prefix route to it
 
 
 @dataclass
 class Rule:
-    iif: str
+    iif: str | None
     table: int
     priority: int
+    src: str | None = None        # from this address (a /32)
+    # only routes longer than this count (`ip rule ... suppress_prefixlength N`)
+    suppress_prefixlength: int | None = None
+    unreachable: bool = False     # stop here: no route (a table without the main one)
 
 
 @dataclass
@@ -67,6 +82,9 @@ class Frr:
     router_id: str
     timers: dict
     static: list[tuple[str, str]] = field(default_factory=list)   # (prefix, next hop or dev)
+    # Azure's system routes that a BGP route of the same prefix beats (the default route
+    # to the Internet): static routes with a distance above iBGP's
+    system: list[tuple[str, str]] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     neighbors: list[Neighbor] = field(default_factory=list)
     vnet_prefixes: list[str] = field(default_factory=list)
@@ -214,8 +232,9 @@ def selector_anchors(nets: list[IPv4Network]) -> list[str]:
     the local traffic selector, and Azure accepts any selector a device narrows to
     [1.2]. The network address of every prefix of that side (never a host's: Azure
     reserves it in every subnet), as a /32 in the tunnel end, lies inside every
-    selector derived from those prefixes."""
-    return list(dict.fromkeys(f"{n.network_address}/32" for n in nets))
+    selector derived from those prefixes. A /32 is a host (usually the site's BGP peer,
+    which lives on the device): never an anchor, which would answer in its place."""
+    return list(dict.fromkeys(f"{n.network_address}/32" for n in nets if n.prefixlen < 32))
 
 
 def dial_children(charon: dict) -> list[str]:

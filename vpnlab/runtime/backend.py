@@ -26,7 +26,7 @@ from pyroute2 import NetNS, netns
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
 from vpnlab.model.names import INTERNET, namespace_prefix
-from vpnlab.plan.parts import HASH_SEED, Node, Plan
+from vpnlab.plan.parts import HASH_SEED, Node, Plan, Route
 from vpnlab.runtime import daemons, procs
 from vpnlab.runtime.state import LabState
 
@@ -218,25 +218,47 @@ class Backend:
         if proxy:
             self._sysctls(node.name, proxy)
         for route in node.routes if not node.standby else ():   # set when it takes over
-            self.route(node.name, route.dst, route.via, route.dev, route.table)
+            self.set_route(node.name, route)
         for rule in node.rules:
-            ipr.rule("add", iifname=rule.iif, table=rule.table, priority=rule.priority)
+            spec = {"priority": rule.priority}
+            if rule.iif:
+                spec["iifname"] = rule.iif
+            if rule.src:
+                spec |= {"src": rule.src, "src_len": 32}
+            if rule.unreachable:
+                spec["action"] = "FR_ACT_UNREACHABLE"
+            else:
+                spec["table"] = rule.table
+            if rule.suppress_prefixlength is not None:
+                spec["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength
+            ipr.rule("add", **spec)
         for argv in node.shaping():
             self.tc(node.name, *argv)
 
-    def route(self, node, dst, via=None, dev=None, table=None):
+    def route(self, node, dst, via=None, dev=None, table=None, onlink: bool = False):
         ipr = self.ipr(node)
         spec = {"dst": dst, "table": table or 254}
+        if onlink:
+            spec["flags"] = 4     # RTNH_F_ONLINK
         if via:
             spec["gateway"] = via
         if dev:
             spec["oif"] = ipr.link_lookup(ifname=dev)[0]
         ipr.route("replace", **spec)
 
+    def set_route(self, node: str, route: Route):
+        if route.blackhole:
+            self.ipr(node).route("replace", dst=route.dst, table=route.table or 254, type="blackhole")
+        elif route.nexthops:
+            self.ipr(node).route("replace", dst=route.dst, table=route.table or 254,
+                                 multipath=[{"gateway": hop} for hop in route.nexthops])
+        else:
+            self.route(node, route.dst, route.via, route.dev, route.table, route.onlink)
+
     def restore_routes(self, node: Node):
         """Kernel routes the runtime set (a link that went down took them away)."""
         for route in node.routes:
-            self.route(node.name, route.dst, route.via, route.dev, route.table)
+            self.set_route(node.name, route)
 
     def set_link(self, node: str, ifname: str, up: bool):
         ipr = self.ipr(node)

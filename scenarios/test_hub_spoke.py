@@ -1,0 +1,135 @@
+"""Hub-and-spoke [PEER, UDR] on topologies/hub-spoke.yaml: spokes peered to the hub
+with gateway transit, a firewall appliance (fw1, 10.10.2.4) that the spokes' web
+subnets and the GatewaySubnet's route table send traffic through, spoke3 peered without
+gateway transit, and a point-to-site client. Every check reads live state: the routers'
+BGP tables and FIBs (`vtysh ... json`), pings, the appliance's nftables counter."""
+from __future__ import annotations
+
+from vpnlab.checks import p2s_clients as p2s
+from vpnlab.checks import routing
+from vpnlab.checks.probe import worst
+from vpnlab.checks.wire import Capture
+from vpnlab.gateway import live
+
+LAB_TOPOLOGY = "../topologies/hub-spoke.yaml"
+ONPREM_HOST, ONPREM_LAN = "10.20.1.10", "10.20.1.0/24"
+SPOKES = {"spoke1": "10.11.0.0/16", "spoke2": "10.12.0.0/16"}
+APP = {"app1": "10.11.1.4", "app2": "10.12.1.4", "app3": "10.13.1.4"}
+WEB = {"web1": "10.11.2.4", "web2": "10.12.2.4"}
+INTERNET_HOST = "203.0.113.254"
+PLANNED_LOSS_MS = 300     # the hub-only design's bound (scenarios/test_instance_failover.py)
+
+
+def forwarded(lab) -> int:
+    """Packets the firewall appliance forwarded (its nftables counter)."""
+    out = lab.backend.nft_json("fw1", "list", "counter", "inet", "vpnlab_nva", "forwarded")
+    return next(o["counter"]["packets"] for o in out["nftables"] if "counter" in o)
+
+
+def bgp_paths(lab, node: str) -> dict[str, list[str]]:
+    routes = live.vtysh_json(lab.backend, node, "show bgp ipv4 unicast json").get("routes", {})
+    return {p: [x.get("path", "") for x in paths if x.get("valid")] for p, paths in routes.items()}
+
+
+def test_spokes_and_onprem_reach_each_other_through_the_hub_gateway(lab):
+    """Gateway transit: on-prem learns the spokes from the hub gateway (AS path 65515,
+    both instances), the spokes learn on-prem, and traffic flows both ways."""
+    for prefix in SPOKES.values():
+        lab.eventually(lambda: bgp_paths(lab, "onprem").get(prefix), ["65515", "65515"],
+                       "routes_withdrawn", f"onprem to learn {prefix} from both instances")
+    for spoke in SPOKES:
+        lab.eventually(lambda: ONPREM_LAN in live.fib_prefixes(lab.backend, f"{spoke}-sdn"), True,
+                       "routes_withdrawn", f"{spoke}'s router to learn on-prem from the hub gateway")
+    for vm in ("app1", "app2", "web1", "web2"):
+        assert live.ping(lab.backend, vm, ONPREM_HOST, count=2), f"{vm} -> on-prem"
+        assert live.ping(lab.backend, "onprem-host", APP.get(vm) or WEB[vm], count=2), f"on-prem -> {vm}"
+
+
+def test_without_use_remote_gateways_a_spoke_has_no_way_to_onprem(lab):
+    """spoke3 is peered with the hub but does not use its gateway: it reaches the hub,
+    not on-prem, and on-prem never learns its prefix."""
+    assert live.ping(lab.backend, "app3", "10.10.1.4", count=2)
+    assert ONPREM_LAN not in live.fib_prefixes(lab.backend, "spoke3-sdn")
+    assert "10.13.0.0/16" not in bgp_paths(lab, "onprem")
+    assert not live.ping(lab.backend, "app3", ONPREM_HOST, count=1, timeout=1)
+    assert not live.ping(lab.backend, "onprem-host", APP["app3"], count=1, timeout=1)
+
+
+def test_peering_is_not_transitive(lab):
+    """Spokes peered to one hub do not reach each other: neither knows the other's space."""
+    for a, b in (("spoke1", "spoke2"), ("spoke2", "spoke1")):
+        assert SPOKES[b] not in live.fib_prefixes(lab.backend, f"{a}-sdn")
+    assert not live.ping(lab.backend, "app1", APP["app2"], count=1, timeout=1)
+    assert not live.ping(lab.backend, "app2", APP["app1"], count=1, timeout=1)
+
+
+def test_spoke_to_spoke_only_through_the_appliance(lab):
+    """The web subnets' route table sends 0.0.0.0/0 to the firewall in the hub: web1 and
+    web2 reach each other through it, and its counter shows every packet twice (there
+    and back); the app subnets, without a route table, do not."""
+    before = forwarded(lab)
+    assert live.ping(lab.backend, "web1", WEB["web2"], count=3)
+    assert live.ping(lab.backend, "web2", WEB["web1"], count=3)
+    assert forwarded(lab) - before >= 2 * 2 * 3
+    assert not live.ping(lab.backend, "app1", APP["app2"], count=1, timeout=1)
+
+
+def test_route_table_without_propagation_sends_onprem_traffic_through_the_appliance(lab):
+    """web1's table disables BGP propagation: on-prem is reached through the firewall,
+    which forwards each ping both ways (the GatewaySubnet's table brings replies back to
+    it); app1, without a route table, goes to the gateway directly."""
+    before = forwarded(lab)
+    assert live.ping(lab.backend, "web1", ONPREM_HOST, count=3)
+    through_web = forwarded(lab) - before
+    assert live.ping(lab.backend, "app1", ONPREM_HOST, count=3)
+    assert forwarded(lab) - before == through_web
+    assert through_web >= 2 * 3
+
+
+def test_vms_reach_the_internet_from_their_vnet_address(lab, tmp_path):
+    """Azure's default outbound access: a spoke VM reaches the Internet host, seen there
+    from its VNet router's public address; a web VM through the firewall too."""
+    with Capture(lab.backend, "internet-host", "pub", tmp_path / "inet.pcap") as cap:
+        assert live.ping(lab.backend, "app1", INTERNET_HOST, count=2)
+        assert live.ping(lab.backend, "web1", INTERNET_HOST, count=2)
+    sources = {p["IP"].src for p in cap.packets() if p.haslayer("ICMP") and p["IP"].dst == INTERNET_HOST}
+    spoke1_egress = lab.plan.nodes["spoke1-sdn"].public_ip
+    hub_egress = lab.plan.nodes["hub-sdn"].public_ip
+    assert sources == {spoke1_egress, hub_egress}, sources
+
+
+def test_p2s_client_reaches_a_spoke(lab):
+    """The gateway pushes the spokes' address spaces to its point-to-site clients."""
+    client = next(c for c in lab.plan.clients if c.name == "laptop")
+    assert set(SPOKES.values()) <= set(client.pushed)
+    p2s.connect(lab.session, "laptop")
+    try:
+        assert live.ping(lab.backend, "laptop", APP["app1"], count=2)
+    finally:
+        p2s.disconnect(lab.session, "laptop")
+
+
+def test_planned_instance_maintenance_spoke_to_onprem(lab, scenario):
+    """Instance 0 is patched (planned): the spoke's traffic to on-prem moves to instance 1
+    with the hub-only design's bound on probe loss."""
+    scenario.start(lab, "app1", "onprem-host", flows=8)
+    at = scenario.fail("instance", "hub-gw-in0", planned=True)
+    scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
+    scenario.heal()
+    scenario.record("reconverged after heal", scenario.wait_converged(), "s")
+    result = scenario.stop(at)
+    lost_ms = worst(result, "lost") * 1000 / result["rate_pps"]
+    scenario.record("spoke <-> on-prem probe loss (worse direction)", lost_ms, "ms", f"<= {PLANNED_LOSS_MS} ms")
+    assert lost_ms <= PLANNED_LOSS_MS, result["directions"]
+
+
+def test_routing_matrix_spans_the_spokes(lab):
+    """The intended matrix (networkx, from the design) spans the spokes, says peering is
+    not transitive, and the routers' FIBs agree with it."""
+    want = routing.intended(lab.plan, lab.topology)
+    assert want["10.11.1.0/24 -> 10.20.1.0/24"]["reaches"]           # spoke1 app -> on-prem
+    assert not want["10.11.1.0/24 -> 10.12.1.0/24"]["reaches"]       # spoke to spoke: no
+    assert not want["10.13.1.0/24 -> 10.20.1.0/24"]["reaches"]       # spoke3: no transit
+    assert want["10.13.1.0/24 -> 10.10.1.0/24"]["reaches"]           # spoke3 -> hub: peered
+    seen = routing.observe(lab.backend, lab.plan, lab.topology)
+    assert routing.problems(want, seen) == []
