@@ -232,8 +232,8 @@ def test_more_clients_than_the_sku_allows_are_refused():
         rt.stop_daemon(server, "charon", graceful=True)      # IKE DELETE: the clients dial again
         daemons.start_tunnel_ends(rt, [server], 30)
         wait_until(lambda: [e["userName_s"] for e in read_events(lab.state.dir, "P2SDiagnosticLog")
-                            if "connection limit (250) is reached" in e["Message"]],
-                   bool, "the agent to refuse a session past the limit", 60)
+                            if "connection limit (250) is reached" in e["Message"] and e["protocol_s"] == "IkeV2"],
+                   bool, "the agent to refuse an IKEv2 session past the limit", 60)
         # the refused client dials again at once and charon lets it in again: the gateway
         # holds 250, with the 251st there only between its IKE_AUTH and the agent's DELETE
         looks = _looks(lambda: live.p2s_sessions(rt, plan)[0]["connections"], 3)
