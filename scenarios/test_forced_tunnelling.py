@@ -5,6 +5,7 @@ tcpdump on the devices' tunnel interfaces and on the Internet host."""
 from __future__ import annotations
 
 import contextlib
+import json
 
 from scapy.layers.inet import ICMP, IP
 
@@ -52,10 +53,11 @@ def test_the_gateways_own_default_route_goes_into_the_tunnel(lab):
     their own."""
     inst = active(lab)
     _, az_if = tunnel_iface(lab, "corp-to-branch", "azure")
-    main = lab.backend.exec(inst, ["ip", "-j", "route", "show", "0.0.0.0/0"]).stdout
-    assert f'"dev":"{az_if}"' in main.replace(" ", ""), main
-    underlay = lab.backend.exec(inst, ["ip", "-j", "route", "show", "table", str(TABLE_UNDERLAY)]).stdout
-    assert '"dev":"pub"' in underlay.replace(" ", ""), underlay
+    def defaults(*table: str) -> list[str]:
+        out = lab.backend.exec(inst, ["ip", "-j", "route", "show", "0.0.0.0/0", *table]).stdout
+        return [r.get("dev") for r in json.loads(out or "[]")]
+    assert defaults() == [az_if]
+    assert defaults("table", str(TABLE_UNDERLAY)) == ["pub"]
 
 
 def test_vm_internet_traffic_goes_to_the_default_site(lab, tmp_path):

@@ -133,3 +133,16 @@ def test_routing_matrix_spans_the_spokes(lab):
     assert want["10.13.1.0/24 -> 10.10.1.0/24"]["reaches"]           # spoke3 -> hub: peered
     seen = routing.observe(lab.backend, lab.plan, lab.topology)
     assert routing.problems(want, seen) == []
+
+
+def test_forwarded_traffic_is_kept_out_without_allow_forwarded_traffic(lab):
+    """spoke3's peering leaves allow_forwarded_traffic off: what the hub's firewall
+    forwards from spoke1 (web1's route table sends everything to it) is dropped at
+    spoke3, and counted there; spoke1's own peering allows it."""
+    def dropped() -> int:
+        out = lab.backend.nft_json("spoke3-sdn", "list", "chain", "ip", "vpnlab", "peering")
+        return sum(e["counter"]["packets"] for o in out["nftables"] if "rule" in o
+                   for e in o["rule"]["expr"] if "counter" in e)
+    before = dropped()
+    assert not live.ping(lab.backend, "web1", APP["app3"], count=2, timeout=1)
+    assert dropped() - before >= 2

@@ -59,6 +59,7 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
     BGP and the sites' ASNs differ (BGP loop prevention); else must not."""
     ends = endpoints(plan, topology)
     g = intended_graph(plan, topology)
+    gateways_only = intended_graph(plan)      # tunnels, without the peerings
     conns = {c.local_network_gateway: c for c in topology.connections.values() if c.local_network_gateway}
     lngs = topology.local_network_gateways
     vnet_of = {names.vnet_router(v): v for v in topology.virtual_networks}
@@ -75,7 +76,7 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
                                and lngs[a].bgp.asn != lngs[b].bgp.asn)
                 paths = 1 if reaches else 0
             elif not sites:
-                reaches, paths = _vnets_reach(topology, plan, vnet_of[a], vnet_of[b])
+                reaches, paths = _vnets_reach(topology, gateways_only, vnet_of[a], vnet_of[b])
             else:
                 vnet = vnet_of[a if b in sites else b]
                 gateway = topology.gateway_of(vnet)
@@ -86,13 +87,13 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
     return out
 
 
-def _vnets_reach(topology, plan: Plan, a: str, b: str) -> tuple[bool, int]:
+def _vnets_reach(topology, tunnels: nx.Graph, a: str, b: str) -> tuple[bool, int]:
+    """Directly peered (both directions allow access), or joined by their gateways."""
     peered = topology.peered(a).get(b)
     if peered is not None:
         back = topology.peered(b)[a]
         ok = peered.allow_virtual_network_access and back.allow_virtual_network_access
         return ok, int(ok)
-    tunnels = intended_graph(plan)           # joined by their gateways (VNet-to-VNet)
     ra, rb = names.vnet_router(a), names.vnet_router(b)
     if ra in tunnels and rb in tunnels and nx.has_path(tunnels, ra, rb):
         return True, nx.node_connectivity(tunnels, ra, rb)

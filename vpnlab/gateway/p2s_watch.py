@@ -188,7 +188,6 @@ class _OpenVpnWatch:
             self.agent.log.p2s_refused(self.server, r["certificate"], r["address"], r["reason"])
             self.since = max(self.since, r["time"] + 1)
 
-
     def _connected(self, client: dict):
         key = _session(client)
         if key in self.sessions.known or in_use(self.agent, self.server.gateway) < self.limit:

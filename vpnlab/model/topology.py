@@ -829,7 +829,6 @@ def _peering_errors(t: Topology):
 def _route_table_errors(t: Topology):
     """Route tables [UDR]: known tables, next hops that exist, and the GatewaySubnet's
     guardrails (no 0.0.0.0/0, BGP propagation on)."""
-    used = set()
     for vnet_name, vnet in t.virtual_networks.items():
         for sub_name, sub in vnet.subnets.items():
             if sub.route_table is None:
@@ -839,7 +838,6 @@ def _route_table_errors(t: Topology):
             if table is None:
                 yield loc, f"unknown route table '{sub.route_table}'; known: {_names(t.route_tables)}"
                 continue
-            used.add(sub.route_table)
             tloc = ("route_tables", sub.route_table)
             if sub_name == "GatewaySubnet":
                 if not table.bgp_route_propagation_enabled:

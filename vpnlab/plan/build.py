@@ -18,6 +18,7 @@ from vpnlab.plan.parts import (
     TABLE_FROM_TUNNEL,
     TABLE_INTO_TUNNEL,
     TABLE_UNDERLAY,
+    UNDERLAY_PRIORITY,
     BgpSession,
     Frr,
     Iface,
@@ -148,9 +149,13 @@ class _Builder:
         b.interfaces.append(b_if)
         self.links.append(Link(a.name, a_if.name, b.name, b_if.name))
 
-    def attach_public(self, node: Node, ip: IPv4Address, mac: str | None = None) -> str:
+    def attach_public(self, node: Node, ip: IPv4Address, mac: str | None = None,
+                      host_only: bool = False) -> str:
         """Connect a router to the internet bridge with a public /24 address; returns
-        the internet's address on that /24 (the router's default gateway)."""
+        the internet's address on that /24 (the router's default gateway). host_only: a
+        /32 instead, the internet reached on-link, so that no part of the Internet is
+        connected beside a default route the router learns (Azure's side: forced
+        tunnelling must capture all of it)."""
         node.public_ip = str(ip)
         net = IPv4Network(f"{ip}/24", strict=False)
         inet = self.nodes[INTERNET]
@@ -158,9 +163,16 @@ class _Builder:
         br.addresses.append(_internet_side(ip))
         gw = str(net.network_address + 1)
         self.inet_ports += 1
-        self.link(node, Iface("pub", [f"{ip}/24"], mac=mac),
+        self.link(node, Iface("pub", [f"{ip}/{32 if host_only else 24}"], mac=mac),
                   inet, Iface(f"p{self.inet_ports}", master="br0"))
         return gw
+
+    def own_public_address(self, inst: Node, address: str):
+        """A gateway instance's public address: what it sends from it leaves through the
+        underlay table, not the VNet's default route."""
+        if f"{address}/32" not in inst.iface("pub").addresses:
+            inst.iface("pub").addresses.append(f"{address}/32")
+        inst.rules.append(Rule(None, TABLE_UNDERLAY, UNDERLAY_PRIORITY, src=address))
 
     def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: list[str],
             first_host: int, role: str):
@@ -225,13 +237,10 @@ class _Builder:
             node = self.add(Node(name, "gateway-instance", forwarding=True,
                                  standby=not self.serves(gw_name, k),
                                  shaping_mbps=throughput_mbps(gw)))
-            inet_gw = self.attach_public(node, public_ip, mac and mac + "01")
-            # its own IKE and ESP take the public path, whatever default route the VNet
-            # has; the public address is a /32 with the internet on-link, so that no
-            # part of the Internet is connected beside the VNet's forced tunnel
-            node.iface("pub").addresses = [f"{public_ip}/32"]
+            inet_gw = self.attach_public(node, public_ip, mac and mac + "01", host_only=True)
+            # its own IKE and ESP take the public path, whatever default route the VNet has
             node.routes.append(Route("0.0.0.0/0", via=inet_gw, dev="pub", onlink=True, table=TABLE_UNDERLAY))
-            node.rules.append(Rule(None, TABLE_UNDERLAY, 100, src=str(public_ip)))
+            self.own_public_address(node, str(public_ip))
             self.link(node, Iface("gws", [f"{bgp_ips[slot]}/{gws.prefixlen}"], mac=mac and mac + "02"),
                       sdn, Iface(f"gws{k}", master="gws"))
             apipa = []
@@ -308,7 +317,7 @@ class _Builder:
         end.charon = dict(local_addr=str(t_ip))
         router.nft["inner"].append(f"t{j}")
         if router.role == "gateway-instance":
-            router.rules.append(Rule(f"t{j}u", TABLE_UNDERLAY, 100))
+            router.rules.append(Rule(f"t{j}u", TABLE_UNDERLAY, UNDERLAY_PRIORITY))
         return end, f"t{j}"
 
     def connection(self, conn_name: str):

@@ -16,13 +16,11 @@ from vpnlab.model.defaults import defaults
 from vpnlab.model.p2s_rules import free_client_addresses, pool_split
 from vpnlab.plan import timers as timers_of
 from vpnlab.plan.parts import (
-    TABLE_UNDERLAY,
     Iface,
     Node,
     P2sClient,
     P2sEnd,
     Route,
-    Rule,
     instance_count,
     selector_anchors,
 )
@@ -37,8 +35,8 @@ def gateway_fqdn(gw_name: str) -> str:
 
 def pushed_routes(t, gw_name: str, os: str = "Linux") -> list[str]:
     """The routes a client gets [6 P2SRT]: the VNet's address space (and its spokes',
-    with gateway transit [PEER]), the pool and custom routes; a non-Windows client (and any OpenVPN client) also the prefixes of the
-    gateway's connections (site address spaces, the prefixes BGP learns from the lab's
+    with gateway transit [PEER]), the pool and custom routes; a non-Windows client (and
+    any OpenVPN client) also the prefixes of the gateway's connections (site address spaces, the prefixes BGP learns from the lab's
     devices, peer VNets)."""
     gw = t.virtual_network_gateways[gw_name]
     cfg = gw.vpn_client_configuration
@@ -90,8 +88,7 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
             continue
         inst = b.nodes[names.instance(gw_name, k)]
         if gw.active_active:
-            inst.iface("pub").addresses.append(f"{address}/32")
-            inst.rules.append(Rule(None, TABLE_UNDERLAY, 100, src=address))
+            b.own_public_address(inst, address)
         for protocol, share in pool_split(cfg).items():
             ikev2 = protocol == "IkeV2"
             end, ifname = b.tunnel_end(inst, names.p2s_server(inst.name, protocol),

@@ -19,8 +19,9 @@ TABLE_FROM_TUNNEL = 102
 # through its public path in a table of its own: a default route the VNet learns (forced
 # tunnelling) never captures it [7.3].
 TABLE_UNDERLAY = 103
+UNDERLAY_PRIORITY = 100
 # VNet routers: a subnet's route table, one kernel table per prefix length (see
-# vpnlab.plan.udr), and the system routes alone for tables without BGP propagation.
+# vpnlab.plan.vnet), and the system routes alone for tables without BGP propagation.
 TABLE_SYSTEM = 200
 TABLE_FIRST_UDR = 1000
 HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls

@@ -30,7 +30,8 @@ from vpnlab.plan.parts import (
     instance_count,
 )
 
-HOP_TABLE_BASE = TABLE_FIRST_UDR + 500     # tables (and rule priorities) of next-hop links
+HOP_TABLE_BASE = TABLE_FIRST_UDR + 500     # tables of next-hop links, one each
+HOP_PRIORITY = 500                          # their rules: before any subnet's
 UDR_PRIORITY = 1000
 
 
@@ -44,9 +45,8 @@ def internet_host(b):
 def router(b, index: int, vnet: str):
     """A VNet's router: a bridge per subnet with its VMs, and Azure's default outbound
     access (the system route 0.0.0.0/0 to the Internet, source NAT to a public address),
-    which a default route from the gateway beats. Its public address is a /32 with the
-    internet on-link: a connected /24 would send part of the Internet around a forced
-    tunnel."""
+    which a default route from the gateway beats. Its public address is a /32
+    (attach_public's host_only)."""
     t = b.t
     gw_name = t.gateway_of(vnet)
     gw = t.virtual_network_gateways[gw_name] if gw_name else None
@@ -54,8 +54,7 @@ def router(b, index: int, vnet: str):
     node = b.add(Node(names.vnet_router(vnet), "vnet-router", forwarding=True))
     egress = IPv4Network(b.d["internal"]["azure_public"]).network_address \
         + b.d["internal"]["vnet_egress_first"] + index
-    inet_gw = b.attach_public(node, egress)
-    node.iface("pub").addresses = [f"{egress}/32"]
+    inet_gw = b.attach_public(node, egress, host_only=True)
     b.egress_gw[vnet] = inet_gw
     node.frr = Frr(asn, str(egress), b.timers, system=[("0.0.0.0/0", f"{inet_gw} pub onlink")])
     node.nft = dict(dnat=[], inner=[], mss_clamp=None, snat_all=True, peering_drops=[])
@@ -218,7 +217,7 @@ def _hop_link(b, src: str, dst: str, target: str) -> str:
         b.link(rs, Iface(ifname, [f"{base + 1}/30"]), rd, Iface(ifname, [f"{base + 2}/30"]))
         table = HOP_TABLE_BASE + idx
         rd.nft.setdefault("hop_links", []).append(ifname)
-        rd.rules.append(Rule(ifname, table, HOP_TABLE_BASE - TABLE_FIRST_UDR + idx))
+        rd.rules.append(Rule(ifname, table, HOP_PRIORITY + idx))
         if target == "gateway":
             rd.routes.append(_to_gateway(b, dst, "0.0.0.0/0", table))
         else:
