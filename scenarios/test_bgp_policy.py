@@ -48,19 +48,53 @@ def originated(lab, site: str, prefixes: list[str], extra: list[str] = (), undo:
 
 
 def test_transit_between_bgp_sites_and_static_prefixes(lab):
-    """Each BGP site learns the other's prefix through Azure (AS path 65515 <site>),
-    the static site's address space (65515 alone) and the VNet, over both instances,
-    and its hosts reach the other site's hosts."""
-    for site, other in (("site-a", "site-b"), ("site-b", "site-a")):
-        other_asn, _, other_lan = SITE[other]
+    """Each BGP site learns the other's prefix through Azure, the static site's address
+    space (65515 alone) and the VNet, over both instances, and its hosts reach the
+    other site's hosts. site-b's LAN is in BGP only: site-a learns it as 65515 65042.
+    site-a's LAN is also in its local network gateway's address space, which Azure
+    announces as its own: site-b learns it as 65515 alone."""
+    for site, other, path in (("site-a", "site-b", "65515 65042"), ("site-b", "site-a", "65515")):
+        other_lan = SITE[other][2]
         lab.eventually(lambda: as_paths(lab, site),
-                       {VNET: ["65515", "65515"], other_lan: [f"65515 {other_asn}"] * 2,
+                       {VNET: ["65515", "65515"], other_lan: [path] * 2,
                         STATIC_SITE: ["65515", "65515"]},
                        "routes_withdrawn", f"{site} to learn the VNet, {other} and site-c through both instances")
         # ECMP: both instances' tunnels carry the other site's prefix
         assert live.fib_prefixes(lab.backend, site)[other_lan] == 2
     assert live.ping(lab.backend, "site-a-host", "10.81.1.10", count=3)
     assert live.ping(lab.backend, "site-b-host", "10.80.1.10", count=3)
+
+
+def test_address_space_is_static_beside_bgp(lab):
+    """With BGP on, a local network gateway's address space still becomes static routes
+    on the gateway, "in addition to the routes learned via BGP" [4.2]. Each instance
+    routes site-a's LAN statically and has site-a's BGP path beside its own (Azure's
+    learned routes: origin Network and EBgp).
+    With both sites' BGP sessions shut, the VNet keeps site-a's LAN (static) and loses
+    site-b's (announced over BGP only)."""
+    lan_a, lan_b = SITE["site-a"][2], SITE["site-b"][2]
+    for node in INSTANCES:
+        entries = live.vtysh_json(lab.backend, node, f"show ip route {lan_a} json")[lan_a]
+        assert [e["protocol"] for e in entries if e.get("selected")] == ["static"], entries
+        assert as_paths(lab, node)[lan_a] == ["", "65041"]
+    received = lambda node: {a: p.get("pfxRcd") for a, p in live.bgp_peers(lab.backend, node).items()}
+    before = {node: received(node) for node in INSTANCES}
+    shut = {site: [f"router bgp {asn}", *[f"neighbor {a} shutdown" for a in AZURE]]
+            for site, (asn, _, _) in SITE.items()}
+    try:
+        for site, lines in shut.items():
+            control.vtysh_config(lab.backend, site, lines)
+        lab.eventually(lambda: live.fib_prefixes(lab.backend, "hub-sdn"), {lan_a: 2, lan_b: None},
+                       "session_down", "the VNet to keep site-a's static LAN and lose site-b's")
+        assert live.bgp_peers(lab.backend, "hub-gw-in0")[SITE["site-a"][1]]["state"] != "Established"
+    finally:
+        for site, lines in shut.items():
+            control.vtysh_config(lab.backend, site, [lines[0], *[f"no {line}" for line in lines[1:]]])
+    for node in INSTANCES:
+        lab.eventually(lambda: received(node), before[node], "session_down",
+                       f"{node} to have the sites' sessions and prefixes back")
+    lab.eventually(lambda: live.fib_prefixes(lab.backend, "hub-sdn"), {lan_b: 2},
+                   "routes_withdrawn", "the VNet to learn site-b's LAN again")
 
 
 def test_no_transit_without_bgp(lab):

@@ -37,7 +37,7 @@ def generated_topology(sites: int) -> dict:
             "bgp": {"asn": 65515, "peering_addresses": [{"apipa_addresses": ["169.254.21.1"]},
                                                          {"apipa_addresses": ["169.254.22.1"]}]}}},
         "local_network_gateways": {f"site{i}": {
-            "gateway_ip": f"198.51.100.{10 + i}", "address_space": [f"10.20.{i}.0/24"],
+            "gateway_ip": f"198.51.100.{10 + i}", "device": {"lan_prefixes": [f"10.20.{i}.0/24"]},
             "bgp": {"asn": 65010 + i, "peering_address": f"169.254.21.{100 + i}"}}
             for i in range(sites)},
         "connections": {f"hub-to-site{i}": {

@@ -55,8 +55,8 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
     """pair "src -> dst" -> {reaches, paths}. VNet <-> connected site (a spoke through its
     hub's gateway): must reach, over as many disjoint paths as the design has. VNet <->
     VNet: directly peered (both directions allow access), or joined by their gateways;
-    peering is not transitive. Site <-> site: transit only where both connections run
-    BGP and the sites' ASNs differ (BGP loop prevention); else must not."""
+    peering is not transitive. Site <-> site: where each device learns the other's LAN
+    over BGP (_learns); else must not."""
     ends = endpoints(plan, topology)
     g = intended_graph(plan, topology)
     gateways_only = intended_graph(plan)      # tunnels, without the peerings
@@ -70,10 +70,7 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
                 continue
             sites = [x for x in (a, b) if x in lngs]
             if len(sites) == 2:
-                ca, cb = conns.get(a), conns.get(b)
-                reaches = bool(ca and cb and ca.enable_bgp and cb.enable_bgp
-                               and ca.virtual_network_gateway == cb.virtual_network_gateway
-                               and lngs[a].bgp.asn != lngs[b].bgp.asn)
+                reaches = _learns(topology, conns, a, b) and _learns(topology, conns, b, a)
                 paths = 1 if reaches else 0
             elif not sites:
                 reaches, paths = _vnets_reach(topology, gateways_only, vnet_of[a], vnet_of[b])
@@ -85,6 +82,18 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
                 paths = nx.node_connectivity(g, a, b) if reaches else 0
             out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": paths}
     return out
+
+
+def _learns(topology, conns: dict, site: str, other: str) -> bool:
+    """Whether site's device learns other's LAN through their gateway: over BGP, from
+    other's address space (the gateway announces it as its own [4.5]) or from other's
+    own announcement, which BGP loop prevention drops when the two ASNs are the same."""
+    ca, cb = conns.get(site), conns.get(other)
+    if not (ca and cb and ca.enable_bgp and ca.virtual_network_gateway == cb.virtual_network_gateway):
+        return False
+    lngs = topology.local_network_gateways
+    static = all(any(p.subnet_of(s) for s in lngs[other].address_space) for p in topology.site_lan(other))
+    return static or bool(cb.enable_bgp and lngs[site].bgp.asn != lngs[other].bgp.asn)
 
 
 def _vnets_reach(topology, tunnels: nx.Graph, a: str, b: str) -> tuple[bool, int]:

@@ -372,12 +372,14 @@ class _Builder:
                 # forced tunnelling to the Default Site: Internet-bound traffic into its tunnel [7.3]
                 inst.frr.static.append(("0.0.0.0/0", az_if))
                 inst.frr.networks.append("0.0.0.0/0")
+            # the site's address space: static routes, with BGP too ("in addition to the
+            # routes learned via BGP"), announced to the VNet and the BGP peers [4.2, 4.5]
+            for p in self.static_prefixes(lng, c):
+                inst.frr.static.append((p, az_if))
+                inst.frr.networks.append(p)
             if c.enable_bgp:
                 self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k, new_device_end)
             else:
-                for p in lng.address_space:     # what Azure routes: the site's address space
-                    inst.frr.static.append((str(p), az_if))
-                    inst.frr.networks.append(str(p))
                 # the VNet, and the P2S pool: a careful engineer routes it back too [6]
                 p2s = gw.vpn_client_configuration
                 for p in (self.t.gateway_prefixes(c.virtual_network_gateway) + (p2s.address_pool if p2s else [])
@@ -483,6 +485,13 @@ class _Builder:
         device.nft["dnat"].append(dict(peer=az_pub, to=end.charon["local_addr"], refuse_peer_init=False))
         end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub, remote_addr=az_pub,
                           children=device_children(conn, common["policy"], pairs, policy_based))
+
+    @staticmethod
+    def static_prefixes(lng, c) -> list[str]:
+        """What Azure routes statically to a site: its address space, less the BGP peer's
+        host route, which Azure installs by itself [4.2] (the lab: in azure_peer)."""
+        peer = f"{lng.bgp.peering_address}/32" if c.enable_bgp else None
+        return [str(p) for p in lng.address_space if str(p) != peer]
 
     def bgp_over(self, inst: Node, az_if: str, device: Node | None, op_if: str | None, gw,
                  c, k: int, configure_device: bool):
