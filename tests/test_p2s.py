@@ -51,28 +51,29 @@ def connect(plab, client) -> dict:
     return json.loads(res.stdout)
 
 
-def share(plab, protocol) -> ipaddress.IPv4Network:
-    end = next(e for e in plab[1].p2s_ends if e.protocol == protocol)
-    return ipaddress.ip_network(end.pool[0])
-
-
-def test_each_protocol_gets_its_half_of_the_pool_and_reaches_the_vnet_and_the_branch(plab):
-    rt, _ = plab
-    assert share(plab, "IkeV2") == ipaddress.ip_network("172.16.201.0/25")
-    assert share(plab, "OpenVPN") == ipaddress.ip_network("172.16.201.128/25")
+def test_both_protocols_take_from_the_one_pool_and_reach_the_vnet_and_the_branch(plab):
+    """Azure splits the pool only when SSTP is among the protocols [6 POOL]: IKEv2 and
+    OpenVPN clients take their addresses from the whole pool (charon from the bottom,
+    openvpn from the top, its server holding the first address) and reach the VNet, the
+    branch and each other."""
+    rt, plan = plab
+    pool = ipaddress.ip_network("172.16.201.0/24")
+    assert {(e.protocol, tuple(e.pool)) for e in plan.p2s_ends} == {("IkeV2", (str(pool),)),
+                                                                     ("OpenVPN", (str(pool),))}
+    vips = {}
     for client, protocol in (("alice", "IkeV2"), ("bob", "OpenVPN")):
         result = connect(plab, client)
         assert result["protocol"] == protocol and result["connected"] == 1
-        vip = ipaddress.ip_address(result["virtual_ips"][0])
-        assert vip in share(plab, protocol), f"{client}: {vip}"
+        vips[client] = ipaddress.ip_address(result["virtual_ips"][0])
         for target in (VM, BRANCH_HOST):      # the branch: BGP advertises the pool to it
             assert live.ping(rt, client, target, count=2), f"{client} -> {target}"
-    sessions = {s["protocol"]: s for s in live.p2s_sessions(rt, plab[1])}
+    assert vips == {"alice": pool.network_address + 2, "bob": pool.broadcast_address - 1}
+    sessions = {s["protocol"]: s for s in live.p2s_sessions(rt, plan)}
     assert [c["certificate"] for c in sessions["IkeV2"]["clients"]] == ["alice"]
     assert [c["certificate"] for c in sessions["OpenVPN"]["clients"]] == ["bob"]
     # client to client through the gateway, across protocols (FAQ 2026: yes [6])
-    bob_vip = sessions["OpenVPN"]["clients"][0]["virtual_ip"]
-    assert live.ping(rt, "alice", bob_vip, count=2), f"alice -> bob {bob_vip}"
+    assert live.ping(rt, "alice", str(vips["bob"]), count=2), f"alice -> bob {vips['bob']}"
+    assert live.ping(rt, "bob", str(vips["alice"]), count=2), f"bob -> alice {vips['alice']}"
 
 
 def test_pushed_routes_are_azures(plab):

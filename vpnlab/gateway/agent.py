@@ -34,7 +34,7 @@ class Agent:
         self.log = events.Writer(lab.state.dir)
         self.stop = threading.Event()
         self.redial = defaults()["azure"]["redial_seconds"]
-        self.p2s_users: dict = {}     # P2S server node -> its Sessions (p2s_watch)
+        self.p2s_users: dict = {}     # (P2S server node, protocol) -> its Sessions (p2s_watch)
         self.say = say
 
     def run(self):

@@ -62,7 +62,7 @@ def in_use(agent, gateway: str) -> int:
 def ikev2_server(agent, server: P2sEnd, poll: float):
     """Sessions and refusals of a P2S IKEv2 server, from its VICI events; whenever the
     listener (re)connects, the server's SAs are read once, so nothing is missed."""
-    sessions = agent.p2s_users[server.node] = Sessions(agent.log, server)
+    sessions = agent.p2s_users[server.node, server.protocol] = Sessions(agent.log, server)
     limit = agent.plan.nodes[server.node].charon["ikesa_limit"]
     reasons: dict[bytes, str] = {}      # IKE SA -> why its certificate failed
     while not agent.stop.is_set():
@@ -78,7 +78,7 @@ def ikev2_server(agent, server: P2sEnd, poll: float):
                     room = max(limit - (in_use(agent, server.gateway) - len(sessions.known)), 0)
                     sessions.reconcile({ike["uniqueid"]: live.ikev2_client(ike) for ike in up[:room]})
                     for ike in up[room:]:
-                        _refuse_past_limit(agent, server, ike, limit)
+                        _refuse(agent, server, ike, f"the gateway's point-to-site connection limit ({limit}) is reached")
                 if event is None:       # a tick
                     continue
                 if kind == b"ike-updown":
@@ -105,17 +105,26 @@ def _updown(agent, server: P2sEnd, sessions: Sessions, event: dict, limit: int):
         if not up:
             sessions.down(ike["uniqueid"])
         elif ike["uniqueid"] not in sessions.known and in_use(agent, server.gateway) >= limit:
-            _refuse_past_limit(agent, server, ike, limit)
+            _refuse(agent, server, ike, f"the gateway's point-to-site connection limit ({limit}) is reached")
+        elif ike["uniqueid"] not in sessions.known and _held_by_openvpn(agent, server, ike):
+            _refuse(agent, server, ike, "the address pool is exhausted")
         else:
             sessions.up(ike["uniqueid"], live.ikev2_client(ike))
 
 
-def _refuse_past_limit(agent, server: P2sEnd, ike: dict, limit: int):
+def _held_by_openvpn(agent, server: P2sEnd, ike: dict) -> bool:
+    """charon gives the pool out from the bottom, openvpn from the top: when they meet,
+    charon may hand out an address an OpenVPN user holds (charon cannot be told)."""
+    vip = live.ikev2_client(ike).get("virtual_ip")
+    return bool(vip) and any(c.get("virtual_ip") == vip for s in list(agent.p2s_users.values())
+                             if s.server.node == server.node and s.server.protocol == "OpenVPN"
+                             for c in list(s.known.values()))
+
+
+def _refuse(agent, server: P2sEnd, ike: dict, why: str):
     client = live.ikev2_client(ike)
-    agent.log.p2s_refused(server, client["certificate"], client["address"],
-                          f"the gateway's point-to-site connection limit ({limit}) is reached", "was refused")
-    agent.say(f"{server.node}: {client['certificate']} is past the connection limit ({limit}): "
-              f"deleting IKE SA #{client['ike_sa']}")
+    agent.log.p2s_refused(server, client["certificate"], client["address"], why, "was refused")
+    agent.say(f"{server.node}: refusing {client['certificate']} ({why}): deleting IKE SA #{client['ike_sa']}")
     try:
         control.ike_terminate(agent.rt, server.node, agent.plan.nodes[server.node].charon["connection"],
                               force=True, ike_id=client["ike_sa"])
@@ -151,7 +160,7 @@ class _OpenVpnWatch:
 
     def __init__(self, agent, server: P2sEnd):
         self.agent, self.server = agent, server
-        self.sessions = agent.p2s_users[server.node] = Sessions(agent.log, server)
+        self.sessions = agent.p2s_users[server.node, server.protocol] = Sessions(agent.log, server)
         self.limit = agent.plan.nodes[server.node].openvpn["max_clients"]
         self.journal = _Journal(agent.rt.node_dir(server.node) / SESSIONS_FILE)
         self.synced = False           # the sessions agree with a listing, the journal goes on from it

@@ -14,7 +14,6 @@ INTERNET = "internet"
 INTERNET_HOST = "internet-host"        # a host on the lab's internet (Internet egress checks)
 INSTANCES = (0, 1)                   # every gateway has two instances [5]
 SIDES = ("az", "op")                 # a tunnel's Azure end and on-prem end
-P2S_PROTOCOLS = {"IkeV2": "ikev2", "OpenVPN": "openvpn"}
 LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 _INSTANCE = re.compile(r"(?P<gateway>.+)-in(?P<k>[01])")
 
@@ -55,8 +54,8 @@ def v2v_end(instance_name: str, towards: str) -> str:
     return f"{instance_name}-to-{towards}-v2v"
 
 
-def p2s_server(instance_name: str, protocol: str) -> str:
-    return f"{instance_name}-p2s-{P2S_PROTOCOLS[protocol]}"
+def p2s_server(instance_name: str) -> str:
+    return f"{instance_name}-p2s"
 
 
 def check_lab_name(name: str, from_file: Path | None = None) -> str:
@@ -90,8 +89,7 @@ def generated(topology) -> dict[str, str]:
         for k in INSTANCES:
             inst = instance(gw, k)
             out[inst] = f"gateway {gw}'s instance {k}"
-            for protocol in P2S_PROTOCOLS:
-                out[p2s_server(inst, protocol)] = f"gateway {gw}'s {protocol} server on instance {k}"
+            out[p2s_server(inst)] = f"gateway {gw}'s point-to-site server on instance {k}"
             for peer in gateways:
                 for towards in (peer, instance(peer, 0), instance(peer, 1)):
                     out[v2v_end(inst, towards)] = f"a VNet-to-VNet tunnel end of {inst}"

@@ -1,5 +1,5 @@
 """Azure's point-to-site rules [6]: validation of vpn_client_configuration and clients,
-and how the address pool is split between protocols. Yields (field path, message) like
+and how many clients the address pool holds. Yields (field path, message) like
 the rest of lab.topology's validation."""
 from __future__ import annotations
 
@@ -17,14 +17,13 @@ UNEMULATED_AUTH = {
     "Radius": "RADIUS authentication is not emulated by the lab; use Certificate"}
 
 
-def pool_split(cfg) -> dict[str, list[IPv4Network]]:
-    """Each protocol's share of the pool: with two protocols every prefix is split in
-    halves, the lower for IkeV2, the upper for OpenVPN [6 POOL]."""
-    protocols = [p for p in ("IkeV2", "OpenVPN") if p in cfg.vpn_client_protocols]
-    if len(protocols) == 1:
-        return {protocols[0]: list(cfg.address_pool)}
-    halves = [list(p.subnets(prefixlen_diff=1)) for p in cfg.address_pool]
-    return {"IkeV2": [h[0] for h in halves], "OpenVPN": [h[1] for h in halves]}
+def pool_addresses(cfg) -> int:
+    """Clients' addresses in the pool, IKEv2 and OpenVPN together: Azure splits the pool
+    only when SSTP is among the protocols [6 POOL], which the lab does not emulate. A
+    prefix gives all but its network and broadcast addresses; with OpenVPN, its server
+    holds the first prefix's first address."""
+    hosts = sum(max(p.num_addresses - 2, 0) for p in cfg.address_pool)
+    return hosts - (1 if "OpenVPN" in cfg.vpn_client_protocols else 0)
 
 
 def p2s_errors(t):
@@ -37,18 +36,18 @@ def p2s_errors(t):
 
 
 def _crowd_errors(t, name: str, gw):
-    """Every IKEv2 identity of the gateway's clients needs an address of the pool's IkeV2
-    share (a pool prefix gives all but its network and broadcast addresses)."""
-    share = pool_split(gw.vpn_client_configuration).get("IkeV2", [])
-    capacity = sum(max(p.num_addresses - 2, 0) for p in share)
+    """The gateway's IKEv2 identities must fit the pool (OpenVPN clients, which come
+    and go, are refused when it is full)."""
+    capacity = pool_addresses(gw.vpn_client_configuration)
     clients = [(c_name, c) for c_name, c in t.clients.items()
                if c.virtual_network_gateway == name and c.protocol == "IkeV2"]
     wanted = sum(c.count for _, c in clients)
     if clients and wanted > capacity:
         c_name = max(clients, key=lambda item: item[1].count)[0]
+        pool = ", ".join(map(str, gw.vpn_client_configuration.address_pool))
         yield ("clients", c_name, "count"), (
-            f"gateway {name}'s IKEv2 clients need {wanted} addresses, but its address_pool gives "
-            f"IKEv2 {capacity} ({', '.join(map(str, share))}): lower count or widen the pool")
+            f"gateway {name}'s IKEv2 clients need {wanted} addresses, but its address_pool ({pool}) "
+            f"gives {capacity}: lower count or widen the pool")
 
 
 def free_client_addresses(t) -> list[IPv4Address]:

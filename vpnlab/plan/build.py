@@ -295,9 +295,9 @@ class _Builder:
         node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"], snat_all=True)
 
     def tunnel_end(self, router: Node, name: str, standby: bool = False,
-                   role: str = "tunnel-endpoint", device: str = "ipsec0") -> tuple[Node, str]:
+                   role: str = "tunnel-endpoint", devices: tuple[str, ...] = ("ipsec0",)) -> tuple[Node, str]:
         """A tunnel namespace beside a router: underlay veth + inner veth (the tunnel
-        interface); device is where the tunnel's traffic goes (charon's ipsec0, or
+        interface); devices are where the tunnels' traffic goes (charon's ipsec0,
         openvpn's tun0). Returns the node and the router's inner interface name."""
         j = sum(1 for i in router.interfaces if i.name.startswith("t") and i.name.endswith("u"))
         net = IPv4Network((int(self.underlay.network_address) + 4 * j, 30))
@@ -311,8 +311,8 @@ class _Builder:
                   end, Iface("in", proxy_arp=True, mtu=mtu))
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
-        end.rules.append(Rule(device, TABLE_FROM_TUNNEL, 100))
-        if device == "ipsec0":   # openvpn routes its clients on tun0 itself
+        end.rules += [Rule(device, TABLE_FROM_TUNNEL, 100) for device in devices]
+        if "ipsec0" in devices:   # openvpn's clients: tun0 (their /32s in the same table)
             end.rules.append(Rule("in", TABLE_INTO_TUNNEL, 101))
         end.charon = dict(local_addr=str(t_ip))
         router.nft["inner"].append(f"t{j}")

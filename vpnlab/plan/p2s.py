@@ -1,6 +1,7 @@
 """Point-to-site in the lab plan [6]: each serving gateway instance gets a P2S server
-per protocol (a namespace beside it, like a tunnel end: charon for IkeV2, openvpn for
-OpenVPN), and each client a namespace on the lab's internet.
+(a namespace beside it, like a tunnel end) running charon for IkeV2 and openvpn for
+OpenVPN, both from the one address pool, and each client a namespace on the lab's
+internet.
 
 Active-standby: both instances hold P2S servers, the standby's idle, so that a takeover
 drops the clients and they reconnect to the same public IP [5]. Active-active: Azure
@@ -13,19 +14,22 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
-from vpnlab.model.p2s_rules import free_client_addresses, pool_split
+from vpnlab.model.p2s_rules import free_client_addresses
 from vpnlab.plan import timers as timers_of
 from vpnlab.plan.parts import (
+    TABLE_INTO_TUNNEL,
     Iface,
     Node,
     P2sClient,
     P2sEnd,
     Route,
+    Rule,
     instance_count,
     selector_anchors,
 )
 
 SERVER_ROOT = "VpnServerRoot"    # the CA of the gateways' own certificates (Azure's name)
+P2S_DEVICES = {"IkeV2": "ipsec0", "OpenVPN": "tun0"}     # where each protocol's clients are
 
 
 def gateway_fqdn(gw_name: str) -> str:
@@ -82,6 +86,7 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
     roots = [r.name for r in cfg.root_certificates]
     limit = defaults()["skus"][gw.sku]["p2s_connections"]
     address = p2s_public_ip(b, gw_name)
+    protocols = [p for p in P2S_DEVICES if p in cfg.vpn_client_protocols]
     ends = []
     for k in range(instance_count(gw)):
         if gw.active_active and k != 0:
@@ -89,51 +94,67 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
         inst = b.nodes[names.instance(gw_name, k)]
         if gw.active_active:
             b.own_public_address(inst, address)
-        for protocol, share in pool_split(cfg).items():
+        # one server for both protocols, so that they share the pool [6 POOL]
+        end, ifname = b.tunnel_end(inst, names.p2s_server(inst.name), standby=inst.standby,
+                                   role="p2s-endpoint", devices=tuple(P2S_DEVICES[p] for p in protocols))
+        for p in cfg.address_pool:
+            inst.frr.static.append((str(p), ifname))
+            inst.frr.networks.append(str(p))
+        ul, end.charon = end.charon["local_addr"], None     # the server's config follows
+        for protocol in protocols:
             ikev2 = protocol == "IkeV2"
-            end, ifname = b.tunnel_end(inst, names.p2s_server(inst.name, protocol),
-                                       standby=inst.standby, role="p2s-endpoint",
-                                       device="ipsec0" if ikev2 else "tun0")
-            used = share if ikev2 else share[:1]     # one openvpn server: one pool prefix
-            for p in used:
-                inst.frr.static.append((str(p), ifname))
-                inst.frr.networks.append(str(p))
-            ul, end.charon = end.charon["local_addr"], None     # the server's config follows
             inst.nft["dnat"].append(dict(peer=None, daddr=address if gw.active_active else None,
                                          to=ul, refuse_peer_init=False,
                                          proto="udp" if ikev2 else "tcp",
                                          ports="500, 4500" if ikev2 else str(p2s["openvpn_port"])))
-            if ikev2:
-                _ikev2_server(end, gw_name, ul, used, pushed, roots, limit, timers)
-            else:
-                _openvpn_server(end, gw_name, ul, used[0], pushed, limit, b.profile)
-            if not inst.standby:
-                ends.append(P2sEnd(gw_name, inst.name, end.name, protocol, [str(p) for p in used]))
+        shared = len(protocols) > 1
+        if shared:     # client to client across protocols: switched here, not through the instance
+            end.rules += [Rule(None, TABLE_INTO_TUNNEL, 99, dst=str(p)) for p in cfg.address_pool]
+        if "IkeV2" in protocols:
+            _ikev2_server(end, gw_name, ul, _ikev2_pools(cfg.address_pool, shared), pushed, roots, limit, timers)
+        if "OpenVPN" in protocols:
+            _openvpn_server(end, gw_name, ul, cfg.address_pool[0], pushed, limit, b.profile, shared)
+        if not inst.standby:
+            ends += [P2sEnd(gw_name, inst.name, end.name, protocol, [str(p) for p in cfg.address_pool])
+                     for protocol in protocols]
     return ends
 
 
-def _ikev2_server(end: Node, gw_name: str, ul: str, pool, pushed, roots, limit: int, timers: dict):
+def _ikev2_pools(pool: list[IPv4Network], shared: bool) -> list[str]:
+    """charon's addresses: the pool; beside OpenVPN, less the first prefix's first
+    address (openvpn's own). charon gives them out from the bottom, openvpn from the top."""
+    if not shared:
+        return [str(p) for p in pool]
+    first = pool[0]
+    return [f"{first.network_address + 2}-{first.broadcast_address - 1}", *map(str, pool[1:])]
+
+
+def _ikev2_server(end: Node, gw_name: str, ul: str, pools: list[str], pushed, roots, limit: int, timers: dict):
     p2s = defaults()["p2s"]
     end.charon = dict(p2s=True, side="azure", connection="p2s", version=2, local_addr=ul,
-                      local_id=gateway_fqdn(gw_name), pools=[str(p) for p in pool], local_ts=pushed,
+                      local_id=gateway_fqdn(gw_name), pools=pools, local_ts=pushed,
                       policy=dict(ike=p2s["ike_proposals"], esp=p2s["esp_proposals"]),
                       dpd_timeout=timers_of.dpd_timeout(timers), ikesa_limit=limit)
     # libipsec routes a CHILD SA only with a local address inside the local selector
     end.interfaces.append(Iface("lo", selector_anchors([IPv4Network(p) for p in pushed]), kind="lo"))
-    end.pki = ([(f"x509ca/{r}.pem", f"ca-{r}.pem") for r in roots]
+    end.pki += ([(f"x509ca/{r}.pem", f"ca-{r}.pem") for r in roots]
                + [(f"x509crl/{r}.crl", f"crl-{gw_name}-{r}.crl") for r in roots]
                + [("x509/gateway.pem", f"server-{gw_name}.pem"), ("private/gateway.key", f"server-{gw_name}.key")])
 
 
-def _openvpn_server(end: Node, gw_name: str, ul: str, pool: IPv4Network, pushed, limit: int, profile: str):
+def _openvpn_server(end: Node, gw_name: str, ul: str, pool: IPv4Network, pushed, limit: int, profile: str,
+                    shared: bool):
+    """openvpn on the pool's first prefix. Beside charon it gives addresses out itself,
+    from the top, each one charon does not hold (openvpn-session.sh)."""
     p2s = defaults()["p2s"]
+    first, last = pool.network_address + 2, pool.broadcast_address - 1
     end.openvpn = dict(role="server", local=ul, port=p2s["openvpn_port"], cipher=p2s["openvpn_cipher"],
                        server_ip=str(pool.network_address + 1), netmask=str(pool.netmask),
-                       pool_start=str(pool.network_address + 2), pool_end=str(pool.broadcast_address - 1),
+                       pool_start=str(first), pool_end=str(last), shared=shared,
                        push=[(str(n.network_address), str(n.netmask)) for n in map(IPv4Network, pushed)],
                        max_clients=limit, keepalive=p2s["openvpn_keepalive"][profile])
-    end.pki = [("ca.pem", f"bundle-{gw_name}.pem"), ("crl.pem", f"crl-{gw_name}.pem"),
-               ("server.pem", f"server-{gw_name}.pem"), ("server.key", f"server-{gw_name}.key")]
+    end.pki += [("ca.pem", f"bundle-{gw_name}.pem"), ("crl.pem", f"crl-{gw_name}.pem"),
+                ("server.pem", f"server-{gw_name}.pem"), ("server.key", f"server-{gw_name}.key")]
 
 
 def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:

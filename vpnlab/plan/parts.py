@@ -57,6 +57,7 @@ class Rule:
     table: int
     priority: int
     src: str | None = None        # from this address (a /32)
+    dst: str | None = None        # to this prefix
     # only routes longer than this count (`ip rule ... suppress_prefixlength N`)
     suppress_prefixlength: int | None = None
     unreachable: bool = False     # stop here: no route (a table without the main one)

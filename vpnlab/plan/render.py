@@ -4,13 +4,14 @@ from __future__ import annotations
 import base64
 import math
 import os
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import jinja2
 
 from vpnlab.model.defaults import defaults
 from vpnlab.plan import timers
-from vpnlab.plan.parts import Node, Plan
+from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Node, Plan
 
 PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
            "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
@@ -18,6 +19,8 @@ PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem p
 SECRET_FILES = {"swanctl.conf"}
 # where a P2S openvpn server's session hook writes (the agent reads it)
 SESSIONS_FILE = "openvpn-sessions.jsonl"
+# the table charon routes its clients' virtual IPs in (strongSwan's default routing_table)
+CHARON_ROUTES = 220
 
 
 def _env() -> jinja2.Environment:
@@ -61,7 +64,9 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
         files["openvpn.conf"] = env.get_template("openvpn.conf.j2").render(ctx, o=node.openvpn)
         if node.openvpn["role"] == "server":
             files["openvpn-session.sh"] = env.get_template("openvpn-session.sh.j2").render(
-                ctx, sessions_file=SESSIONS_FILE)
+                ctx, o=node.openvpn, sessions_file=SESSIONS_FILE, into_tunnel=TABLE_INTO_TUNNEL,
+                charon_routes=CHARON_ROUTES, first=int(IPv4Address(node.openvpn["pool_start"])),
+                last=int(IPv4Address(node.openvpn["pool_end"])))
     return files
 
 

@@ -225,6 +225,9 @@ class Backend:
                 spec["iifname"] = rule.iif
             if rule.src:
                 spec |= {"src": rule.src, "src_len": 32}
+            if rule.dst:
+                dst, length = rule.dst.split("/")
+                spec |= {"dst": dst, "dst_len": int(length)}
             if rule.unreachable:
                 spec["action"] = "FR_ACT_UNREACHABLE"
             else:
