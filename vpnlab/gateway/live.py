@@ -8,7 +8,7 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from vpnlab.plan.parts import Plan
+from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
 
 
 def vici_sas(rt, node: str) -> list[dict]:
@@ -286,6 +286,13 @@ def p2s_sessions(rt, plan: Plan) -> list[dict]:
         out.append({"gateway": e.gateway, "instance": e.gateway_instance, "protocol": e.protocol,
                     "pool": e.pool, "connections": len(sessions), "clients": sessions})
     return out
+
+
+def openvpn_leases(rt, node: str) -> set[str]:
+    """The pool addresses a P2S server's openvpn gave out: its session hook routes each
+    to tun0 in the table what comes from the gateway looks up first (openvpn-session.sh)."""
+    res = rt.exec(node, ["ip", "-j", "route", "show", "table", str(TABLE_INTO_TUNNEL), "dev", "tun0"])
+    return {r["dst"] for r in json.loads(res.stdout or "[]")} if res.returncode == 0 else set()
 
 
 def ikev2_client_sas(rt, node: str) -> dict[str, dict]:

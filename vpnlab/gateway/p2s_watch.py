@@ -114,11 +114,11 @@ def _updown(agent, server: P2sEnd, sessions: Sessions, event: dict, limit: int):
 
 def _held_by_openvpn(agent, server: P2sEnd, ike: dict) -> bool:
     """charon gives the pool out from the bottom, openvpn from the top: when they meet,
-    charon may hand out an address an OpenVPN user holds (charon cannot be told)."""
+    charon may hand out an address an OpenVPN user holds (charon cannot be told). The
+    kernel knows at once which ones openvpn gave out; its session hook's log, later."""
     vip = live.ikev2_client(ike).get("virtual_ip")
-    return bool(vip) and any(c.get("virtual_ip") == vip for s in list(agent.p2s_users.values())
-                             if s.server.node == server.node and s.server.protocol == "OpenVPN"
-                             for c in list(s.known.values()))
+    return bool(vip) and agent.plan.nodes[server.node].openvpn is not None \
+        and vip in live.openvpn_leases(agent.rt, server.node)
 
 
 def _refuse(agent, server: P2sEnd, ike: dict, why: str):

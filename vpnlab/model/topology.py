@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import typing
 from collections import Counter
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
@@ -256,31 +257,47 @@ class Topology(Model):
 
     def peered(self, vnet: str) -> dict[str, VirtualNetworkPeering]:
         """Remote VNet -> this VNet's peering to it, where both directions exist."""
-        return {p.remote_virtual_network: p for p in self.virtual_networks[vnet].peerings.values()
-                if p.remote_virtual_network in self.virtual_networks
-                and any(q.remote_virtual_network == vnet
-                        for q in self.virtual_networks[p.remote_virtual_network].peerings.values())}
+        return self._peerings[vnet]
 
     def gateway_of(self, vnet: str) -> Optional[str]:
         """The gateway in the VNet, or the remote gateway it uses through a peering."""
-        for name, gw in self.virtual_network_gateways.items():
-            if gw.virtual_network == vnet:
-                return name
-        hub = self.transit_hub(vnet)
-        return self.gateway_of(hub) if hub else None
+        return self._gateways.get(vnet) or self._gateways.get(self._hubs[vnet])
 
     def transit_hub(self, vnet: str) -> Optional[str]:
         """The VNet whose gateway this VNet uses (use_remote_gateways, allowed by the hub)."""
-        for remote, p in self.peered(vnet).items():
-            back = self.peered(remote)[vnet]
-            if p.use_remote_gateways and back.allow_gateway_transit and any(
-                    gw.virtual_network == remote for gw in self.virtual_network_gateways.values()):
-                return remote
-        return None
+        return self._hubs[vnet]
 
     def spokes(self, vnet: str) -> list[str]:
         """The VNets that use this VNet's gateway."""
-        return sorted(v for v in self.virtual_networks if self.transit_hub(v) == vnet)
+        return sorted(v for v, hub in self._hubs.items() if hub == vnet)
+
+    # The model is frozen: what peerings and gateways make of it is worked out once (a
+    # plan asks for every connection's gateway prefixes).
+    @cached_property
+    def _gateways(self) -> dict[str, str]:
+        """VNet -> the gateway in it (the first by name where validation will refuse two)."""
+        out = {}
+        for name, gw in self.virtual_network_gateways.items():
+            out.setdefault(gw.virtual_network, name)
+        return out
+
+    @cached_property
+    def _peerings(self) -> dict[str, dict[str, VirtualNetworkPeering]]:
+        vnets = self.virtual_networks
+        back = {(v, p.remote_virtual_network) for v, vnet in vnets.items() for p in vnet.peerings.values()}
+        return {v: {p.remote_virtual_network: p for p in vnet.peerings.values()
+                    if p.remote_virtual_network in vnets and (p.remote_virtual_network, v) in back}
+                for v, vnet in vnets.items()}
+
+    @cached_property
+    def _hubs(self) -> dict[str, Optional[str]]:
+        def hub(vnet: str) -> Optional[str]:
+            for remote, p in self._peerings[vnet].items():
+                if p.use_remote_gateways and self._peerings[remote][vnet].allow_gateway_transit \
+                        and remote in self._gateways:
+                    return remote
+            return None
+        return {v: hub(v) for v in self.virtual_networks}
 
     def gateway_prefixes(self, gw_name: str) -> list[IPv4Network]:
         """What a gateway routes to the VNet side: its VNet and its spokes' address spaces."""

@@ -35,6 +35,8 @@ from vpnlab.plan.parts import (
     serves,
 )
 
+FIRST_SITE_HOST = 10       # a site's hosts: .10 on (the device is .1)
+
 
 def _internet_side(public_ip: IPv4Address) -> str:
     """The internet's own address on a public /24: .1, every router's default gateway."""
@@ -174,13 +176,11 @@ class _Builder:
             inst.iface("pub").addresses.append(f"{address}/32")
         inst.rules.append(Rule(None, TABLE_UNDERLAY, UNDERLAY_PRIORITY, src=address))
 
-    def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: list[str],
-            first_host: int, role: str):
-        """A bridge on the router with .1, and a host namespace per host name."""
+    def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: dict[str, IPv4Address], role: str):
+        """A bridge on the router with .1, and a namespace per host at its address."""
         gw = prefix.network_address + 1
         router.interfaces.append(Iface(ifname, [f"{gw}/{prefix.prefixlen}"], kind="bridge"))
-        for i, host in enumerate(hosts):
-            addr = prefix.network_address + first_host + i
+        for i, (host, addr) in enumerate(hosts.items()):
             h = self.add(Node(host, role, routes=[Route("0.0.0.0/0", via=str(gw))]))
             self.link(h, Iface("eth0", [f"{addr}/{prefix.prefixlen}"]),
                       router, Iface(f"{ifname}h{i}", master=ifname))
@@ -274,13 +274,15 @@ class _Builder:
             self.bgp.append(BgpSession(router.name, bgp_ip, inst.name, "sdn"))
 
     def device(self, site: str):
+        """The lab's on-prem device: its LAN bridges, hosts from .10, BGP if the site has it."""
         lng = self.t.local_network_gateways[site]
         node = self.add(Node(site, "device", forwarding=True))
         inet_gw = self.attach_public(node, lng.gateway_ip)
         addresses = []
         for i, prefix in enumerate(self.t.site_lan(site)):
             hosts = self.t.site_hosts(site) if i == 0 else []
-            self.lan(node, f"lan{i}", prefix, hosts, 10, "host")
+            self.lan(node, f"lan{i}", prefix, {h: prefix.network_address + FIRST_SITE_HOST + j
+                                              for j, h in enumerate(hosts)}, "host")
             addresses.append(str(prefix.network_address + 1))
         lo = []
         if lng.bgp and str(lng.bgp.peering_address) not in addresses:

@@ -18,7 +18,6 @@ from collections import defaultdict
 from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
-from vpnlab.model.topology import FIRST_VM_HOST
 from vpnlab.plan.parts import (
     TABLE_FIRST_UDR,
     TABLE_SYSTEM,
@@ -61,7 +60,7 @@ def router(b, index: int, vnet: str):
     for i, (sub_name, sub) in enumerate(sorted(t.virtual_networks[vnet].subnets.items())):
         vms = t.subnet_vms(vnet, sub_name)
         if vms:
-            b.lan(node, subnet_bridge(i), sub.address_prefix, vms, FIRST_VM_HOST, "vm")
+            b.lan(node, subnet_bridge(i), sub.address_prefix, {vm: t.vm_address(vnet, vm) for vm in vms}, "vm")
     for vm in t.appliances(vnet):
         b.nodes[vm].forwarding = True
         b.nodes[vm].nft = dict(appliance=True)
