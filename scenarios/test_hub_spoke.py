@@ -135,6 +135,32 @@ def test_routing_matrix_spans_the_spokes(lab):
     assert routing.problems(want, seen) == []
 
 
+def test_routing_matrix_follows_route_tables_through_the_appliance(lab):
+    """Subnets with a route table are walked hop by hop, by Azure's effective routes
+    (intended) and by the kernel's policy routing (observed): web1 <-> on-prem and
+    web1 <-> web2 pass the firewall both ways, web1 -> spoke3 is forwarded traffic that
+    spoke3's peering drops. With the firewall's forwarding off, the check says which
+    pairs it breaks."""
+    want = routing.intended(lab.plan, lab.topology)
+    firewalled = ["10.11.2.0/24 -> 10.20.1.0/24", "10.11.2.0/24 -> 10.12.2.0/24"]
+    assert all(want[p]["reaches"] for p in firewalled)
+    assert not want["10.11.2.0/24 -> 10.13.1.0/24"]["reaches"]
+    seen = routing.observe(lab.backend, lab.plan, lab.topology)
+    assert routing.problems(want, seen) == []
+    for p in firewalled:
+        assert all("fw1" in way for way in seen[p]["via"]), seen[p]["via"]
+    assert seen["10.11.2.0/24 -> 10.13.1.0/24"]["ends"][0] == "drop:peering drop at spoke3-sdn:v2"
+    forwarding = ["sysctl", "-qw", "net.ipv4.ip_forward={}"]
+    lab.node("fw1").exec([*forwarding[:2], forwarding[2].format(0)])
+    try:
+        broken = routing.problems(want, routing.observe(lab.backend, lab.plan, lab.topology))
+    finally:
+        lab.node("fw1").exec([*forwarding[:2], forwarding[2].format(1)])
+    through_firewall = ("10.11.2.0/24", "10.12.2.0/24", ONPREM_LAN)
+    assert sorted(p.split(":")[0] for p in broken) == sorted(
+        f"{a} -> {b}" for a in through_firewall for b in through_firewall if a != b), broken
+
+
 def test_forwarded_traffic_is_kept_out_without_allow_forwarded_traffic(lab):
     """spoke3's peering leaves allow_forwarded_traffic off: what the hub's firewall
     forwards from spoke1 (web1's route table sends everything to it) is dropped at

@@ -7,7 +7,7 @@ import networkx as nx
 import pytest
 import yaml
 
-from vpnlab.checks import faults, maintenance, routing
+from vpnlab.checks import effective_routes, faults, maintenance, routing
 from vpnlab.checks.match import ABSENT, differences
 from vpnlab.checks.probe import direction
 from vpnlab.checks.report import render
@@ -76,6 +76,34 @@ def test_sites_with_different_asns_transit_through_the_gateway(tmp_path):
     t = load(path)
     want = routing.intended(build(t, "fast"), t)
     assert want["10.20.1.0/24 -> 10.20.2.0/24"]["reaches"] is True
+
+
+def test_effective_routes_follow_user_routes_bgp_and_system_routes_in_azures_order(tmp_path):
+    """hub-spoke.yaml: web1's route table sends all but its VNet and the hub to the
+    firewall, app1 takes the gateway's BGP route; a user route beats a BGP route of the
+    same prefix; forwarded traffic enters spoke3 only with allow_forwarded_traffic."""
+    data = yaml.safe_load((ROOT / "topologies/hub-spoke.yaml").read_text())
+    t = load_data(tmp_path, data)
+    onprem = IPv4Address("10.20.1.1")
+    assert effective_routes.next_hop(t, "spoke1", "web", onprem) == ("VirtualAppliance", "10.10.2.4")
+    assert effective_routes.next_hop(t, "spoke1", "app", onprem) == ("VirtualNetworkGateway", "hub-gw")
+    assert effective_routes.next_hop(t, "spoke1", "web", IPv4Address("10.10.1.1")) == ("VNetPeering", "hub")
+    assert effective_routes.reaches(t, ("spoke1", "web"), onprem, "onprem")
+    assert effective_routes.reaches(t, "onprem", IPv4Address("10.11.2.1"))         # back through fw1
+    assert not effective_routes.reaches(t, ("spoke1", "web"), IPv4Address("10.13.1.1"))
+    data["virtual_networks"]["spoke3"]["peerings"]["spoke3-to-hub"]["allow_forwarded_traffic"] = True
+    data["route_tables"]["drop-onprem"] = {"routes": {"x": {"address_prefix": "10.20.1.0/24", "next_hop_type": "None"}}}
+    data["virtual_networks"]["spoke1"]["subnets"]["app"]["route_table"] = "drop-onprem"
+    t = load_data(tmp_path, data)
+    assert effective_routes.reaches(t, ("spoke1", "web"), IPv4Address("10.13.1.1"))
+    assert effective_routes.next_hop(t, "spoke1", "app", onprem) == ("None", None)
+    assert not effective_routes.reaches(t, ("spoke1", "app"), onprem, "onprem")
+
+
+def load_data(tmp_path, data: dict):
+    path = tmp_path / "design.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load(path)
 
 
 def test_forwarding_walk_ends_in_a_drop_when_the_tunnels_are_down():

@@ -12,6 +12,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import networkx as nx
 
+from vpnlab.checks import effective_routes
 from vpnlab.gateway import live
 from vpnlab.model import names
 from vpnlab.plan.parts import Plan
@@ -19,18 +20,31 @@ from vpnlab.plan.parts import Plan
 
 # ------------------------------------------------------------------ intended
 def endpoints(plan: Plan, topology) -> dict[str, str]:
-    """Subnets where workloads live -> the router that delivers them: every VNet's
-    subnets without a route table (a route table's paths are the table's to decide,
-    checked by the scenarios that use one), every site's LAN."""
+    """Subnets where workloads live -> the router that delivers them: every VNet
+    subnet with VMs, every site's LAN."""
     out = {}
     for vnet_name, vnet in topology.virtual_networks.items():
         for name, sub in vnet.subnets.items():
-            if sub.route_table is None and topology.subnet_vms(vnet_name, name):
+            if topology.subnet_vms(vnet_name, name):
                 out[str(sub.address_prefix)] = names.vnet_router(vnet_name)
     for site in topology.local_network_gateways:
         for prefix in topology.site_lan(site):
             out[str(prefix)] = site
     return out
+
+
+def places(topology) -> dict[str, tuple[str, str] | str]:
+    """Endpoint prefix -> (VNet, subnet), or the site."""
+    out: dict = {str(sub.address_prefix): (v, name) for v, vnet in topology.virtual_networks.items()
+                 for name, sub in vnet.subnets.items()}
+    return out | {str(p): site for site in topology.local_network_gateways for p in topology.site_lan(site)}
+
+
+def behind_route_tables(topology) -> set[str]:
+    """Subnets with a route table: their traffic follows it (policy routing in the lab),
+    so both intended and observed paths are walked hop by hop."""
+    return {str(sub.address_prefix) for vnet in topology.virtual_networks.values()
+            for sub in vnet.subnets.values() if sub.route_table}
 
 
 def intended_graph(plan: Plan, topology=None) -> nx.Graph:
@@ -52,8 +66,9 @@ def intended_graph(plan: Plan, topology=None) -> nx.Graph:
 
 
 def intended(plan: Plan, topology) -> dict[str, dict]:
-    """pair "src -> dst" -> {reaches, paths}. VNet <-> connected site (a spoke through its
-    hub's gateway): must reach, over as many disjoint paths as the design has. VNet <->
+    """pair "src -> dst" -> {reaches, paths}. A subnet with a route table, either way:
+    where Azure's effective routes deliver it both ways (vpnlab.checks.effective_routes),
+    over one path. VNet <-> connected site (a spoke through its hub's gateway): must reach, over as many disjoint paths as the design has. VNet <->
     VNet: directly peered (both directions allow access), or joined by their gateways;
     peering is not transitive. Site <-> site: where each device learns the other's LAN
     over BGP (_learns); else must not."""
@@ -63,13 +78,17 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
     conns = {c.local_network_gateway: c for c in topology.connections.values() if c.local_network_gateway}
     lngs = topology.local_network_gateways
     vnet_of = {names.vnet_router(v): v for v in topology.virtual_networks}
+    walked, where = behind_route_tables(topology), places(topology)
     out = {}
     for src, a in ends.items():
         for dst, b in ends.items():
             if a == b:
                 continue
             sites = [x for x in (a, b) if x in lngs]
-            if len(sites) == 2:
+            if walked & {src, dst}:
+                reaches = _azure_reaches(topology, where, src, dst) and _azure_reaches(topology, where, dst, src)
+                paths = int(reaches)
+            elif len(sites) == 2:
                 reaches = _learns(topology, conns, a, b) and _learns(topology, conns, b, a)
                 paths = 1 if reaches else 0
             elif not sites:
@@ -82,6 +101,12 @@ def intended(plan: Plan, topology) -> dict[str, dict]:
                 paths = nx.node_connectivity(g, a, b) if reaches else 0
             out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": paths}
     return out
+
+
+def _azure_reaches(topology, where: dict, src: str, dst: str) -> bool:
+    target = where[dst]
+    address = IPv4Network(dst).network_address + 1
+    return effective_routes.reaches(topology, where[src], address, target if isinstance(target, str) else None)
 
 
 def _learns(topology, conns: dict, site: str, other: str) -> bool:
@@ -143,12 +168,19 @@ def observe(rt, plan: Plan, topology) -> dict:
     up = {t["tunnel"] for t in live.tunnels(rt, plan)
           if t["state"] == "ESTABLISHED" and t["child_state"] == "INSTALLED"}
     ends = endpoints(plan, topology)
+    walked = behind_route_tables(topology)
     wiring = Wiring(plan)
     out = {}
     for dst, owner in ends.items():
         g = forwarding_graph(plan, fibs, up, IPv4Network(dst).network_address + 1, wiring)
         for src, router in ends.items():
             if router == owner:
+                continue
+            if walked & {src, dst}:
+                (there, via), (back, via_back) = (_walk(rt, wiring, up, ends, a, b) for a, b in ((src, dst), (dst, src)))
+                reaches = there.startswith("deliver:") and back.startswith("deliver:")
+                out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": int(reaches), "ends": [there, back],
+                                          "via": [via, via_back]}
                 continue
             reached = nx.descendants(g, router) if router in g else set()
             terminals = sorted(n for n in reached if g.out_degree(n) == 0)
@@ -157,6 +189,32 @@ def observe(rt, plan: Plan, topology) -> dict:
             paths = nx.node_connectivity(g, router, owner) if reaches else 0
             out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": paths, "ends": terminals}
     return out
+
+
+def _walk(rt, wiring: Wiring, tunnels_up: set[str], ends: dict, src: str, dst: str) -> tuple[str, list[str]]:
+    """Hop by hop, the kernel's decision at each node for a packet from a workload of
+    src to dst's router (`ip route get ... iif`: its rules and tables, policy routing
+    included), through appliances and tunnels that are up, the lab's peering drops
+    applied. Returns deliver:<router> or drop:<why>, and the nodes on the way."""
+    node, iif = ends[src], wiring.gateway_if(ends[src], src)
+    source, address, owner = wiring.workload_address(src), str(IPv4Network(dst).network_address + 1), ends[dst]
+    via: list[str] = []
+    seen = set()
+    while (node, iif) not in seen:
+        seen.add((node, iif))
+        via.append(node)
+        if wiring.peering_drop(node, iif, source):
+            return f"drop:peering drop at {node}:{iif}", via
+        r = live.route_get(rt, node, address, source, iif)
+        if r is None or r.get("type") in ("unreachable", "blackhole", "prohibit"):
+            return f"drop:no route at {node}", via
+        if r.get("type") == "local":
+            return (f"deliver:{node}" if node == owner else f"drop:{address} is {node}'s"), via
+        nxt = wiring.next_hop(node, r["dev"], r.get("gateway"), tunnels_up)
+        if isinstance(nxt, str):
+            return nxt, via
+        node, iif = nxt
+    return f"drop:loop at {node}", via
 
 
 class Wiring:
@@ -169,6 +227,44 @@ class Wiring:
         self.tunnel_of_end = {t.onprem_end: t for t in plan.tunnels} | {t.azure_end: t for t in plan.tunnels}
         self.owner_of_ip = {a.split("/")[0]: n.name for n in plan.nodes.values()
                             for i in n.interfaces for a in i.addresses}
+        self.iface_of_ip = {a.split("/")[0]: (n.name, i.master or i.name) for n in plan.nodes.values()
+                            for i in n.interfaces for a in i.addresses}
+        self.link_of = {(link.a, link.a_if): (link.b, link.b_if) for link in plan.links}
+        self.link_of |= {(link.b, link.b_if): (link.a, link.a_if) for link in plan.links}
+        # a tunnel end's inner veth ("in") -> the router's interface on the other side
+        self.inner_of_end = {end: self.link_of[(end, "in")] for end in self.tunnel_of_end
+                             if (end, "in") in self.link_of}
+        self.nodes = plan.nodes
+
+    def gateway_if(self, router: str, prefix: str) -> str:
+        """The router's interface holding a subnet's (or LAN's) first address."""
+        return self.iface_of_ip[str(IPv4Network(prefix).network_address + 1)][1]
+
+    def workload_address(self, prefix: str) -> str:
+        """A VM's or host's address in the prefix (not the router's)."""
+        net = IPv4Network(prefix)
+        return next(ip for ip in sorted(self.iface_of_ip, key=IPv4Address)
+                    if IPv4Address(ip) in net and IPv4Address(ip) != net.network_address + 1)
+
+    def peering_drop(self, node: str, iif: str, source: str) -> bool:
+        """The lab's nftables drops on a peering link (allow_virtual_network_access,
+        allow_forwarded_traffic), as the plan configured them."""
+        nft = self.nodes[node].nft or {}
+        return any(d["iif"] == iif and any(IPv4Address(source) in IPv4Network(p) for p in d["sources"])
+                   for d in nft.get("peering_drops", []))
+
+    def next_hop(self, node: str, dev: str, gateway: str | None, tunnels_up: set[str]):
+        """(next node, its incoming interface) for a packet leaving node by dev, or drop:<why>."""
+        peer = self.link_of.get((node, dev))
+        if peer is not None and peer[0] in self.tunnel_of_end:     # the next hop is beyond it
+            t = self.tunnel_of_end[peer[0]]
+            if t.name not in tunnels_up:
+                return f"drop:{t.name} down"
+            other_end = t.azure_end if peer[0] == t.onprem_end else t.onprem_end
+            return self.inner_of_end.get(other_end, f"drop:{t.name} has no far end")
+        if gateway:
+            return self.iface_of_ip.get(gateway, f"drop:{gateway} is no lab node's")
+        return peer or f"drop:on-link on {node}:{dev}"
 
     def edges(self, router: str, ifname: str, via: str | None, routers: dict, tunnels_up: set[str]):
         """The edges a packet takes leaving router by ifname (towards via)."""

@@ -288,6 +288,13 @@ def p2s_sessions(rt, plan: Plan) -> list[dict]:
     return out
 
 
+def route_get(rt, node: str, dst: str, src: str, iif: str) -> dict | None:
+    """The kernel's decision for a packet arriving on iif (its rules and tables, policy
+    routing included): `ip -j route get`; None when it has no route."""
+    res = rt.exec(node, ["ip", "-j", "route", "get", dst, "from", src, "iif", iif])
+    return json.loads(res.stdout)[0] if res.returncode == 0 and res.stdout.strip() else None
+
+
 def openvpn_leases(rt, node: str) -> set[str]:
     """The pool addresses a P2S server's openvpn gave out: its session hook routes each
     to tun0 in the table what comes from the gateway looks up first (openvpn-session.sh)."""
