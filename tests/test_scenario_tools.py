@@ -98,6 +98,8 @@ def test_effective_routes_follow_user_routes_bgp_and_system_routes_in_azures_ord
     assert effective_routes.reaches(t, ("spoke1", "web"), IPv4Address("10.13.1.1"))
     assert effective_routes.next_hop(t, "spoke1", "app", onprem) == ("None", None)
     assert not effective_routes.reaches(t, ("spoke1", "app"), onprem, "onprem")
+    v2v = load(ROOT / "topologies/vnet-to-vnet.yaml")      # joined by their gateways
+    assert effective_routes.reaches(v2v, ("east", "workload"), IPv4Address("10.120.1.1"))
 
 
 def load_data(tmp_path, data: dict):

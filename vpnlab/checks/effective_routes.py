@@ -6,7 +6,8 @@ both ways, 0.0.0.0/0 to the Internet), the routes its VNet's gateway learned (un
 its route table turns propagation off) and its route table's user routes. The longest
 prefix wins; for one prefix, a user route beats a BGP route beats a system route.
 `reaches` follows next hops from subnet to appliance to gateway, as vpnlab.checks.routing
-does with the lab's live tables, so the two can be compared.
+does with the lab's live tables, so the two can be compared. Not modelled: transit over
+BGP across a VNet-to-VNet connection (a site behind the other gateway).
 """
 from __future__ import annotations
 
@@ -35,11 +36,16 @@ def routes(t, vnet: str, subnet: str) -> list[tuple[IPv4Network, int, str, str |
 
 
 def learned(t, gateway: str) -> list[IPv4Network]:
-    """What the gateway routes to on-premises: its connected sites' prefixes (address
-    space and, over BGP, the device's LAN and a default route) and its P2S pool."""
+    """What the gateway routes away from the VNet: its connected sites' prefixes
+    (address space and, over BGP, the device's LAN and a default route), the VNets it
+    is joined to by VNet-to-VNet connections, and its P2S pool."""
     out = []
     for c in t.connections.values():
-        if c.virtual_network_gateway != gateway or not c.local_network_gateway:
+        if c.virtual_network_gateway != gateway:
+            continue
+        if c.type == "Vnet2Vnet":
+            peer = t.virtual_network_gateways[c.peer_virtual_network_gateway]
+            out += t.virtual_networks[peer.virtual_network].address_space
             continue
         lng = t.local_network_gateways[c.local_network_gateway]
         out += lng.address_space
@@ -74,7 +80,14 @@ def reaches(t, src: tuple[str, str] | str, dst: IPv4Address, dst_site: str | Non
         if kind == "VNetPeering":
             return dst_site is None and _enters(t, vnet, hop, origin)
         if kind == "VirtualNetworkGateway":      # a user route's: the VNet's own (or its hub's)
-            return dst_site is not None and _serves(t, hop or t.gateway_of(vnet), dst_site)
+            gateway = hop or t.gateway_of(vnet)
+            if dst_site is not None:
+                return _serves(t, gateway, dst_site)
+            peer = _vnet_to_vnet_peer(t, gateway, dst)
+            if peer is None:
+                return False
+            at = (t.virtual_network_gateways[peer].virtual_network, GATEWAY_SUBNET)
+            continue
         if kind != "VirtualAppliance":
             return False                   # Internet (no private address there), None
         at = _appliance(t, IPv4Address(hop))
@@ -94,6 +107,16 @@ def _enters(t, sender: str, into: str, origin: str | None) -> bool:
 def _serves(t, gateway: str, site: str) -> bool:
     return any(c.virtual_network_gateway == gateway and c.local_network_gateway == site
                for c in t.connections.values())
+
+
+def _vnet_to_vnet_peer(t, gateway: str, dst: IPv4Address) -> str | None:
+    """The gateway a VNet-to-VNet connection joins, whose VNet holds dst."""
+    for c in t.connections.values():
+        if c.virtual_network_gateway == gateway and c.type == "Vnet2Vnet":
+            peer = t.virtual_network_gateways[c.peer_virtual_network_gateway]
+            if any(dst in p for p in t.virtual_networks[peer.virtual_network].address_space):
+                return c.peer_virtual_network_gateway
+    return None
 
 
 def _appliance(t, address: IPv4Address) -> tuple[str, str] | None:

@@ -8,6 +8,9 @@
   each server to it; the watches refuse a session that comes up past the gateway's
   count of both (an IKE DELETE; openvpn's `kill`). charon checks its limit in each worker
   thread on its own, so a burst can pass it by one or two.
+- One pool for both protocols [6 POOL]: an IKEv2 session on an address an OpenVPN user
+  holds (where charon's addresses from the bottom met openvpn's from the top) is
+  refused too.
 """
 from __future__ import annotations
 

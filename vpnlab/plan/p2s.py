@@ -121,12 +121,14 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
 
 
 def _ikev2_pools(pool: list[IPv4Network], shared: bool) -> list[str]:
-    """charon's addresses: the pool; beside OpenVPN, less the first prefix's first
-    address (openvpn's own). charon gives them out from the bottom, openvpn from the top."""
+    """charon's pools, in the order it uses them: the pool's prefixes. Beside OpenVPN,
+    which gives out the first prefix from the top (its server holds the first address),
+    that prefix comes last and charon gives it out from the bottom: the two meet only
+    when the whole pool is taken."""
     if not shared:
         return [str(p) for p in pool]
     first = pool[0]
-    return [f"{first.network_address + 2}-{first.broadcast_address - 1}", *map(str, pool[1:])]
+    return [*map(str, pool[1:]), f"{first.network_address + 2}-{first.broadcast_address - 1}"]
 
 
 def _ikev2_server(end: Node, gw_name: str, ul: str, pools: list[str], pushed, roots, limit: int, timers: dict):
