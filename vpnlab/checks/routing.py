@@ -68,10 +68,11 @@ def intended_graph(plan: Plan, topology=None) -> nx.Graph:
 def intended(plan: Plan, topology) -> dict[str, dict]:
     """pair "src -> dst" -> {reaches, paths}. A subnet with a route table, either way:
     where Azure's effective routes deliver it both ways (vpnlab.checks.effective_routes),
-    over one path. VNet <-> connected site (a spoke through its hub's gateway): must reach, over as many disjoint paths as the design has. VNet <->
-    VNet: directly peered (both directions allow access), or joined by their gateways;
-    peering is not transitive. Site <-> site: where each device learns the other's LAN
-    over BGP (_learns); else must not."""
+    over one path. VNet <-> connected site (a spoke through its hub's gateway): must
+    reach, over as many disjoint paths as the design has. VNet <-> VNet: directly
+    peered (both directions allow access), or joined by their gateways; peering is not
+    transitive. Site <-> site: where each device learns the other's LAN over BGP
+    (_learns); else must not."""
     ends = endpoints(plan, topology)
     g = intended_graph(plan, topology)
     gateways_only = intended_graph(plan)      # tunnels, without the peerings
@@ -177,10 +178,10 @@ def observe(rt, plan: Plan, topology) -> dict:
             if router == owner:
                 continue
             if walked & {src, dst}:
-                (there, via), (back, via_back) = (_walk(rt, wiring, up, ends, a, b) for a, b in ((src, dst), (dst, src)))
-                reaches = there.startswith("deliver:") and back.startswith("deliver:")
-                out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": int(reaches), "ends": [there, back],
-                                          "via": [via, via_back]}
+                ways = [_walk(rt, wiring, up, ends, a, b) for a, b in ((src, dst), (dst, src))]
+                reaches = all(end.startswith("deliver:") for end, _ in ways)
+                out[f"{src} -> {dst}"] = {"reaches": reaches, "paths": int(reaches),
+                                          "ends": [end for end, _ in ways], "via": [via for _, via in ways]}
                 continue
             reached = nx.descendants(g, router) if router in g else set()
             terminals = sorted(n for n in reached if g.out_degree(n) == 0)
@@ -196,7 +197,7 @@ def _walk(rt, wiring: Wiring, tunnels_up: set[str], ends: dict, src: str, dst: s
     src to dst's router (`ip route get ... iif`: its rules and tables, policy routing
     included), through appliances and tunnels that are up, the lab's peering drops
     applied. Returns deliver:<router> or drop:<why>, and the nodes on the way."""
-    node, iif = ends[src], wiring.gateway_if(ends[src], src)
+    node, iif = ends[src], wiring.gateway_if(src)
     source, address, owner = wiring.workload_address(src), str(IPv4Network(dst).network_address + 1), ends[dst]
     via: list[str] = []
     seen = set()
@@ -225,10 +226,9 @@ class Wiring:
         self.peer_of = {(link.a, link.a_if): link.b for link in plan.links}
         self.peer_of |= {(link.b, link.b_if): link.a for link in plan.links}
         self.tunnel_of_end = {t.onprem_end: t for t in plan.tunnels} | {t.azure_end: t for t in plan.tunnels}
-        self.owner_of_ip = {a.split("/")[0]: n.name for n in plan.nodes.values()
-                            for i in n.interfaces for a in i.addresses}
         self.iface_of_ip = {a.split("/")[0]: (n.name, i.master or i.name) for n in plan.nodes.values()
                             for i in n.interfaces for a in i.addresses}
+        self.owner_of_ip = {ip: node for ip, (node, _) in self.iface_of_ip.items()}
         self.link_of = {(link.a, link.a_if): (link.b, link.b_if) for link in plan.links}
         self.link_of |= {(link.b, link.b_if): (link.a, link.a_if) for link in plan.links}
         # a tunnel end's inner veth ("in") -> the router's interface on the other side
@@ -236,7 +236,7 @@ class Wiring:
                              if (end, "in") in self.link_of}
         self.nodes = plan.nodes
 
-    def gateway_if(self, router: str, prefix: str) -> str:
+    def gateway_if(self, prefix: str) -> str:
         """The router's interface holding a subnet's (or LAN's) first address."""
         return self.iface_of_ip[str(IPv4Network(prefix).network_address + 1)][1]
 
