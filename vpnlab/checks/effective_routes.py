@@ -39,20 +39,11 @@ def learned(t, gateway: str) -> list[IPv4Network]:
     """What the gateway routes away from the VNet: its connected sites' prefixes
     (address space and, over BGP, the device's LAN and a default route), the VNets it
     is joined to by VNet-to-VNet connections, and its P2S pool."""
-    out = []
-    for c in t.connections.values():
-        if c.virtual_network_gateway != gateway:
-            continue
-        if c.type == "Vnet2Vnet":
-            peer = t.virtual_network_gateways[c.peer_virtual_network_gateway]
-            out += t.virtual_networks[peer.virtual_network].address_space
-            continue
-        lng = t.local_network_gateways[c.local_network_gateway]
-        out += lng.address_space
-        if c.enable_bgp and lng.managed:
-            out += t.site_lan(c.local_network_gateway)
-            if lng.device.advertise_default_route:
-                out.append(IPv4Network("0.0.0.0/0"))
+    out = t.connection_prefixes(gateway)
+    if any(c.virtual_network_gateway == gateway and c.enable_bgp and c.local_network_gateway
+           and t.local_network_gateways[c.local_network_gateway].device.advertise_default_route
+           for c in t.connections.values()):
+        out.append(IPv4Network("0.0.0.0/0"))
     cfg = t.virtual_network_gateways[gateway].vpn_client_configuration
     return out + (list(cfg.address_pool) if cfg else [])
 

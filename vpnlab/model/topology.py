@@ -304,6 +304,24 @@ class Topology(Model):
         vnet = self.virtual_network_gateways[gw_name].virtual_network
         return [p for v in (vnet, *self.spokes(vnet)) for p in self.virtual_networks[v].address_space]
 
+    def connection_prefixes(self, gw_name: str) -> list[IPv4Network]:
+        """What a gateway routes through its connections, in connection name order: each
+        site's address space (and over BGP the lab's device's LAN), each VNet-to-VNet
+        peer's address space."""
+        out = []
+        for _, c in sorted(self.connections.items()):
+            if c.virtual_network_gateway != gw_name:
+                continue
+            if c.type == "Vnet2Vnet":
+                peer = self.virtual_network_gateways[c.peer_virtual_network_gateway]
+                out += self.virtual_networks[peer.virtual_network].address_space
+                continue
+            lng = self.local_network_gateways[c.local_network_gateway]
+            out += lng.address_space
+            if c.enable_bgp and lng.managed:
+                out += self.site_lan(c.local_network_gateway)
+        return out
+
     def site_hosts(self, site: str) -> list[str]:
         lng = self.local_network_gateways[site]
         if not lng.managed:

@@ -40,22 +40,13 @@ def gateway_fqdn(gw_name: str) -> str:
 def pushed_routes(t, gw_name: str, os: str = "Linux") -> list[str]:
     """The routes a client gets [6 P2SRT]: the VNet's address space (and its spokes',
     with gateway transit [PEER]), the pool and custom routes; a non-Windows client (and
-    any OpenVPN client) also the prefixes of the gateway's connections (site address spaces, the prefixes BGP learns from the lab's
-    devices, peer VNets)."""
+    any OpenVPN client) also the prefixes of the gateway's connections (site address
+    spaces, the prefixes BGP learns from the lab's devices, peer VNets)."""
     gw = t.virtual_network_gateways[gw_name]
     cfg = gw.vpn_client_configuration
     out = [*t.gateway_prefixes(gw_name), *cfg.address_pool, *cfg.custom_routes]
-    for _, c in sorted(t.connections.items()) if os != "Windows" else ():
-        if c.virtual_network_gateway != gw_name:
-            continue
-        if c.type == "Vnet2Vnet":
-            peer = t.virtual_network_gateways[c.peer_virtual_network_gateway]
-            out += t.virtual_networks[peer.virtual_network].address_space
-            continue
-        lng = t.local_network_gateways[c.local_network_gateway]
-        out += lng.address_space
-        if c.enable_bgp and lng.managed:
-            out += t.site_lan(c.local_network_gateway)
+    if os != "Windows":
+        out += t.connection_prefixes(gw_name)
     return [str(p) for p in dict.fromkeys(out)]
 
 
