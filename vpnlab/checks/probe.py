@@ -38,8 +38,9 @@ def _worker(cfg: dict, inp, out):
             s.bind((end["address"], UDP_PORT + f))
             socks[side].append(s)
     data = {d: {"sent": [], "received": []} for d in ("ab", "ba")}
-    threads = [threading.Thread(target=_send, args=(socks["a"], ends["b"]["address"], cfg, data["ab"], stop)),
-               threading.Thread(target=_send, args=(socks["b"], ends["a"]["address"], cfg, data["ba"], stop)),
+    # each end sends to the address the other is seen at from its side (NAT translates it)
+    threads = [threading.Thread(target=_send, args=(socks["a"], ends["b"]["seen_as"], cfg, data["ab"], stop)),
+               threading.Thread(target=_send, args=(socks["b"], ends["a"]["seen_as"], cfg, data["ba"], stop)),
                threading.Thread(target=_receive, args=(socks["b"], data["ab"], stop)),
                threading.Thread(target=_receive, args=(socks["a"], data["ba"], stop))]
     tcp = _Tcp(cfg, stop) if cfg["tcp"] else None
@@ -146,7 +147,7 @@ class _Tcp:
         self.server.listen(1)
         self.client = netns_socket(cfg["a"]["namespace"], socket.SOCK_STREAM)
         self.client.settimeout(5)
-        self.client.connect((cfg["b"]["address"], TCP_PORT))
+        self.client.connect((cfg["b"]["seen_as"], TCP_PORT))
         self.server.settimeout(5)
         self.conn, _ = self.server.accept()
         self.conn.settimeout(0.05)
@@ -201,10 +202,12 @@ class Probe:
     """Start, mark events, stop: returns per-direction figures (and TCP survival)."""
 
     def __init__(self, rt, a: str, a_addr: str, b: str, b_addr: str, rate: int = 1000,
-                 flows: int = 4, max_seconds: float = 120, tcp: bool = True):
+                 flows: int = 4, max_seconds: float = 120, tcp: bool = True,
+                 a_seen_as: str | None = None, b_seen_as: str | None = None):
+        """x_seen_as: the address the other end reaches x at, where NAT translates it."""
         self.rt, self.names = rt, (a, b)
-        self.cfg = {"a": {"namespace": rt.namespace(a), "address": a_addr},
-                    "b": {"namespace": rt.namespace(b), "address": b_addr},
+        self.cfg = {"a": {"namespace": rt.namespace(a), "address": a_addr, "seen_as": a_seen_as or a_addr},
+                    "b": {"namespace": rt.namespace(b), "address": b_addr, "seen_as": b_seen_as or b_addr},
                     "rate": rate, "flows": flows, "max_seconds": max_seconds, "tcp": tcp}
         self.events: list[tuple[int, str]] = []
 

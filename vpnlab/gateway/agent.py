@@ -10,7 +10,8 @@ One process per lab (`python -m vpnlab.gateway.agent LAB`), started by `up`, tag
 - policy-based tunnels come up on traffic and go down when idle [1.1];
 - the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
   JSON lines to the lab's events file (vpnlab.gateway.events reads it);
-- point-to-site servers (lab.p2s_watch): users' sessions and refusals, the SKU's count.
+- point-to-site servers (lab.p2s_watch): users' sessions and refusals, the SKU's count;
+- BGP route translation for NAT rules (vpnlab.gateway.nat_routes).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 
-from vpnlab.gateway import control, events, live, p2s_watch
+from vpnlab.gateway import control, events, live, nat_routes, p2s_watch
 from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import Tunnel, dial_children, initiator_child
 from vpnlab.runtime.state import load_state
@@ -45,6 +46,10 @@ class Agent:
         threads += [threading.Thread(target=self.on_demand, args=(t,), daemon=True)
                     for t in self.plan.tunnels if t.policy_based]
         threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
+        threads += [threading.Thread(target=nat_routes.follow, args=(self, node.name, entry, self.stop, POLL),
+                                     daemon=True)
+                    for node in self.plan.nodes.values() if node.frr
+                    for entry in node.frr.nat_learned]
         threads += [threading.Thread(target=p2s_watch.ikev2_server if e.protocol == "IkeV2"
                                      else p2s_watch.openvpn_server, args=(self, e, POLL), daemon=True)
                     for e in self.plan.p2s_ends]

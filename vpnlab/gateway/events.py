@@ -101,6 +101,17 @@ class Writer:
                     "instance_s": names.azure_instance_name(session.node), "peerAddress_s": session.peer,
                     "Message": f"BGP peer {session.peer} ({session.peer_node}) is {state}"})
 
+    def nat_route(self, node: str, entry: dict, source: tuple[str, str], translated: str, added: bool):
+        """A learned route announced translated by a NAT rule, or withdrawn [7.2]."""
+        rule, learned = source
+        what = "announced as" if added else "withdrawn:"
+        self.write({"Category": "RouteDiagnosticLog",
+                    "OperationName": "NatRouteTranslated" if added else "NatRouteWithdrawn",
+                    "Resource": names.split_instance(node)[0].upper(),
+                    "instance_s": names.azure_instance_name(node), "peerAddress_s": entry["peer"],
+                    "connectionName_s": entry["connection"], "natRule_s": rule,
+                    "Message": f"Route {learned} learned from {entry['peer']} {what} {translated} "
+                               f"(NAT rule {rule})"})
 
     def p2s(self, server, client: dict, connected: bool):
         """P2SLogEvent: a point-to-site user connected to a server, or disconnected."""

@@ -56,6 +56,14 @@ def ts_mismatch_drops(rt, node: str) -> dict:
     return {"egress": found.get("ts_mismatch_egress", 0), "ingress": found.get("ts_mismatch_ingress", 0)}
 
 
+def nat_counters(rt, node: str) -> dict[str, dict]:
+    """A gateway instance's NAT counters (vpnlab/plan/templates/nat.nft.j2), by name
+    (<nated|reverse|drop>.<rule>.<connection>): packets and bytes."""
+    data = rt.nft_json(node, "list", "counters", "table", "ip", "vpnlab_nat")
+    return {x["counter"]["name"]: {"packets": x["counter"]["packets"], "bytes": x["counter"]["bytes"]}
+            for x in data.get("nftables", []) if "counter" in x}
+
+
 def tunnel_state(rt, node: str) -> dict:
     """IKE and CHILD SA state of one tunnel endpoint, as strongSwan names it. Where
     several IKE SAs exist (a rekey in flight), an established one with an installed
@@ -104,6 +112,17 @@ def vtysh_json(rt, node: str, command: str):
 def bgp_peers(rt, node: str) -> dict:
     data = vtysh_json(rt, node, "show bgp ipv4 unicast summary json")
     return data.get("peers", data.get("ipv4Unicast", {}).get("peers", {}))
+
+
+def received_routes(rt, node: str, peer: str) -> list[str]:
+    """What a BGP peer sent, before the route map in (soft-reconfiguration inbound)."""
+    data = vtysh_json(rt, node, f"show bgp ipv4 unicast neighbors {peer} received-routes json")
+    return sorted(data.get("receivedRoutes", {}))
+
+
+def static_routes(rt, node: str) -> set[str]:
+    """Prefixes of the static routes zebra holds (staticd's, installed or not)."""
+    return set(vtysh_json(rt, node, "show ip route static json"))
 
 
 def bgp(rt, plan: Plan) -> list[dict]:

@@ -7,6 +7,12 @@ Traffic-selector mismatch drops are counted where selectors exist (policy-based
 gateways, use_policy_based_traffic_selectors), by nftables in the Azure tunnel end; any-
 to-any tunnels drop nothing for that reason (0). Not emulated: the other packet drop
 counts (libipsec does not count them).
+
+NAT rules [7.2]: TunnelNatedBytes/Packets (what a rule translated on its way through,
+source or destination), TunnelReverseNatedBytes/Packets (the way back) and
+TunnelNatPacketDrop (what a dynamic rule refused: a flow begun from its external side),
+per NatRule, from nftables counters on the instance. Not emulated: TunnelNatAllocations
+and TunnelNatFlowCount.
 """
 from __future__ import annotations
 
@@ -59,7 +65,26 @@ def metrics(lab: Lab) -> list[dict]:
         add("BgpRoutesLearned", p.get("pfxRcd", 0), "Count", **dims)
         add("BgpRoutesAdvertised", p.get("pfxSnt", 0), "Count", **dims)
     _p2s(rt, plan, add)
+    _nat(rt, plan, add)
     return rows
+
+
+def _nat(rt, plan: Plan, add):
+    remote = {(t.gateway_instance, t.connection): t.remote_ip for t in plan.tunnels}
+    for node in sorted(n.name for n in plan.nodes.values() if n.nft and n.nft.get("nat") and not n.standby):
+        counters = live.nat_counters(rt, node)
+        for e in plan.nodes[node].nft["nat"]:
+            dims = {"NatRule": e["rule"], "ConnectionName": e["connection"],
+                    "RemoteIP": remote.get((node, e["connection"]), ""),
+                    "Instance": names.azure_instance_name(node)}
+            for what, name in (("nated", "TunnelNated"), ("reverse", "TunnelReverseNated")):
+                c = counters.get(f"{what}.{e['rule']}.{e['connection']}", {"packets": 0, "bytes": 0})
+                add(f"{name}Bytes", c["bytes"], "Bytes", **dims)
+                add(f"{name}Packets", c["packets"], "Count", **dims)
+            if e["type"] == "Dynamic":
+                c = counters.get(f"drop.{e['rule']}.{e['connection']}", {"packets": 0})
+                # DropType's values are not documented: the lab's word for it
+                add("TunnelNatPacketDrop", c["packets"], "Count", DropType="UnsolicitedFlow", **dims)
 
 
 def _p2s(rt, plan: Plan, add):

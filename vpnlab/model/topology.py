@@ -15,7 +15,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
-from vpnlab.model import names
+from vpnlab.model import names, nat_rules
 from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
 from vpnlab.model.fields import Address, Asn, Int32, Name, Prefix
 from vpnlab.model.p2s_rules import p2s_errors
@@ -114,6 +114,27 @@ class VpnClientConfiguration(Model):
     custom_routes: list[Prefix] = []
 
 
+class NatMapping(Model):
+    """One side of a NAT rule (ARM `internalMappings`/`externalMappings`, Terraform
+    `internal_mapping`/`external_mapping`) [7.2]: one prefix, optionally a port range."""
+    address_space: Prefix
+    port_range: Optional[Annotated[str, Field(pattern=r"^[0-9]{1,5}-[0-9]{1,5}$")]] = None
+
+
+class NatRule(Model):
+    """A NAT rule of the gateway (ARM `natRules`, Terraform
+    `azurerm_virtual_network_gateway_nat_rule`) [7.2]. IngressSnat maps an on-prem space,
+    EgressSnat the VNet's; connections name the rules they use."""
+    type: Literal["Static", "Dynamic"] = "Static"
+    mode: Literal["IngressSnat", "EgressSnat"] = "EgressSnat"
+    internal_mappings: list[NatMapping] = Field(min_length=1)
+    external_mappings: list[NatMapping] = Field(min_length=1)
+    # which public IP configuration (instance) applies the rule: `default` (instance 0, or
+    # the active instance of an active-standby gateway) or `activeActive` (instance 1).
+    # None: every instance (the lab's reading; Azure's default is UNCONFIRMED)
+    ip_configuration_id: Optional[Literal["default", "activeActive"]] = None
+
+
 class VirtualNetworkGateway(Model):
     virtual_network: Name
     sku: Literal[SKUS]  # type: ignore[valid-type]
@@ -126,6 +147,9 @@ class VirtualNetworkGateway(Model):
     # forced tunnelling with static routing: the site Internet-bound traffic goes to
     # (ARM `gatewayDefaultSite`, Set-AzVirtualNetworkGatewayDefaultSite) [7.3]
     gateway_default_site: Optional[Name] = None
+    nat_rules: dict[Name, NatRule] = {}
+    # translate the routes learned and advertised on connections with NAT rules [7.2]
+    enable_bgp_route_translation_for_nat: bool = False
 
 
 class SiteBgp(Model):
@@ -201,6 +225,8 @@ class Connection(Model):
     use_policy_based_traffic_selectors: bool = False
     connection_mode: Literal["Default", "InitiatorOnly", "ResponderOnly"] = "Default"
     custom_bgp_addresses: Optional[CustomBgpAddresses] = None
+    ingress_nat_rule_ids: list[Name] = []     # IngressSnat rules of the gateway [7.2]
+    egress_nat_rule_ids: list[Name] = []      # EgressSnat rules of the gateway [7.2]
 
 
 class Client(Model):
@@ -306,10 +332,10 @@ class Topology(Model):
 
     def connection_prefixes(self, gw_name: str) -> list[IPv4Network]:
         """What a gateway routes through its connections, in connection name order: each
-        site's address space (and over BGP the lab's device's LAN), each VNet-to-VNet
-        peer's address space."""
+        site's address space (and over BGP the lab's device's LAN) as its IngressSnat
+        rules translate it [7.2], each VNet-to-VNet peer's address space."""
         out = []
-        for _, c in sorted(self.connections.items()):
+        for name, c in sorted(self.connections.items()):
             if c.virtual_network_gateway != gw_name:
                 continue
             if c.type == "Vnet2Vnet":
@@ -317,10 +343,11 @@ class Topology(Model):
                 out += self.virtual_networks[peer.virtual_network].address_space
                 continue
             lng = self.local_network_gateways[c.local_network_gateway]
-            out += lng.address_space
+            site = list(lng.address_space)
             if c.enable_bgp and lng.managed:
-                out += self.site_lan(c.local_network_gateway)
-        return out
+                site += self.site_lan(c.local_network_gateway)
+            out += [seen for p in site for seen in nat_rules.view(self, name, nat_rules.INGRESS, p)]
+        return list(dict.fromkeys(out))
 
     def site_hosts(self, site: str) -> list[str]:
         lng = self.local_network_gateways[site]
@@ -406,17 +433,20 @@ def semantic_errors(t: Topology):
     yield from _name_errors(t)
     yield from _connection_errors(t)
     yield from p2s_errors(t)
+    yield from nat_rules.nat_errors(t)
     yield from _peering_errors(t)
     yield from _route_table_errors(t)
 
 
 def _address_space_errors(t: Topology):
-    """Address spaces: no overlaps across VNets and sites, none in lab-internal ranges."""
+    """Address spaces: no overlaps across VNets and sites, as the gateways see them (a
+    site prefix through its connections' IngressSnat rules [7.2]), none in lab-internal
+    ranges."""
     reserved_nets = _reserved_nets()
-    spaces = []
+    spaces = []      # (field path, prefix, the NAT rule it comes through or None)
     for vnet_name, vnet in t.virtual_networks.items():
         for i, prefix in enumerate(vnet.address_space):
-            spaces.append((("virtual_networks", vnet_name, "address_space", i), prefix))
+            spaces.append((("virtual_networks", vnet_name, "address_space", i), prefix, None))
         for sub_name, sub in vnet.subnets.items():
             loc = ("virtual_networks", vnet_name, "subnets", sub_name, "address_prefix")
             if not any(sub.address_prefix.subnet_of(p) for p in vnet.address_space):
@@ -427,11 +457,14 @@ def _address_space_errors(t: Topology):
             yield (("virtual_networks", vnet_name, "subnets", b_name, "address_prefix"),
                    f"{b} overlaps subnet {a_name} ({a})")
     for site, lng in t.local_network_gateways.items():
-        for i, prefix in enumerate(lng.address_space):
-            spaces.append((("local_network_gateways", site, "address_space", i), prefix))
-        for i, prefix in enumerate(lng.device.lan_prefixes):
-            if prefix not in lng.address_space:
-                spaces.append((("local_network_gateways", site, "device", "lan_prefixes", i), prefix))
+        own = [(("local_network_gateways", site, "address_space", i), p) for i, p in enumerate(lng.address_space)]
+        own += [(("local_network_gateways", site, "device", "lan_prefixes", i), p)
+                for i, p in enumerate(lng.device.lan_prefixes) if p not in lng.address_space]
+        for loc, prefix in own:
+            for reserved in reserved_nets:
+                if prefix.overlaps(reserved):
+                    yield loc, f"{prefix} overlaps {reserved}, which the lab reserves for its own addressing"
+            spaces += [(loc, seen, rule) for seen, rule in nat_rules.site_space_as_seen(t, site, prefix)]
         if lng.managed and not t.site_lan(site):
             yield (("local_network_gateways", site, "address_space"),
                    "the lab's on-prem device needs a LAN: give address_space or device.lan_prefixes")
@@ -440,16 +473,54 @@ def _address_space_errors(t: Topology):
     if len(t.virtual_networks) > most:
         yield ("virtual_networks",), f"{len(t.virtual_networks)} virtual networks; the lab runs at most {most}"
     forbidden = {IPv4Network(n): why for n, why in defaults()["azure"]["vnet_forbidden_ranges"].items()}
-    for loc, a in spaces:
+    for loc, a, _ in spaces:
+        if loc[0] != "virtual_networks":
+            continue
         for r in reserved_nets:
             if a.overlaps(r):
                 yield loc, f"{a} overlaps {r}, which the lab reserves for its own addressing"
-        if loc[0] == "virtual_networks":
-            for r, why in forbidden.items():
-                if a.overlaps(r):
-                    yield loc, f"{a} overlaps {r} ({why}), which Azure does not allow in a virtual network"
-    for (loc_a, a), (loc_b, b) in overlapping(spaces):
-        yield loc_b, f"{b} overlaps {a} ({'.'.join(map(str, loc_a))}); Azure requires non-overlapping address spaces"
+        for r, why in forbidden.items():
+            if a.overlaps(r):
+                yield loc, f"{a} overlaps {r} ({why}), which Azure does not allow in a virtual network"
+    for first, second in overlapping(spaces):
+        yield second[0], _overlap_message(t, first, second)
+    yield from _site_view_errors(t)
+
+
+def _overlap_message(t: Topology, first: tuple, second: tuple) -> str:
+    """Which prefixes overlap, as what, and the NAT rule that would resolve it."""
+    def translated(item) -> str:
+        return f" (translated by NAT rule '{item[2]}')" if item[2] else ""
+    msg = (f"{second[1]}{translated(second)} overlaps {first[1]} ({'.'.join(map(str, first[0]))}"
+           f"{translated(first).replace(' (', ', ').rstrip(')')}); Azure requires non-overlapping "
+           "address spaces, or NAT rules that make them disjoint")
+    for loc, _, rule in (second, first):
+        conns = nat_rules.site_connections(t, loc[1]) if loc[0] == "local_network_gateways" else []
+        if conns and rule is None:
+            return msg + (f": an IngressSnat rule on connection '{conns[0]}' mapping it to an unused range "
+                          f"of the same size would resolve it (NAT needs {nat_rules.limits()['skus'][0]} or above)")
+    return msg
+
+
+def _site_view_errors(t: Topology):
+    """A site whose own space overlaps the VNet's cannot reach those VNet addresses unless
+    an EgressSnat rule shows it the VNet elsewhere (Azure: both rules then) [7.2]. Sites
+    without ingress rules are refused by the overlap check above."""
+    for conn_name, c in sorted(t.connections.items()):
+        if c.type != "IPsec" or not c.ingress_nat_rule_ids or c.local_network_gateway not in t.local_network_gateways \
+                or c.virtual_network_gateway not in t.virtual_network_gateways:
+            continue
+        site_space = t.site_lan(c.local_network_gateway) + list(t.local_network_gateways[c.local_network_gateway].address_space)
+        for v in t.gateway_prefixes(c.virtual_network_gateway):
+            for seen in nat_rules.view(t, conn_name, nat_rules.EGRESS, v):
+                clash = next((p for p in site_space if p.overlaps(seen)), None)
+                if clash is not None:
+                    yield (("connections", conn_name, "egress_nat_rule_ids"),
+                           f"the site's {clash} overlaps the VNet's {seen} as the site sees it: its hosts "
+                           f"cannot reach those addresses; an EgressSnat rule mapping {v} to an unused range "
+                           "would resolve it (Azure: ingress and egress rules when the on-prem space "
+                           "overlaps the VNet)")
+                    break
 
 
 def overlapping(items: list[tuple[tuple, IPv4Network]]):

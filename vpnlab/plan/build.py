@@ -10,6 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.topology import Topology, reverse_connection, throughput_mbps
+from vpnlab.plan import nat
 from vpnlab.plan import p2s as p2s_plan
 from vpnlab.plan import timers as timers_of
 from vpnlab.plan import vnet as vnet_plan
@@ -375,17 +376,23 @@ class _Builder:
                 inst.frr.static.append(("0.0.0.0/0", az_if))
                 inst.frr.networks.append("0.0.0.0/0")
             # the site's address space: static routes, with BGP too ("in addition to the
-            # routes learned via BGP"), announced to the VNet and the BGP peers [4.2, 4.5]
+            # routes learned via BGP"), announced to the VNet and the BGP peers [4.2, 4.5],
+            # as its IngressSnat rules translate it [7.2]
+            slot = self.slot(c.virtual_network_gateway, k)
+            nat.plan_connection(self.t, inst, slot, conn_name, az_if)
             for p in self.static_prefixes(lng, c):
-                inst.frr.static.append((p, az_if))
-                inst.frr.networks.append(p)
+                nat.announce(inst, str(nat.seen(self.t, conn_name, nat.INGRESS, slot, IPv4Network(p))), az_if)
             if c.enable_bgp:
                 self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k, new_device_end)
-            else:
-                # the VNet, and the P2S pool: a careful engineer routes it back too [6]
+                nat.plan_bgp(self.t, inst, slot, conn_name, az_if, str(lng.bgp.peering_address))
+            if new_device_end and not nat.bgp_translated(self.t, conn_name):
+                # the VNet (as EgressSnat rules show it), and the P2S pool: a careful
+                # engineer routes them back; with BGP, what BGP does not carry
                 p2s = gw.vpn_client_configuration
-                for p in (self.t.gateway_prefixes(c.virtual_network_gateway) + (p2s.address_pool if p2s else [])
-                          if new_device_end else ()):
+                prefixes = nat.vnet_as_seen(self.t, conn_name, slot)
+                routed = ([p for p in prefixes if p not in self.t.gateway_prefixes(c.virtual_network_gateway)]
+                          if c.enable_bgp else prefixes + (p2s.address_pool if p2s else []))
+                for p in routed:
                     device.frr.static.append((str(p), op_if))
 
     # -- VNet-to-VNet
@@ -564,20 +571,33 @@ class _Builder:
             if not self.t.local_network_gateways[c.local_network_gateway].managed:
                 continue   # the user's device: nothing the lab can expect of it
             gw = self.t.virtual_network_gateways[c.virtual_network_gateway]
-            site_prefixes = [str(p) for p in self.t.site_lan(c.local_network_gateway)]
+            slot = self.slot(c.virtual_network_gateway, self.serving(c.virtual_network_gateway)[0])
+            # BGP without route translation: the site's routes arrive as it sends them, and
+            # its translated space is routed nowhere [7.2]
+            untranslated = c.enable_bgp and not nat.bgp_translated(self.t, conn_name)
+            site_prefixes = [str(p if untranslated else nat.seen(self.t, conn_name, nat.INGRESS, slot, p))
+                             for p in self.t.site_lan(c.local_network_gateway)]
             served = [gw.virtual_network, *self.t.spokes(gw.virtual_network)]
-            self._expect(c.local_network_gateway, [str(p) for p in self.t.gateway_prefixes(c.virtual_network_gateway)])
+            self._expect(c.local_network_gateway, [str(p) for p in nat.vnet_as_seen(self.t, conn_name, slot)])
             for vnet in served:
                 self._expect(names.vnet_router(vnet), site_prefixes)
             connected = self.t.local_network_gateways[c.local_network_gateway].device.connect_to_instances
             for k in range(instance_count(gw)):
                 if self.serves(c.virtual_network_gateway, k) and (k in connected or not gw.active_active):
                     self._expect(names.instance(c.virtual_network_gateway, k), site_prefixes)
+            if untranslated and c.ingress_nat_rule_ids:
+                continue
             hosts = self.t.site_hosts(c.local_network_gateway)
             for vm in (vm for vnet in served for vm in self._plain_vms(vnet)):
                 for h in hosts:
-                    self.pings.append((vm, self._address(h)))
-                    self.pings.append((h, self._address(vm)))
+                    # as each side sees the other; none where a dynamic rule allows only
+                    # flows the other side begins [7.2]
+                    to_host = nat.translated_address(self.t, conn_name, nat.INGRESS, slot, self._address(h))
+                    to_vm = nat.translated_address(self.t, conn_name, nat.EGRESS, slot, self._address(vm))
+                    if to_host:
+                        self.pings.append((vm, to_host))
+                    if to_vm:
+                        self.pings.append((h, to_vm))
 
     def _plain_vms(self, vnet: str) -> list[str]:
         """VMs of subnets without a route table: what they reach follows from the design

@@ -24,6 +24,11 @@ UNDERLAY_PRIORITY = 100
 # vpnlab.plan.vnet), and the system routes alone for tables without BGP propagation.
 TABLE_SYSTEM = 200
 TABLE_FIRST_UDR = 1000
+# A gateway instance: traffic to an IngressSnat rule's external prefix goes to its
+# connection whatever the translated address is (two sites may share one space): nftables
+# marks it before NAT, and a table per tunnel interface t<j> routes the mark (vpnlab.plan.nat).
+TABLE_FIRST_NAT = 2000
+NAT_PRIORITY = 90
 HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
 ROLE_ORDER = ("internet", "internet-host", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "p2s-endpoint", "vm", "host", "p2s-client")
@@ -61,6 +66,7 @@ class Rule:
     # only routes longer than this count (`ip rule ... suppress_prefixlength N`)
     suppress_prefixlength: int | None = None
     unreachable: bool = False     # stop here: no route (a table without the main one)
+    fwmark: int | None = None     # packets nftables marked (NAT: the connection they go to)
 
 
 @dataclass
@@ -76,6 +82,7 @@ class Neighbor:
     route_map_in: str | None = None
     maximum_prefix: tuple[int, int] | None = None   # (prefixes, restart minutes)
     timers: dict | None = None       # None: the router's timer profile
+    soft_reconfiguration: bool = False   # keep what the peer sent before the route map (NAT)
 
 
 @dataclass
@@ -92,6 +99,11 @@ class Frr:
     vnet_prefixes: list[str] = field(default_factory=list)
     no_transit: list[str] = field(default_factory=list)   # static VNet-to-VNet prefixes: kept from BGP peers
     maximum_paths: int = 8
+    # NAT [7.2] (vpnlab.plan.nat): EgressSnat external prefixes, announced only to their
+    # sites; per-neighbor route maps; learned routes the agent announces translated
+    nat_externals: list[str] = field(default_factory=list)
+    nat_maps: list[dict] = field(default_factory=list)
+    nat_learned: list[dict] = field(default_factory=list)
 
     @property
     def not_advertised(self) -> list[str]:
@@ -99,7 +111,7 @@ class Frr:
         empty without such a peer."""
         if not any(n.route_map_out == "TO-BGP-PEER" for n in self.neighbors):
             return []
-        return never_advertised([IPv4Network(p) for p in self.vnet_prefixes]) + self.no_transit
+        return never_advertised([IPv4Network(p) for p in self.vnet_prefixes]) + self.no_transit + self.nat_externals
 
 
 @dataclass

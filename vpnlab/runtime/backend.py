@@ -139,6 +139,13 @@ class Backend:
         return self.exec(node, ["vtysh", "--vty_socket", str(self.node_dir(node)), "-c", command],
                          timeout=timeout)
 
+    def vtysh_config(self, node: str, lines: list[str], timeout: float = 10) -> subprocess.CompletedProcess:
+        """Configuration lines in one vtysh session (each -c keeps the last one's context)."""
+        argv = ["vtysh", "--vty_socket", str(self.node_dir(node))]
+        for line in lines:
+            argv += ["-c", line]
+        return self.exec(node, argv, timeout=timeout)
+
     def ipr(self, node: str) -> NetNS:
         if node not in self._ipr:
             self._ipr[node] = NetNS(self.namespace(node))
@@ -185,8 +192,7 @@ class Backend:
         for node in nodes:
             self._configure(node)
         firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
-        self.each(firewalled, lambda n: self.exec(n, ["nft", "-f", str(self.node_dir(n) / "nftables.conf")],
-                                                  check=True))
+        self.each(firewalled, lambda n: self.nft(n, (self.node_dir(n) / "nftables.conf").read_text()))
 
     def _sysctls(self, node: str, values: dict):
         netns.pushns(self.namespace(node))
@@ -228,6 +234,8 @@ class Backend:
             if rule.dst:
                 dst, length = rule.dst.split("/")
                 spec |= {"dst": dst, "dst_len": int(length)}
+            if rule.fwmark is not None:
+                spec["fwmark"] = rule.fwmark
             if rule.unreachable:
                 spec["action"] = "FR_ACT_UNREACHABLE"
             else:

@@ -1,0 +1,132 @@
+"""NAT rules on the gateway [7.2], on topologies/nat-overlapping-sites.yaml: two branches
+with the same 10.1.0.0/24 reach one VNet through IngressSnat rules (branch1 as
+172.16.1.0/24, static routing; branch2 as 172.16.2.0/24, BGP with route translation),
+and branch2 sees the VNet as 172.20.0.0/16 through an EgressSnat rule. Active-active:
+each mapping has a rule per instance. Every check reads live state: packets captured in
+the nodes, nftables counters, BGP tables (`vtysh ... json`), the diagnostic log."""
+from __future__ import annotations
+
+from vpnlab.checks.probe import worst
+from vpnlab.checks.wire import Capture
+from vpnlab.gateway import events, live
+from vpnlab.gateway.metrics import metrics
+
+LAB_TOPOLOGY = "../topologies/nat-overlapping-sites.yaml"
+LAB_RUNTIMES = ("netns", "docker")     # nftables NAT, marks and zones in containers too
+VM, VM_AT_BRANCH2 = "10.10.1.4", "172.20.1.4"
+HOST = "10.1.0.10"                     # both branches' host
+SEEN = {"branch1-host": "172.16.1.10", "branch2-host": "172.16.2.10"}
+INSTANCES = ("hub-gw-in0", "hub-gw-in1")
+PLANNED_LOSS_MS = 300     # the planned-failover bound (scenarios/test_instance_failover.py)
+
+
+def nat_counters(lab) -> dict[str, int]:
+    """Packets per counter (<what>.<rule>.<connection>), both instances together, with
+    the per-instance rule names folded into one (branch1-in0, branch1-in1 -> branch1-in)."""
+    out: dict[str, int] = {}
+    for node in INSTANCES:
+        for name, c in live.nat_counters(lab.backend, node).items():
+            what, rule, conn = name.split(".")
+            key = f"{what}.{rule.rstrip('01')}.{conn}"
+            out[key] = out.get(key, 0) + c["packets"]
+    return out
+
+
+def bgp_paths(lab, node: str) -> dict[str, list[str]]:
+    routes = live.vtysh_json(lab.backend, node, "show bgp ipv4 unicast json").get("routes", {})
+    return {p: [x.get("path", "") for x in paths if x.get("valid")] for p, paths in routes.items()}
+
+
+def test_overlapping_branches_reach_the_vm_from_their_translated_ranges(lab, tmp_path):
+    """Both branches' host is 10.1.0.10. The VM sees them as 172.16.1.10 and 172.16.2.10
+    (captured in its namespace), answers them there, and the rules' counters move both
+    ways."""
+    before = nat_counters(lab)
+    with Capture(lab.backend, "nat-vm1", "eth0", tmp_path / "vm.pcap") as cap:
+        assert live.ping(lab.backend, "branch1-host", VM, count=3)
+        assert live.ping(lab.backend, "branch2-host", VM_AT_BRANCH2, count=3)
+    requests = {p["IP"].src for p in cap.packets() if p.haslayer("ICMP") and p["ICMP"].type == 8}
+    assert requests == set(SEEN.values()), requests
+    after = nat_counters(lab)
+    for key in ("nated.branch1-in.hub-to-branch1", "reverse.branch1-in.hub-to-branch1",
+                "nated.branch2-in.hub-to-branch2", "reverse.branch2-in.hub-to-branch2",
+                "nated.vnet-to-branch2-out.hub-to-branch2", "reverse.vnet-to-branch2-out.hub-to-branch2"):
+        assert after[key] - before[key] >= 3, (key, before, after)
+
+
+def test_each_translated_range_reaches_its_own_branch(lab, tmp_path):
+    """From the VNet, 172.16.1.10 is branch1's host and 172.16.2.10 branch2's: each
+    request arrives at the right branch with its own address given back (10.1.0.10),
+    and never at the other; branch2 sees the VM as 172.20.1.4."""
+    for host, address in SEEN.items():
+        other = next(h for h in SEEN if h != host)
+        with Capture(lab.backend, host, "eth0", tmp_path / f"{host}.pcap") as mine, \
+                Capture(lab.backend, other, "eth0", tmp_path / f"{other}.pcap") as theirs:
+            assert live.ping(lab.backend, "nat-vm1", address, count=3)
+        got = [(p["IP"].src, p["IP"].dst) for p in mine.packets() if p.haslayer("ICMP") and p["ICMP"].type == 8]
+        assert got and set(got) == {(VM if host == "branch1-host" else VM_AT_BRANCH2, HOST)}, got
+        assert not [p for p in theirs.packets() if p.haslayer("ICMP") and p["ICMP"].type == 8]
+
+
+def test_bgp_route_translation_follows_what_the_branch_announces(lab):
+    """branch2 announces 10.1.0.0/24. The gateway learns it (Adj-RIB-In) but routes and
+    announces 172.16.2.0/24, from both instances, to the VNet; branch2 hears the VNet as
+    172.20.0.0/16 and branch1's space as 172.16.1.0/24, never 10.10.0.0/16 or its own
+    space back. When branch2 withdraws its route, the translated route goes; the
+    diagnostic log says which rule translated and withdrew what."""
+    sdn = bgp_paths(lab, "hub-sdn")
+    assert "10.1.0.0/24" not in sdn and len(sdn.get("172.16.2.0/24", [])) == 2, sdn
+    heard = bgp_paths(lab, "branch2")
+    assert heard.get("172.20.0.0/16") == ["65515", "65515"] and "10.10.0.0/16" not in heard, heard
+    assert "172.16.1.0/24" in heard and "172.16.2.0/24" not in heard, heard
+    for node in INSTANCES:
+        assert "10.1.0.0/24" in live.received_routes(lab.backend, node, "10.255.2.1")
+    announce = ["configure terminal", "router bgp 65062", "address-family ipv4 unicast"]
+    lab.backend.vtysh_config("branch2", announce + ["no network 10.1.0.0/24"])
+    try:
+        lab.eventually(lambda: "172.16.2.0/24" in live.fib_prefixes(lab.backend, "hub-sdn"), False,
+                       "routes_withdrawn", "the VNet to lose 172.16.2.0/24 after branch2 withdrew 10.1.0.0/24")
+    finally:
+        lab.backend.vtysh_config("branch2", announce + ["network 10.1.0.0/24"])
+    lab.eventually(lambda: "172.16.2.0/24" in live.fib_prefixes(lab.backend, "hub-sdn"), True,
+                   "reconverge", "the VNet to learn 172.16.2.0/24 again")
+    log = [e for e in events.read(lab.session.state.dir, "RouteDiagnosticLog")
+           if e.get("connectionName_s") == "hub-to-branch2"]
+    ops = {(e["OperationName"], e["natRule_s"]) for e in log}
+    assert {("NatRouteTranslated", "branch2-in0"), ("NatRouteWithdrawn", "branch2-in0"),
+            ("NatRouteTranslated", "branch2-in1"), ("NatRouteWithdrawn", "branch2-in1")} <= ops, ops
+
+
+def test_nat_metrics_name_the_rule(lab):
+    """TunnelNatedPackets and TunnelReverseNatedPackets per NatRule, ConnectionName and
+    Instance, moved by traffic through the rule."""
+    def nated(rows) -> dict:
+        return {(r["dimensions"]["NatRule"], r["dimensions"]["Instance"]): r["value"]
+                for r in rows if r["name"] == "TunnelNatedPackets"}
+    before = nated(metrics(lab.session))
+    assert {rule for rule, _ in before} == {"branch1-in0", "branch1-in1", "branch2-in0", "branch2-in1",
+                                            "vnet-to-branch2-out0", "vnet-to-branch2-out1"}
+    assert live.ping(lab.backend, "branch1-host", VM, count=4)
+    after = nated(metrics(lab.session))
+    moved = {k for k in after if after[k] > before[k]}
+    assert {rule for rule, _ in moved} & {"branch1-in0", "branch1-in1"}, (before, after)
+    assert all(rule.startswith("branch1") for rule, _ in moved), moved
+
+
+def test_instance_maintenance_keeps_translated_flows(lab, scenario):
+    """Instance 0 is patched (planned): the translated flows between the VM and branch2
+    (each side sees the other translated) move to instance 1, whose own rules
+    (branch2-in1, vnet-to-branch2-out1) translate them the same way, within the
+    planned-failover bound. branch2 speaks BGP: it moves its routes to instance 1 when
+    instance 0 sends its Cease (a static site keeps its route through the dead tunnel:
+    docs/azure-behaviours.md)."""
+    scenario.start(lab, "nat-vm1", "branch2-host", flows=8, a_seen_as=VM_AT_BRANCH2,
+                   b_seen_as=SEEN["branch2-host"])
+    at = scenario.fail("instance", "hub-gw-in0", planned=True)
+    scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
+    scenario.heal()
+    scenario.record("reconverged after heal", scenario.wait_converged(), "s")
+    result = scenario.stop(at)
+    lost_ms = worst(result, "lost") * 1000 / result["rate_pps"]
+    scenario.record("probe loss (worse direction)", lost_ms, "ms", f"<= {PLANNED_LOSS_MS} ms")
+    assert lost_ms <= PLANNED_LOSS_MS, result["directions"]

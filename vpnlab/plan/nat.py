@@ -1,0 +1,130 @@
+"""NAT rules on a gateway instance [7.2], planned: nftables entries, the mark routing
+that keeps overlapping sites apart, the prefixes routed and announced after
+translation, and the BGP route maps and learned-route translation.
+
+Per connection with rules on an instance (its tunnel interface t<j>):
+- IngressSnat: what comes from the site with a source in the internal prefix leaves
+  with the external one; traffic to the external prefix is marked before NAT (two sites
+  may share the internal space), routed by the mark to t<j> and given the internal
+  address back. Its flows live in a conntrack zone of their own, so that two sites'
+  identical addresses are two flows.
+- EgressSnat: what leaves to the site from the VNet's internal prefix takes the
+  external one; what the site sends to the external prefix reaches the internal one.
+- Dynamic rules translate only flows begun on the internal side; the rest is dropped
+  and counted (TunnelNatPacketDrop).
+"""
+from __future__ import annotations
+
+from ipaddress import IPv4Network
+
+from vpnlab.model import nat_rules
+from vpnlab.model.nat_rules import (
+    EGRESS,
+    INGRESS,
+    applies_on,
+    external,
+    internal,
+    translate,
+)
+from vpnlab.plan.parts import NAT_PRIORITY, TABLE_FIRST_NAT, Node, Route, Rule
+
+MARK_BASE = 0x100       # mark and conntrack zone of tunnel interface t<j>: 0x100 + j
+
+
+def rules_on(t, conn_name: str, mode: str, slot: int) -> list[tuple[str, object]]:
+    return [(n, r) for n, r in nat_rules.connection_rules(t, conn_name, mode) if applies_on(r, slot)]
+
+
+def seen(t, conn_name: str, mode: str, slot: int, prefix: IPv4Network) -> IPv4Network:
+    """A prefix as the other side of the connection sees it on the instance in slot."""
+    hit = nat_rules.covering(rules_on(t, conn_name, mode, slot), prefix)
+    return translate(prefix, hit[1]) if hit else prefix
+
+
+def vnet_as_seen(t, conn_name: str, slot: int) -> list[IPv4Network]:
+    """What a site reaches the gateway's side at: its VNet (and spokes) as EgressSnat
+    rules show them, and each rule's external prefix (a rule may map a part of them)."""
+    own = t.gateway_prefixes(t.connections[conn_name].virtual_network_gateway)
+    seen_ = [seen(t, conn_name, EGRESS, slot, p) for p in own]
+    return list(dict.fromkeys(seen_ + [external(r) for _, r in rules_on(t, conn_name, EGRESS, slot)]))
+
+
+def translated_address(t, conn_name: str, mode: str, slot: int, address: str) -> str | None:
+    """A host's address as the other side sees it; None when a dynamic rule holds it
+    (the other side cannot begin a flow to it)."""
+    hit = nat_rules.covering(rules_on(t, conn_name, mode, slot), IPv4Network(f"{address}/32"))
+    if hit is None:
+        return address
+    if hit[1].type == "Dynamic":
+        return None
+    return str(translate(IPv4Network(f"{address}/32"), hit[1]).network_address)
+
+
+def bgp_translated(t, conn_name: str) -> bool:
+    c = t.connections[conn_name]
+    return c.enable_bgp and t.virtual_network_gateways[c.virtual_network_gateway].enable_bgp_route_translation_for_nat
+
+
+def plan_connection(t, inst: Node, slot: int, conn_name: str, az_if: str):
+    """The instance's nftables entries, mark rule and table for one connection."""
+    ingress, egress = rules_on(t, conn_name, INGRESS, slot), rules_on(t, conn_name, EGRESS, slot)
+    if not (ingress or egress):
+        return
+    j = int(az_if[1:])
+    mark = MARK_BASE + j
+    for mode, rules in ((INGRESS, ingress), (EGRESS, egress)):
+        for name, rule in rules:
+            inst.nft.setdefault("nat", []).append(dict(
+                rule=name, connection=conn_name, iface=az_if, mode=mode, type=rule.type,
+                internal=str(internal(rule)), external=str(external(rule)),
+                ports=rule.external_mappings[0].port_range, mark=mark, zone=mark))
+    if ingress:
+        inst.rules.append(Rule(None, TABLE_FIRST_NAT + j, NAT_PRIORITY, fwmark=mark))
+        inst.routes.append(Route("0.0.0.0/0", dev=az_if, table=TABLE_FIRST_NAT + j))
+    # an EgressSnat external prefix is routed towards the VNet: the tunnel end hands the
+    # instance only what the instance answers ARP for (proxy ARP needs a route)
+    towards_vnet = next(via for p, via in inst.frr.static if p in inst.frr.vnet_prefixes)
+    for _, r in egress:
+        if (str(external(r)), towards_vnet) not in inst.frr.static:
+            inst.frr.static.append((str(external(r)), towards_vnet))
+
+
+def plan_bgp(t, inst: Node, slot: int, conn_name: str, az_if: str, peer: str):
+    """With BGP route translation [7.2]: the site's internal prefixes stay out of the
+    routing table (the agent announces them translated, vpnlab.gateway.nat_routes), and
+    the site hears the VNet through its EgressSnat rules' external prefixes."""
+    if not bgp_translated(t, conn_name):
+        return
+    ingress, egress = rules_on(t, conn_name, INGRESS, slot), rules_on(t, conn_name, EGRESS, slot)
+    neighbor = next(n for n in inst.frr.neighbors if n.address == peer)
+    if ingress:
+        neighbor.route_map_in = f"NAT-IN-{conn_name}"
+        neighbor.soft_reconfiguration = True
+        inst.frr.nat_maps.append(dict(
+            name=neighbor.route_map_in, base="in",
+            why=f"{conn_name}: learned routes inside IngressSnat internal prefixes are announced translated",
+            entries=[["deny", [f"{internal(r)} le 32" for _, r in ingress]]]))
+        inst.frr.nat_learned.append(dict(
+            connection=conn_name, peer=peer, dev=az_if,
+            mappings=[[name, str(internal(r)), str(external(r)), r.type] for name, r in ingress]))
+    # to the site: the VNet as its EgressSnat rules show it, the other connections'
+    # routes post-NAT, not its own routes translated back to it
+    entries = [["permit", [str(external(r)) for _, r in egress]],
+               ["deny", [str(internal(r)) for _, r in egress] + [str(external(r)) for _, r in ingress]]]
+    neighbor.route_map_out = f"NAT-OUT-{conn_name}"
+    inst.frr.nat_maps.append(dict(name=neighbor.route_map_out, base="out",
+                                  why=f"{conn_name}: what the site hears, translated",
+                                  entries=[e for e in entries if e[1]]))
+    if egress:
+        for _, r in egress:
+            if str(external(r)) not in inst.frr.networks:
+                inst.frr.networks.append(str(external(r)))
+            if str(external(r)) not in inst.frr.nat_externals:
+                inst.frr.nat_externals.append(str(external(r)))
+
+
+def announce(inst: Node, prefix: str, via: str):
+    if (prefix, via) not in inst.frr.static:
+        inst.frr.static.append((prefix, via))
+    if prefix not in inst.frr.networks:
+        inst.frr.networks.append(prefix)
