@@ -14,6 +14,8 @@ scenario, can undo it. Kinds:
   delay N:IF       netem delay/jitter/loss, where the kernel has netem
   crash NODE       a daemon is killed with SIGKILL (charon of a tunnel end, bgpd of a
                    router); healing restarts it
+  nat-flush NODE   an ISP NAT router in front of a device reboots: every NAT mapping is
+                   forgotten at once (there is nothing to heal: DPD or a redial recovers)
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from vpnlab.runtime import daemons
 from vpnlab.session import Lab
 from vpnlab.waits import wait_until
 
-KINDS = ("instance", "device", "carrier", "blackhole", "loss", "delay", "crash")
+KINDS = ("instance", "device", "carrier", "blackhole", "loss", "delay", "crash", "nat-flush")
 LINK_KINDS = ("carrier", "blackhole", "loss", "delay")
 CRASHABLE = {"tunnel-endpoint": ("charon",), "gateway-instance": ("bgpd",), "device": ("bgpd",),
              "vnet-router": ("bgpd",), "p2s-endpoint": ("charon", "openvpn")}
@@ -59,6 +61,8 @@ def check(plan: Plan, kind: str, target: str, params: dict) -> dict:
         _node(plan, target, "gateway-instance")
     if kind == "device":
         _node(plan, target, "device")
+    if kind == "nat-flush":
+        _node(plan, target, "isp-router")
     out = {}
     if kind in ("instance", "device"):
         out["planned"] = bool(params.get("planned", kind == "instance"))
@@ -296,8 +300,17 @@ def _restart(lab: Lab, fault: dict):
         daemons.restart_frr_daemon(lab.backend, node, daemon, budget)
 
 
+def _flush_nat(lab: Lab, fault: dict):
+    fault["detail"]["mappings_forgotten"] = lab.backend.flush_conntrack(fault["target"])
+
+
+def _nothing_to_heal(lab: Lab, fault: dict):
+    """The fault was a moment: what it broke recovers by itself, or the scenario says not."""
+
+
 _APPLY = {"instance": _lose_router, "device": _lose_router, "carrier": _carrier_down,
-          "blackhole": _drop_rules, "loss": _drop_rules, "delay": _netem, "crash": _crash}
+          "blackhole": _drop_rules, "loss": _drop_rules, "delay": _netem, "crash": _crash,
+          "nat-flush": _flush_nat}
 _HEAL = {"instance": _restore_router, "device": _restore_router, "carrier": _carrier_up,
          "blackhole": _remove_drop_rules, "loss": _remove_drop_rules, "delay": _netem_off,
-         "crash": _restart}
+         "crash": _restart, "nat-flush": _nothing_to_heal}

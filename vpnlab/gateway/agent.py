@@ -15,18 +15,22 @@ One process per lab (`python -m vpnlab.gateway.agent LAB`), started by `up`, tag
 """
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
 import time
 
 from vpnlab.gateway import control, events, live, nat_routes, p2s_watch
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import Tunnel, dial_children, initiator_child
 from vpnlab.runtime.state import load_state
 from vpnlab.session import Lab
 
 POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
+# an IKE message on the NAT-T port, and the peer's address and port it came from
+_RECEIVED = re.compile(r"received packet: from ([0-9.]+)\[(\d+)\] to [0-9.]+\[4500\]")
 
 
 class Agent:
@@ -36,6 +40,7 @@ class Agent:
         self.stop = threading.Event()
         self.redial = defaults()["azure"]["redial_seconds"]
         self.p2s_users: dict = {}     # (P2S server node, protocol) -> its Sessions (p2s_watch)
+        self.peer_ports: dict[str, int] = {}   # tunnel -> the port its peer's NAT sends from now
         self.say = say
 
     def run(self):
@@ -77,6 +82,26 @@ class Agent:
             self._settle_duplicates(t, sas, seen, now)
             self._rekey_answered(t, sas, seen["failed_rekeys"])
             self._main_mode_rekey(t, sas)
+            self._follow_nat(t, sas)
+
+    def _follow_nat(self, t: Tunnel, sas: list[dict]):
+        """A device behind NAT whose mapping changed (the NAT rebooted) sends from a new
+        port. Azure follows an authenticated peer to its new port (RFC 7296 2.23;
+        Azure's timing is UNCONFIRMED); libipsec cannot move an SA, so the lab closes the
+        gateway's SA, as if its packets to the old port were lost, and the device, which
+        must dial behind NAT [1.3], dials again when its DPD finds the SA gone."""
+        port = self.peer_ports.get(t.name)
+        established = [sa for sa in sas if sa["state"] == b"ESTABLISHED"]
+        if port is None or not established or names.isp_router(t.device) not in self.plan.nodes:
+            return
+        stale = [sa for sa in established if int(sa.get("remote-port", 0)) != port]
+        if len(stale) == len(established):
+            self.peer_ports.pop(t.name, None)
+            self.log.pinned[t.name] = f"the peer's NAT mapping moved to port {port}"
+            say(f"{t.name}: the peer now sends from port {port}: closing the SA on the old one")
+            for sa in stale:
+                control.ike_terminate(self.rt, t.azure_end, t.connection, force=True,
+                                      ike_id=sa["uniqueid"].decode())
 
     def _redial(self, t: Tunnel, sas: list[dict], seen: dict, now: float):
         if sas or t.policy_based or t.connection_mode == "ResponderOnly":
@@ -210,6 +235,9 @@ class Agent:
                         self.log.tunnel(t, self.plan, event.get("up") == b"yes")
                     elif kind == b"log":
                         self.log.ike(t, self.plan, event)
+                        found = _RECEIVED.search(event.get("msg", b"").decode(errors="replace"))
+                        if found and found[1] == t.remote_ip:
+                            self.peer_ports[t.name] = int(found[2])
             except OSError:
                 self.log.tunnel(t, self.plan, False, "the gateway's IKE service stopped")
                 self.stop.wait(POLL)

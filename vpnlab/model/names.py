@@ -58,6 +58,11 @@ def p2s_server(instance_name: str) -> str:
     return f"{instance_name}-p2s"
 
 
+def isp_router(site: str) -> str:
+    """The ISP's NAT router in front of a site's device (device.behind_nat)."""
+    return f"{site}-isp"
+
+
 def check_lab_name(name: str, from_file: Path | None = None) -> str:
     """A lab name: --name, or else the topology file's name."""
     if not LAB_NAME.fullmatch(name):
@@ -93,6 +98,8 @@ def generated(topology) -> dict[str, str]:
             for peer in gateways:
                 for towards in (peer, instance(peer, 0), instance(peer, 1)):
                     out[v2v_end(inst, towards)] = f"a VNet-to-VNet tunnel end of {inst}"
+    for site in topology.local_network_gateways:
+        out[isp_router(site)] = f"site {site}'s ISP NAT router"
     for conn in topology.connections:
         out[tunnel_end(conn, "op")] = f"connection {conn}'s on-prem tunnel end"
         for k in INSTANCES:

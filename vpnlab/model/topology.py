@@ -157,6 +157,14 @@ class SiteBgp(Model):
     peering_address: Address
 
 
+class BehindNat(Model):
+    """An ISP's NAT router between the device and the lab's internet: the local network
+    gateway's gateway_ip is the NAT's public address, the device has a private one.
+    carrier_grade: the ISP's carrier-grade NAT, with the shared address space (RFC 6598,
+    100.64.0.0/10) between the device and it, and random source ports."""
+    carrier_grade: bool = False
+
+
 class Device(Model):
     """The on-prem device the lab runs behind a local network gateway."""
     lan_prefixes: list[Prefix] = []   # default: the gateway's address_space
@@ -166,6 +174,8 @@ class Device(Model):
     connect_to_instances: list[Literal[0, 1]] = Field(default=[0, 1], min_length=1)
     # the device advertises 0.0.0.0/0 over BGP: forced tunnelling with BGP [7.3]
     advertise_default_route: bool = False
+    # the device sits behind an ISP's NAT; Azure cannot dial it, it must dial [1.3]
+    behind_nat: Optional[BehindNat] = None
 
 
 class LocalNetworkGateway(Model):
@@ -418,11 +428,13 @@ def _names(d: dict) -> str:
     return ", ".join(sorted(d)) or "(none defined)"
 
 
-def _reserved_nets() -> list[IPv4Network]:
+def _reserved_nets(t: Topology) -> list[IPv4Network]:
     internal = defaults()["internal"]
+    nat = [IPv4Network(internal["behind_nat"]["carrier_grade" if n.carrier_grade else "isp"])
+           for n in (lng.device.behind_nat for lng in t.local_network_gateways.values()) if n]
     return [IPv4Network(internal["underlay"]), IPv4Network(internal["peering"]),
             IPv4Network(internal["azure_public"]),
-            *map(IPv4Network, internal["site_public"])]
+            *map(IPv4Network, internal["site_public"]), *dict.fromkeys(nat)]
 
 
 def semantic_errors(t: Topology):
@@ -442,7 +454,7 @@ def _address_space_errors(t: Topology):
     """Address spaces: no overlaps across VNets and sites, as the gateways see them (a
     site prefix through its connections' IngressSnat rules [7.2]), none in lab-internal
     ranges."""
-    reserved_nets = _reserved_nets()
+    reserved_nets = _reserved_nets(t)
     spaces = []      # (field path, prefix, the NAT rule it comes through or None)
     for vnet_name, vnet in t.virtual_networks.items():
         for i, prefix in enumerate(vnet.address_space):
@@ -613,7 +625,7 @@ def _gateway_errors(t: Topology):
 def _site_errors(t: Topology):
     """Local network gateways."""
     internal = defaults()["internal"]
-    reserved_nets = _reserved_nets()
+    reserved_nets = _reserved_nets(t)
     site_nets = [IPv4Network(n) for n in internal["site_public"]]
     seen_ips: dict = {}
     peers: dict = {}
@@ -759,6 +771,11 @@ def _connection_errors(t: Topology):
                             f"(virtual_network_gateways.{c.virtual_network_gateway}.bgp.peering_addresses"
                             f"[0..{instances - 1}].apipa_addresses)")
         yield from _custom_bgp_errors(c, gw, loc)
+        if lng.device.behind_nat and c.connection_mode == "InitiatorOnly":
+            yield loc + ("connection_mode",), (
+                f"InitiatorOnly: Azure must dial, and local network gateway '{c.local_network_gateway}''s "
+                "device is behind NAT, which Azure cannot dial through; Azure says the on-prem device "
+                "must initiate (use Default or ResponderOnly)")
         if lng.device.connect_to_instances != [0, 1] and not gw.active_active:
             yield (("local_network_gateways", c.local_network_gateway, "device", "connect_to_instances"),
                    f"gateway '{c.virtual_network_gateway}' is active-standby: the device has one tunnel, "

@@ -87,7 +87,8 @@ def azure_children(c, conn: str, policy: dict, pairs: list, policy_based: bool) 
                comment="Azure's initiator offers: when it dials, and its own rekeys")]
 
 
-def device_children(conn: str, policy: dict, pairs: list, policy_based: bool) -> list[dict]:
+def device_children(conn: str, policy: dict, pairs: list, policy_based: bool,
+                    behind_nat: bool = False) -> list[dict]:
     if policy_based:   # one tunnel per subnet pair, as Azure asks of policy-based devices
         return [_child(f"{conn}-{i}", [s], [v], policy["esp"], policy, start_action="start",
                        dpd_action="none", comment=f"selector pair {s} <-> {v}")
@@ -95,9 +96,10 @@ def device_children(conn: str, policy: dict, pairs: list, policy_based: bool) ->
     local = list(dict.fromkeys(s for _, s in pairs)) or ["0.0.0.0/0"]
     remote = list(dict.fromkeys(v for v, _ in pairs)) or ["0.0.0.0/0"]
     # close_action none: when the gateway deletes the SA (planned maintenance, a duplicate
-    # from both ends dialing) the gateway's redial brings the tunnel back, not a race
+    # from both ends dialing) the gateway's redial brings the tunnel back, not a race.
+    # Behind NAT the gateway cannot dial [1.3]: the device dials again at once.
     return [_child(conn, local, remote, policy["esp"], policy, start_action="start",
-                   dpd_action="restart",
+                   dpd_action="restart", close_action="start" if behind_nat else "none",
                    comment="policy-based traffic selectors: every site prefix x every VNet prefix"
                    if pairs else "route-based: any-to-any traffic selectors, routing decides")]
 
@@ -278,7 +280,10 @@ class _Builder:
         """The lab's on-prem device: its LAN bridges, hosts from .10, BGP if the site has it."""
         lng = self.t.local_network_gateways[site]
         node = self.add(Node(site, "device", forwarding=True))
-        inet_gw = self.attach_public(node, lng.gateway_ip)
+        if lng.device.behind_nat:
+            inet_gw = self.isp_nat(site, node)
+        else:
+            inet_gw = self.attach_public(node, lng.gateway_ip)
         addresses = []
         for i, prefix in enumerate(self.t.site_lan(site)):
             hosts = self.t.site_hosts(site) if i == 0 else []
@@ -296,6 +301,26 @@ class _Builder:
                        + (["0.0.0.0/0"] if lng.device.advertise_default_route else []))
         # its LAN, and what Azure forces to it, reach the Internet through its public address
         node.nft = dict(dnat=[], inner=[], mss_clamp=self.d["device"]["mss_clamp"], snat_all=True)
+
+    def isp_nat(self, site: str, device: Node) -> str:
+        """An ISP's NAT router between the device and the internet: the site's public
+        address is the NAT's, the device's is private; the NAT maps what the device
+        sends out and lets in only the answers (Azure cannot dial the device [1.3]). A
+        carrier-grade NAT picks random source ports. Returns the device's default gateway."""
+        lng = self.t.local_network_gateways[site]
+        nat = lng.device.behind_nat
+        isp = self.add(Node(names.isp_router(site), "isp-router", forwarding=True,
+                            nat_udp_timeout=self.d["internal"]["nat_udp_timeout"]))
+        isp.routes.append(Route("0.0.0.0/0", via=self.attach_public(isp, lng.gateway_ip)))
+        pool = IPv4Network(self.d["internal"]["behind_nat"]["carrier_grade" if nat.carrier_grade else "isp"])
+        behind = sorted(s for s, x in self.t.local_network_gateways.items()
+                        if x.device.behind_nat and x.device.behind_nat.carrier_grade == nat.carrier_grade)
+        link = IPv4Network((int(pool.network_address) + 4 * behind.index(site), 30))
+        isp_ip, wan_ip = link.network_address + 1, link.network_address + 2
+        self.link(device, Iface("pub", [f"{wan_ip}/30"]), isp, Iface("lan", [f"{isp_ip}/30"]))
+        device.public_ip = str(wan_ip)
+        isp.nft = dict(isp_nat=dict(random_ports=nat.carrier_grade))
+        return str(isp_ip)
 
     def tunnel_end(self, router: Node, name: str, standby: bool = False,
                    role: str = "tunnel-endpoint", devices: tuple[str, ...] = ("ipsec0",)) -> tuple[Node, str]:
@@ -493,7 +518,9 @@ class _Builder:
             end.nft = dict(selectors=[(s, v) for v, s in pairs])
         device.nft["dnat"].append(dict(peer=az_pub, to=end.charon["local_addr"], refuse_peer_init=False))
         end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub, remote_addr=az_pub,
-                          children=device_children(conn, common["policy"], pairs, policy_based))
+                          children=device_children(conn, common["policy"], pairs, policy_based,
+                                                   self.t.local_network_gateways[c.local_network_gateway]
+                                                   .device.behind_nat is not None))
 
     @staticmethod
     def static_prefixes(lng, c) -> list[str]:

@@ -30,7 +30,7 @@ TABLE_FIRST_UDR = 1000
 TABLE_FIRST_NAT = 2000
 NAT_PRIORITY = 90
 HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
-ROLE_ORDER = ("internet", "internet-host", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
+ROLE_ORDER = ("internet", "internet-host", "isp-router", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "p2s-endpoint", "vm", "host", "p2s-client")
 
 
@@ -132,6 +132,7 @@ class Node:
     openvpn: dict | None = None      # context for openvpn.conf.j2 (point-to-site)
     pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
                                                                 # vpnlab.plan.pki file) to install
+    nat_udp_timeout: int | None = None   # an ISP NAT router: how long a UDP mapping lasts idle
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -150,7 +151,10 @@ class Node:
                 "net.ipv6.conf.all.disable_ipv6": 1,
                 "net.ipv6.conf.default.disable_ipv6": 1,
                 "net.ipv4.conf.all.send_redirects": 0,
-                "net.ipv4.conf.default.send_redirects": 0}
+                "net.ipv4.conf.default.send_redirects": 0} | ({
+                    "net.netfilter.nf_conntrack_udp_timeout": self.nat_udp_timeout,
+                    "net.netfilter.nf_conntrack_udp_timeout_stream": self.nat_udp_timeout}
+                    if self.nat_udp_timeout else {})
 
     def link_starts_up(self, iface: Iface) -> bool:
         """A standby instance holds its addresses with its links down until it takes over."""

@@ -21,7 +21,7 @@ import subprocess
 from pathlib import Path
 
 import vici
-from pyroute2 import NetNS, netns
+from pyroute2 import NetNS, NFCTSocket, netns
 
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
@@ -193,6 +193,21 @@ class Backend:
             self._configure(node)
         firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
         self.each(firewalled, lambda n: self.nft(n, (self.node_dir(n) / "nftables.conf").read_text()))
+
+    def flush_conntrack(self, node: str) -> int:
+        """Forget every flow the node's netfilter tracks, NAT mappings with them (a
+        router that reboots); returns how many it held."""
+        netns.pushns(self.namespace(node))
+        try:
+            ct = NFCTSocket()
+            try:
+                held = ct.count()
+                ct.flush()
+            finally:
+                ct.close()
+        finally:
+            netns.popns()
+        return held
 
     def _sysctls(self, node: str, values: dict):
         netns.pushns(self.namespace(node))
