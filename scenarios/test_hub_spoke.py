@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from vpnlab.checks import p2s_clients as p2s
 from vpnlab.checks import routing
-from vpnlab.checks.probe import worst
 from vpnlab.checks.wire import Capture
 from vpnlab.gateway import live
 
@@ -113,14 +112,9 @@ def test_planned_instance_maintenance_spoke_to_onprem(lab, scenario):
     """Instance 0 is patched (planned): the spoke's traffic to on-prem moves to instance 1
     with the hub-only design's bound on probe loss."""
     scenario.start(lab, "app1", "onprem-host", flows=8)
-    at = scenario.fail("instance", "hub-gw-in0", planned=True)
-    scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
-    scenario.heal()
-    scenario.record("reconverged after heal", scenario.wait_converged(), "s")
-    result = scenario.stop(at)
-    lost_ms = worst(result, "lost") * 1000 / result["rate_pps"]
-    scenario.record("spoke <-> on-prem probe loss (worse direction)", lost_ms, "ms", f"<= {PLANNED_LOSS_MS} ms")
-    assert lost_ms <= PLANNED_LOSS_MS, result["directions"]
+    lost_ms = scenario.planned_instance_loss("hub-gw-in0", PLANNED_LOSS_MS,
+                                           "spoke <-> on-prem probe loss (worse direction)")
+    assert lost_ms <= PLANNED_LOSS_MS, scenario.probes[-1]["directions"]
 
 
 def test_routing_matrix_spans_the_spokes(lab):

@@ -10,7 +10,7 @@ import time
 from vpnlab import engine
 from vpnlab.checks import faults, maintenance
 from vpnlab.checks.match import differences
-from vpnlab.checks.probe import Probe
+from vpnlab.checks.probe import Probe, worst
 from vpnlab.errors import LabError
 from vpnlab.gateway import live
 from vpnlab.model.defaults import defaults
@@ -307,6 +307,21 @@ class Scenario:
             self._watcher.stop()
             self._watcher = None
         return result
+
+    def planned_instance_loss(self, instance: str, bound_ms: float,
+                              label: str = "probe loss (worse direction)") -> float:
+        """Under the running probe, a gateway instance is lost planned (BGP Cease, IKE
+        DELETE), healed, and the lab reconverges; records the recovery, the reconvergence
+        and the worse direction's probe loss; returns that loss in ms (the probe's
+        figures are in self.probes[-1])."""
+        at = self.fail("instance", instance, planned=True)
+        self.record("traffic recovered after", self.wait_flowing(at), "s")
+        self.heal()
+        self.record("reconverged after heal", self.wait_converged(), "s")
+        result = self.stop(at)
+        lost_ms = worst(result, "lost") * 1000 / result["rate_pps"]
+        self.record(label, lost_ms, "ms", f"<= {bound_ms} ms")
+        return lost_ms
 
     def _involved(self, target: str) -> set[str]:
         """The target and, for a router or a tunnel end, both ends of its tunnels."""

@@ -408,8 +408,9 @@ class _Builder:
             for p in self.static_prefixes(lng, c):
                 nat.announce(inst, str(nat.seen(self.t, conn_name, nat.INGRESS, slot, IPv4Network(p))), az_if)
             if c.enable_bgp:
-                self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k, new_device_end)
-                nat.plan_bgp(self.t, inst, slot, conn_name, az_if, str(lng.bgp.peering_address))
+                local = self.bgp_over(inst, az_if, device if connected else None, op_if, gw, c, k,
+                                      new_device_end, conn_name)
+                nat.plan_bgp(self.t, inst, slot, conn_name, az_if, str(lng.bgp.peering_address), local)
             if new_device_end and not nat.bgp_translated(self.t, conn_name):
                 # the VNet (as EgressSnat rules show it), and the P2S pool: a careful
                 # engineer routes them back; with BGP, what BGP does not carry
@@ -530,7 +531,8 @@ class _Builder:
         return [str(p) for p in lng.address_space if str(p) != peer]
 
     def bgp_over(self, inst: Node, az_if: str, device: Node | None, op_if: str | None, gw,
-                 c, k: int, configure_device: bool):
+                 c, k: int, configure_device: bool, conn_name: str) -> str:
+        """BGP over a site connection; returns the address the instance peers from."""
         site = c.local_network_gateway
         lng = self.t.local_network_gateways[site]
         peer = str(lng.bgp.peering_address)
@@ -541,12 +543,16 @@ class _Builder:
         if not inst.standby and (device is not None or not lng.managed):
             self.bgp.append(BgpSession(inst.name, peer, site, "ebgp"))
         if device is None:
-            return
+            return local
+        # the device peers with the post-NAT address where an EgressSnat rule maps it [7.2]
+        seen = nat.translated_address(self.t, conn_name, nat.EGRESS, self.slot(c.virtual_network_gateway, k),
+                                      local) or local
         if configure_device:
-            device.frr.static.append((f"{local}/32", op_if))
-            device.frr.neighbors.append(Neighbor(local, gw.bgp.asn, multihop=True, update_source=peer))
+            device.frr.static.append((f"{seen}/32", op_if))
+            device.frr.neighbors.append(Neighbor(seen, gw.bgp.asn, multihop=True, update_source=peer))
         if not inst.standby:
-            self.bgp.append(BgpSession(device.name, local, inst.name, "ebgp"))
+            self.bgp.append(BgpSession(device.name, seen, inst.name, "ebgp"))
+        return local
 
     def dpd(self, c) -> int:
         return timers_of.dpd_timeout(self.timers, c)

@@ -6,12 +6,14 @@ Per connection with rules on an instance (its tunnel interface t<j>):
 - IngressSnat: what comes from the site with a source in the internal prefix leaves
   with the external one; traffic to the external prefix is marked before NAT (two sites
   may share the internal space), routed by the mark to t<j> and given the internal
-  address back. Its flows live in a conntrack zone of their own, so that two sites'
-  identical addresses are two flows.
+  address back.
 - EgressSnat: what leaves to the site from the VNet's internal prefix takes the
   external one; what the site sends to the external prefix reaches the internal one.
-- Dynamic rules translate only flows begun on the internal side; the rest is dropped
-  and counted (TunnelNatPacketDrop).
+- Static rules are stateless, as Azure's [7.2]: every packet is rewritten by itself,
+  so a flow may come back through the other instance. Dynamic rules are stateful
+  (conntrack, a zone per connection so that two sites' identical addresses are two
+  flows) and translate only flows begun on the internal side; the rest is dropped and
+  counted (TunnelNatPacketDrop).
 """
 from __future__ import annotations
 
@@ -77,6 +79,7 @@ def plan_connection(t, inst: Node, slot: int, conn_name: str, az_if: str):
             inst.nft.setdefault("nat", []).append(dict(
                 rule=name, connection=conn_name, iface=az_if, mode=mode, type=rule.type,
                 internal=str(internal(rule)), external=str(external(rule)),
+                hostmask=str(internal(rule).hostmask),
                 ports=rule.external_mappings[0].port_range, mark=mark, zone=mark))
     if ingress:
         inst.rules.append(Rule(None, TABLE_FIRST_NAT + j, NAT_PRIORITY, fwmark=mark))
@@ -89,38 +92,43 @@ def plan_connection(t, inst: Node, slot: int, conn_name: str, az_if: str):
             inst.frr.static.append((str(external(r)), towards_vnet))
 
 
-def plan_bgp(t, inst: Node, slot: int, conn_name: str, az_if: str, peer: str):
-    """With BGP route translation [7.2]: the site's internal prefixes stay out of the
+def plan_bgp(t, inst: Node, slot: int, conn_name: str, az_if: str, peer: str, local: str):
+    """BGP on a connection with NAT rules [7.2]. The device peers with the instance's
+    post-NAT address where an EgressSnat rule maps it, so the routes it hears carry that
+    next hop. With BGP route translation: the site's internal prefixes stay out of the
     routing table (the agent announces them translated, vpnlab.gateway.nat_routes), and
-    the site hears the VNet through its EgressSnat rules' external prefixes."""
-    if not bgp_translated(t, conn_name):
-        return
+    the site hears the VNet through its EgressSnat rules' external prefixes, the other
+    connections' routes post-NAT, not its own."""
     ingress, egress = rules_on(t, conn_name, INGRESS, slot), rules_on(t, conn_name, EGRESS, slot)
+    if not (ingress or egress):
+        return
     neighbor = next(n for n in inst.frr.neighbors if n.address == peer)
-    if ingress:
-        neighbor.route_map_in = f"NAT-IN-{conn_name}"
-        neighbor.soft_reconfiguration = True
-        inst.frr.nat_maps.append(dict(
-            name=neighbor.route_map_in, base="in",
-            why=f"{conn_name}: learned routes inside IngressSnat internal prefixes are announced translated",
-            entries=[["deny", [f"{internal(r)} le 32" for _, r in ingress]]]))
-        inst.frr.nat_learned.append(dict(
-            connection=conn_name, peer=peer, dev=az_if,
-            mappings=[[name, str(internal(r)), str(external(r)), r.type] for name, r in ingress]))
-    # to the site: the VNet as its EgressSnat rules show it, the other connections'
-    # routes post-NAT, not its own routes translated back to it
-    entries = [["permit", [str(external(r)) for _, r in egress]],
-               ["deny", [str(internal(r)) for _, r in egress] + [str(external(r)) for _, r in ingress]]]
-    neighbor.route_map_out = f"NAT-OUT-{conn_name}"
-    inst.frr.nat_maps.append(dict(name=neighbor.route_map_out, base="out",
-                                  why=f"{conn_name}: what the site hears, translated",
-                                  entries=[e for e in entries if e[1]]))
-    if egress:
+    seen_local = translated_address(t, conn_name, EGRESS, slot, local) or local
+    entries = []
+    if bgp_translated(t, conn_name):
+        if ingress:
+            neighbor.route_map_in = f"NAT-IN-{conn_name}"
+            neighbor.soft_reconfiguration = True
+            inst.frr.nat_maps.append(dict(
+                name=neighbor.route_map_in, base="in", next_hop=None,
+                why=f"{conn_name}: learned routes inside IngressSnat internal prefixes are announced translated",
+                entries=[["deny", [f"{internal(r)} le 32" for _, r in ingress]]]))
+            inst.frr.nat_learned.append(dict(
+                connection=conn_name, peer=peer, dev=az_if,
+                mappings=[[name, str(internal(r)), str(external(r)), r.type] for name, r in ingress]))
+        entries = [["permit", [str(external(r)) for _, r in egress]],
+                   ["deny", [str(internal(r)) for _, r in egress] + [str(external(r)) for _, r in ingress]]]
         for _, r in egress:
             if str(external(r)) not in inst.frr.networks:
                 inst.frr.networks.append(str(external(r)))
             if str(external(r)) not in inst.frr.nat_externals:
                 inst.frr.nat_externals.append(str(external(r)))
+    if entries or seen_local != local:
+        neighbor.route_map_out = f"NAT-OUT-{conn_name}"
+        inst.frr.nat_maps.append(dict(name=neighbor.route_map_out, base="out",
+                                      next_hop=seen_local if seen_local != local else None,
+                                      why=f"{conn_name}: what the site hears, translated",
+                                      entries=[e for e in entries if e[1]]))
 
 
 def announce(inst: Node, prefix: str, via: str):
