@@ -12,31 +12,19 @@ from __future__ import annotations
 from ipaddress import IPv4Network
 
 from vpnlab.gateway import live
-from vpnlab.model.nat_rules import translate
-
-
-class _Rule:
-    """What translate() needs of a NAT rule, from the plan's [name, internal, external, type]."""
-    def __init__(self, name: str, inside: str, outside: str, kind: str):
-        self.name, self.type = name, kind
-        self.internal_mappings = [_Mapping(IPv4Network(inside))]
-        self.external_mappings = [_Mapping(IPv4Network(outside))]
-
-
-class _Mapping:
-    def __init__(self, prefix: IPv4Network):
-        self.address_space = prefix
+from vpnlab.model.nat_rules import map_prefix
 
 
 def wanted(received: list[str], mappings: list[list[str]]) -> dict[str, tuple[str, str]]:
-    """Translated prefix -> (rule, learned prefix), for the learned prefixes inside a rule."""
-    rules = [_Rule(*m) for m in mappings]
+    """Translated prefix -> (rule, learned prefix), for the learned prefixes inside a
+    rule's internal prefix (mappings: the plan's [rule, internal, external, type])."""
+    rules = [(name, IPv4Network(inside), IPv4Network(outside), kind) for name, inside, outside, kind in mappings]
     out = {}
     for text in received:
         prefix = IPv4Network(text)
-        rule = next((r for r in rules if prefix.subnet_of(r.internal_mappings[0].address_space)), None)
-        if rule is not None:
-            out.setdefault(str(translate(prefix, rule)), (rule.name, text))
+        hit = next((r for r in rules if prefix.subnet_of(r[1])), None)
+        if hit is not None:
+            out.setdefault(str(map_prefix(prefix, *hit[1:])), (hit[0], text))
     return out
 
 

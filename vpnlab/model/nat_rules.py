@@ -45,13 +45,17 @@ def external(rule) -> IPv4Network:
 
 
 def translate(prefix: IPv4Network, rule) -> IPv4Network:
-    """A prefix inside the rule's internal mapping as it looks after the rule: static
-    rules map 1:1 (the same offset in the external prefix); a dynamic rule's flows all
-    take its external prefix."""
-    if rule.type == "Dynamic":
-        return external(rule)
-    offset = int(prefix.network_address) - int(internal(rule).network_address)
-    return IPv4Network((int(external(rule).network_address) + offset, prefix.prefixlen))
+    """A prefix inside the rule's internal mapping as it looks after the rule."""
+    return map_prefix(prefix, internal(rule), external(rule), rule.type)
+
+
+def map_prefix(prefix: IPv4Network, inside: IPv4Network, outside: IPv4Network, kind: str) -> IPv4Network:
+    """Static rules map 1:1 (the same offset in the external prefix); a dynamic rule's
+    flows all take its external prefix."""
+    if kind == "Dynamic":
+        return outside
+    offset = int(prefix.network_address) - int(inside.network_address)
+    return IPv4Network((int(outside.network_address) + offset, prefix.prefixlen))
 
 
 def covering(rules, prefix: IPv4Network):

@@ -494,6 +494,12 @@ def _address_space_errors(t: Topology):
         for r, why in forbidden.items():
             if a.overlaps(r):
                 yield loc, f"{a} overlaps {r} ({why}), which Azure does not allow in a virtual network"
+    for gw_name, gw in t.virtual_network_gateways.items():
+        for rule_name, rule in gw.nat_rules.items():
+            external = rule.external_mappings[0].address_space
+            for r in (r for r in reserved_nets if external.overlaps(r)):
+                yield (("virtual_network_gateways", gw_name, "nat_rules", rule_name, "external_mappings", 0,
+                        "address_space"), f"{external} overlaps {r}, which the lab reserves for its own addressing")
     for first, second in overlapping(spaces):
         yield second[0], _overlap_message(t, first, second)
     yield from _site_view_errors(t)
