@@ -203,17 +203,19 @@ def test_dpd_and_keepalives_hold_the_nat_mapping(lab):
 
 def test_nat_reboot_outage_and_recovery(lab, scenario):
     """The CGN reboots (every mapping forgotten): the device's packets leave from new
-    random ports, Azure's go to the old ones and are dropped. Azure's DPD clears the
-    tunnels, the device finds its SAs gone and dials again: the outage lasts at most two
-    DPD timeouts plus the margin."""
+    random ports, Azure's go to the old ones and are dropped. The device's DPD (its
+    inbound has stopped) reaches Azure from the new port; the gateway closes the SA on
+    the old one; the device's next DPD finds it gone and the device dials again. The
+    outage: up to two DPD delays, a DPD timeout and a new SA, within three DPD timeouts
+    (measured here 2.3 to 18.2 s with 9 s)."""
     scenario.start(lab, "nat-vm1", "branch3-host", flows=4)
     at = scenario.fail("nat-flush", "branch3-isp")
-    recovered = scenario.wait_flowing(at, 2 * lab.timer("dpd_timeout") + 10)
+    bound = 3 * lab.timer("dpd_timeout")
+    recovered = scenario.wait_flowing(at, bound + 5)
     scenario.record("traffic recovered after", recovered, "s")
     scenario.heal()
     result = scenario.stop(at)
     outage = worst(result, "recovered_s")
-    bound = 2 * lab.timer("dpd_timeout") + 3
     scenario.record("outage (worse direction)", outage, "s", f"<= {bound} s")
     assert worst(result, "lost") > 0, "the reboot lost nothing: the NAT kept its mappings"
     assert outage <= bound, result["directions"]
