@@ -207,7 +207,7 @@ def test_nat_reboot_outage_and_recovery(lab, scenario):
     inbound has stopped) reaches Azure from the new port; the gateway closes the SA on
     the old one; the device's next DPD finds it gone and the device dials again. The
     outage: up to two DPD delays, a DPD timeout and a new SA, within three DPD timeouts
-    (measured here 2.3 to 18.2 s with 9 s)."""
+    (measured here 2.3 to 18.6 s with 9 s)."""
     scenario.start(lab, "nat-vm1", "branch3-host", flows=4)
     at = scenario.fail("nat-flush", "branch3-isp")
     bound = 3 * lab.timer("dpd_timeout")
