@@ -58,22 +58,33 @@ def map_prefix(prefix: IPv4Network, inside: IPv4Network, outside: IPv4Network, k
     return IPv4Network((int(outside.network_address) + offset, prefix.prefixlen))
 
 
-def covering(rules, prefix: IPv4Network):
-    """The first rule whose internal mapping holds the prefix, or None."""
-    return next(((n, r) for n, r in rules if prefix.subnet_of(internal(r))), None)
+def rules_on(t, conn_name: str, mode: str, slot: int) -> list[tuple[str, object]]:
+    """The connection's rules of this mode that apply on the instance in slot."""
+    return [(n, r) for n, r in connection_rules(t, conn_name, mode) if applies_on(r, slot)]
+
+
+def covering(t, conn_name: str, mode: str, slot: int, prefix: IPv4Network):
+    """(name, rule) of the first rule on the instance in slot whose internal mapping
+    holds the prefix, or None."""
+    return next(((n, r) for n, r in rules_on(t, conn_name, mode, slot) if prefix.subnet_of(internal(r))), None)
+
+
+def seen_on(t, conn_name: str, mode: str, slot: int, prefix: IPv4Network) -> tuple[IPv4Network, str | None]:
+    """A prefix as the other side of the connection sees it through the instance in
+    slot, and the rule that translated it (None: untranslated): the gateway's view of a
+    site prefix (IngressSnat), a site's view of a VNet prefix (EgressSnat)."""
+    hit = covering(t, conn_name, mode, slot, prefix)
+    return (translate(prefix, hit[1]), hit[0]) if hit else (prefix, None)
+
+
+def slots(t, conn_name: str) -> range:
+    gw = t.virtual_network_gateways[t.connections[conn_name].virtual_network_gateway]
+    return range(2 if gw.active_active else 1)
 
 
 def view(t, conn_name: str, mode: str, prefix: IPv4Network) -> list[IPv4Network]:
-    """A prefix as the other side of the connection sees it, over the instances: the
-    gateway's view of a site prefix (IngressSnat), a site's view of a VNet prefix
-    (EgressSnat). Untranslated where no rule of the connection holds it."""
-    rules = connection_rules(t, conn_name, mode)
-    gw = t.virtual_network_gateways[t.connections[conn_name].virtual_network_gateway]
-    out = []
-    for slot in range(2 if gw.active_active else 1):
-        hit = covering([(n, r) for n, r in rules if applies_on(r, slot)], prefix)
-        out.append(translate(prefix, hit[1]) if hit else prefix)
-    return list(dict.fromkeys(out))
+    """A prefix as the other side of the connection sees it, over the instances."""
+    return list(dict.fromkeys(seen_on(t, conn_name, mode, s, prefix)[0] for s in slots(t, conn_name)))
 
 
 def site_connections(t, site: str) -> list[str]:
@@ -84,12 +95,13 @@ def site_connections(t, site: str) -> list[str]:
 def site_space_as_seen(t, site: str, prefix: IPv4Network) -> list[tuple[IPv4Network, str | None]]:
     """(prefix, the rule that translated it or None) as the gateways see a site prefix
     over all its connections: what must not overlap other networks."""
-    out = []
+    out: dict[IPv4Network, str | None] = {}     # one entry per prefix (a rule per instance maps alike)
     for conn in site_connections(t, site):
-        rules = connection_rules(t, conn, INGRESS)
-        hit = covering(rules, prefix)
-        out.append((translate(prefix, hit[1]), hit[0]) if hit else (prefix, None))
-    return list(dict.fromkeys(out)) or [(prefix, None)]
+        if t.connections[conn].virtual_network_gateway in t.virtual_network_gateways:
+            for s in slots(t, conn):
+                seen, rule = seen_on(t, conn, INGRESS, s, prefix)
+                out.setdefault(seen, rule)
+    return list(out.items()) or [(prefix, None)]
 
 
 # ---------------------------------------------------------------- validation

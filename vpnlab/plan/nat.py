@@ -23,7 +23,6 @@ from vpnlab.model import nat_rules
 from vpnlab.model.nat_rules import (
     EGRESS,
     INGRESS,
-    applies_on,
     external,
     internal,
     translate,
@@ -33,14 +32,9 @@ from vpnlab.plan.parts import NAT_PRIORITY, TABLE_FIRST_NAT, Node, Route, Rule
 MARK_BASE = 0x100       # mark and conntrack zone of tunnel interface t<j>: 0x100 + j
 
 
-def rules_on(t, conn_name: str, mode: str, slot: int) -> list[tuple[str, object]]:
-    return [(n, r) for n, r in nat_rules.connection_rules(t, conn_name, mode) if applies_on(r, slot)]
-
-
 def seen(t, conn_name: str, mode: str, slot: int, prefix: IPv4Network) -> IPv4Network:
     """A prefix as the other side of the connection sees it on the instance in slot."""
-    hit = nat_rules.covering(rules_on(t, conn_name, mode, slot), prefix)
-    return translate(prefix, hit[1]) if hit else prefix
+    return nat_rules.seen_on(t, conn_name, mode, slot, prefix)[0]
 
 
 def vnet_as_seen(t, conn_name: str, slot: int) -> list[IPv4Network]:
@@ -48,13 +42,13 @@ def vnet_as_seen(t, conn_name: str, slot: int) -> list[IPv4Network]:
     rules show them, and each rule's external prefix (a rule may map a part of them)."""
     own = t.gateway_prefixes(t.connections[conn_name].virtual_network_gateway)
     seen_ = [seen(t, conn_name, EGRESS, slot, p) for p in own]
-    return list(dict.fromkeys(seen_ + [external(r) for _, r in rules_on(t, conn_name, EGRESS, slot)]))
+    return list(dict.fromkeys(seen_ + [external(r) for _, r in nat_rules.rules_on(t, conn_name, EGRESS, slot)]))
 
 
 def translated_address(t, conn_name: str, mode: str, slot: int, address: str) -> str | None:
     """A host's address as the other side sees it; None when a dynamic rule holds it
     (the other side cannot begin a flow to it)."""
-    hit = nat_rules.covering(rules_on(t, conn_name, mode, slot), IPv4Network(f"{address}/32"))
+    hit = nat_rules.covering(t, conn_name, mode, slot, IPv4Network(f"{address}/32"))
     if hit is None:
         return address
     if hit[1].type == "Dynamic":
@@ -69,7 +63,7 @@ def bgp_translated(t, conn_name: str) -> bool:
 
 def plan_connection(t, inst: Node, slot: int, conn_name: str, az_if: str):
     """The instance's nftables entries, mark rule and table for one connection."""
-    ingress, egress = rules_on(t, conn_name, INGRESS, slot), rules_on(t, conn_name, EGRESS, slot)
+    ingress, egress = nat_rules.rules_on(t, conn_name, INGRESS, slot), nat_rules.rules_on(t, conn_name, EGRESS, slot)
     if not (ingress or egress):
         return
     j = int(az_if[1:])
@@ -86,7 +80,7 @@ def plan_connection(t, inst: Node, slot: int, conn_name: str, az_if: str):
         inst.routes.append(Route("0.0.0.0/0", dev=az_if, table=TABLE_FIRST_NAT + j))
     # an EgressSnat external prefix is routed towards the VNet: the tunnel end hands the
     # instance only what the instance answers ARP for (proxy ARP needs a route)
-    towards_vnet = next(via for p, via in inst.frr.static if p in inst.frr.vnet_prefixes)
+    towards_vnet = next(via for p, via in inst.frr.static if p in inst.frr.vnet_prefixes) if egress else None
     for _, r in egress:
         if (str(external(r)), towards_vnet) not in inst.frr.static:
             inst.frr.static.append((str(external(r)), towards_vnet))
@@ -99,7 +93,7 @@ def plan_bgp(t, inst: Node, slot: int, conn_name: str, az_if: str, peer: str, lo
     routing table (the agent announces them translated, vpnlab.gateway.nat_routes), and
     the site hears the VNet through its EgressSnat rules' external prefixes, the other
     connections' routes post-NAT, not its own."""
-    ingress, egress = rules_on(t, conn_name, INGRESS, slot), rules_on(t, conn_name, EGRESS, slot)
+    ingress, egress = nat_rules.rules_on(t, conn_name, INGRESS, slot), nat_rules.rules_on(t, conn_name, EGRESS, slot)
     if not (ingress or egress):
         return
     neighbor = next(n for n in inst.frr.neighbors if n.address == peer)
