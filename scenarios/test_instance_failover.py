@@ -38,17 +38,19 @@ def test_unplanned_instance_failover(lab, scenario):
     """Instance 0 dies (no BGP Cease, no IKE DELETE). Only timers notice: the devices'
     BGP hold timer (and DPD) and the VNet's session to the instance. Flows through
     instance 0 stop until then; recovery must come within the hold/DPD budget, and a TCP
-    session rides it out on retransmissions."""
+    session rides it out on retransmissions. The outage is the loss that began before
+    the heal; what instance 0's return costs is recorded apart."""
     scenario.start(lab, *PROBE, flows=FLOWS)
     at = scenario.fail("instance", "hub-gw-in0", planned=False)
     scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
-    scenario.heal()
+    healed = scenario.heal()
     scenario.record("reconverged after heal", scenario.wait_converged(), "s")
-    result = scenario.stop(at)
+    result = scenario.stop(at, healed)
     recovered = worst(result, "recovered_s")
     scenario.record("outage (worse direction)", recovered, "s", f"<= {lab.detection_budget()} s")
     for d in result["directions"]:
         scenario.record(f"outage {d['direction']}", d["recovered_s"], "s")
+        scenario.record(f"lost after heal {d['direction']}", d["lost_after_until"], "packets")
     scenario.record("TCP longest stall", result["tcp"]["longest_stall_ms"], "ms")
     assert worst(result, "lost") > 0, "the lost instance carried none of the probe's flows"
     assert recovered <= lab.detection_budget(), result["directions"]

@@ -52,6 +52,16 @@ def test_probe_reports_loss_window_gap_recovery_and_reordering():
     assert d["window"] == {"sent": 310, "lost": 200}
 
 
+def test_probe_outage_ends_with_the_loss_that_began_before_the_heal():
+    """Loss after until_ns (a heal) is the heal's own: counted apart, not in the outage."""
+    data = _stream(lost=[*range(300, 500), *range(900, 910)])
+    d = direction("a -> b", data, rate=1000, flows=4, origin_ns=0, event_ns=290_000_000,
+                  until_ns=800_000_000)
+    assert d["recovered_s"] == 0.21 and d["lost_after_until"] == 10
+    whole = direction("a -> b", data, rate=1000, flows=4, origin_ns=0, event_ns=290_000_000)
+    assert whole["recovered_s"] == 0.62                 # without a heal, the last loss counts
+
+
 def test_probe_without_loss_recovers_at_once():
     d = direction("a -> b", _stream(), rate=1000, flows=4, origin_ns=0, event_ns=100_000_000)
     assert d["lost"] == 0 and d["recovered_s"] == 0.0 and d["loss_windows"] == []

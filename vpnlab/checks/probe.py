@@ -256,7 +256,8 @@ class Probe:
 
     def stop(self, event_ns: int | None = None, until_ns: int | None = None) -> dict:
         """Figures for every direction; recovery is counted from event_ns (by default
-        the first mark); with until_ns, also the loss among packets sent in between."""
+        the first mark); with until_ns, over the loss that began before it, with the
+        loss among packets sent in between and the loss after it."""
         self.proc.stdin.write("stop\n")
         self.proc.stdin.flush()
         raw = json.loads(self._line(30, "result"))
@@ -318,10 +319,14 @@ def direction(name: str, data: dict, rate: int, flows: int, origin_ns: int, even
     if event_ns is not None:
         after = [w for w in windows if w[1] >= event_ns]
         out["lost_after_event"] = sum(w[2] for w in after)
-        out["recovered_s"] = round((after[-1][1] - event_ns) / 1e9, 3) if after else 0.0
+        # the outage the event caused: loss that began before until_ns (a heal, say);
+        # what the heal itself costs is counted apart, in lost_after_until
+        caused = [w for w in after if until_ns is None or w[0] < until_ns]
+        out["recovered_s"] = round((caused[-1][1] - event_ns) / 1e9, 3) if caused else 0.0
     if event_ns is not None and until_ns is not None:
         window = [s for s, t in enumerate(sent) if event_ns <= t < until_ns]
         out["window"] = {"sent": len(window), "lost": sum(1 for s in window if s not in seen)}
+        out["lost_after_until"] = sum(w[2] for w in windows if w[0] >= until_ns)
     return out
 
 
