@@ -10,7 +10,7 @@ RUNTIME ?= netns
 # The daemons run on the host only with the netns runtime (make test needs them: it runs
 # both); containers bring their own from the node image.
 DAEMON_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
-  libstrongswan-extra-plugins libstrongswan-standard-plugins frr nftables \
+  libstrongswan-extra-plugins libstrongswan-standard-plugins frr frr-pythontools nftables \
   iperf3 tcpdump iputils-ping openvpn
 APT_PACKAGES = iproute2 util-linux $(if $(filter netns,$(RUNTIME)),$(DAEMON_PACKAGES))
 DOCKER_PACKAGES := docker.io debootstrap

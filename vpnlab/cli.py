@@ -58,6 +58,11 @@ def _show_status(s: dict, as_json: bool) -> int:
         return 0
     out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
               f"  timers {s['timers']}  phase {s['phase']}  delay/jitter: {s['impairments']['delay']}")
+    if s["apply"]:
+        out.print(f"[yellow]an apply started at {time.strftime('%H:%M:%S', time.localtime(s['apply']['started']))} "
+                  + ("is running[/]" if s["apply"]["alive"] else
+                     "was interrupted: the lab is part way to its new topology; 'vpnlab apply FILE' "
+                     "again completes it[/]"))
     g = Table("gateway", "instance", "role", "public IP", "BGP address", title="Gateway instances")
     for x in s.get("gateways", []):
         g.add_row(x["gateway"], x["instance"], x["role"], x["public_ip"], x["bgp_address"])
@@ -300,6 +305,71 @@ def _p2s_tables(result: dict):
                       + ("" if r["enforced"] else " (not issued by the lab: nothing to enforce)"))
 
 
+def cmd_apply(args) -> int:
+    from vpnlab.change import apply as change
+    name = resolve_name(args.name)
+    planned = change.apply(name, args.file, azure_only=args.azure_only, plan_only=True)
+    if not (args.json and not args.plan):
+        _show_change_plan(planned, args.json)
+    if args.plan:
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise SourceError("vpnlab apply: --yes to apply without asking (stdin is not a terminal), "
+                              "or --plan to see the change plan only")
+        if input("apply these changes to the running lab? [y/N] ").strip().lower() not in ("y", "yes"):
+            err.print("nothing applied")
+            return 0
+    status, update = _progress()
+    with status:
+        result = change.apply(name, args.file, azure_only=args.azure_only, wait=not args.no_wait,
+                              progress=update)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return 0
+    for row in result["timeline"]:
+        err.print(f"  {row['at_s']:7.3f} s  {row['what']} ({row['seconds']} s)")
+    err.print(f"applied in {result['seconds']} s" + (f"; converged after {result['converged_s']} s"
+                                                       if result.get("converged_s") else ""))
+    if result["device_not_updated"]:
+        err.print("the devices of " + ", ".join(result["device_not_updated"]) + " still run the old "
+                  "configuration (--azure-only): 'vpnlab apply' again without it updates them")
+    return 0
+
+
+def _show_change_plan(planned: dict, as_json: bool):
+    if as_json:
+        print(json.dumps(planned, indent=1))
+        return
+    if not planned["changes"] and not planned["steps"]:
+        out.print("no changes: the running lab matches the topology")
+        return
+    t = Table(title=f"change plan for lab {planned['lab']}", show_lines=True)
+    for col in ("resource", "action", "Azure's impact", "fields"):
+        t.add_column(col)
+    for c in planned["changes"]:
+        fields = "\n".join(f"{f['path']}: {f['old']} -> {f['new']} [{f['source']}]"
+                           + (f"\n  UNCONFIRMED: {f['unconfirmed']}" if f.get("unconfirmed") else "")
+                           for f in c["fields"])
+        t.add_row(c["resource"], c["action"], c["meaning"], fields)
+    out.print(t)
+    for s in planned["steps"]:
+        out.print(f"  {s['node']}: {s['what']}")
+    if planned["resets"]:
+        out.print("  IKE starts again on: " + ", ".join(planned["resets"]))
+
+
+def cmd_reset(args) -> int:
+    from vpnlab.change import apply as change
+    result = change.reset_connection(resolve_name(args.name), args.connection, wait=not args.no_wait)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        err.print(f"connection {args.connection} reset: {', '.join(result['tunnels'])}"
+                  + (f"; up again after {result['up_again_s']} s" if result.get("up_again_s") else ""))
+    return 0
+
+
 def cmd_validate(args) -> int:
     from vpnlab.model.topology import load
     load(args.file)
@@ -416,6 +486,24 @@ def parser() -> argparse.ArgumentParser:
     ps.add_argument("--name")
     ps.add_argument("--json", action="store_true")
     ps.set_defaults(func=cmd_p2s)
+    ap = sub.add_parser("apply", help="change a running lab to a new topology, as Azure applies the change")
+    ap.add_argument("file", help="the new topology")
+    ap.add_argument("--name")
+    ap.add_argument("--plan", action="store_true", help="show the change plan only")
+    ap.add_argument("--yes", action="store_true", help="apply without asking")
+    ap.add_argument("--azure-only", action="store_true",
+                    help="change Azure's side only: the on-prem devices keep their configuration "
+                         "until an apply without it (the order of a real change)")
+    ap.add_argument("--no-wait", action="store_true", help="return before the lab converged on the change")
+    ap.add_argument("--json", action="store_true")
+    ap.set_defaults(func=cmd_apply)
+    rs = sub.add_parser("reset", help="Azure's 'Reset connection': the connection's tunnels start IKE again")
+    rs.add_argument("what", choices=("connection",))
+    rs.add_argument("connection", help="a connection of the topology")
+    rs.add_argument("--name")
+    rs.add_argument("--no-wait", action="store_true")
+    rs.add_argument("--json", action="store_true")
+    rs.set_defaults(func=cmd_reset)
     va = sub.add_parser("validate", help="check a topology file, start nothing")
     va.add_argument("file")
     va.set_defaults(func=cmd_validate)

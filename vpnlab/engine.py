@@ -11,6 +11,7 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable
 
+from vpnlab.change import apply as change
 from vpnlab.checks import faults
 from vpnlab.checks import maintenance as maint
 from vpnlab.errors import LabError
@@ -169,6 +170,7 @@ def status(name: str, lab: Lab | None = None) -> dict:
     return {
         "name": name, "runtime": state.runtime, "dataplane": state.dataplane,
         "kernel_esp": state.kernel_esp, "timers": state.timers, "phase": state.phase,
+        "apply": change.journal(lab),
         "impairments": impairments(state),
         "nodes": [{"name": n.name, "role": n.role, "namespace": backend.namespace(n.name)}
                   for n in plan.ordered_nodes()],

@@ -4,10 +4,15 @@ for the report. Used by the pytest plugin; usable from any script."""
 from __future__ import annotations
 
 import shlex
+import tempfile
 import threading
 import time
+from pathlib import Path
+
+import yaml
 
 from vpnlab import engine
+from vpnlab.change import apply as change
 from vpnlab.checks import faults, maintenance
 from vpnlab.checks.match import differences
 from vpnlab.checks.probe import Probe, worst
@@ -87,6 +92,7 @@ class LabHandle:
         return max(seconds, waits["minimum"])
 
     def status(self) -> dict:
+        self.session.refresh()      # another process may have changed it (an apply, a fault)
         return engine.status(self.name, self.session)
 
     def convergence(self) -> list[str]:
@@ -120,6 +126,23 @@ class LabHandle:
         follows a takeover."""
         self.session.refresh()
         return maintenance.run(self.session, gateway, instance, unplanned)
+
+    def apply(self, topology: str | Path | dict, azure_only: bool = False, wait: bool = True,
+              plan_only: bool = False) -> dict:
+        """vpnlab apply of a topology file, or of a topology given as a dict (written to
+        a file in the lab's folder first): the change plan, its steps and their timings."""
+        self.session.refresh()
+        if isinstance(topology, dict):
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=self.state.dir, delete=False) as f:
+                yaml.safe_dump(topology, f, sort_keys=False)
+            topology = f.name
+        result = change.apply(self.name, topology, azure_only=azure_only, wait=wait, plan_only=plan_only)
+        self.session.refresh()
+        return result
+
+    def design(self) -> dict:
+        """The running lab's topology as a dict: edit it and apply it."""
+        return yaml.safe_load(self.state.topology_file.read_text())
 
     def active_faults(self) -> list[str]:
         state = load_state(self.name)
@@ -258,6 +281,18 @@ class Scenario:
         for step_ns, step in result["steps"]:
             self.event(step, "fault", step_ns)
         return at
+
+    def apply(self, topology, label: str, azure_only: bool = False) -> tuple[int, dict]:
+        """Rehearse a change under the running probe: apply it (LabHandle.apply), put it
+        and its steps on the timeline; returns when it started, and its result."""
+        at = time.monotonic_ns()
+        if self._probe:
+            self._probe.mark(f"apply: {label}")
+        result = self.lab.apply(topology, azure_only=azure_only)
+        self.event(f"change applied: {label}" + (" (Azure's side only)" if azure_only else ""), "change", at)
+        for row in result["timeline"]:
+            self.event(row["what"], "change", at + int(row["at_s"] * 1e9))
+        return at, result
 
     def heal(self, key: str | None = None) -> int:
         at = time.monotonic_ns()

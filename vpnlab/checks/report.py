@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 COLORS = {"fault": "#c0392b", "tunnel": "#2471a3", "bgp": "#7d3c98", "loss": "#d35400",
-          "state": "#1e8449", "probe": "#566573", "note": "#566573"}
+          "state": "#1e8449", "probe": "#566573", "note": "#566573", "change": "#b7950b"}
 
 
 def timeline_png(sc: dict) -> str | None:

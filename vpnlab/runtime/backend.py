@@ -12,6 +12,7 @@ runtime a lab has is asked of the registry (vpnlab.runtime.registry) alone.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -21,12 +22,12 @@ import subprocess
 from pathlib import Path
 
 import vici
-from pyroute2 import NetNS, NFCTSocket, netns
+from pyroute2 import NetlinkError, NetNS, NFCTSocket, netns
 
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
 from vpnlab.model.names import INTERNET, namespace_prefix
-from vpnlab.plan.parts import HASH_SEED, Node, Plan, Route
+from vpnlab.plan.parts import HASH_SEED, Iface, Node, Plan, Route, Rule
 from vpnlab.runtime import daemons, procs
 from vpnlab.runtime.state import LabState
 
@@ -241,25 +242,65 @@ class Backend:
         for route in node.routes if not node.standby else ():   # set when it takes over
             self.set_route(node.name, route)
         for rule in node.rules:
-            spec = {"priority": rule.priority}
-            if rule.iif:
-                spec["iifname"] = rule.iif
-            if rule.src:
-                spec |= {"src": rule.src, "src_len": 32}
-            if rule.dst:
-                dst, length = rule.dst.split("/")
-                spec |= {"dst": dst, "dst_len": int(length)}
-            if rule.fwmark is not None:
-                spec["fwmark"] = rule.fwmark
-            if rule.unreachable:
-                spec["action"] = "FR_ACT_UNREACHABLE"
-            else:
-                spec["table"] = rule.table
-            if rule.suppress_prefixlength is not None:
-                spec["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength
-            ipr.rule("add", **spec)
+            ipr.rule("add", **_rule_spec(rule))
         for argv in node.shaping():
             self.tc(node.name, *argv)
+
+    # ------------------------------------------------------------ a running node changed
+    # (vpnlab.change): each step may run again after an interrupted apply
+    def set_address(self, node: str, ifname: str, cidr: str, present: bool):
+        ipr = self.ipr(node)
+        addr, plen = cidr.split("/")
+        with _unless(errno.EEXIST if present else errno.EADDRNOTAVAIL):
+            ipr.addr("add" if present else "del", index=ipr.link_lookup(ifname=ifname)[0],
+                     address=addr, prefixlen=int(plen))
+
+    def add_bridge(self, node: str, iface: Iface):
+        ipr = self.ipr(node)
+        if not ipr.link_lookup(ifname=iface.name):
+            ipr.link("add", ifname=iface.name, kind="bridge")
+        idx = ipr.link_lookup(ifname=iface.name)[0]
+        for cidr in iface.addresses:
+            self.set_address(node, iface.name, cidr, True)
+        ipr.link("set", index=idx, state="up")
+
+    def remove_link(self, node: str, ifname: str):
+        ipr = self.ipr(node)
+        for idx in ipr.link_lookup(ifname=ifname):
+            ipr.link("del", index=idx)
+
+    def remove_route(self, node: str, route: Route):
+        with _unless(errno.ESRCH):
+            self.ipr(node).route("del", dst=route.dst, table=route.table or 254)
+
+    def set_rule(self, node: str, rule: Rule, present: bool):
+        with _unless(errno.EEXIST if present else errno.ENOENT):
+            self.ipr(node).rule("add" if present else "del", **_rule_spec(rule))
+
+    def set_sysctls(self, node: str, values: dict):
+        self._sysctls(node, values)
+
+    def frr_reload(self, node: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """FRR's own frr-reload.py: the running config brought to the node's frr.conf by
+        the differences alone (a session that did not change stays up)."""
+        d = str(self.node_dir(node))
+        return self.exec(node, ["/usr/lib/frr/frr-reload.py", "--reload", "--stdout", "--vty_socket", d,
+                                "--confdir", d, "--rundir", d, "--bindir", "/usr/bin", f"{d}/frr.conf"],
+                         timeout=timeout)
+
+    def swanctl_load(self, node: str, settings: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+        """strongSwan's own VICI client loads the node's swanctl.conf again (connections
+        and secrets; what the file no longer has is unloaded); with settings, charon
+        reads strongswan.conf again first."""
+        d = self.node_dir(node)
+        uri = ["--uri", f"unix://{self.vici_socket(node)}"]
+        env = ["env", f"SWANCTL_DIR={d}", "swanctl"]
+        if settings:
+            res = self.exec(node, [*env, "--reload-settings", *uri], timeout=timeout)
+            if res.returncode != 0:
+                return res
+        return self.exec(node, [*env, "--load-all", "--noprompt", "--file", str(d / "swanctl.conf"), *uri],
+                         timeout=timeout)
 
     def route(self, node, dst, via=None, dev=None, table=None, onlink: bool = False):
         ipr = self.ipr(node)
@@ -460,3 +501,33 @@ def netns_socket(namespace: str, kind: int = socket.SOCK_DGRAM) -> socket.socket
         return socket.socket(socket.AF_INET, kind)
     finally:
         netns.popns()
+
+
+def _rule_spec(rule: Rule) -> dict:
+    spec = {"priority": rule.priority}
+    if rule.iif:
+        spec["iifname"] = rule.iif
+    if rule.src:
+        spec |= {"src": rule.src, "src_len": 32}
+    if rule.dst:
+        dst, length = rule.dst.split("/")
+        spec |= {"dst": dst, "dst_len": int(length)}
+    if rule.fwmark is not None:
+        spec["fwmark"] = rule.fwmark
+    if rule.unreachable:
+        spec["action"] = "FR_ACT_UNREACHABLE"
+    else:
+        spec["table"] = rule.table
+    if rule.suppress_prefixlength is not None:
+        spec["FRA_SUPPRESS_PREFIXLEN"] = rule.suppress_prefixlength
+    return spec
+
+
+@contextlib.contextmanager
+def _unless(code: int):
+    """A netlink request whose one error code means it is already so."""
+    try:
+        yield
+    except NetlinkError as err:
+        if err.code != code:
+            raise

@@ -1,0 +1,210 @@
+"""vpnlab apply: a running lab brought to a new topology as Azure applies the same
+change. The new topology is validated and planned; its differences from the lab's
+saved topology are judged by Azure's rules (vpnlab.change.diff), and refused before
+anything is touched; the differences between the saved plan and the new one become
+steps (vpnlab.change.steps) that touch only the affected daemons; the new plan is saved
+last.
+
+An apply in progress is written down (apply.json in the lab's folder): `status` says so,
+and an apply that was interrupted is completed by the next one, whose steps (all
+idempotent) bring the lab to its topology."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from vpnlab.change import diff, steps
+from vpnlab.errors import LabError
+from vpnlab.gateway import control, live
+from vpnlab.model.defaults import defaults
+from vpnlab.model.topology import load
+from vpnlab.model.yamlsrc import SourceError
+from vpnlab.model.yamlsrc import load as load_source
+from vpnlab.plan import render
+from vpnlab.plan.build import build
+from vpnlab.plan.parts import Plan
+from vpnlab.runtime import daemons, procs
+from vpnlab.session import Lab, open_lab
+from vpnlab.waits import WaitTimeout, wait_until
+
+JOURNAL = "apply.json"
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str):
+    pass
+
+
+def journal(lab: Lab) -> dict | None:
+    """The apply in progress or interrupted, if any: {pid, started, azure_only, alive}."""
+    path = lab.state.dir / JOURNAL
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return data | {"alive": procs.alive(data["pid"])}
+
+
+def apply(name: str, topology_file: str | Path, azure_only: bool = False, plan_only: bool = False,
+          wait: bool = True, progress: Progress = _quiet) -> dict:
+    """The change plan; unless plan_only, applied, with each step's and the whole
+    apply's duration, and (wait) the time until the lab converged on it (tunnels whose
+    device --azure-only left behind may stay down). Refused changes raise SourceError
+    before anything is touched."""
+    topology_file = Path(topology_file)
+    new_topology = load(topology_file)                       # bad input stops here
+    with open_lab(name) as lab:
+        return _apply(lab, topology_file, new_topology, azure_only, plan_only, wait, progress)
+
+
+def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_only: bool,
+           wait: bool, progress: Progress) -> dict:
+    start = time.monotonic()
+    pending = journal(lab)
+    if pending and pending["alive"]:
+        raise LabError(f"lab {lab.name!r}: another apply is running (pid {pending['pid']})")
+    if lab.state.phase not in ("up", "applying"):
+        raise LabError(f"lab {lab.name!r} is {lab.state.phase}, not up")
+    new_plan = build(new_topology, lab.state.timers, lab.state.active)
+    changes = diff.changes(lab.topology, new_topology)
+    _refuse(changes, topology_file)
+    old_plan = lab.plan
+    stale = []
+    if azure_only:
+        full, new_plan = new_plan, device_kept(old_plan, new_plan)
+        stale = [t.name for t in full.tunnels if t.onprem_end and full.nodes[t.onprem_end] != new_plan.nodes[t.onprem_end]]
+    old_files = render.render(old_plan, lab.state.nodes_dir)
+    new_files = render.render(new_plan, lab.state.nodes_dir)
+    work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files)
+    if work.cannot:
+        raise SourceError(f"{topology_file}: vpnlab apply cannot make this change to a running lab yet "
+                          f"({'; '.join(work.cannot)}); 'vpnlab down' and 'vpnlab up' make the new design")
+    result = {"lab": lab.name, "topology": str(topology_file), "azure_only": azure_only,
+              "changes": [c.to_json() for c in changes], "steps": [s.to_json() for s in work.steps],
+              "resets": [t.name for t in work.resets], "applied": False,
+              "device_not_updated": stale,
+              "interrupted_apply_completed": bool(pending)}
+    if plan_only:
+        return result
+    if lab.state.faults:
+        raise LabError(f"lab {lab.name!r} has active faults ({', '.join(f['key'] for f in lab.state.faults)}): "
+                       "'vpnlab heal --all' first; a change is rehearsed on a healthy lab")
+    if not (work.steps or work.agent or pending or changes):
+        return result | {"applied": True, "seconds": round(time.monotonic() - start, 3), "timeline": []}
+    _begin(lab, azure_only)
+    timeline = []
+
+    def timed(what: str, fn):
+        t0 = time.monotonic()
+        fn()
+        timeline.append({"what": what, "at_s": round(t0 - start, 3), "seconds": round(time.monotonic() - t0, 3)})
+
+    render.write({n: f for n, f in new_files.items() if f != old_files.get(n)}, lab.state.nodes_dir)
+    for step in work.steps:
+        progress(f"{step.node}: {step.what}")
+        timed(f"{step.node}: {step.what}", step.run)
+    for t in work.resets:
+        progress(f"{t.name}: IKE starts again")
+        timed(f"{t.name}: IKE SA closed and dialed again", lambda t=t: restart_ike(lab, new_plan, t))
+    lab.save_plan(new_plan)
+    shutil.copyfile(topology_file, lab.state.topology_file)
+    lab.state.topology_file.chmod(0o600)
+    if work.agent or pending:
+        timed("the gateway's agent started again for the new plan", lambda: daemons.restart_agent(lab.backend))
+    _end(lab)
+    applied = round(time.monotonic() - start, 3)
+    if wait:
+        progress("waiting for tunnels, BGP sessions and routes")
+        timed("the lab converged on the new plan", lambda: wait_applied(lab, expect_down=stale))
+    return result | {"applied": True, "seconds": applied, "timeline": timeline,
+                     "converged_s": round(time.monotonic() - start, 3) if wait else None}
+
+
+def _refuse(changes: list[diff.Change], topology_file: Path):
+    """Azure's refusals and what the lab cannot do yet, each at its place in the file."""
+    source = load_source(topology_file)
+    problems = []
+    for c in changes:
+        at = lambda path="": source.where((c.kind, c.name, *path.split(".")) if path else (c.kind, c.name))
+        if c.action != "change":
+            problems.append(f"{at()}: {c.lab}")
+            continue
+        for f in c.fields:
+            if f.impact == "recreate":
+                problems.append(f"{at(f.path)}: Azure refuses this change: {f.says}; delete the resource "
+                                f"and create it again [{f.source}]")
+            elif f.lab:
+                problems.append(f"{at(f.path)}: {f.lab}")
+        if c.refused and not any(f.impact == "recreate" for f in c.fields):
+            problems.append(f"{at('sku')}: {c.refused}")
+    if problems:
+        raise SourceError("change refused; the running lab is untouched:\n" + "\n".join(problems))
+
+
+def device_kept(old: Plan, new: Plan) -> Plan:
+    """--azure-only: the new plan with every on-prem device's nodes as they run now (the
+    next apply without it updates them)."""
+    device_side = {t.onprem_end for t in old.tunnels if t.onprem_end} | \
+        {n for n, node in old.nodes.items() if node.role == "device"}
+    nodes = {n: (old.nodes[n] if n in device_side and n in old.nodes else node) for n, node in new.nodes.items()}
+    return Plan(**{**new.__dict__, "nodes": nodes})
+
+
+def restart_ike(lab: Lab, plan: Plan, t):
+    """The tunnel's IKE SA closed from Azure's end (an IKE DELETE to the device), then
+    dialed again as the connection's mode says: Azure dials, or (ResponderOnly) the
+    device does."""
+    rt = lab.backend
+    control.ike_terminate(rt, t.azure_end, t.connection, timeout=2, force=True)
+    if t.connection_mode != "ResponderOnly":
+        control.dial(rt, plan, t)
+    elif t.onprem_end:
+        for child in [c["name"] for c in plan.nodes[t.onprem_end].charon["children"]]:
+            control.initiate(rt, t.onprem_end, child, timeout=-1, ike=t.connection)
+
+
+def wait_applied(lab: Lab, budget: float | None = None, expect_down: list[str] = ()):
+    """Until the lab converged on its new plan (tunnels in expect_down may stay down)."""
+    budget = budget or defaults()["waits"]["converge"][lab.state.timers]
+    try:
+        wait_until(lambda: [p for p in live.convergence(lab.backend, lab.plan)
+                            if not any(name in p for name in expect_down)],
+                   lambda p: not p, "the lab to converge on its new plan", budget, interval=0.25)
+    except WaitTimeout as err:
+        raise LabError(f"lab {lab.name!r} did not converge within {budget} s after the change; not converged: "
+                       + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
+
+
+def _begin(lab: Lab, azure_only: bool):
+    lab.state.phase = "applying"
+    lab.state.save()
+    (lab.state.dir / JOURNAL).write_text(json.dumps({"pid": os.getpid(), "started": time.time(),
+                                                     "azure_only": azure_only}))
+
+
+def _end(lab: Lab):
+    lab.state.phase = "up"
+    lab.state.save()
+    (lab.state.dir / JOURNAL).unlink(missing_ok=True)
+
+
+def reset_connection(name: str, connection: str, wait: bool = True) -> dict:
+    """Azure's "Reset connection": only that connection's tunnels start IKE again; the
+    gateway is not rebooted [RESET]."""
+    with open_lab(name) as lab:
+        tunnels = [t for t in lab.plan.tunnels if t.connection == connection and t.expected_up
+                   and not lab.plan.nodes[t.azure_end].standby]
+        if not any(t.connection == connection for t in lab.plan.tunnels):
+            raise SourceError(f"no connection {connection!r}; connections: "
+                              + ", ".join(sorted({t.connection for t in lab.plan.tunnels})))
+        start = time.monotonic()
+        for t in tunnels:
+            restart_ike(lab, lab.plan, t)
+        out = {"connection": connection, "tunnels": [t.name for t in tunnels]}
+        if wait:
+            wait_applied(lab)
+            out["up_again_s"] = round(time.monotonic() - start, 3)
+        return out

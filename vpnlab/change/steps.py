@@ -1,0 +1,144 @@
+"""What a change does to the running lab: the saved plan and the new one compared node
+by node, into steps that touch only what differs (an address, a route, FRR's config by
+its differences, one charon's connections), and the tunnels whose IKE SA must start
+again. Each step may run twice (an interrupted apply is completed by the next).
+
+What a step cannot do yet (a node or link added or removed) is said, not guessed."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
+
+from vpnlab.errors import RuntimeFailure
+from vpnlab.plan.parts import Node, Plan, Tunnel
+
+CHARON_FILES = ("swanctl.conf", "strongswan.conf")
+
+
+@dataclass
+class Step:
+    node: str
+    kind: str                 # addresses | bridge | routes | rules | sysctls | nft | frr | charon | shaping
+    what: str
+    run: Callable = field(repr=False, compare=False, default=None)
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "kind": self.kind, "what": self.what}
+
+
+@dataclass
+class Work:
+    steps: list[Step]
+    resets: list[Tunnel]          # tunnels whose IKE SA starts again after the steps
+    cannot: list[str]             # what the lab's apply cannot do to this plan
+    agent: bool                   # the agent reads the plan: start it again
+
+
+def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict) -> Work:
+    steps, cannot = [], []
+    for name in sorted(set(old.nodes) ^ set(new.nodes)):
+        cannot.append(f"node {name} {'added' if name in new.nodes else 'removed'}")
+    if _links(old) != _links(new):
+        cannot.append("links added or removed")
+    for name in sorted(set(old.nodes) & set(new.nodes)):
+        steps += node_steps(rt, old.nodes[name], new.nodes[name], old_files.get(name, {}),
+                            new_files.get(name, {}), cannot)
+    changed = {s.node for s in steps if s.kind == "charon"}
+    resets = [t for t in new.tunnels if (t.azure_end in changed or t.onprem_end in changed)
+              and t.expected_up and not new.nodes[t.azure_end].standby]
+    if _p2s(old) != _p2s(new):
+        cannot.append("point-to-site servers or clients changed")
+    agent = bool(steps) or [dataclasses.asdict(t) for t in old.tunnels] != [dataclasses.asdict(t) for t in new.tunnels]
+    return Work(steps, resets, cannot, agent)
+
+
+def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, cannot: list) -> list[Step]:
+    n = new.name
+    if old.role != new.role or old.standby != new.standby:
+        cannot.append(f"{n}: role or standby changed")
+        return []
+    steps = _interface_steps(rt, old, new, cannot)
+    if not new.standby:          # a standby instance's routes are set when it takes over
+        old_routes = {(r.dst, r.table): r for r in old.routes}
+        new_routes = {(r.dst, r.table): r for r in new.routes}
+        for key, r in old_routes.items():
+            if key not in new_routes:
+                steps.append(Step(n, "routes", f"route {r.dst} removed", lambda r=r: rt.remove_route(n, r)))
+        for key, r in new_routes.items():
+            if old_routes.get(key) != r:
+                steps.append(Step(n, "routes", f"route {r.dst} set", lambda r=r: rt.set_route(n, r)))
+    for r in old.rules:
+        if r not in new.rules:
+            steps.append(Step(n, "rules", f"rule {r.priority} removed", lambda r=r: rt.set_rule(n, r, False)))
+    for r in new.rules:
+        if r not in old.rules:
+            steps.append(Step(n, "rules", f"rule {r.priority} added", lambda r=r: rt.set_rule(n, r, True)))
+    if old.sysctls() != new.sysctls():
+        changed = {k: v for k, v in new.sysctls().items() if old.sysctls().get(k) != v}
+        steps.append(Step(n, "sysctls", ", ".join(sorted(changed)), lambda: rt.set_sysctls(n, changed)))
+    if old_files.get("nftables.conf") != new_files.get("nftables.conf"):
+        text = new_files.get("nftables.conf", "flush ruleset\n")
+        steps.append(Step(n, "nft", "nftables ruleset loaded again", lambda: rt.nft(n, text)))
+    running = not new.standby    # a standby instance's daemons start with its files at takeover
+    if running and old_files.get("frr.conf") != new_files.get("frr.conf"):
+        steps.append(Step(n, "frr", "FRR brought to frr.conf by its differences (frr-reload.py)",
+                          lambda: _checked(rt.frr_reload(n), n, "frr-reload.py")))
+    if running and any(old_files.get(f) != new_files.get(f) for f in CHARON_FILES):
+        settings = old_files.get("strongswan.conf") != new_files.get("strongswan.conf")
+        steps.append(Step(n, "charon", "charon loads its connections and secrets again"
+                          + (" (and its settings)" if settings else ""),
+                          lambda: _checked(rt.swanctl_load(n, settings), n, "swanctl --load-all")))
+    if old.shaping_mbps != new.shaping_mbps:
+        steps.append(Step(n, "shaping", f"throughput cap {old.shaping_mbps} -> {new.shaping_mbps} Mbit/s",
+                          lambda: [rt.tc(n, *argv) for argv in new.shaping()]))
+    for what in ("openvpn", "pki"):
+        if getattr(old, what) != getattr(new, what):
+            cannot.append(f"{n}: {what} changed")
+    return steps
+
+
+def _interface_steps(rt, old: Node, new: Node, cannot: list) -> list[Step]:
+    n, steps = new.name, []
+    before = {i.name: i for i in old.interfaces}
+    after = {i.name: i for i in new.interfaces}
+    for name, i in before.items():
+        if name not in after:
+            if i.kind != "bridge":
+                cannot.append(f"{n}: interface {name} removed")
+                continue
+            steps.append(Step(n, "bridge", f"{name} removed", lambda name=name: rt.remove_link(n, name)))
+    for name, i in after.items():
+        if name not in before:
+            if i.kind != "bridge" or i.master:
+                cannot.append(f"{n}: interface {name} added")
+                continue
+            steps.append(Step(n, "bridge", f"{name} added ({', '.join(i.addresses)})",
+                              lambda i=i: rt.add_bridge(n, i)))
+            continue
+        was = before[name]
+        if dataclasses.replace(was, addresses=[]) != dataclasses.replace(i, addresses=[]):
+            cannot.append(f"{n}: interface {name} changed")
+            continue
+        for cidr in was.addresses:
+            if cidr not in i.addresses:
+                steps.append(Step(n, "addresses", f"{name} {cidr} removed",
+                                  lambda c=cidr, name=name: rt.set_address(n, name, c, False)))
+        for cidr in i.addresses:
+            if cidr not in was.addresses:
+                steps.append(Step(n, "addresses", f"{name} {cidr} added",
+                                  lambda c=cidr, name=name: rt.set_address(n, name, c, True)))
+    return steps
+
+
+def _checked(res, node: str, what: str):
+    if res.returncode != 0:
+        raise RuntimeFailure(f"{node}: {what} failed: {(res.stdout + res.stderr).strip()[-600:]}")
+
+
+def _links(plan: Plan) -> list:
+    return sorted((x.a, x.a_if, x.b, x.b_if) for x in plan.links)
+
+
+def _p2s(plan: Plan) -> list:
+    return [[dataclasses.asdict(x) for x in plan.p2s_ends], [dataclasses.asdict(x) for x in plan.clients]]
