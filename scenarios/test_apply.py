@@ -87,6 +87,40 @@ def test_site_prefix_added_while_traffic_flows(lab, scenario, design):
     assert worst(probe, "lost") == 0, probe["directions"]
 
 
+SITE_D = {"gateway_ip": "198.51.100.44", "address_space": ["10.83.1.0/24"]}
+TO_SITE_D = {"virtual_network_gateway": "hub-gw", "local_network_gateway": "site-d",
+             "shared_key": "Lab.SiteD.Psk.ChangeMe"}
+
+
+def test_a_site_and_a_vm_added_then_removed_while_traffic_flows(lab, scenario, design):
+    """A new site (local network gateway and connection) and a new VM: their nodes are
+    made and started, the new VM reaches the new site; the running tunnels and sessions
+    are untouched and traffic through them loses nothing. Taken away again, nothing of
+    them is left."""
+    scenario.start(lab, VM, UNAFFECTED, flows=4)
+    before, nodes = untouched(lab, but="site-d"), set(lab.plan.nodes)
+    design["local_network_gateways"]["site-d"] = SITE_D
+    design["connections"]["hub-to-site-d"] = TO_SITE_D
+    design["virtual_networks"]["hub"]["subnets"]["workload"]["vms"].append("dt-vm2")
+    at, result = scenario.apply(design, "site-d, its connection and dt-vm2 added")
+    scenario.record("apply", result["seconds"], "s")
+    scenario.record("converged", result["converged_s"], "s")
+    assert {c["resource"]: c["action"] for c in result["changes"]} == {
+        "virtual_networks.hub": "change", "local_network_gateways.site-d": "add", "connections.hub-to-site-d": "add"}
+    assert live.ping(lab.backend, "dt-vm2", "10.83.1.10", count=2)
+    assert untouched(lab, but="site-d") == before
+    original = lab.design()
+    del original["local_network_gateways"]["site-d"], original["connections"]["hub-to-site-d"]
+    original["virtual_networks"]["hub"]["subnets"]["workload"]["vms"].remove("dt-vm2")
+    lab.apply(original)
+    probe = scenario.stop(at)
+    assert set(lab.plan.nodes) == nodes
+    assert not [ns for ns in lab.backend.state.namespaces if "site-d" in ns or "dt-vm2" in ns]
+    assert not [p for p in lab.state.processes if p["node"] not in nodes | {"agent"}]
+    assert untouched(lab, but="site-d") == before
+    assert worst(probe, "lost") == 0, probe["directions"]
+
+
 def test_shared_key_reset_on_azure_first_then_the_device(lab, scenario, design):
     """Azure's "reset the key" on hub-to-site-c, Azure's side first (--azure-only): the
     tunnel goes down and stays down (the device still offers the old key) until the
@@ -140,18 +174,15 @@ REFUSED = {
                       "Azure refuses this change: a connection's gateways are fixed"),
     "new-subnet": (lambda d: d["virtual_networks"]["hub"]["subnets"].update(
         extra={"address_prefix": "10.70.2.0/24"}), "virtual network changes"),
-    "new-site": (lambda d: (d["local_network_gateways"].update(
-        {"site-d": {"gateway_ip": "198.51.100.44", "address_space": ["10.83.1.0/24"]}}),
-        d["connections"].update({"hub-to-site-d": {"virtual_network_gateway": "hub-gw", "local_network_gateway": "site-d",
-                                                   "shared_key": "Lab.SiteD.Psk.ChangeMe"}})),
-                 "adding or removing a site"),
+    "new-route-table": (lambda d: d.setdefault("route_tables", {}).update(rt1={"routes": {}}),
+                        "adding or removing a route table"),
 }
 
 
 @pytest.mark.parametrize("change_id", sorted(REFUSED))
 def test_refused_changes_touch_nothing(lab, design, change_id):
     """What Azure refuses (a connection moved to another site) or the lab's apply can't
-    make yet (a subnet or a site added) is refused before anything is touched: the plan, the rendered configs
+    make yet (a subnet or a route table added) is refused before anything is touched: the plan, the rendered configs
     and the SAs stay exactly as they were."""
     mutate, words = REFUSED[change_id]
     mutate(design)

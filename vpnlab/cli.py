@@ -338,25 +338,30 @@ def cmd_apply(args) -> int:
 
 
 def _show_change_plan(planned: dict, as_json: bool):
+    """Terraform's way: + added, - removed, ~ changed, each with Azure's impact."""
     if as_json:
         print(json.dumps(planned, indent=1))
         return
     if not planned["changes"] and not planned["steps"]:
         out.print("no changes: the running lab matches the topology")
         return
-    t = Table(title=f"change plan for lab {planned['lab']}", show_lines=True)
-    for col in ("resource", "action", "Azure's impact", "fields"):
-        t.add_column(col)
+    out.print(f"[bold]change plan for lab {planned['lab']}[/]")
     for c in planned["changes"]:
-        fields = "\n".join(f"{f['path']}: {f['old']} -> {f['new']} [{f['source']}]"
-                           + (f"\n  UNCONFIRMED: {f['unconfirmed']}" if f.get("unconfirmed") else "")
-                           for f in c["fields"])
-        t.add_row(c["resource"], c["action"], c["meaning"], fields)
-    out.print(t)
+        mark = {"add": "[green]+[/]", "remove": "[red]-[/]", "change": "[yellow]~[/]"}[c["action"]]
+        out.print(f"{mark} {c['resource']}: [bold]{c['meaning']}[/]", highlight=False)
+        for f in c["fields"]:
+            what = f"{f['path']}: {f['old']} -> {f['new']}" if f.get("path") else c["action"]
+            out.print(f"    {what}  [dim][{f['source']}][/]", highlight=False, soft_wrap=True)
+            if f.get("says"):
+                out.print(f"      Azure: {f['says']}", highlight=False, soft_wrap=True)
+            if f.get("unconfirmed"):
+                out.print(f"      UNCONFIRMED: {f['unconfirmed']}", highlight=False, soft_wrap=True)
+    if planned["steps"]:
+        out.print("[bold]what the lab does[/]")
     for s in planned["steps"]:
-        out.print(f"  {s['node']}: {s['what']}")
+        out.print(f"  {s['node']}: {s['what']}", highlight=False, soft_wrap=True)
     if planned["resets"]:
-        out.print("  IKE starts again on: " + ", ".join(planned["resets"]))
+        out.print("  IKE starts again on: " + ", ".join(planned["resets"]), highlight=False)
 
 
 def cmd_reset(args) -> int:

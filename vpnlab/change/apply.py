@@ -78,7 +78,8 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         stale = [t.name for t in full.tunnels if t.onprem_end and full.nodes[t.onprem_end] != new_plan.nodes[t.onprem_end]]
     old_files = render.render(old_plan, lab.state.nodes_dir)
     new_files = render.render(new_plan, lab.state.nodes_dir)
-    work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files)
+    work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files,
+                      defaults()["waits"]["daemon_start"])
     if work.cannot:
         raise SourceError(f"{topology_file}: vpnlab apply cannot make this change to a running lab yet "
                           f"({'; '.join(work.cannot)}); 'vpnlab down' and 'vpnlab up' make the new design")
@@ -130,7 +131,8 @@ def _refuse(changes: list[diff.Change], topology_file: Path):
     for c in changes:
         at = lambda path="": source.where((c.kind, c.name, *path.split(".")) if path else (c.kind, c.name))
         if c.action != "change":
-            problems.append(f"{at()}: {c.lab}")
+            if c.lab:
+                problems.append(f"{at()}: {c.lab}")
             continue
         for f in c.fields:
             if f.impact == "recreate":

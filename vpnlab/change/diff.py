@@ -52,8 +52,6 @@ class Change:
 
     @property
     def impact(self) -> str:
-        if self.action != "change":
-            return "none"
         return max((f.impact for f in self.fields), key=ORDER.index, default="none")
 
     @property
@@ -73,10 +71,12 @@ def changes(old: Topology, new: Topology) -> list[Change]:
     for kind in KINDS:
         before, after = getattr(old, kind), getattr(new, kind)
         for name in [*before, *(n for n in after if n not in before)]:
-            if name not in after:
-                out.append(Change(kind, name, "remove", lab=table()["lifecycle"][kind]))
-            elif name not in before:
-                out.append(Change(kind, name, "add", lab=table()["lifecycle"][kind]))
+            if name not in after or name not in before:
+                row = table()["lifecycle"][kind]
+                action = "remove" if name not in after else "add"
+                out.append(Change(kind, name, action, [FieldChange("", None, None, row["impact"], row["source"],
+                                                                   row.get("says", ""), row.get("unconfirmed", ""))],
+                                  lab=row.get("lab", "")))
             else:
                 fields = field_changes(kind, flat(before[name]), flat(after[name]))
                 if fields:

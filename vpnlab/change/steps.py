@@ -12,6 +12,7 @@ from typing import Callable
 
 from vpnlab.errors import RuntimeFailure
 from vpnlab.plan.parts import Node, Plan, Tunnel
+from vpnlab.runtime import daemons
 
 CHARON_FILES = ("swanctl.conf", "strongswan.conf")
 
@@ -35,15 +36,40 @@ class Work:
     agent: bool                   # the agent reads the plan: start it again
 
 
-def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict) -> Work:
-    steps, cannot = [], []
-    for name in sorted(set(old.nodes) ^ set(new.nodes)):
-        cannot.append(f"node {name} {'added' if name in new.nodes else 'removed'}")
-    if _links(old) != _links(new):
-        cannot.append("links added or removed")
+def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: float = 30) -> Work:
+    """Removed nodes go first (their daemons ended, their links with them), then new
+    nodes and links are made and wired, then every running node is brought to its new
+    plan, then the new nodes' daemons start in the one start order."""
+    cannot = []
+    added = [new.nodes[n] for n in new.nodes if n not in old.nodes]
+    removed = [n for n in old.nodes if n not in new.nodes]
+    links_added = [x for x in new.links if _link(x) not in {_link(y) for y in old.links}]
+    links_gone = [x for x in old.links if _link(x) not in {_link(y) for y in new.links}]
+    running_ends = [x for x in links_added + links_gone if x.a in old.nodes and x.a in new.nodes
+                    and x.b in old.nodes and x.b in new.nodes]
+    if running_ends:
+        cannot.append("links between running nodes renumbered (" + ", ".join(
+            f"{x.a}:{x.a_if}-{x.b}:{x.b_if}" for x in running_ends[:4]) + ")")
+    if (added or removed) and rt.cannot_change_nodes():
+        cannot.append(rt.cannot_change_nodes())
+    steps = [Step(n, "node", "removed (its daemons ended, its links with it)",
+                  lambda n=n: _checked_list(rt.remove_node(n), n)) for n in removed]
+    ends: dict[str, list] = {}
+    for x in links_added:
+        for node, ifname in ((x.a, x.a_if), (x.b, x.b_if)):
+            if node in old.nodes:
+                ends.setdefault(node, []).append(new.nodes[node].iface(ifname))
+    if added or links_added:
+        steps.append(Step(", ".join(n.name for n in added) or "links", "nodes",
+                          f"{len(added)} nodes and {len(links_added)} links made and wired",
+                          lambda: rt.add_nodes(added, links_added, ends)))
     for name in sorted(set(old.nodes) & set(new.nodes)):
         steps += node_steps(rt, old.nodes[name], new.nodes[name], old_files.get(name, {}),
-                            new_files.get(name, {}), cannot)
+                            new_files.get(name, {}), cannot, {i.name for i in ends.get(name, [])},
+                            {x.a_if if x.a == name else x.b_if for x in links_gone if name in (x.a, x.b)})
+    if added:
+        steps.append(Step(", ".join(n.name for n in added), "daemons", "the new nodes' daemons started",
+                          lambda: start_new(rt, new, added, budget)))
     changed = {s.node for s in steps if s.kind == "charon"}
     resets = [t for t in new.tunnels if (t.azure_end in changed or t.onprem_end in changed)
               and t.expected_up and not new.nodes[t.azure_end].standby]
@@ -53,12 +79,26 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict) -> Work:
     return Work(steps, resets, cannot, agent)
 
 
-def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, cannot: list) -> list[Step]:
+def start_new(rt, plan: Plan, added: list[Node], budget: float):
+    """The new nodes' daemons in the one start order: FRR, Azure's tunnel ends, the
+    devices' tunnel ends."""
+    names = {n.name for n in added}
+    daemons.start_routers(rt, [n.name for n in plan.ordered_nodes()
+                               if n.name in names and n.frr is not None and not n.standby], budget)
+    for side in ("az", "op"):
+        ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end) in names
+                and not plan.nodes[e].standby]
+        daemons.start_tunnel_ends(rt, ends, budget)
+
+
+def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, cannot: list,
+               linked: set = frozenset(), unlinked: set = frozenset()) -> list[Step]:
+    """linked, unlinked: the node's interfaces that new links make, or gone links take."""
     n = new.name
     if old.role != new.role or old.standby != new.standby:
         cannot.append(f"{n}: role or standby changed")
         return []
-    steps = _interface_steps(rt, old, new, cannot)
+    steps = _interface_steps(rt, old, new, cannot, linked, unlinked)
     if not new.standby:          # a standby instance's routes are set when it takes over
         old_routes = {(r.dst, r.table): r for r in old.routes}
         new_routes = {(r.dst, r.table): r for r in new.routes}
@@ -98,10 +138,10 @@ def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, canno
     return steps
 
 
-def _interface_steps(rt, old: Node, new: Node, cannot: list) -> list[Step]:
+def _interface_steps(rt, old: Node, new: Node, cannot: list, linked: set, unlinked: set) -> list[Step]:
     n, steps = new.name, []
-    before = {i.name: i for i in old.interfaces}
-    after = {i.name: i for i in new.interfaces}
+    before = {i.name: i for i in old.interfaces if i.name not in unlinked}
+    after = {i.name: i for i in new.interfaces if i.name not in linked}
     for name, i in before.items():
         if name not in after:
             if i.kind != "bridge":
@@ -136,8 +176,13 @@ def _checked(res, node: str, what: str):
         raise RuntimeFailure(f"{node}: {what} failed: {(res.stdout + res.stderr).strip()[-600:]}")
 
 
-def _links(plan: Plan) -> list:
-    return sorted((x.a, x.a_if, x.b, x.b_if) for x in plan.links)
+def _link(x) -> tuple:
+    return (x.a, x.a_if, x.b, x.b_if)
+
+
+def _checked_list(problems: list[str], node: str):
+    if problems:
+        raise RuntimeFailure(f"{node}: not removed: {'; '.join(problems)}")
 
 
 def _p2s(plan: Plan) -> list:

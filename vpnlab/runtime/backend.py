@@ -27,7 +27,7 @@ from pyroute2 import NetlinkError, NetNS, NFCTSocket, netns
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
 from vpnlab.model.names import INTERNET, namespace_prefix
-from vpnlab.plan.parts import HASH_SEED, Iface, Node, Plan, Route, Rule
+from vpnlab.plan.parts import HASH_SEED, Iface, Link, Node, Plan, Route, Rule
 from vpnlab.runtime import daemons, procs
 from vpnlab.runtime.state import LabState
 
@@ -170,7 +170,11 @@ class Backend:
     # ============================================================ shared: wiring
     def create(self, plan: Plan):
         """Nodes, links, addresses, kernel routes and firewall rules."""
-        nodes = plan.ordered_nodes()
+        self.add_nodes(plan.ordered_nodes(), plan.links, {})
+
+    def add_nodes(self, nodes: list[Node], links: list[Link], ends: dict[str, list[Iface]]):
+        """New nodes, wired as a whole (addresses, routes, rules, firewall), and the links
+        given; ends: the running nodes' interfaces those links add, configured alone."""
         self.state.namespaces += [self.namespace(n.name) for n in nodes]
         self.state.save()                     # before creating: down must find them all
         self.make_nodes(nodes)
@@ -187,13 +191,46 @@ class Backend:
                     idx = ipr.link_lookup(ifname=iface.name)[0]
                     mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
                     ipr.link("set", index=idx, address=mac)
-        for link in plan.links:
+        for link in links:
             self.ipr(link.a).link("add", ifname=link.a_if, kind="veth",
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
         for node in nodes:
             self._configure(node)
+        for node, ifaces in ends.items():
+            self._configure_interfaces(node, ifaces, up=True)
         firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
         self.each(firewalled, lambda n: self.nft(n, (self.node_dir(n) / "nftables.conf").read_text()))
+
+    def remove_node(self, node: str) -> list[str]:
+        """One node gone from a running lab: its daemons ended (by PID), then the node
+        (its links go with it). Returns what could not be removed."""
+        if node in self._ipr:
+            with contextlib.suppress(Exception):
+                self._ipr.pop(node).close()
+        mine = [p for p in self.state.processes if p["node"] == node]
+        survivors = procs.end([p["pid"] for p in mine], self.state.name)
+        self.state.processes = [p for p in self.state.processes if p["node"] != node]
+        problems = [f"process {p} survived SIGKILL" for p in survivors] + self.discard_node(node)
+        self.state.namespaces = [ns for ns in self.state.namespaces if ns != self.namespace(node)]
+        self.state.save()
+        if not problems:
+            shutil.rmtree(self.node_dir(node), ignore_errors=True)
+        return problems
+
+    def discard_node(self, node: str) -> list[str]:
+        """Remove one node of a running lab (its namespace; an adapter's own node too)."""
+        try:
+            netns.remove(self.namespace(node))
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            return [f"namespace {self.namespace(node)}: {err}"]
+        return []
+
+    @classmethod
+    def cannot_change_nodes(cls) -> str | None:
+        """Why this runtime cannot add or remove nodes of a running lab, or None."""
+        return None
 
     def flush_conntrack(self, node: str) -> int:
         """Forget every flow the node's netfilter tracks, NAT mappings with them (a
@@ -220,8 +257,20 @@ class Backend:
 
     def _configure(self, node: Node):
         ipr = self.ipr(node.name)
+        self._configure_interfaces(node.name, node.interfaces, node.link_starts_up)
+        for route in node.routes if not node.standby else ():   # set when it takes over
+            self.set_route(node.name, route)
+        for rule in node.rules:
+            ipr.rule("add", **_rule_spec(rule))
+        for argv in node.shaping():
+            self.tc(node.name, *argv)
+
+    def _configure_interfaces(self, node: str, interfaces: list[Iface], up):
+        """Masters, addresses, MTU, MAC, link state and proxy ARP; up: whether a link
+        starts up (a bool, or a function of the interface)."""
+        ipr = self.ipr(node)
         proxy = {}
-        for iface in node.interfaces:
+        for iface in interfaces:
             idx = ipr.link_lookup(ifname=iface.name)[0]
             if iface.master:
                 ipr.link("set", index=idx, master=ipr.link_lookup(ifname=iface.master)[0])
@@ -232,19 +281,13 @@ class Backend:
                 ipr.link("set", index=idx, mtu=iface.mtu)
             if iface.mac:
                 ipr.link("set", index=idx, address=iface.mac)
-            ipr.link("set", index=idx, state="up" if node.link_starts_up(iface) else "down")
+            ipr.link("set", index=idx, state="up" if (up(iface) if callable(up) else up) else "down")
             if iface.proxy_arp:
                 # answer at once: the kernel delays proxy ARP replies by up to 0.8 s
                 proxy[f"net.ipv4.conf.{iface.name}.proxy_arp"] = 1
                 proxy[f"net.ipv4.neigh.{iface.name}.proxy_delay"] = 0
         if proxy:
-            self._sysctls(node.name, proxy)
-        for route in node.routes if not node.standby else ():   # set when it takes over
-            self.set_route(node.name, route)
-        for rule in node.rules:
-            ipr.rule("add", **_rule_spec(rule))
-        for argv in node.shaping():
-            self.tc(node.name, *argv)
+            self._sysctls(node, proxy)
 
     # ------------------------------------------------------------ a running node changed
     # (vpnlab.change): each step may run again after an interrupted apply

@@ -140,6 +140,10 @@ class ContainerlabBackend(DockerBackend):
         progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
         daemons.start_agent(self)
 
+    @classmethod
+    def cannot_change_nodes(cls) -> str | None:
+        return "containerlab deploys and destroys the whole topology, not a node of it"
+
     def remove_nodes(self) -> list[str]:
         """containerlab destroy --cleanup (its namespace links too); without the binary,
         the containers go by containerlab's own label."""

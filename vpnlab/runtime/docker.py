@@ -107,6 +107,17 @@ class DockerBackend(Backend):
         self._containers[node] = c
         return c.attrs["State"]["Pid"]
 
+    def discard_node(self, node: str) -> list[str]:
+        """Its named namespace, then its container."""
+        problems = super().discard_node(node)
+        self._containers.pop(node, None)
+        try:
+            self.client.containers.get(self.container_name(node)).remove(force=True)
+        except Exception as err:  # noqa: BLE001 - docker's NotFound or an engine error
+            if "No such container" not in str(err) and "404" not in str(err):
+                problems.append(f"container {self.container_name(node)}: {err}")
+        return problems
+
     def remove_nodes(self) -> list[str]:
         """The named namespaces, then the containers."""
         return self.remove_namespaces() + remove_labelled(f"{LABEL_LAB}={self.state.name}", self._client)
