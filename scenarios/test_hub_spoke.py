@@ -166,3 +166,49 @@ def test_forwarded_traffic_is_kept_out_without_allow_forwarded_traffic(lab):
     before = dropped()
     assert not live.ping(lab.backend, "web1", APP["app3"], count=2, timeout=1)
     assert dropped() - before >= 2
+
+
+# ------------------------------------------------------------------ rehearsing a change
+def test_apply_gateway_transit_to_spoke3_and_back(lab):
+    """vpnlab apply of spoke3's peering with gateway transit (hub side allows, spoke3
+    uses the remote gateway): spoke3 and on-prem reach each other, the routing matrix
+    of the new design agrees with the routers; applied back, spoke3 is cut off again."""
+    original = lab.design()
+    design = lab.design()
+    design["virtual_networks"]["hub"]["peerings"]["hub-to-spoke3"]["allow_gateway_transit"] = True
+    design["virtual_networks"]["spoke3"]["peerings"]["spoke3-to-hub"]["use_remote_gateways"] = True
+    try:
+        result = lab.apply(design)
+        assert result["resets"] == [] and {c["resource"] for c in result["changes"]} == \
+            {"virtual_networks.hub", "virtual_networks.spoke3"}
+        lab.eventually(lambda: ONPREM_LAN in live.fib_prefixes(lab.backend, "spoke3-sdn"), True,
+                       "routes_withdrawn", "spoke3's router to learn on-prem")
+        assert live.ping(lab.backend, "app3", ONPREM_HOST, count=2)
+        want = routing.intended(lab.plan, lab.topology)
+        assert want["10.13.1.0/24 -> 10.20.1.0/24"]["reaches"]
+        assert routing.problems(want, routing.observe(lab.backend, lab.plan, lab.topology)) == []
+    finally:
+        lab.apply(original)
+    assert ONPREM_LAN not in live.fib_prefixes(lab.backend, "spoke3-sdn")
+    assert not live.ping(lab.backend, "app3", ONPREM_HOST, count=1, timeout=1)
+
+
+def test_apply_a_route_to_none_blackholes_the_subnet(lab):
+    """The GatewaySubnet's route to spoke1's web subnet changed from the firewall to
+    next hop None: on-prem no longer reaches web1, the matrix of the new design says so
+    and the routers agree; applied back, web1 is reached through the firewall again."""
+    original = lab.design()
+    design = lab.design()
+    design["route_tables"]["gateway-rt"]["routes"]["spoke1-web"] = {"address_prefix": "10.11.2.0/24",
+                                                                   "next_hop_type": "None"}
+    try:
+        result = lab.apply(design)
+        assert [c["resource"] for c in result["changes"]] == ["route_tables.gateway-rt"]
+        assert {s["kind"] for s in result["steps"]} == {"routes"}
+        assert not live.ping(lab.backend, "onprem-host", WEB["web1"], count=1, timeout=1)
+        want = routing.intended(lab.plan, lab.topology)
+        assert not want["10.20.1.0/24 -> 10.11.2.0/24"]["reaches"]
+        assert routing.problems(want, routing.observe(lab.backend, lab.plan, lab.topology)) == []
+    finally:
+        lab.apply(original)
+    assert live.ping(lab.backend, "onprem-host", WEB["web1"], count=2)

@@ -64,10 +64,11 @@ class Lab:
         return plan
 
     def refresh(self):
-        """State and plan as another process may have left them (a fault injected, a
-        takeover by `vpnlab maintenance`)."""
+        """State, plan and topology as another process may have left them (a fault
+        injected, a takeover by `vpnlab maintenance`, a change by `vpnlab apply`)."""
         self.state = self.backend.state = load_state(self.name) or self.state
         self._plan = None
+        self._topology = None
 
     def close(self):
         self.backend.close()

@@ -79,7 +79,7 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
     old_files = render.render(old_plan, lab.state.nodes_dir)
     new_files = render.render(new_plan, lab.state.nodes_dir)
     work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files,
-                      defaults()["waits"]["daemon_start"])
+                      defaults()["waits"]["daemon_start"], keep_ike(changes, new_topology))
     if work.cannot:
         raise SourceError(f"{topology_file}: vpnlab apply cannot make this change to a running lab yet "
                           f"({'; '.join(work.cannot)}); 'vpnlab down' and 'vpnlab up' make the new design")
@@ -144,6 +144,17 @@ def _refuse(changes: list[diff.Change], topology_file: Path):
             problems.append(f"{at('sku')}: {c.refused}")
     if problems:
         raise SourceError("change refused; the running lab is untouched:\n" + "\n".join(problems))
+
+
+def keep_ike(changes: list[diff.Change], topology) -> frozenset:
+    """Connections whose IKE SA stays up: every change to them or to their site is of no
+    impact, or may disconnect without Microsoft saying when (the lab then keeps it up);
+    a changed tunnel's new settings apply from its next IKE SA."""
+    restart = {"ike-restart", "tunnel-reset", "downtime"}
+    hit = {c.name for c in changes if c.kind == "connections" and c.impact in restart}
+    sites = {c.name for c in changes if c.kind == "local_network_gateways" and c.impact in restart}
+    return frozenset(n for n, conn in topology.connections.items()
+                     if n not in hit and conn.local_network_gateway not in sites)
 
 
 def device_kept(old: Plan, new: Plan) -> Plan:

@@ -36,8 +36,10 @@ class Work:
     agent: bool                   # the agent reads the plan: start it again
 
 
-def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: float = 30) -> Work:
-    """Removed nodes go first (their daemons ended, their links with them), then new
+def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: float = 30,
+         keep_ike: frozenset = frozenset()) -> Work:
+    """keep_ike: connections whose running IKE SA the change leaves alone (their new
+    configuration applies from the next one). Removed nodes go first (their daemons ended, their links with them), then new
     nodes and links are made and wired, then every running node is brought to its new
     plan, then the new nodes' daemons start in the one start order."""
     cannot = []
@@ -72,7 +74,8 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
                           lambda: start_new(rt, new, added, budget)))
     changed = {s.node for s in steps if s.kind == "charon"}
     resets = [t for t in new.tunnels if (t.azure_end in changed or t.onprem_end in changed)
-              and t.expected_up and not new.nodes[t.azure_end].standby]
+              and t.expected_up and not new.nodes[t.azure_end].standby
+              and (t.connection not in keep_ike or _selectors(old, t) != _selectors(new, t))]
     if _p2s(old) != _p2s(new):
         cannot.append("point-to-site servers or clients changed")
     agent = bool(steps) or [dataclasses.asdict(t) for t in old.tunnels] != [dataclasses.asdict(t) for t in new.tunnels]
@@ -171,6 +174,12 @@ def _interface_steps(rt, old: Node, new: Node, cannot: list, linked: set, unlink
     return steps
 
 
+def _selectors(plan: Plan, t: Tunnel) -> list:
+    """A tunnel's traffic selectors: new ones need new CHILD SAs."""
+    return [[(c["local_ts"], c["remote_ts"]) for c in plan.nodes[e].charon["children"]]
+            for e in (t.azure_end, t.onprem_end) if e in plan.nodes and plan.nodes[e].charon]
+
+
 def _checked(res, node: str, what: str):
     if res.returncode != 0:
         raise RuntimeFailure(f"{node}: {what} failed: {(res.stdout + res.stderr).strip()[-600:]}")
@@ -186,4 +195,7 @@ def _checked_list(problems: list[str], node: str):
 
 
 def _p2s(plan: Plan) -> list:
-    return [[dataclasses.asdict(x) for x in plan.p2s_ends], [dataclasses.asdict(x) for x in plan.clients]]
+    """Point-to-site servers and clients, less the routes pushed to clients: those they
+    get when they connect again [P2SRT]."""
+    return [[dataclasses.asdict(x) for x in plan.p2s_ends],
+            [dataclasses.asdict(x) | {"pushed": None} for x in plan.clients]]
