@@ -171,7 +171,7 @@ def test_custom_policy_restarts_ike_for_a_few_seconds(lab, scenario, design):
 REFUSED = {
     "swapped-sites": (lambda d: (d["connections"]["hub-to-site-b"].update(local_network_gateway="site-c", enable_bgp=False),
                                  d["connections"]["hub-to-site-c"].update(local_network_gateway="site-b", enable_bgp=True)),
-                      "Azure refuses this change: a connection's gateways are fixed"),
+                      "remove the connection and add a new one"),
     "new-subnet": (lambda d: d["virtual_networks"]["hub"]["subnets"].update(
         extra={"address_prefix": "10.70.2.0/24"}), "virtual network changes"),
     "new-route-table": (lambda d: d.setdefault("route_tables", {}).update(rt1={"routes": {}}),

@@ -1,7 +1,7 @@
 """`make bench`: time from `up` to converged and peak memory, for the default topology,
 shipped designs (--designs: hub-and-spoke, forced tunnelling) and generated
-active-active topologies of 1, 10 and 30 sites (2 tunnels per site), on
-each runtime asked for that can run here. Prints a table and writes JSON. Run as root;
+active-active topologies of 1, 10 and 30 sites (2 tunnels per site), and `vpnlab apply`
+on the default lab (vpnlab.bench.apply), on each runtime asked for that can run here. Prints a table and writes JSON. Run as root;
 uses fast timers."""
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vpnlab import engine
+from vpnlab.bench import apply as bench_apply
 from vpnlab.bench import p2s as bench_p2s
 from vpnlab.bench.peak_memory import measured
 from vpnlab.errors import LabError
@@ -115,10 +116,12 @@ def main(argv=None) -> int:
                     help="point-to-site: connect each SKU's number of IKEv2 clients ('' to skip)")
     ap.add_argument("--validate-sites", default="1000,10000",
                     help="time the model stage on generated files of these many sites ('' to skip)")
+    ap.add_argument("--apply", action=argparse.BooleanOptionalAction, default=True,
+                    help="time a no-op vpnlab apply on the default lab, and one that adds a site")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
     console = Console(width=130)
-    rows, p2s_rows, validation = [], [], []
+    rows, p2s_rows, validation, apply_rows = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.validate_sites.split(",") if x):
             console.print(f"[dim]validating {n} sites...[/]")
@@ -140,6 +143,9 @@ def main(argv=None) -> int:
             for label, path, sites in cases:
                 console.print(f"[dim]measuring {label} on {runtime}...[/]")
                 rows.append(measure(label, path, sites, runtime))
+            if args.apply:
+                console.print(f"[dim]measuring vpnlab apply on {runtime}...[/]")
+                apply_rows.append(bench_apply.measure(runtime, Path(tmp)))
             for sku in filter(None, args.p2s_skus.split(",")):
                 console.print(f"[dim]measuring point-to-site on {sku} on {runtime}...[/]")
                 p2s_rows.append(bench_p2s.measure(sku, runtime, Path(tmp)))
@@ -160,12 +166,14 @@ def main(argv=None) -> int:
         console.print(_validation_table(validation))
     if p2s_rows:
         console.print(_p2s_table(p2s_rows))
+    if apply_rows:
+        console.print(_apply_table(apply_rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows,
-                                "validation": validation}, indent=2))
+                                "validation": validation, "apply": apply_rows}, indent=2))
     console.print(f"wrote {out}")
-    return 1 if any("error" in r for r in rows + p2s_rows) else 0
+    return 1 if any("error" in r for r in rows + p2s_rows + apply_rows) else 0
 
 
 def _validation_table(rows: list[dict]) -> Table:
@@ -173,6 +181,19 @@ def _validation_table(rows: list[dict]) -> Table:
                   title="model stage: a generated file -> valid or refused (vpnlab validate)")
     for r in rows:
         table.add_row(str(r["sites"]), f"{r['bytes'] / 2**20:.1f}", f"{r['seconds']:.2f}", str(r["problems"]))
+    return table
+
+
+def _apply_table(rows: list[dict]) -> Table:
+    table = Table("runtime", "no-op apply (s)", "no-op, command line (s)", "target (s)", "site added (s)",
+                  "site converged (s)", title=f"vpnlab apply on the default lab (median / max of {rows[0]['rounds']})")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["runtime"], f"[red]{r['error'][:60]}[/]", "", "", "", "")
+            continue
+        span = lambda x: f"{x['median']:.2f} / {x['max']:.2f}"
+        table.add_row(r["runtime"], span(r["no_op_s"]), span(r["no_op_cli_s"]), f"{r['target_s']:.1f}",
+                      f"{r['site_added_s']:.2f}", f"{r['site_converged_s']:.2f}")
     return table
 
 

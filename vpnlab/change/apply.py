@@ -136,8 +136,8 @@ def _refuse(changes: list[diff.Change], topology_file: Path):
             continue
         for f in c.fields:
             if f.impact == "recreate":
-                problems.append(f"{at(f.path)}: Azure refuses this change: {f.says}; delete the resource "
-                                f"and create it again [{f.source}]")
+                why = f"Azure refuses this change: {f.says}" if f.says else f"refused: {f.unconfirmed} (UNCONFIRMED)"
+                problems.append(f"{at(f.path)}: {why} [{f.source}]")
             elif f.lab:
                 problems.append(f"{at(f.path)}: {f.lab}")
         if c.refused and not any(f.impact == "recreate" for f in c.fields):

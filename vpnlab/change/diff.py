@@ -165,3 +165,19 @@ def sku_refusal(old: str, new: str) -> str:
         return (f"sku {old} -> {new}: a SKU can't be downgraded without deleting the gateway "
                 "and creating it again [SKUUP]")
     return ""
+
+
+def impact_table() -> str:
+    """impacts.yaml as the Markdown table of docs/rehearsing-a-change.md (a test keeps
+    the page in step with the data)."""
+    rows = ["| resource | field | Azure's impact | Azure says | source | the lab | UNCONFIRMED |",
+            "|---|---|---|---|---|---|---|"]
+    cell = lambda text: (text or "").replace("|", "\\|")
+    for kind, fields in table()["impacts"].items():
+        for r in fields:
+            rows.append(f"| {kind} | `{r['field']}` | {table()['meaning'][r['impact']]} | {cell(r.get('says'))} "
+                        f"| {r['source']} | {cell(r.get('lab')) or 'applies it'} | {cell(r.get('unconfirmed'))} |")
+    for kind, r in table()["lifecycle"].items():
+        rows.append(f"| {kind} | (added or removed) | {table()['meaning'][r['impact']]} | {cell(r.get('says'))} "
+                    f"| {r['source']} | {cell(r.get('lab')) or 'applies it'} | {cell(r.get('unconfirmed'))} |")
+    return "\n".join(rows) + "\n"

@@ -137,7 +137,7 @@ class _Builder:
         self.bgp: list[BgpSession] = []
         self.expected: dict[str, list[str]] = {}
         self.pings: list[tuple[str, str]] = []
-        self.inet_ports = 0
+        self.inet_ports: list[IPv4Address] = []
         self.underlay = IPv4Network(self.d["internal"]["underlay"])
         self.bgp_addresses: dict[str, dict] = {}   # instance -> {bgp_ip, apipa}
         self.egress_gw: dict[str, str] = {}         # VNet -> its router's Internet next hop
@@ -167,9 +167,13 @@ class _Builder:
         br = inet.iface("br0")
         br.addresses.append(_internet_side(ip))
         gw = str(net.network_address + 1)
-        self.inet_ports += 1
+        # the internet's port is named by the address it serves (and a count, for an
+        # active-standby pair's shared address): a site added or removed by vpnlab apply
+        # leaves every other port as it is
+        port = f"p{int(ip):08x}{self.inet_ports.count(ip)}"
+        self.inet_ports.append(ip)
         self.link(node, Iface("pub", [f"{ip}/{32 if host_only else 24}"], mac=mac),
-                  inet, Iface(f"p{self.inet_ports}", master="br0"))
+                  inet, Iface(port, master="br0"))
         return gw
 
     def own_public_address(self, inst: Node, address: str):
