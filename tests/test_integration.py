@@ -566,6 +566,36 @@ def test_active_standby_maintenance_as_the_readme_says(runtime):
     assert leftovers(name) == {}
 
 
+def test_a_key_reset_as_the_readme_says(tmp_path):
+    """The README's change walkthrough, run as it stands (the lab's name and the file's
+    folder are the test's own): the plan touches nothing, Azure's side alone takes
+    hub-to-site-c down, the device's apply brings it back; nothing is left."""
+    name = "it-change"
+    block = (readme_block("apply").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
+             .replace("--name change", f"--name {name}").replace("/tmp/change.yaml", str(tmp_path / "c.yaml")))
+    up_line, edit, plan, azure, show, device, down_line = block.strip().splitlines()
+    run = lambda line: subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    site_c = lambda: {t["tunnel"]: t["state"] for t in status(name)["tunnels"] if t["device"] == "site-c"}
+    vpnlab("down", "--name", name)
+    try:
+        for line in (up_line, edit, plan):
+            res = run(line)
+            assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+        assert "connections.hub-to-site-c: tunnel reset" in res.stdout and "(secret) -> (secret)" in res.stdout
+        assert "Rotated" not in res.stdout + res.stderr
+        assert set(site_c().values()) == {"ESTABLISHED"}
+        res = run(azure)
+        assert res.returncode == 0, res.stderr[-2000:]
+        wait_until(site_c, lambda s: set(s.values()) == {"DOWN"}, "hub-to-site-c to go down", 20)
+        assert run(show).returncode == 0
+        res = run(device)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert set(site_c().values()) == {"ESTABLISHED"} and status(name)["phase"] == "up"
+    finally:
+        run(down_line)
+    assert leftovers(name) == {}
+
+
 # ------------------------------------------------------------ containerlab
 STANDIN = ROOT / "tests/clab_standin.py"
 

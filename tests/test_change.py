@@ -1,0 +1,145 @@
+"""vpnlab apply's planning, without a lab: what a new topology changes in Azure's
+resources and with which impact (vpnlab.change.diff), and which steps the plan diff
+makes (vpnlab.change.steps). The steps themselves run on real labs in
+scenarios/test_apply.py and scenarios/test_hub_spoke.py."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vpnlab.change import apply as change
+from vpnlab.change import diff, steps
+from vpnlab.model.topology import load
+from vpnlab.model.yamlsrc import SourceError
+from vpnlab.plan import render
+from vpnlab.plan.build import build
+
+ROOT = Path(__file__).parent.parent
+DUAL = yaml.safe_load((ROOT / "topologies/dual-site-transit.yaml").read_text())
+
+
+def topology(data: dict, tmp_path: Path, name: str = "t.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return load(path)
+
+
+class Runtime:
+    """What steps.work asks of a runtime while planning (nothing runs)."""
+    @staticmethod
+    def cannot_change_nodes():
+        return None
+
+
+def planned(old: dict, new: dict, tmp_path: Path) -> steps.Work:
+    a, b = build(topology(old, tmp_path, "a.yaml"), "fast"), build(topology(new, tmp_path, "b.yaml"), "fast")
+    return steps.work(Runtime, a, b, render.render(a, tmp_path), render.render(b, tmp_path))
+
+
+def test_the_docs_page_shows_the_impact_table_as_the_data_has_it():
+    page = (ROOT / "docs/rehearsing-a-change.md").read_text()
+    shown = page.split("<!-- impact table -->\n", 1)[1].split("<!-- end impact table -->", 1)[0]
+    assert shown == diff.impact_table()
+
+
+def test_every_row_has_a_known_impact_and_a_source_in_the_reference():
+    reference = (ROOT / "docs/azure-reference.md").read_text()
+    rows = [r for fields in diff.table()["impacts"].values() for r in fields] + list(diff.table()["lifecycle"].values())
+    for r in rows:
+        assert r["impact"] in diff.ORDER, r
+        assert f"| {r['source']} |" in reference, f"source {r['source']} not in docs/azure-reference.md §0"
+        assert r.get("says") or r.get("unconfirmed") or r.get("lab"), f"{r}: nothing says why"
+
+
+def test_no_change_is_no_change(tmp_path):
+    assert diff.changes(topology(DUAL, tmp_path), topology(copy.deepcopy(DUAL), tmp_path, "b.yaml")) == []
+    work = planned(DUAL, DUAL, tmp_path)
+    assert (work.steps, work.resets, work.cannot, work.agent) == ([], [], [], False)
+
+
+def test_a_shared_key_change_is_a_tunnel_reset_and_never_shows_the_key(tmp_path):
+    new = copy.deepcopy(DUAL)
+    new["connections"]["hub-to-site-c"]["shared_key"] = "Rotated.Secret.Value"
+    found = diff.changes(topology(DUAL, tmp_path), topology(new, tmp_path, "b.yaml"))
+    assert [(c.address, c.action, c.impact) for c in found] == [("connections.hub-to-site-c", "change", "tunnel-reset")]
+    shown = json.dumps([c.to_json() for c in found])
+    assert "Rotated" not in shown and "ChangeMe" not in shown and '"(secret)"' in shown
+    work = planned(DUAL, new, tmp_path)
+    assert {s.node for s in work.steps} == {f"hub-to-site-c-in{k}-{side}" for k in (0, 1) for side in ("az", "op")}
+    assert {s.kind for s in work.steps} == {"charon"}
+    assert sorted(t.name for t in work.resets) == ["hub-to-site-c-in0", "hub-to-site-c-in1"]
+
+
+@pytest.mark.parametrize("old, new, refused", [
+    ("VpnGw1", "VpnGw2", False), ("VpnGw1", "VpnGw1AZ", False), ("VpnGw2AZ", "VpnGw3AZ", False),
+    ("VpnGw2", "VpnGw1", True), ("VpnGw1AZ", "VpnGw1", True), ("Basic", "VpnGw1", True), ("VpnGw1", "Basic", True)])
+def test_sku_moves_follow_microsofts_upgrade_table(old, new, refused):
+    why = diff.sku_refusal(old, new)
+    assert bool(why) == refused and (not why or "[SKUUP]" in why)
+
+
+def test_a_moved_connection_is_refused_at_its_line(tmp_path):
+    new = copy.deepcopy(DUAL)
+    new["connections"]["hub-to-site-b"].update(local_network_gateway="site-c", enable_bgp=False)
+    new["connections"]["hub-to-site-c"].update(local_network_gateway="site-b", enable_bgp=True)
+    path = tmp_path / "moved.yaml"
+    path.write_text(yaml.safe_dump(new, sort_keys=False))
+    found = diff.changes(topology(DUAL, tmp_path), load(path))
+    with pytest.raises(SourceError) as err:
+        change._refuse(found, path)
+    text = str(err.value)
+    assert f"{path}:" in text and "connections.hub-to-site-b.local_network_gateway" in text
+    assert "remove the connection and add a new one" in text
+
+
+def test_a_new_site_is_new_nodes_and_links_and_leaves_the_others_alone(tmp_path):
+    new = copy.deepcopy(DUAL)
+    new["local_network_gateways"]["site-d"] = {"gateway_ip": "198.51.100.44", "address_space": ["10.83.1.0/24"]}
+    new["connections"]["hub-to-site-d"] = {"virtual_network_gateway": "hub-gw", "local_network_gateway": "site-d",
+                                           "shared_key": "Lab.SiteD.Psk.ChangeMe"}
+    work = planned(DUAL, new, tmp_path)
+    assert work.cannot == [] and work.resets == []
+    made = next(s for s in work.steps if s.kind == "nodes")
+    assert "site-d" in made.node and "hub-to-site-d-in1-op" in made.node
+    touched = {s.node for s in work.steps if s.kind not in ("nodes", "daemons")}
+    assert touched == {"hub-gw-in0", "hub-gw-in1"}       # their new tunnel interfaces' rules, FRR, nftables
+
+
+def test_a_prefix_added_to_a_static_site_restarts_no_tunnel(tmp_path):
+    new = copy.deepcopy(DUAL)
+    new["local_network_gateways"]["site-c"]["address_space"].append("10.82.2.0/24")
+    work = planned(DUAL, new, tmp_path)
+    assert work.resets == [] and {s.kind for s in work.steps} == {"frr", "addresses", "bridge"}
+
+
+def test_keep_ike_follows_the_impact_of_each_connections_changes(tmp_path):
+    new = copy.deepcopy(DUAL)
+    new["connections"]["hub-to-site-c"]["connection_mode"] = "ResponderOnly"
+    new["connections"]["hub-to-site-a"]["ipsec_policies"] = [{
+        "ike_encryption": "AES256", "ike_integrity": "SHA256", "dh_group": "DHGroup14",
+        "ipsec_encryption": "GCMAES256", "ipsec_integrity": "GCMAES256", "pfs_group": "PFS2048"}]
+    t = topology(new, tmp_path, "b.yaml")
+    keep = change.keep_ike(diff.changes(topology(DUAL, tmp_path), t), t)
+    assert "hub-to-site-c" in keep and "hub-to-site-a" not in keep
+
+
+def test_azure_only_keeps_the_devices_as_they_run(tmp_path):
+    new = copy.deepcopy(DUAL)
+    new["connections"]["hub-to-site-c"]["shared_key"] = "Rotated.Secret.Value"
+    a, b = build(topology(DUAL, tmp_path), "fast"), build(topology(new, tmp_path, "b.yaml"), "fast")
+    kept = change.device_kept(a, b)
+    assert kept.nodes["hub-to-site-c-in0-op"] == a.nodes["hub-to-site-c-in0-op"]
+    assert kept.nodes["hub-to-site-c-in0-az"] == b.nodes["hub-to-site-c-in0-az"]
+    work = steps.work(Runtime, a, kept, render.render(a, tmp_path), render.render(kept, tmp_path))
+    assert {s.node for s in work.steps} == {"hub-to-site-c-in0-az", "hub-to-site-c-in1-az"}
+
+
+def test_a_renumbered_link_between_running_nodes_cannot_be_applied(tmp_path):
+    """A subnet added before another renumbers the VNet router's bridges: refused."""
+    new = copy.deepcopy(DUAL)
+    new["virtual_networks"]["hub"]["subnets"]["a-first"] = {"address_prefix": "10.70.2.0/24", "vms": ["dt-vm3"]}
+    assert any("renumbered" in c or "interface" in c for c in planned(DUAL, new, tmp_path).cannot)
