@@ -53,8 +53,9 @@ def untouched(lab, but: str = "site-c") -> dict:
 
 
 def site_c_sas(lab) -> list:
+    """site-c's established IKE SAs (not the half-open ones of a dial that will fail)."""
     return sorted(s["uniqueid"] for t in lab.plan.tunnels if t.device == "site-c"
-                  for s in live.ike_sas(lab.backend, t.azure_end))
+                  for s in live.ike_sas(lab.backend, t.azure_end) if s["state"] == b"ESTABLISHED")
 
 
 def test_a_no_op_apply_changes_nothing(lab):
@@ -168,21 +169,60 @@ def test_custom_policy_restarts_ike_for_a_few_seconds(lab, scenario, design):
     assert outage <= FEW_SECONDS, probe["directions"]
 
 
+def test_connection_settings_without_a_restart(lab, design):
+    """A connection mode (ResponderOnly: Azure stops dialing site-c) and BGP turned off
+    on hub-to-site-a (its prefix stays reachable through the site's address space, a
+    static route): both applied without an IKE restart; site-b's sessions and every
+    tunnel's SA are untouched."""
+    sas = untouched(lab, but="")["ike_sas"]
+    bgp_b = {k: v for k, v in untouched(lab)["bgp_established"].items() if "10.81.255.254" in k}
+    design["connections"]["hub-to-site-c"]["connection_mode"] = "ResponderOnly"
+    design["connections"]["hub-to-site-a"]["enable_bgp"] = False
+    result = lab.apply(design)
+    assert result["resets"] == []
+    assert {t.connection_mode for t in lab.plan.tunnels if t.device == "site-c"} == {"ResponderOnly"}
+    sessions = {f"{b.node}:{b.peer}" for b in lab.plan.bgp}
+    assert not [s for s in sessions if "10.80.255.254" in s]
+    for instance in ("hub-gw-in0", "hub-gw-in1"):
+        assert "10.80.255.254" not in live.bgp_peers(lab.backend, instance)
+        assert "10.80.1.0/24" in live.static_routes(lab.backend, instance)
+    assert live.ping(lab.backend, VM, "10.80.1.10", count=2)
+    assert untouched(lab, but="")["ike_sas"] == sas
+    assert {k: v for k, v in untouched(lab)["bgp_established"].items() if "10.81.255.254" in k} == bgp_b
+
+
+def test_policy_based_traffic_selectors_rebuild_the_tunnel(lab, design):
+    """use_policy_based_traffic_selectors on hub-to-site-c: new traffic selectors need
+    new CHILD SAs, so its tunnels start again with one CHILD SA per prefix pair; the VM
+    still reaches the site."""
+    before, sas = untouched(lab), site_c_sas(lab)
+    design["connections"]["hub-to-site-c"]["use_policy_based_traffic_selectors"] = True
+    result = lab.apply(design)
+    assert sorted(result["resets"]) == ["hub-to-site-c-in0", "hub-to-site-c-in1"]
+    assert not set(site_c_sas(lab)) & set(sas)
+    for t in (t for t in lab.plan.tunnels if t.device == "site-c"):
+        children = [c for ike in live.ike_sas(lab.backend, t.azure_end) for c in ike["child-sas"].values()]
+        assert {(tuple(c["local-ts"]), tuple(c["remote-ts"])) for c in children} == \
+            {((b"10.70.0.0/16",), (b"10.82.1.0/24",))}
+    assert live.ping(lab.backend, VM, "10.82.1.10", count=2)
+    assert untouched(lab) == before
+
+
 REFUSED = {
     "swapped-sites": (lambda d: (d["connections"]["hub-to-site-b"].update(local_network_gateway="site-c", enable_bgp=False),
                                  d["connections"]["hub-to-site-c"].update(local_network_gateway="site-b", enable_bgp=True)),
                       "remove the connection and add a new one"),
     "new-subnet": (lambda d: d["virtual_networks"]["hub"]["subnets"].update(
         extra={"address_prefix": "10.70.2.0/24"}), "virtual network changes"),
-    "new-route-table": (lambda d: d.setdefault("route_tables", {}).update(rt1={"routes": {}}),
-                        "adding or removing a route table"),
+    "vnet-address-space": (lambda d: d["virtual_networks"]["hub"]["address_space"].append("10.71.0.0/16"),
+                           "virtual network changes (address space, subnets)"),
 }
 
 
 @pytest.mark.parametrize("change_id", sorted(REFUSED))
 def test_refused_changes_touch_nothing(lab, design, change_id):
     """What Azure refuses (a connection moved to another site) or the lab's apply can't
-    make yet (a subnet or a route table added) is refused before anything is touched: the plan, the rendered configs
+    make yet (a subnet added, the VNet's address space) is refused before anything is touched: the plan, the rendered configs
     and the SAs stay exactly as they were."""
     mutate, words = REFUSED[change_id]
     mutate(design)

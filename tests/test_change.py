@@ -136,6 +136,12 @@ def test_azure_only_keeps_the_devices_as_they_run(tmp_path):
     assert kept.nodes["hub-to-site-c-in0-az"] == b.nodes["hub-to-site-c-in0-az"]
     work = steps.work(Runtime, a, kept, render.render(a, tmp_path), render.render(kept, tmp_path))
     assert {s.node for s in work.steps} == {"hub-to-site-c-in0-az", "hub-to-site-c-in1-az"}
+    # the next apply: the topology is already saved (no change in Azure's resources),
+    # the devices catch up and start IKE again
+    catch_up = steps.work(Runtime, kept, b, render.render(kept, tmp_path), render.render(b, tmp_path),
+                          keep_ike=frozenset(new["connections"]))
+    assert {s.node for s in catch_up.steps} == {"hub-to-site-c-in0-op", "hub-to-site-c-in1-op"}
+    assert sorted(t.name for t in catch_up.resets) == ["hub-to-site-c-in0", "hub-to-site-c-in1"]
 
 
 def test_a_renumbered_link_between_running_nodes_cannot_be_applied(tmp_path):

@@ -73,9 +73,12 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
         steps.append(Step(", ".join(n.name for n in added), "daemons", "the new nodes' daemons started",
                           lambda: start_new(rt, new, added, budget)))
     changed = {s.node for s in steps if s.kind == "charon"}
+    # a device that catches up with Azure's side (after --azure-only) starts IKE again,
+    # as a device does when its key or proposals are typed in
     resets = [t for t in new.tunnels if (t.azure_end in changed or t.onprem_end in changed)
               and t.expected_up and not new.nodes[t.azure_end].standby
-              and (t.connection not in keep_ike or _selectors(old, t) != _selectors(new, t))]
+              and (t.connection not in keep_ike or _selectors(old, t) != _selectors(new, t)
+                   or t.azure_end not in changed)]
     if _p2s(old) != _p2s(new):
         cannot.append("point-to-site servers or clients changed")
     agent = bool(steps) or [dataclasses.asdict(t) for t in old.tunnels] != [dataclasses.asdict(t) for t in new.tunnels]
