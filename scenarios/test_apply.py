@@ -265,6 +265,31 @@ def test_an_interrupted_apply_is_completed_by_the_next(lab, design, tmp_path):
     assert live.ping(lab.backend, VM, "10.82.2.1", count=2)
 
 
+def test_active_active_to_active_standby_and_back(lab, scenario, design):
+    """Azure's conversion [CHAA], both ways: to active-standby, instance 1 stands by
+    (one tunnel per site, the gateway's one BGP address), then active-active again; the
+    managed devices are reconfigured in the same apply, and the VM reaches every site
+    after each."""
+    design["virtual_network_gateways"]["hub-gw"]["active_active"] = False
+    result = lab.apply(design)
+    scenario.record("to active-standby: applied", result["seconds"], "s")
+    scenario.record("to active-standby: converged", result["converged_s"], "s")
+    assert result["changes"][0]["impact"] == "downtime"
+    roles = {g["instance"]: g["role"] for g in lab.status()["gateways"]}
+    assert roles == {"hub-gw-in0": "active", "hub-gw-in1": "standby"}
+    assert sorted(t["tunnel"] for t in lab.status()["tunnels"]) == \
+        ["hub-to-site-a-in0", "hub-to-site-b-in0", "hub-to-site-c-in0"]
+    for host in ("10.80.1.10", "10.81.1.10", "10.82.1.10"):
+        assert live.ping(lab.backend, VM, host, count=2), host
+    design["virtual_network_gateways"]["hub-gw"]["active_active"] = True
+    back = lab.apply(design)
+    scenario.record("to active-active: converged", back["converged_s"], "s")
+    assert {g["role"] for g in lab.status()["gateways"]} == {"active"}
+    assert len([t for t in lab.status()["tunnels"] if t["state"] == "ESTABLISHED"]) == 6
+    for host in ("10.80.1.10", "10.81.1.10", "10.82.1.10"):
+        assert live.ping(lab.backend, VM, host, count=2), host
+
+
 # The last two: Azure has no way back from an upgrade but delete and create, so the lab
 # stays on VpnGw2 after them.
 def test_sku_resize_changes_the_cap_without_a_reset(lab, scenario):

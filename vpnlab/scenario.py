@@ -136,9 +136,11 @@ class LabHandle:
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=self.state.dir, delete=False) as f:
                 yaml.safe_dump(topology, f, sort_keys=False)
             topology = f.name
-        result = change.apply(self.name, topology, azure_only=azure_only, wait=wait, plan_only=plan_only)
-        self.session.refresh()
-        return result
+        try:
+            return change.apply(self.name, topology, azure_only=azure_only, wait=wait, plan_only=plan_only)
+        finally:     # nodes may have been made again: no handle on the old ones is kept
+            self.session.close()
+            self.session = open_lab(self.name)
 
     def design(self) -> dict:
         """The running lab's topology as a dict: edit it and apply it."""

@@ -45,7 +45,8 @@ def journal(lab: Lab) -> dict | None:
     if not path.exists():
         return None
     data = json.loads(path.read_text())
-    return data | {"alive": procs.alive(data["pid"])}
+    # this very process: an apply of it that failed half-way (a scenario's)
+    return data | {"alive": procs.alive(data["pid"]) and data["pid"] != os.getpid()}
 
 
 def apply(name: str, topology_file: str | Path, azure_only: bool = False, plan_only: bool = False,
@@ -110,6 +111,8 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
     for t in work.resets:
         progress(f"{t.name}: IKE starts again")
         timed(f"{t.name}: IKE SA closed and dialed again", lambda t=t: restart_ike(lab, new_plan, t))
+    for gone in set(old_plan.nodes) - set(new_plan.nodes):
+        shutil.rmtree(lab.state.nodes_dir / gone, ignore_errors=True)
     lab.save_plan(new_plan)
     shutil.copyfile(topology_file, lab.state.topology_file)
     lab.state.topology_file.chmod(0o600)

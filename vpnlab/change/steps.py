@@ -43,12 +43,18 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
     nodes and links are made and wired, then every running node is brought to its new
     plan, then the new nodes' daemons start in the one start order."""
     cannot = []
-    added = [new.nodes[n] for n in new.nodes if n not in old.nodes]
-    removed = [n for n in old.nodes if n not in new.nodes]
-    links_added = [x for x in new.links if _link(x) not in {_link(y) for y in old.links}]
-    links_gone = [x for x in old.links if _link(x) not in {_link(y) for y in new.links}]
-    running_ends = [x for x in links_added + links_gone if x.a in old.nodes and x.a in new.nodes
-                    and x.b in old.nodes and x.b in new.nodes]
+    # a node whose role or standby changed (active-standby <-> active-active) is made
+    # again: removed, then added with its links
+    replaced = {n for n in set(old.nodes) & set(new.nodes)
+                if (old.nodes[n].role, old.nodes[n].standby) != (new.nodes[n].role, new.nodes[n].standby)}
+    added = [new.nodes[n] for n in new.nodes if n not in old.nodes or n in replaced]
+    removed = [n for n in old.nodes if n not in new.nodes or n in replaced]
+    kept = (set(old.nodes) & set(new.nodes)) - replaced
+    old_links = {_link(y) for y in old.links if y.a in kept and y.b in kept}
+    new_links = {_link(y) for y in new.links if y.a in kept and y.b in kept}
+    links_added = [x for x in new.links if _link(x) not in old_links]
+    links_gone = [x for x in old.links if _link(x) not in new_links]
+    running_ends = [x for x in links_added + links_gone if x.a in kept and x.b in kept]
     if running_ends:
         cannot.append("links between running nodes renumbered (" + ", ".join(
             f"{x.a}:{x.a_if}-{x.b}:{x.b_if}" for x in running_ends[:4]) + ")")
@@ -59,13 +65,13 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
     ends: dict[str, list] = {}
     for x in links_added:
         for node, ifname in ((x.a, x.a_if), (x.b, x.b_if)):
-            if node in old.nodes:
+            if node in kept:
                 ends.setdefault(node, []).append(new.nodes[node].iface(ifname))
     if added or links_added:
         steps.append(Step(", ".join(n.name for n in added) or "links", "nodes",
                           f"{len(added)} nodes and {len(links_added)} links made and wired",
-                          lambda: rt.add_nodes(added, links_added, ends)))
-    for name in sorted(set(old.nodes) & set(new.nodes)):
+                          lambda: _add(rt, added, links_added, ends)))
+    for name in sorted(kept):
         steps += node_steps(rt, old.nodes[name], new.nodes[name], old_files.get(name, {}),
                             new_files.get(name, {}), cannot, {i.name for i in ends.get(name, [])},
                             {x.a_if if x.a == name else x.b_if for x in links_gone if name in (x.a, x.b)})
@@ -83,6 +89,14 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
         cannot.append("point-to-site servers or clients changed")
     agent = bool(steps) or [dataclasses.asdict(t) for t in old.tunnels] != [dataclasses.asdict(t) for t in new.tunnels]
     return Work(steps, resets, cannot, agent)
+
+
+def _add(rt, added: list[Node], links: list, ends: dict):
+    """New nodes; what an interrupted apply made of them is removed first, so that the
+    step can run again."""
+    for node in added:
+        _checked_list(rt.remove_node(node.name), node.name)
+    rt.add_nodes(added, links, ends)
 
 
 def start_new(rt, plan: Plan, added: list[Node], budget: float):
@@ -163,9 +177,12 @@ def _interface_steps(rt, old: Node, new: Node, cannot: list, linked: set, unlink
                               lambda i=i: rt.add_bridge(n, i)))
             continue
         was = before[name]
-        if dataclasses.replace(was, addresses=[]) != dataclasses.replace(i, addresses=[]):
+        if dataclasses.replace(was, addresses=[], mac=None) != dataclasses.replace(i, addresses=[], mac=None):
             cannot.append(f"{n}: interface {name} changed")
             continue
+        if was.mac != i.mac:          # an active-standby pair's shared MAC, or none
+            steps.append(Step(n, "addresses", f"{name} MAC {i.mac or 'of its own'}",
+                              lambda name=name, mac=i.mac: rt.set_mac(n, name, mac)))
         for cidr in was.addresses:
             if cidr not in i.addresses:
                 steps.append(Step(n, "addresses", f"{name} {cidr} removed",

@@ -204,18 +204,31 @@ class Backend:
     def remove_node(self, node: str) -> list[str]:
         """One node gone from a running lab: its daemons ended (by PID), then the node
         (its links go with it). Returns what could not be removed."""
+        if self.namespace(node) in netns.listnetns():     # not a node an interrupted apply never made
+            self._unlink_all(node)
         if node in self._ipr:
             with contextlib.suppress(Exception):
                 self._ipr.pop(node).close()
         mine = [p for p in self.state.processes if p["node"] == node]
         survivors = procs.end([p["pid"] for p in mine], self.state.name)
+        for daemon in {p["daemon"] for p in mine}:
+            self._forget_sockets(node, daemon)
         self.state.processes = [p for p in self.state.processes if p["node"] != node]
         problems = [f"process {p} survived SIGKILL" for p in survivors] + self.discard_node(node)
         self.state.namespaces = [ns for ns in self.state.namespaces if ns != self.namespace(node)]
         self.state.save()
-        if not problems:
-            shutil.rmtree(self.node_dir(node), ignore_errors=True)
         return problems
+
+    def _unlink_all(self, node: str):
+        """Delete the node's veths now: a namespace that goes takes them with it only
+        later (the kernel cleans namespaces up in the background), and a node made again
+        at once would find its peers' interface names taken."""
+        ipr = self.ipr(node)
+        for link in ipr.get_links():
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None and info.get_attr("IFLA_INFO_KIND") == "veth":
+                with _unless(errno.ENODEV):
+                    ipr.link("del", index=link["index"])
 
     def discard_node(self, node: str) -> list[str]:
         """Remove one node of a running lab (its namespace; an adapter's own node too)."""
@@ -306,6 +319,13 @@ class Backend:
         for cidr in iface.addresses:
             self.set_address(node, iface.name, cidr, True)
         ipr.link("set", index=idx, state="up")
+
+    def set_mac(self, node: str, ifname: str, mac: str | None):
+        """A MAC given (an active-standby pair's, which moves with the role), or a fresh
+        one of the link's own."""
+        ipr = self.ipr(node)
+        ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0],
+                 address=mac or "02:%02x:%02x:%02x:%02x:%02x" % tuple(os.urandom(5)))
 
     def remove_link(self, node: str, ifname: str):
         ipr = self.ipr(node)
@@ -426,14 +446,19 @@ class Backend:
             survivors = procs.end(pids, self.state.name, grace=0.5)
         if survivors:
             raise RuntimeFailure(f"{node}: {daemon} {survivors} survived SIGKILL")
-        # zebra's zserv socket too: a stale one lets the zebra wait pass before the new
-        # zebra listens, and staticd and bgpd that find no zebra retry only 10 s later
+        self._forget_sockets(node, daemon)
+        return pids
+
+    def _forget_sockets(self, node: str, daemon: str):
+        """A killed daemon leaves its control socket and pid file: charon refuses to
+        start, and a stale vty socket lets the wait for a new daemon pass before it
+        listens (its config then never reaches it). zebra's zserv socket too: staticd
+        and bgpd that find no zebra retry only 10 s later."""
         stale = {"charon": ("run/charon.vici", "run/charon.pid"), "openvpn": ("openvpn.mgmt",),
                  "zebra": ("zebra.vty", "zebra.pid", "zserv.api")}.get(daemon, (f"{daemon}.vty", f"{daemon}.pid"))
-        for name in stale:     # a killed daemon leaves them; charon refuses to start
+        for name in stale:
             with contextlib.suppress(FileNotFoundError):
                 (self.node_dir(node) / name).unlink()
-        return pids
 
     # ------------------------------------------------------------ measurement helpers
     def spawn(self, node: str, argv: list[str], log: Path, daemon: str) -> int:
