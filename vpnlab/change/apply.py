@@ -95,7 +95,8 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         raise LabError(f"lab {lab.name!r} has active faults ({', '.join(f['key'] for f in lab.state.faults)}): "
                        "'vpnlab heal --all' first; a change is rehearsed on a healthy lab")
     if not (work.steps or work.agent or pending or changes):
-        return result | {"applied": True, "seconds": round(time.monotonic() - start, 3), "timeline": []}
+        return result | {"applied": True, "seconds": round(time.monotonic() - start, 3), "timeline": [],
+                         "converged_s": None}
     _begin(lab, azure_only)
     timeline = []
 
@@ -122,7 +123,9 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
     applied = round(time.monotonic() - start, 3)
     if wait:
         progress("waiting for tunnels, BGP sessions and routes")
-        timed("the lab converged on the new plan", lambda: wait_applied(lab, expect_down=stale))
+        devices = {t.device for t in new_plan.tunnels if t.name in stale}
+        down = [*stale, *(f"({d})" for d in devices), *(f"bgp {d} ->" for d in devices)]
+        timed("the lab converged on the new plan", lambda: wait_applied(lab, expect_down=down))
     return result | {"applied": True, "seconds": applied, "timeline": timeline,
                      "converged_s": round(time.monotonic() - start, 3) if wait else None}
 
@@ -183,7 +186,8 @@ def restart_ike(lab: Lab, plan: Plan, t):
 
 
 def wait_applied(lab: Lab, budget: float | None = None, expect_down: list[str] = ()):
-    """Until the lab converged on its new plan (tunnels in expect_down may stay down)."""
+    """Until the lab converged on its new plan; what expect_down names (tunnels, BGP
+    sessions of a device --azure-only left behind) may stay down."""
     budget = budget or defaults()["waits"]["converge"][lab.state.timers]
     try:
         wait_until(lambda: [p for p in live.convergence(lab.backend, lab.plan)

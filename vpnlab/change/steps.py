@@ -38,10 +38,11 @@ class Work:
 
 def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: float = 30,
          keep_ike: frozenset = frozenset()) -> Work:
-    """keep_ike: connections whose running IKE SA the change leaves alone (their new
-    configuration applies from the next one). Removed nodes go first (their daemons ended, their links with them), then new
+    """Removed nodes go first (their daemons ended, their links with them), then new
     nodes and links are made and wired, then every running node is brought to its new
-    plan, then the new nodes' daemons start in the one start order."""
+    plan, then the new nodes' daemons start in the one start order. keep_ike:
+    connections whose running IKE SA the change leaves alone (their new configuration
+    applies from the next one)."""
     cannot = []
     # a node whose role or standby changed (active-standby <-> active-active) is made
     # again: removed, then added with its links
