@@ -71,7 +71,7 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
     if added or links_added:
         steps.append(Step(", ".join(n.name for n in added) or "links", "nodes",
                           f"{len(added)} nodes and {len(links_added)} links made and wired",
-                          lambda: _add(rt, added, links_added, ends)))
+                          lambda: _add(rt, added, links_added, [(new.nodes[n], i) for n, i in ends.items()])))
     for name in sorted(kept):
         steps += node_steps(rt, old.nodes[name], new.nodes[name], old_files.get(name, {}),
                             new_files.get(name, {}), cannot, {i.name for i in ends.get(name, [])},
@@ -92,7 +92,7 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
     return Work(steps, resets, cannot, agent)
 
 
-def _add(rt, added: list[Node], links: list, ends: dict):
+def _add(rt, added: list[Node], links: list, ends: list):
     """New nodes; what an interrupted apply made of them is removed first, so that the
     step can run again."""
     for node in added:

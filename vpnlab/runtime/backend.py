@@ -170,11 +170,12 @@ class Backend:
     # ============================================================ shared: wiring
     def create(self, plan: Plan):
         """Nodes, links, addresses, kernel routes and firewall rules."""
-        self.add_nodes(plan.ordered_nodes(), plan.links, {})
+        self.add_nodes(plan.ordered_nodes(), plan.links, [])
 
-    def add_nodes(self, nodes: list[Node], links: list[Link], ends: dict[str, list[Iface]]):
+    def add_nodes(self, nodes: list[Node], links: list[Link], ends: list[tuple[Node, list[Iface]]]):
         """New nodes, wired as a whole (addresses, routes, rules, firewall), and the links
-        given; ends: the running nodes' interfaces those links add, configured alone."""
+        given; ends: running nodes with the interfaces those links add to them,
+        configured alone."""
         self.state.namespaces += [self.namespace(n.name) for n in nodes]
         self.state.save()                     # before creating: down must find them all
         self.make_nodes(nodes)
@@ -196,8 +197,8 @@ class Backend:
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
         for node in nodes:
             self._configure(node)
-        for node, ifaces in ends.items():
-            self._configure_interfaces(node, ifaces, up=True)
+        for node, ifaces in ends:
+            self._configure_interfaces(node.name, ifaces, node.link_starts_up)
         firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
         self.each(firewalled, lambda n: self.nft(n, (self.node_dir(n) / "nftables.conf").read_text()))
 
