@@ -149,3 +149,12 @@ def test_a_renumbered_link_between_running_nodes_cannot_be_applied(tmp_path):
     new = copy.deepcopy(DUAL)
     new["virtual_networks"]["hub"]["subnets"]["a-first"] = {"address_prefix": "10.70.2.0/24", "vms": ["dt-vm3"]}
     assert any("renumbered" in c or "interface" in c for c in planned(DUAL, new, tmp_path).cannot)
+
+
+def test_a_secret_anywhere_in_a_field_is_shown_as_secret():
+    """A list of models with a secret inside is masked whole, not only a top-level key."""
+    key = diff._Secret("Hidden.Value.1")
+    found = diff.field_changes("connections", {"keys": [{"name": "a", "secret": key}]},
+                               {"keys": [{"name": "a", "secret": diff._Secret("Hidden.Value.2")}]})
+    assert [(f.old, f.new) for f in found] == [("(secret)", "(secret)")]
+    assert "Hidden" not in json.dumps([f.to_json() for f in found])

@@ -28,7 +28,6 @@ from vpnlab.runtime import image as node_image
 from vpnlab.runtime import registry
 from vpnlab.runtime.state import LabState, claim_lock, load_state, remove_lab_dir
 from vpnlab.session import Lab, is_alive, open_lab
-from vpnlab.waits import WaitTimeout, wait_until
 
 Progress = Callable[[str], None]
 DEFAULT_TOPOLOGY = "topologies/active-active-bgp.yaml"
@@ -269,10 +268,4 @@ def _wait_for_convergence(lab: Lab, progress: Progress):
 
 
 def wait_converged(lab: Lab, budget: float | None = None):
-    budget = budget or defaults()["waits"]["converge"][lab.state.timers]
-    try:
-        wait_until(lambda: live.convergence(lab.backend, lab.plan), lambda p: not p,
-                   "convergence", budget, interval=0.25)
-    except WaitTimeout as err:
-        raise LabError(f"lab {lab.name!r} did not converge within {budget} s; not converged: "
-                       + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
+    live.wait_converged(lab, budget)

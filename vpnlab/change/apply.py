@@ -29,7 +29,6 @@ from vpnlab.plan.build import build
 from vpnlab.plan.parts import Plan
 from vpnlab.runtime import daemons, procs
 from vpnlab.session import Lab, open_lab
-from vpnlab.waits import WaitTimeout, wait_until
 
 JOURNAL = "apply.json"
 Progress = Callable[[str], None]
@@ -125,7 +124,7 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         progress("waiting for tunnels, BGP sessions and routes")
         devices = {t.device for t in new_plan.tunnels if t.name in stale}
         down = [*stale, *(f"({d})" for d in devices), *(f"bgp {d} ->" for d in devices)]
-        timed("the lab converged on the new plan", lambda: wait_applied(lab, expect_down=down))
+        timed("the lab converged on the new plan", lambda: live.wait_converged(lab, ignore=down))
     return result | {"applied": True, "seconds": applied, "timeline": timeline,
                      "converged_s": round(time.monotonic() - start, 3) if wait else None}
 
@@ -185,19 +184,6 @@ def restart_ike(lab: Lab, plan: Plan, t):
             control.initiate(rt, t.onprem_end, child, timeout=-1, ike=t.connection)
 
 
-def wait_applied(lab: Lab, budget: float | None = None, expect_down: list[str] = ()):
-    """Until the lab converged on its new plan; what expect_down names (tunnels, BGP
-    sessions of a device --azure-only left behind) may stay down."""
-    budget = budget or defaults()["waits"]["converge"][lab.state.timers]
-    try:
-        wait_until(lambda: [p for p in live.convergence(lab.backend, lab.plan)
-                            if not any(name in p for name in expect_down)],
-                   lambda p: not p, "the lab to converge on its new plan", budget, interval=0.25)
-    except WaitTimeout as err:
-        raise LabError(f"lab {lab.name!r} did not converge within {budget} s after the change; not converged: "
-                       + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
-
-
 def _begin(lab: Lab, azure_only: bool):
     lab.state.phase = "applying"
     lab.state.save()
@@ -225,6 +211,6 @@ def reset_connection(name: str, connection: str, wait: bool = True) -> dict:
             restart_ike(lab, lab.plan, t)
         out = {"connection": connection, "tunnels": [t.name for t in tunnels]}
         if wait:
-            wait_applied(lab)
+            live.wait_converged(lab)
             out["up_again_s"] = round(time.monotonic() - start, 3)
         return out

@@ -91,7 +91,7 @@ def field_changes(kind: str, before: dict, after: dict) -> list[FieldChange]:
         if a == b:
             continue
         row = impact_row(kind, path)
-        secret = isinstance(a, _Secret) or isinstance(b, _Secret)
+        secret = _has_secret(a) or _has_secret(b)
         out.append(FieldChange(path, SECRET if secret else a, SECRET if secret else b, row["impact"],
                                row["source"], row.get("says", ""), row.get("unconfirmed", ""),
                                row.get("lab", "")))
@@ -109,6 +109,15 @@ class _Secret(str):
     """A secret's value, kept for comparison only: it is never shown."""
     def __repr__(self):
         return SECRET
+
+
+def _has_secret(value) -> bool:
+    """A value holds a secret anywhere (a list of models with one): shown whole as (secret)."""
+    if isinstance(value, dict):
+        return any(_has_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_secret(v) for v in value)
+    return isinstance(value, _Secret)
 
 
 def flat(value, prefix: str = "") -> dict:

@@ -114,11 +114,10 @@ def start_new(rt, plan: Plan, added: list[Node], budget: float):
 
 def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, cannot: list,
                linked: set = frozenset(), unlinked: set = frozenset()) -> list[Step]:
-    """linked, unlinked: the node's interfaces that new links make, or gone links take."""
+    """A running node's steps (its role and standby are the same: work() makes a node
+    whose are not again). linked, unlinked: the node's interfaces that new links make,
+    or gone links take."""
     n = new.name
-    if old.role != new.role or old.standby != new.standby:
-        cannot.append(f"{n}: role or standby changed")
-        return []
     steps = _interface_steps(rt, old, new, cannot, linked, unlinked)
     if not new.standby:          # a standby instance's routes are set when it takes over
         old_routes = {(r.dst, r.table): r for r in old.routes}

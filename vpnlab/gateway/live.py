@@ -8,7 +8,10 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from vpnlab.errors import LabError
+from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
+from vpnlab.waits import WaitTimeout, wait_until
 
 
 def vici_sas(rt, node: str) -> list[dict]:
@@ -344,3 +347,15 @@ def ike_sas_named(rt, node: str) -> list[tuple[str, dict]]:
 
 def _cn(identity: str) -> str:
     return identity[3:] if identity.startswith("CN=") else identity
+
+
+def wait_converged(lab, budget: float | None = None, ignore: list[str] = ()):
+    """Until the lab converged (convergence() is empty); what a string of ignore names
+    (a tunnel, a device's BGP sessions) may stay down. LabError names what did not."""
+    budget = budget or defaults()["waits"]["converge"][lab.state.timers]
+    try:
+        wait_until(lambda: [p for p in convergence(lab.backend, lab.plan) if not any(x in p for x in ignore)],
+                   lambda p: not p, "convergence", budget, interval=0.25)
+    except WaitTimeout as err:
+        raise LabError(f"lab {lab.name!r} did not converge within {budget} s; not converged: "
+                       + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
