@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
 
 from vpnlab.change import apply as change
-from vpnlab.change import diff, steps
+from vpnlab.change import diff, p2s, steps
 from vpnlab.model.topology import load
 from vpnlab.model.yamlsrc import SourceError
-from vpnlab.plan import render
+from vpnlab.plan import pki, render
 from vpnlab.plan.build import build
 
 ROOT = Path(__file__).parent.parent
@@ -158,3 +160,67 @@ def test_a_secret_anywhere_in_a_field_is_shown_as_secret():
                                {"keys": [{"name": "a", "secret": diff._Secret("Hidden.Value.2")}]})
     assert [(f.old, f.new) for f in found] == [("(secret)", "(secret)")]
     assert "Hidden" not in json.dumps([f.to_json() for f in found])
+
+
+# ------------------------------------------------------------------ point-to-site
+P2S = yaml.safe_load((ROOT / "topologies/point-to-site.yaml").read_text())
+
+
+def _p2s(design: dict) -> dict:
+    return design["virtual_network_gateways"]["hub-gw"]["vpn_client_configuration"]
+
+
+def test_the_pki_keeps_what_it_issued_and_adds_what_is_missing(tmp_path):
+    """A change issues only what is missing: the CAs (their keys kept, 0600), the
+    server's and every client's certificate stay byte for byte; a revocation is a new
+    CRL of its root, a root added a new CA in the bundle."""
+    folder = tmp_path / "pki"
+    pki.issue(topology(P2S, tmp_path, "a.yaml"), folder)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert oct(os.stat(folder / "ca-P2SRootCert.key").st_mode & 0o777) == "0o600"
+    pki.issue(topology(P2S, tmp_path, "a.yaml"), folder)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "issued again: nothing changes"
+    new = copy.deepcopy(P2S)
+    _p2s(new)["revoked_certificates"].append({"name": "stolen", "certificate": "alice"})
+    _p2s(new)["root_certificates"].append({"name": "EveRoot"})
+    index = pki.issue(topology(new, tmp_path, "b.yaml"), folder)
+    after = {p.name: p.read_bytes() for p in folder.iterdir()}
+    changed = {n for n in after if after[n] != before.get(n)}
+    assert changed == {"bundle-hub-gw.pem", "crl-hub-gw-P2SRootCert.crl", "crl-hub-gw-EveRoot.crl",
+                       "crl-hub-gw.pem", pki.INDEX}
+    crl = x509.load_pem_x509_crl(after["crl-hub-gw-P2SRootCert.crl"])
+    assert int(index["certificates"]["alice"]["serial"], 16) in {r.serial_number for r in crl}
+    assert after["ca-EveRoot.pem"] in after["bundle-hub-gw.pem"]
+
+
+def test_the_users_a_change_ends_are_the_revoked_and_the_untrusted(tmp_path):
+    old, new = copy.deepcopy(P2S), copy.deepcopy(P2S)
+    _p2s(old)["root_certificates"].append({"name": "EveRoot"})
+    _p2s(new)["revoked_certificates"].append({"name": "stolen", "certificate": "alice"})
+    a, b = topology(old, tmp_path, "a.yaml"), topology(new, tmp_path, "b.yaml")
+    index = pki.issue(b, tmp_path / "pki")
+    assert p2s.ended_users(index, index, a, b) == {"hub-gw": ["alice", "eve"]}
+    assert p2s.ended_users(index, index, b, b) == {}
+    assert p2s.ended_users(index, index, b, a) == {}, "a revocation removed, a root added: nobody leaves"
+
+
+def test_a_new_pool_makes_the_p2s_server_again_and_custom_routes_do_not(tmp_path):
+    new = copy.deepcopy(P2S)
+    _p2s(new)["custom_routes"].append("10.98.0.0/16")
+    work = planned(P2S, new, tmp_path)
+    assert not work.cannot and "node" not in {s.kind for s in work.steps}
+    # the server's selectors, and the Windows client's, which asks for the routes by name
+    assert {s.node for s in work.steps if s.kind == "charon"} == {"hub-gw-in0-p2s", "dave"}
+    _p2s(new)["address_pool"] = ["172.16.202.0/24"]
+    work = planned(P2S, new, tmp_path)
+    assert not work.cannot
+    assert {s.node for s in work.steps if s.kind == "node"} == {"hub-gw-in0-p2s", "hub-gw-in1-p2s"}
+
+
+def test_a_client_keeps_its_public_address_when_others_come_and_go(tmp_path):
+    new = copy.deepcopy(P2S)
+    del new["clients"]["bob"]
+    new["clients"]["aaron"] = {"virtual_network_gateway": "hub-gw", "protocol": "IkeV2"}
+    a, b = build(topology(P2S, tmp_path, "a.yaml"), "fast"), build(topology(new, tmp_path, "b.yaml"), "fast")
+    for client in ("alice", "carol", "dave", "eve", "mallory"):
+        assert a.nodes[client].interfaces == b.nodes[client].interfaces, client

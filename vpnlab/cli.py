@@ -331,6 +331,8 @@ def cmd_apply(args) -> int:
         err.print(f"  {row['at_s']:7.3f} s  {row['what']} ({row['seconds']} s)")
     err.print(f"applied in {result['seconds']} s" + (f"; converged after {result['converged_s']} s"
                                                        if result.get("converged_s") else ""))
+    if result.get("p2s_sessions_ended"):
+        err.print("point-to-site sessions ended: " + ", ".join(result["p2s_sessions_ended"]))
     if result["device_not_updated"]:
         err.print("the devices of " + ", ".join(result["device_not_updated"]) + " still run the old "
                   "configuration (--azure-only): 'vpnlab apply' again without it updates them")
@@ -362,6 +364,8 @@ def _show_change_plan(planned: dict, as_json: bool):
         out.print(f"  {s['node']}: {s['what']}", highlight=False, soft_wrap=True)
     if planned["resets"]:
         out.print("  IKE starts again on: " + ", ".join(planned["resets"]), highlight=False)
+    for gateway, users in planned.get("p2s_users_ended", {}).items():
+        out.print(f"  {gateway}: the point-to-site sessions of {', '.join(users)} end", highlight=False)
 
 
 def cmd_reset(args) -> int:

@@ -17,14 +17,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from vpnlab.change import diff, steps
+from vpnlab.change import diff, p2s, steps
 from vpnlab.errors import LabError
 from vpnlab.gateway import control, live
 from vpnlab.model.defaults import defaults
 from vpnlab.model.topology import load
 from vpnlab.model.yamlsrc import SourceError
 from vpnlab.model.yamlsrc import load as load_source
-from vpnlab.plan import render
+from vpnlab.plan import pki, render
 from vpnlab.plan.build import build
 from vpnlab.plan.parts import Plan
 from vpnlab.runtime import daemons, procs
@@ -78,25 +78,39 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         stale = [t.name for t in full.tunnels if t.onprem_end and full.nodes[t.onprem_end] != new_plan.nodes[t.onprem_end]]
     old_files = render.render(old_plan, lab.state.nodes_dir)
     new_files = render.render(new_plan, lab.state.nodes_dir)
-    work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files,
-                      defaults()["waits"]["daemon_start"], keep_ike(changes, new_topology))
-    if work.cannot:
-        raise SourceError(f"{topology_file}: vpnlab apply cannot make this change to a running lab yet "
-                          f"({'; '.join(work.cannot)}); 'vpnlab down' and 'vpnlab up' make the new design")
+    staged = None
+    if any(n.pki for plan in (old_plan, new_plan) for n in plan.nodes.values()):
+        staged = p2s.stage(lab.state.dir, lab.state.pki_dir, new_topology)
+    try:
+        certificates = staged and p2s.files(old_plan, new_plan, lab.state.nodes_dir, staged, lab.state.pki_dir)
+        work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files,
+                          defaults()["waits"]["daemon_start"], keep_ike(changes, new_topology), certificates)
+        users = p2s.ended_users(pki.load_index(lab.state.pki_dir), pki.load_index(staged), lab.topology,
+                                new_topology) if staged else {}
+        if work.cannot:
+            raise SourceError(f"{topology_file}: vpnlab apply cannot make this change to a running lab yet "
+                              f"({'; '.join(work.cannot)}); 'vpnlab down' and 'vpnlab up' make the new design")
+        if lab.state.faults and not plan_only:
+            raise LabError(f"lab {lab.name!r} has active faults ({', '.join(f['key'] for f in lab.state.faults)}): "
+                           "'vpnlab heal --all' first; a change is rehearsed on a healthy lab")
+    except BaseException:
+        p2s.discard(staged)
+        raise
     result = {"lab": lab.name, "topology": str(topology_file), "azure_only": azure_only,
               "changes": [c.to_json() for c in changes], "steps": [s.to_json() for s in work.steps],
               "resets": [t.name for t in work.resets], "applied": False,
-              "device_not_updated": stale,
+              "device_not_updated": stale, "p2s_users_ended": users,
               "interrupted_apply_completed": bool(pending)}
     if plan_only:
+        p2s.discard(staged)
         return result
-    if lab.state.faults:
-        raise LabError(f"lab {lab.name!r} has active faults ({', '.join(f['key'] for f in lab.state.faults)}): "
-                       "'vpnlab heal --all' first; a change is rehearsed on a healthy lab")
     if not (work.steps or work.agent or pending or changes):
+        p2s.discard(staged)
         return result | {"applied": True, "seconds": round(time.monotonic() - start, 3), "timeline": [],
                          "converged_s": None}
     _begin(lab, azure_only)
+    if staged:
+        p2s.promote(staged, lab.state.pki_dir)
     timeline = []
 
     def timed(what: str, fn):
@@ -108,6 +122,10 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
     for step in work.steps:
         progress(f"{step.node}: {step.what}")
         timed(f"{step.node}: {step.what}", step.run)
+    if users:
+        progress("ending the sessions of revoked or no longer trusted point-to-site users")
+        timed("point-to-site sessions of revoked or untrusted certificates ended",
+              lambda: result.update(p2s_sessions_ended=p2s.end_sessions(lab.backend, new_plan, users)))
     for t in work.resets:
         progress(f"{t.name}: IKE starts again")
         timed(f"{t.name}: IKE SA closed and dialed again", lambda t=t: restart_ike(lab, new_plan, t))

@@ -3,7 +3,7 @@ by node, into steps that touch only what differs (an address, a route, FRR's con
 its differences, one charon's connections), and the tunnels whose IKE SA must start
 again. Each step may run twice (an interrupted apply is completed by the next).
 
-What a step cannot do yet (a node or link added or removed) is said, not guessed."""
+What a step cannot do yet (a link between running nodes renumbered) is said, not guessed."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,10 +11,13 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from vpnlab.errors import RuntimeFailure
+from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import Node, Plan, Tunnel
 from vpnlab.runtime import daemons
 
 CHARON_FILES = ("swanctl.conf", "strongswan.conf")
+# what openvpn reads only at start (its CRL, crl.pem, it reads again for each new session)
+OPENVPN_AT_START = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
 
 
 @dataclass
@@ -29,6 +32,20 @@ class Step:
 
 
 @dataclass
+class Pki:
+    """The nodes' certificates, keys and CRLs (vpnlab.plan.pki): what their folders hold
+    now, what the new plan gives them, and how one node's are installed."""
+    installed: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    wanted: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    install: Callable = field(default=lambda new, old: None, repr=False)    # (Node, old Node | None)
+
+    def changed(self, node: str) -> set[str]:
+        """The node's files that differ (added, changed or gone)."""
+        now, then = self.wanted.get(node, {}), self.installed.get(node, {})
+        return {rel for rel in now.keys() | then.keys() if now.get(rel) != then.get(rel)}
+
+
+@dataclass
 class Work:
     steps: list[Step]
     resets: list[Tunnel]          # tunnels whose IKE SA starts again after the steps
@@ -37,17 +54,15 @@ class Work:
 
 
 def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: float = 30,
-         keep_ike: frozenset = frozenset()) -> Work:
+         keep_ike: frozenset = frozenset(), pki: Pki | None = None) -> Work:
     """Removed nodes go first (their daemons ended, their links with them), then new
     nodes and links are made and wired, then every running node is brought to its new
     plan, then the new nodes' daemons start in the one start order. keep_ike:
     connections whose running IKE SA the change leaves alone (their new configuration
     applies from the next one)."""
-    cannot = []
-    # a node whose role or standby changed (active-standby <-> active-active) is made
-    # again: removed, then added with its links
-    replaced = {n for n in set(old.nodes) & set(new.nodes)
-                if (old.nodes[n].role, old.nodes[n].standby) != (new.nodes[n].role, new.nodes[n].standby)}
+    cannot, pki = [], pki or Pki()
+    # a node whose kind changed is made again: removed, then added with its links
+    replaced = {n for n in set(old.nodes) & set(new.nodes) if _kind(old.nodes[n]) != _kind(new.nodes[n])}
     added = [new.nodes[n] for n in new.nodes if n not in old.nodes or n in replaced]
     removed = [n for n in old.nodes if n not in new.nodes or n in replaced]
     kept = (set(old.nodes) & set(new.nodes)) - replaced
@@ -63,6 +78,8 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
         cannot.append(rt.cannot_change_nodes())
     steps = [Step(n, "node", "removed (its daemons ended, its links with it)",
                   lambda n=n: _checked_list(rt.remove_node(n), n)) for n in removed]
+    steps += [Step(n.name, "pki", "certificates, keys and CRLs installed", lambda n=n: pki.install(n, None))
+              for n in added if n.pki]
     ends: dict[str, list] = {}
     for x in links_added:
         for node, ifname in ((x.a, x.a_if), (x.b, x.b_if)):
@@ -75,7 +92,7 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
     for name in sorted(kept):
         steps += node_steps(rt, old.nodes[name], new.nodes[name], old_files.get(name, {}),
                             new_files.get(name, {}), cannot, {i.name for i in ends.get(name, [])},
-                            {x.a_if if x.a == name else x.b_if for x in links_gone if name in (x.a, x.b)})
+                            {x.a_if if x.a == name else x.b_if for x in links_gone if name in (x.a, x.b)}, pki)
     if added:
         steps.append(Step(", ".join(n.name for n in added), "daemons", "the new nodes' daemons started",
                           lambda: start_new(rt, new, added, budget)))
@@ -86,8 +103,6 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
               and t.expected_up and not new.nodes[t.azure_end].standby
               and (t.connection not in keep_ike or _selectors(old, t) != _selectors(new, t)
                    or t.azure_end not in changed)]
-    if _p2s(old) != _p2s(new):
-        cannot.append("point-to-site servers or clients changed")
     agent = bool(steps) or [dataclasses.asdict(t) for t in old.tunnels] != [dataclasses.asdict(t) for t in new.tunnels]
     return Work(steps, resets, cannot, agent)
 
@@ -102,7 +117,7 @@ def _add(rt, added: list[Node], links: list, ends: list):
 
 def start_new(rt, plan: Plan, added: list[Node], budget: float):
     """The new nodes' daemons in the one start order: FRR, Azure's tunnel ends, the
-    devices' tunnel ends."""
+    devices' tunnel ends, point-to-site servers and clients."""
     names = {n.name for n in added}
     daemons.start_routers(rt, [n.name for n in plan.ordered_nodes()
                                if n.name in names and n.frr is not None and not n.standby], budget)
@@ -110,13 +125,14 @@ def start_new(rt, plan: Plan, added: list[Node], budget: float):
         ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end) in names
                 and not plan.nodes[e].standby]
         daemons.start_tunnel_ends(rt, ends, budget)
+    daemons.start_p2s(rt, plan, budget, lambda _: None, only=names)
 
 
 def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, cannot: list,
-               linked: set = frozenset(), unlinked: set = frozenset()) -> list[Step]:
-    """A running node's steps (its role and standby are the same: work() makes a node
-    whose are not again). linked, unlinked: the node's interfaces that new links make,
-    or gone links take."""
+               linked: set = frozenset(), unlinked: set = frozenset(), pki: Pki | None = None) -> list[Step]:
+    """A running node's steps (its kind is the same: work() makes a node whose is not
+    again). linked, unlinked: the node's interfaces that new links make, or gone links
+    take."""
     n = new.name
     steps = _interface_steps(rt, old, new, cannot, linked, unlinked)
     if not new.standby:          # a standby instance's routes are set when it takes over
@@ -141,21 +157,48 @@ def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, canno
         text = new_files.get("nftables.conf", "flush ruleset\n")
         steps.append(Step(n, "nft", "nftables ruleset loaded again", lambda: rt.nft(n, text)))
     running = not new.standby    # a standby instance's daemons start with its files at takeover
+    certificates = (pki or Pki()).changed(n)
+    if certificates:
+        steps.append(Step(n, "pki", f"{', '.join(sorted(certificates))} installed",
+                          lambda: pki.install(new, old)))
     if running and old_files.get("frr.conf") != new_files.get("frr.conf"):
         steps.append(Step(n, "frr", "FRR brought to frr.conf by its differences (frr-reload.py)",
                           lambda: _checked(rt.frr_reload(n), n, "frr-reload.py")))
-    if running and any(old_files.get(f) != new_files.get(f) for f in CHARON_FILES):
+    if running and new.charon and (certificates or any(old_files.get(f) != new_files.get(f) for f in CHARON_FILES)):
         settings = old_files.get("strongswan.conf") != new_files.get("strongswan.conf")
         steps.append(Step(n, "charon", "charon loads its connections and secrets again"
-                          + (" (and its settings)" if settings else ""),
-                          lambda: _checked(rt.swanctl_load(n, settings), n, "swanctl --load-all")))
+                          + (" (and its settings)" if settings else "")
+                          + (" (and its certificates and CRLs)" if certificates else ""),
+                          lambda: _checked(rt.swanctl_load(n, settings, clear=bool(certificates)), n,
+                                           "swanctl --load-all")))
+    if running and new.openvpn and (certificates & set(OPENVPN_AT_START)
+                                    or old_files.get("openvpn.conf") != new_files.get("openvpn.conf")):
+        server = new.openvpn["role"] == "server"
+        steps.append(Step(n, "openvpn", "openvpn started again (it reads its settings and roots at start; "
+                          + ("its users reconnect)" if server else "the client reconnects, if it was connected)"),
+                          lambda: _restart_openvpn(rt, n, server)))
     if old.shaping_mbps != new.shaping_mbps:
         steps.append(Step(n, "shaping", f"throughput cap {old.shaping_mbps} -> {new.shaping_mbps} Mbit/s",
                           lambda: [rt.tc(n, *argv) for argv in new.shaping()]))
-    for what in ("openvpn", "pki"):
-        if getattr(old, what) != getattr(new, what):
-            cannot.append(f"{n}: {what} changed")
     return steps
+
+
+def _restart_openvpn(rt, node: str, server: bool):
+    """A server always runs; a client only while it is connected."""
+    if rt.daemon_pids(node, "openvpn") or server:
+        rt.stop_daemon(node, "openvpn", graceful=True)
+        daemons.start_openvpn(rt, [node], defaults()["waits"]["daemon_start"])
+
+
+def _kind(node: Node) -> tuple:
+    """What a node is, beyond its settings: a node whose kind changes is made again
+    (active-standby <-> active-active; a point-to-site server whose pool or protocols
+    change, a client whose protocol does)."""
+    o = node.openvpn or {}
+    return (node.role, node.standby, node.charon is None, o.get("role"),
+            (node.charon or {}).get("pools") if node.role == "p2s-endpoint" else None,
+            {k: v for k, v in o.items() if k not in ("push", "max_clients", "keepalive")} if o.get("role") == "server" else None,
+            [i.name for i in node.interfaces] if node.role == "p2s-endpoint" else None)
 
 
 def _interface_steps(rt, old: Node, new: Node, cannot: list, linked: set, unlinked: set) -> list[Step]:
@@ -213,9 +256,3 @@ def _checked_list(problems: list[str], node: str):
     if problems:
         raise RuntimeFailure(f"{node}: not removed: {'; '.join(problems)}")
 
-
-def _p2s(plan: Plan) -> list:
-    """Point-to-site servers and clients, less the routes pushed to clients: those they
-    get when they connect again [P2SRT]."""
-    return [[dataclasses.asdict(x) for x in plan.p2s_ends],
-            [dataclasses.asdict(x) | {"pushed": None} for x in plan.clients]]

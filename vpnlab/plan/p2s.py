@@ -10,6 +10,7 @@ gives P2S a third public IP [5 PIP3]; which instance serves it is not documented
 """
 from __future__ import annotations
 
+import zlib
 from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
@@ -181,5 +182,17 @@ def _client(b, name: str, public_ip: IPv4Address) -> P2sClient:
 
 
 def _client_addresses(t) -> dict[str, IPv4Address]:
-    """Public IPs for the clients, in name order (the model checked there are enough)."""
-    return dict(zip(sorted(t.clients), free_client_addresses(t)))
+    """Public IPs for the clients (the model checked there are enough): each at a place
+    its name gives, or the next free one, so that a client keeps its address when others
+    come and go (a running lab's change leaves the other laptops alone)."""
+    free = set(free_client_addresses(t))
+    places = sorted(free | {a for lng in t.local_network_gateways.values()
+                            if (a := lng.gateway_ip) in IPv4Network(defaults()["p2s"]["client_public"])})
+    out = {}
+    for name in sorted(t.clients):
+        i = zlib.crc32(name.encode()) % len(places)
+        while places[i] not in free:
+            i = (i + 1) % len(places)
+        free.discard(places[i])
+        out[name] = places[i]
+    return out

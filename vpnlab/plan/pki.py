@@ -15,9 +15,11 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -34,17 +36,35 @@ def thumbprint(cert: x509.Certificate) -> str:
 
 
 class _Issuer:
-    def __init__(self, name: str, now: datetime.datetime):
+    """A CA: made once, its key kept (0600) so that a running lab's change can issue
+    what is missing, and revoke, without reissuing what its users hold."""
+
+    def __init__(self, name: str, now: datetime.datetime, key=None, cert: x509.Certificate | None = None):
         self.name, self.now = name, now
-        self.key = _key()
-        subject = _name(name)
-        self.cert = _builder(subject, subject, self.key.public_key(), now).add_extension(
+        self.key = key or _key()
+        self.cert = cert or _builder(_name(name), _name(name), self.key.public_key(), now).add_extension(
             x509.BasicConstraints(ca=True, path_length=0), critical=True).add_extension(
             x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
         ).add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
         ).sign(self.key, hashes.SHA256())
         # strongSwan finds a CA's CRL by its authority key identifier
         self.aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key())
+
+    @classmethod
+    def load(cls, name: str, now: datetime.datetime, folder: Path) -> _Issuer | None:
+        cert_file, key_file = folder / f"ca-{name}.pem", folder / f"ca-{name}.key"
+        if not (cert_file.exists() and key_file.exists()):
+            return None
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        return cls(name, now, key, x509.load_pem_x509_certificate(cert_file.read_bytes()))
+
+    def issued(self, cert: x509.Certificate) -> bool:
+        """Whether this CA (this very key) signed cert."""
+        try:
+            cert.verify_directly_issued_by(self.cert)
+            return True
+        except (ValueError, TypeError, InvalidSignature):
+            return False
 
     def issue(self, cn: str, key, server: bool, dns: str | None = None) -> x509.Certificate:
         b = _builder(_name(cn), self.cert.subject, key.public_key(), self.now).add_extension(
@@ -58,51 +78,94 @@ class _Issuer:
         return b.sign(self.key, hashes.SHA256())
 
     def crl(self, revoked: list[x509.Certificate]) -> x509.CertificateRevocationList:
+        # a later list has a higher number: strongSwan keeps the newest CRL of a CA
         b = (x509.CertificateRevocationListBuilder().issuer_name(self.cert.subject)
              .last_update(self.now).next_update(self.now + _validity()).add_extension(self.aki, critical=False)
-             .add_extension(x509.CRLNumber(1), critical=False))
+             .add_extension(x509.CRLNumber(int(time.time() * 1000)), critical=False))
         for cert in revoked:
             b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(
                 cert.serial_number).revocation_date(self.now).build())
         return b.sign(self.key, hashes.SHA256())
 
+    def crl_current(self, path: Path, revoked: list[x509.Certificate]) -> bool:
+        """Whether the CRL at path is this CA's and lists exactly these certificates."""
+        if not path.exists():
+            return False
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+        return crl.is_signature_valid(self.key.public_key()) and \
+            {r.serial_number for r in crl} == {c.serial_number for c in revoked}
+
+
+class _Folder:
+    """The PKI's files: what is there already is kept (so that a change to a running
+    lab issues only what is missing); what changes is written at the end."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.files = folder, {}
+
+    def cert(self, name: str) -> x509.Certificate | None:
+        path = self.folder / name
+        return x509.load_pem_x509_certificate(path.read_bytes()) if path.exists() else None
+
+    def key(self, name: str):
+        path = self.folder / name
+        if path.exists():
+            return serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = _key()
+        self.files[name] = _key_pem(key)
+        return key
+
+    def write(self):
+        for name, data in self.files.items():
+            path = self.folder / name
+            if not path.exists() or path.read_bytes() != data:
+                _write(path, data, secret=name.endswith(".key"))
+
 
 def issue(t, folder: Path) -> dict:
-    """Make every file the topology's point-to-site needs in folder; returns the index
-    (certificates with issuer and thumbprint, revocations), also written as JSON."""
+    """Make every file the topology's point-to-site needs in folder, keeping what is
+    there and still fits (CAs and their keys, server and client certificates): a root
+    added is a new CA, a client added a new certificate, a revocation a new CRL. Returns
+    the index (certificates with issuer and thumbprint, revocations), also written as JSON."""
     now = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files: dict[str, bytes] = {}
+    store = _Folder(folder)
     index: dict = {"certificates": {}, "revoked": {}}
     p2s_gateways = {g: gw.vpn_client_configuration for g, gw in sorted(t.virtual_network_gateways.items())
                     if gw.vpn_client_configuration is not None}
     if not p2s_gateways:
+        (folder / INDEX).write_text(json.dumps(index, indent=1))
         return index
     issuers: dict[str, _Issuer] = {}
 
     def issuer(name: str) -> _Issuer:
         if name not in issuers:
-            issuers[name] = _Issuer(name, now)
-            files[f"ca-{name}.pem"] = _pem(issuers[name].cert)
+            issuers[name] = _Issuer.load(name, now, folder) or _Issuer(name, now)
+            store.files[f"ca-{name}.pem"] = _pem(issuers[name].cert)
+            store.files[f"ca-{name}.key"] = _key_pem(issuers[name].key)
         return issuers[name]
+
+    def certificate(file: str, ca: _Issuer, cn: str, key, server: bool) -> x509.Certificate:
+        cert = store.cert(file)
+        if cert is None or not ca.issued(cert) or cert.public_key().public_numbers() != key.public_key().public_numbers() \
+                or cert.subject != _name(cn):
+            cert = ca.issue(cn, key, server=server, dns=cn if server else None)
+        store.files[file] = _pem(cert)
+        return cert
 
     server_root = issuer(SERVER_ROOT)
     for g, cfg in p2s_gateways.items():
         roots = [issuer(r.name) for r in cfg.root_certificates]
-        key = _key()
-        cert = server_root.issue(gateway_fqdn(g), key, server=True, dns=gateway_fqdn(g))
-        files[f"server-{g}.pem"], files[f"server-{g}.key"] = _pem(cert), _key_pem(key)
-        files[f"bundle-{g}.pem"] = b"".join(_pem(r.cert) for r in roots)
+        certificate(f"server-{g}.pem", server_root, gateway_fqdn(g), store.key(f"server-{g}.key"), server=True)
+        store.files[f"bundle-{g}.pem"] = b"".join(_pem(r.cert) for r in roots)
     issued: dict[str, tuple[x509.Certificate, str]] = {}
     for name, c in sorted(t.clients.items()):
         cfg = p2s_gateways[c.virtual_network_gateway]
         ca = issuer(c.issued_by or cfg.root_certificates[0].name)
-        key = _key()
-        files[f"client-{name}.key"] = _key_pem(key)
+        key = store.key(f"client-{name}.key")
         for ident in c.identities(name):
-            cert = ca.issue(ident, key, server=False)
+            cert = certificate(f"cert-{ident}.pem", ca, ident, key, server=False)
             issued[ident] = (cert, ca.name)
-            files[f"cert-{ident}.pem"] = _pem(cert)
             index["certificates"][ident] = {"client": name, "issuer": ca.name, "thumbprint": thumbprint(cert),
                                             "serial": format(cert.serial_number, "X")}
     by_thumbprint = {thumbprint(cert): ident for ident, (cert, _) in issued.items()}
@@ -118,24 +181,49 @@ def issue(t, folder: Path) -> dict:
         for root in cfg.root_certificates:
             mine = [issued[x["certificate"]][0] for x in revoked
                     if x["enforced"] and issued[x["certificate"]][1] == root.name]
-            crl = issuers[root.name].crl(mine).public_bytes(serialization.Encoding.PEM)
-            files[f"crl-{g}-{root.name}.crl"] = crl
+            file = f"crl-{g}-{root.name}.crl"
+            ca = issuers[root.name]
+            crl = (folder / file).read_bytes() if ca.crl_current(folder / file, mine) else \
+                ca.crl(mine).public_bytes(serialization.Encoding.PEM)
+            store.files[file] = crl
             crls.append(crl)
-        files[f"crl-{g}.pem"] = b"".join(crls)
-    for name, data in files.items():
-        _write(folder / name, data, secret=name.endswith(".key"))
+        store.files[f"crl-{g}.pem"] = b"".join(crls)
+    store.write()
     (folder / INDEX).write_text(json.dumps(index, indent=1))
     return index
+
+
+def node_files(node, folder: Path) -> dict[str, bytes]:
+    """What a node's folder holds of the PKI: path in the node folder -> content."""
+    return {rel: (folder / source).read_bytes() for rel, source in node.pki}
+
+
+def installed(node, nodes_dir: Path) -> dict[str, bytes]:
+    """The PKI files a node's folder holds now."""
+    out = {}
+    for rel, _ in node.pki:
+        path = nodes_dir / node.name / rel
+        if path.exists():
+            out[rel] = path.read_bytes()
+    return out
+
+
+def install_node(node, nodes_dir: Path, folder: Path, old=None):
+    """Copy a node's certificates, keys and CRLs into its folder; what the node's old
+    plan had and the new one has not (a root no longer trusted) is removed."""
+    for rel, source in node.pki:
+        target = nodes_dir / node.name / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / source, target)
+        os.chmod(target, 0o600 if rel.endswith(".key") else 0o644)
+    for rel in {r for r, _ in (old.pki if old else [])} - {r for r, _ in node.pki}:
+        (nodes_dir / node.name / rel).unlink(missing_ok=True)
 
 
 def install(plan, nodes_dir: Path, folder: Path):
     """Copy each node's certificates, keys and CRLs into its folder."""
     for node in plan.nodes.values():
-        for rel, source in node.pki:
-            target = nodes_dir / node.name / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(folder / source, target)
-            os.chmod(target, 0o600 if rel.endswith(".key") else 0o644)
+        install_node(node, nodes_dir, folder)
 
 
 def load_index(folder: Path) -> dict:

@@ -352,10 +352,12 @@ class Backend:
                                 "--confdir", d, "--rundir", d, "--bindir", "/usr/bin", f"{d}/frr.conf"],
                          timeout=timeout)
 
-    def swanctl_load(self, node: str, settings: bool = False, timeout: float = 30) -> subprocess.CompletedProcess:
+    def swanctl_load(self, node: str, settings: bool = False, timeout: float = 30,
+                     clear: bool = False) -> subprocess.CompletedProcess:
         """strongSwan's own VICI client loads the node's swanctl.conf again (connections
         and secrets; what the file no longer has is unloaded); with settings, charon
-        reads strongswan.conf again first."""
+        reads strongswan.conf again first; with clear, the certificates, CAs and CRLs
+        loaded before are dropped first (a root no longer trusted)."""
         d = self.node_dir(node)
         uri = ["--uri", f"unix://{self.vici_socket(node)}"]
         env = ["env", f"SWANCTL_DIR={d}", "swanctl"]
@@ -363,8 +365,8 @@ class Backend:
             res = self.exec(node, [*env, "--reload-settings", *uri], timeout=timeout)
             if res.returncode != 0:
                 return res
-        return self.exec(node, [*env, "--load-all", "--noprompt", "--file", str(d / "swanctl.conf"), *uri],
-                         timeout=timeout)
+        return self.exec(node, [*env, "--load-all", "--noprompt", *(["--clear"] if clear else []),
+                                "--file", str(d / "swanctl.conf"), *uri], timeout=timeout)
 
     def route(self, node, dst, via=None, dev=None, table=None, onlink: bool = False):
         ipr = self.ipr(node)

@@ -51,14 +51,17 @@ def start_lab(backend, plan: Plan, budget: float, progress):
     start_p2s(backend, plan, budget, progress)
 
 
-def start_p2s(backend, plan: Plan, budget: float, progress):
-    """Point-to-site servers on the serving instances, then the clients' charons."""
-    if not (plan.p2s_ends or plan.clients):
+def start_p2s(backend, plan: Plan, budget: float, progress, only: set[str] | None = None):
+    """Point-to-site servers on the serving instances, then the clients' charons (only:
+    of these nodes, new in a running lab)."""
+    ends = [e for e in plan.p2s_ends if only is None or e.node in only]
+    clients = [c for c in plan.clients if only is None or c.name in only]
+    if not (ends or clients):
         return
-    progress(f"starting {len(plan.p2s_ends)} point-to-site servers")
-    start_tunnel_ends(backend, [e.node for e in plan.p2s_ends if e.protocol == "IkeV2"], budget)
-    start_openvpn(backend, [e.node for e in plan.p2s_ends if e.protocol == "OpenVPN"], budget)
-    ikev2 = [c.name for c in plan.clients if c.protocol == "IkeV2"]
+    progress(f"starting {len(ends)} point-to-site servers")
+    start_tunnel_ends(backend, [e.node for e in ends if e.protocol == "IkeV2"], budget)
+    start_openvpn(backend, [e.node for e in ends if e.protocol == "OpenVPN"], budget)
+    ikev2 = [c.name for c in clients if c.protocol == "IkeV2"]
     progress(f"starting {len(ikev2)} IKEv2 clients (they connect with 'vpnlab p2s connect')")
     start_p2s_clients(backend, ikev2, budget)
 

@@ -29,6 +29,15 @@ if [ "$script_type" = client-disconnect ] && [ -n "$vip" ]; then
     ip route del "$vip/32" dev tun0 table 101 2>/dev/null
     rm -f "$lease"
 fi
+if [ "$script_type" = client-connect ]; then
+    # the routes Azure pushes, here rather than in openvpn.conf: a change (custom routes,
+    # a new site) reaches each session that begins after it, without a restart
+    echo 'push "route 10.70.0.0 255.255.0.0"' >> "$1"
+    echo 'push "route 172.16.201.0 255.255.255.0"' >> "$1"
+    echo 'push "route 10.99.0.0 255.255.0.0"' >> "$1"
+    echo 'push "route 10.80.1.0 255.255.255.0"' >> "$1"
+    :
+fi
 printf '{"event": "%s", "certificate": "%s", "address": "%s", "source_port": "%s", "virtual_ip": "%s"}\n' \
     "$script_type" "$common_name" "$trusted_ip" "$trusted_port" "$vip" \
     >> "/var/lib/vpnlab/golden/nodes/hub-gw-in0-p2s/openvpn-sessions.jsonl"
