@@ -122,6 +122,60 @@ def test_a_site_and_a_vm_added_then_removed_while_traffic_flows(lab, scenario, d
     assert worst(probe, "lost") == 0, probe["directions"]
 
 
+def test_an_address_range_and_a_subnet_added_then_removed_while_traffic_flows(lab, scenario, design):
+    """A second address range with a subnet and a VM in it, the subnet first in name
+    order [VNETMANAGE, SUBNETMANAGE]: the gateway announces the range to the BGP sites
+    and the static site's device routes it (FRR and the devices by their differences),
+    the new VM reaches every site; no tunnel or BGP session restarts, and the other
+    subnet's VM loses nothing. Taken away again, nothing of it is left."""
+    scenario.start(lab, VM, UNAFFECTED, flows=4)
+    before, nodes = untouched(lab, but=""), set(lab.plan.nodes)
+    hub = design["virtual_networks"]["hub"]
+    hub["address_space"].append("10.71.0.0/16")
+    hub["subnets"]["apps"] = {"address_prefix": "10.71.1.0/24", "vms": ["dt-vm3"]}
+    at, result = scenario.apply(design, "address range 10.71.0.0/16 and subnet apps added")
+    scenario.record("apply", result["seconds"], "s")
+    assert [c["resource"] for c in result["changes"]] == ["virtual_networks.hub"]
+    assert result["resets"] == []
+    for host in ("site-a-host", "site-b-host", "site-c-host"):
+        lab.eventually(lambda h=host: live.ping(lab.backend, "dt-vm3", lab.node(h).address, count=1), True,
+                       "reconverge", f"dt-vm3 (10.71.1.4) reaches {host}")
+    assert "10.71.0.0/16" in live.fib_prefixes(lab.backend, "site-a"), "announced over BGP"
+    assert untouched(lab, but="") == before
+    original = lab.design()
+    original["virtual_networks"]["hub"]["address_space"].remove("10.71.0.0/16")
+    del original["virtual_networks"]["hub"]["subnets"]["apps"]
+    lab.apply(original)
+    probe = scenario.stop(at)
+    assert set(lab.plan.nodes) == nodes
+    assert not [ns for ns in lab.backend.state.namespaces if "dt-vm3" in ns]
+    lab.eventually(lambda: "10.71.0.0/16" in live.fib_prefixes(lab.backend, "site-a"), False, "reconverge",
+                   "site-a's device to lose the route to 10.71.0.0/16")
+    assert untouched(lab, but="") == before
+    assert worst(probe, "lost") == 0, probe["directions"]
+
+
+def test_a_sites_new_public_ip_rebuilds_its_tunnels_only(lab, scenario, design):
+    """The device's public IP changes (its ISP renumbered it): Azure rebuilds the
+    connection toward the new address [LNGMOD]. site-c's tunnels come up from the new
+    address; the other sites' tunnels and BGP sessions are untouched and lose nothing."""
+    scenario.start(lab, VM, UNAFFECTED, flows=4)
+    before = untouched(lab)
+    design["local_network_gateways"]["site-c"]["gateway_ip"] = "198.51.100.53"
+    at, result = scenario.apply(design, "site-c gateway_ip 198.51.100.43 -> 198.51.100.53")
+    scenario.record("apply", result["seconds"], "s")
+    scenario.record("converged", result["converged_s"], "s")
+    assert [c["impact"] for c in result["changes"]] == ["tunnel-reset"]
+    assert sorted(result["resets"]) == ["hub-to-site-c-in0", "hub-to-site-c-in1"]
+    peers = {s["remote-host"].decode() for t in lab.plan.tunnels if t.device == "site-c"
+             for s in live.ike_sas(lab.backend, t.azure_end) if s["state"] == b"ESTABLISHED"}
+    assert peers == {"198.51.100.53"}, peers
+    assert live.ping(lab.backend, VM, lab.node(AFFECTED).address, count=2)
+    probe = scenario.stop(at)
+    assert untouched(lab) == before
+    assert worst(probe, "lost") == 0, probe["directions"]
+
+
 def test_shared_key_reset_on_azure_first_then_the_device(lab, scenario, design):
     """Azure's "reset the key" on hub-to-site-c, Azure's side first (--azure-only): the
     tunnel goes down and stays down (the device still offers the old key) until the
@@ -212,18 +266,20 @@ REFUSED = {
     "swapped-sites": (lambda d: (d["connections"]["hub-to-site-b"].update(local_network_gateway="site-c", enable_bgp=False),
                                  d["connections"]["hub-to-site-c"].update(local_network_gateway="site-b", enable_bgp=True)),
                       "remove the connection and add a new one"),
-    "new-subnet": (lambda d: d["virtual_networks"]["hub"]["subnets"].update(
-        extra={"address_prefix": "10.70.2.0/24"}), "virtual network changes"),
-    "vnet-address-space": (lambda d: d["virtual_networks"]["hub"]["address_space"].append("10.71.0.0/16"),
-                           "virtual network changes (address space, subnets)"),
+    "subnet-range-with-a-vm": (lambda d: d["virtual_networks"]["hub"]["subnets"]["workload"].update(
+        address_prefix="10.70.1.0/25"), "move or delete dt-vm1 first [SUBNETMANAGE]"),
+    "new-vnet": (lambda d: d["virtual_networks"].update(spoke={
+        "address_space": ["10.72.0.0/16"], "subnets": {"apps": {"address_prefix": "10.72.1.0/24"}}}),
+        "adding or removing a virtual network is not applied to a running lab yet"),
 }
 
 
 @pytest.mark.parametrize("change_id", sorted(REFUSED))
 def test_refused_changes_touch_nothing(lab, design, change_id):
-    """What Azure refuses (a connection moved to another site) or the lab's apply can't
-    make yet (a subnet added, the VNet's address space) is refused before anything is touched: the plan, the rendered configs
-    and the SAs stay exactly as they were."""
+    """What Azure refuses (a connection moved to another site, a subnet's range changed
+    with a VM in it) or the lab's apply can't make yet (a virtual network added) is
+    refused before anything is touched: the plan, the rendered configs and the SAs stay
+    exactly as they were."""
     mutate, words = REFUSED[change_id]
     mutate(design)
     before = (_configs(lab), untouched(lab, but=""))

@@ -146,11 +146,26 @@ def test_azure_only_keeps_the_devices_as_they_run(tmp_path):
     assert sorted(t.name for t in catch_up.resets) == ["hub-to-site-c-in0", "hub-to-site-c-in1"]
 
 
-def test_a_renumbered_link_between_running_nodes_cannot_be_applied(tmp_path):
-    """A subnet added before another renumbers the VNet router's bridges: refused."""
+def test_a_subnet_added_before_others_leaves_them_alone(tmp_path):
+    """Bridges are named by their subnet: one added first in name order is a new bridge
+    and new VMs, and the other subnets' bridges and VMs are not touched."""
     new = copy.deepcopy(DUAL)
     new["virtual_networks"]["hub"]["subnets"]["a-first"] = {"address_prefix": "10.70.2.0/24", "vms": ["dt-vm3"]}
-    assert any("renumbered" in c or "interface" in c for c in planned(DUAL, new, tmp_path).cannot)
+    work = planned(DUAL, new, tmp_path)
+    assert not work.cannot
+    assert {(s.node, s.kind) for s in work.steps if s.kind in ("bridge", "nodes")} == {
+        ("hub-sdn", "bridge"), ("dt-vm3", "nodes")}
+    assert not [s for s in work.steps if s.node == "dt-vm1"]
+
+
+def test_a_vm_moved_to_another_subnet_is_made_again(tmp_path):
+    new = copy.deepcopy(DUAL)
+    subnets = new["virtual_networks"]["hub"]["subnets"]
+    subnets["workload"]["vms"].remove("dt-vm1")
+    subnets["app"] = {"address_prefix": "10.70.2.0/24", "vms": ["dt-vm1"]}
+    work = planned(DUAL, new, tmp_path)
+    assert not work.cannot
+    assert ("dt-vm1", "node") in {(s.node, s.kind) for s in work.steps}
 
 
 def test_a_secret_anywhere_in_a_field_is_shown_as_secret():
@@ -224,3 +239,19 @@ def test_a_client_keeps_its_public_address_when_others_come_and_go(tmp_path):
     a, b = build(topology(P2S, tmp_path, "a.yaml"), "fast"), build(topology(new, tmp_path, "b.yaml"), "fast")
     for client in ("alice", "carol", "dave", "eve", "mallory"):
         assert a.nodes[client].interfaces == b.nodes[client].interfaces, client
+
+
+def test_a_subnet_with_resources_in_it_keeps_its_range(tmp_path):
+    """Azure changes a subnet's range only with no resources in it [SUBNETMANAGE]: a VM
+    that stays, or the gateway in GatewaySubnet, is refused at its line."""
+    new = copy.deepcopy(DUAL)
+    new["virtual_networks"]["hub"]["subnets"]["workload"]["address_prefix"] = "10.70.3.0/24"
+    with pytest.raises(SourceError, match=r"subnets\.workload\.address_prefix: .*move or delete dt-vm1 first"):
+        change._refuse(diff.changes(topology(DUAL, tmp_path, "a.yaml"), topology(new, tmp_path, "b.yaml")),
+                       tmp_path / "b.yaml")
+    new["virtual_networks"]["hub"]["subnets"]["workload"]["vms"] = []
+    assert not diff.changes(topology(DUAL, tmp_path, "a.yaml"), topology(new, tmp_path, "b.yaml"))[0].refused
+    new = copy.deepcopy(DUAL)
+    new["virtual_networks"]["hub"]["subnets"]["GatewaySubnet"]["address_prefix"] = "10.70.254.0/27"
+    [c] = diff.changes(topology(DUAL, tmp_path, "a.yaml"), topology(new, tmp_path, "b.yaml"))
+    assert "the virtual network gateway" in c.refused

@@ -164,7 +164,7 @@ def _refuse(changes: list[diff.Change], topology_file: Path):
             elif f.lab:
                 problems.append(f"{at(f.path)}: {f.lab}")
         if c.refused and not any(f.impact == "recreate" for f in c.fields):
-            problems.append(f"{at('sku')}: {c.refused}")
+            problems.append(f"{at(c.refused_at)}: {c.refused}")
     if problems:
         raise SourceError("change refused; the running lab is untouched:\n" + "\n".join(problems))
 

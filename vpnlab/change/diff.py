@@ -48,6 +48,7 @@ class Change:
     action: str              # add | remove | change
     fields: list[FieldChange] = field(default_factory=list)
     refused: str = ""        # Azure refuses it (recreate, an impossible resize)
+    refused_at: str = ""     # the field it refuses
     lab: str = ""            # the lab's apply cannot make it yet
 
     @property
@@ -152,10 +153,33 @@ def _judged(change: Change, old: Topology, new: Topology) -> Change:
     if recreate:
         change.refused = "; ".join(f"{f.path}: {f.says} [{f.source}]" for f in recreate)
     elif change.kind == "virtual_network_gateways":
+        change.refused_at = "sku"
         change.refused = sku_refusal(old.virtual_network_gateways[change.name].sku,
                                      new.virtual_network_gateways[change.name].sku)
+    elif change.kind == "virtual_networks":
+        change.refused_at, change.refused = subnet_refusal(old, new, change.name)
     change.lab = "; ".join(dict.fromkeys(f.lab for f in change.fields if f.lab))
     return change
+
+
+def subnet_refusal(old: Topology, new: Topology, vnet: str) -> tuple[str, str]:
+    """Azure changes a subnet's range "if no resources are deployed within the subnet"
+    [SUBNETMANAGE]: a VM that stays in it, or the gateway in GatewaySubnet, keeps it.
+    (field path, why), or ("", "")."""
+    before, after = old.virtual_networks[vnet].subnets, new.virtual_networks[vnet].subnets
+    has_gateway = any(gw.virtual_network == vnet for gw in new.virtual_network_gateways.values())
+    for name in sorted(set(before) & set(after)):
+        if before[name].address_prefix == after[name].address_prefix:
+            continue
+        stay = sorted(set(before[name].vm_names()) & set(after[name].vm_names()))
+        if name == "GatewaySubnet" and has_gateway:
+            stay.append("the virtual network gateway")
+        if stay:
+            return (f"subnets.{name}.address_prefix",
+                    f"subnets.{name}.address_prefix {before[name].address_prefix} -> {after[name].address_prefix}: "
+                    f"a subnet's address range can change only if no resources are deployed in it; "
+                    f"move or delete {', '.join(stay)} first [SUBNETMANAGE]")
+    return "", ""
 
 
 _SKU = re.compile(r"^VpnGw(\d)(AZ)?$")

@@ -3,7 +3,7 @@ by node, into steps that touch only what differs (an address, a route, FRR's con
 its differences, one charon's connections), and the tunnels whose IKE SA must start
 again. Each step may run twice (an interrupted apply is completed by the next).
 
-What a step cannot do yet (a link between running nodes renumbered) is said, not guessed."""
+What a step cannot do yet is said, not guessed."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,6 +16,8 @@ from vpnlab.plan.parts import Node, Plan, Tunnel
 from vpnlab.runtime import daemons
 
 CHARON_FILES = ("swanctl.conf", "strongswan.conf")
+# end hosts: one link each, nothing runs through them; made again rather than renumbered
+LEAF_ROLES = ("vm", "host", "p2s-client")
 # what openvpn reads only at start (its CRL, crl.pem, it reads again for each new session)
 OPENVPN_AT_START = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
 
@@ -26,6 +28,7 @@ class Step:
     kind: str                 # addresses | bridge | routes | rules | sysctls | nft | frr | charon | shaping
     what: str
     run: Callable = field(repr=False, compare=False, default=None)
+    before_new_nodes: bool = False     # a bridge that new nodes' links join
 
     def to_json(self) -> dict:
         return {"node": self.node, "kind": self.kind, "what": self.what}
@@ -63,17 +66,14 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
     cannot, pki = [], pki or Pki()
     # a node whose kind changed is made again: removed, then added with its links
     replaced = {n for n in set(old.nodes) & set(new.nodes) if _kind(old.nodes[n]) != _kind(new.nodes[n])}
+    kept, links_added, links_gone, running_ends = _links(old, new, replaced)
+    # so is an end host whose one link is renumbered (a VM moved to another subnet)
+    leaves = {n for x in running_ends for n in (x.a, x.b) if new.nodes[n].role in LEAF_ROLES}
+    if leaves:
+        replaced |= leaves
+        kept, links_added, links_gone, running_ends = _links(old, new, replaced)
     added = [new.nodes[n] for n in new.nodes if n not in old.nodes or n in replaced]
     removed = [n for n in old.nodes if n not in new.nodes or n in replaced]
-    kept = (set(old.nodes) & set(new.nodes)) - replaced
-    old_links = {_link(y) for y in old.links if y.a in kept and y.b in kept}
-    new_links = {_link(y) for y in new.links if y.a in kept and y.b in kept}
-    links_added = [x for x in new.links if _link(x) not in old_links]
-    links_gone = [x for x in old.links if _link(x) not in new_links]
-    running_ends = [x for x in links_added + links_gone if x.a in kept and x.b in kept]
-    if running_ends:
-        cannot.append("links between running nodes renumbered (" + ", ".join(
-            f"{x.a}:{x.a_if}-{x.b}:{x.b_if}" for x in running_ends[:4]) + ")")
     if (added or removed) and rt.cannot_change_nodes():
         cannot.append(rt.cannot_change_nodes())
     steps = [Step(n, "node", "removed (its daemons ended, its links with it)",
@@ -85,14 +85,23 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
         for node, ifname in ((x.a, x.a_if), (x.b, x.b_if)):
             if node in kept:
                 ends.setdefault(node, []).append(new.nodes[node].iface(ifname))
+    running = [s for name in sorted(kept) for s in node_steps(
+        rt, old.nodes[name], new.nodes[name], old_files.get(name, {}), new_files.get(name, {}), cannot,
+        {i.name for i in ends.get(name, [])},
+        {x.a_if if x.a == name else x.b_if for x in links_gone if name in (x.a, x.b)}, pki)]
+    steps += [s for s in running if s.before_new_nodes]
+    # a link between running nodes renumbered (a site's new public IP names its port on
+    # the internet): deleted here, made again with the new links
+    steps += [Step(x.a, "link", f"{x.a_if} (to {x.b}:{x.b_if}) deleted: renumbered",
+                   lambda x=x: rt.remove_link(x.a, x.a_if)) for x in running_ends if x in links_gone]
     if added or links_added:
         steps.append(Step(", ".join(n.name for n in added) or "links", "nodes",
                           f"{len(added)} nodes and {len(links_added)} links made and wired",
                           lambda: _add(rt, added, links_added, [(new.nodes[n], i) for n, i in ends.items()])))
-    for name in sorted(kept):
-        steps += node_steps(rt, old.nodes[name], new.nodes[name], old_files.get(name, {}),
-                            new_files.get(name, {}), cannot, {i.name for i in ends.get(name, [])},
-                            {x.a_if if x.a == name else x.b_if for x in links_gone if name in (x.a, x.b)}, pki)
+    rewired = sorted({n for x in running_ends for n in (x.a, x.b)} - {n for n in kept if new.nodes[n].standby})
+    steps += [Step(n, "routes", "kernel routes set again (a deleted link took those through it)",
+                   lambda n=n: rt.restore_routes(new.nodes[n])) for n in rewired]
+    steps += [s for s in running if not s.before_new_nodes]
     if added:
         steps.append(Step(", ".join(n.name for n in added), "daemons", "the new nodes' daemons started",
                           lambda: start_new(rt, new, added, budget)))
@@ -105,6 +114,18 @@ def work(rt, old: Plan, new: Plan, old_files: dict, new_files: dict, budget: flo
                    or t.azure_end not in changed)]
     agent = bool(steps) or [dataclasses.asdict(t) for t in old.tunnels] != [dataclasses.asdict(t) for t in new.tunnels]
     return Work(steps, resets, cannot, agent)
+
+
+def _links(old: Plan, new: Plan, replaced: set[str]) -> tuple:
+    """The nodes kept running, the links to make and to delete, and those of them
+    between two running nodes (renumbered)."""
+    kept = (set(old.nodes) & set(new.nodes)) - replaced
+    old_links = {_link(y) for y in old.links if y.a in kept and y.b in kept}
+    new_links = {_link(y) for y in new.links if y.a in kept and y.b in kept}
+    links_added = [x for x in new.links if _link(x) not in old_links]
+    links_gone = [x for x in old.links if _link(x) not in new_links]
+    running_ends = [x for x in links_added + links_gone if x.a in kept and x.b in kept]
+    return kept, links_added, links_gone, running_ends
 
 
 def _add(rt, added: list[Node], links: list, ends: list):
@@ -217,7 +238,7 @@ def _interface_steps(rt, old: Node, new: Node, cannot: list, linked: set, unlink
                 cannot.append(f"{n}: interface {name} added")
                 continue
             steps.append(Step(n, "bridge", f"{name} added ({', '.join(i.addresses)})",
-                              lambda i=i: rt.add_bridge(n, i)))
+                              lambda i=i: rt.add_bridge(n, i), before_new_nodes=True))
             continue
         was = before[name]
         if dataclasses.replace(was, addresses=[], mac=None) != dataclasses.replace(i, addresses=[], mac=None):

@@ -14,6 +14,7 @@ its own to that VNet's router, which sends what arrives there to the next hop.
 from __future__ import annotations
 
 import itertools
+import zlib
 from collections import defaultdict
 from ipaddress import IPv4Address, IPv4Network
 
@@ -57,17 +58,20 @@ def router(b, index: int, vnet: str):
     b.egress_gw[vnet] = inet_gw
     node.frr = Frr(asn, str(egress), b.timers, system=[("0.0.0.0/0", f"{inet_gw} pub onlink")])
     node.nft = dict(dnat=[], inner=[], mss_clamp=None, snat_all=True, peering_drops=[])
-    for i, (sub_name, sub) in enumerate(sorted(t.virtual_networks[vnet].subnets.items())):
+    for sub_name, sub in sorted(t.virtual_networks[vnet].subnets.items()):
         vms = t.subnet_vms(vnet, sub_name)
         if vms:
-            b.lan(node, subnet_bridge(i), sub.address_prefix, {vm: t.vm_address(vnet, vm) for vm in vms}, "vm")
+            b.lan(node, subnet_bridge(sub_name), sub.address_prefix, {vm: t.vm_address(vnet, vm) for vm in vms}, "vm")
     for vm in t.appliances(vnet):
         b.nodes[vm].forwarding = True
         b.nodes[vm].nft = dict(appliance=True)
 
 
-def subnet_bridge(index: int) -> str:
-    return f"s{index}"
+def subnet_bridge(subnet: str) -> str:
+    """A subnet's bridge on its VNet router, named by the subnet's name alone (a hash:
+    interface names are short), so that subnets added or removed in a running lab
+    leave the others' names as they are."""
+    return f"s{zlib.crc32(subnet.encode()):08x}"
 
 
 def _spaces(b, vnet: str) -> list[str]:
@@ -129,8 +133,8 @@ def route_tables(b):
         node = b.nodes[names.vnet_router(vnet)]
         tables = itertools.count(TABLE_FIRST_UDR)
         priority = itertools.count(UDR_PRIORITY)
-        for i, (sub_name, sub) in enumerate(sorted(t.virtual_networks[vnet].subnets.items())):
-            iif = "gws" if sub_name == "GatewaySubnet" else subnet_bridge(i)
+        for sub_name, sub in sorted(t.virtual_networks[vnet].subnets.items()):
+            iif = "gws" if sub_name == "GatewaySubnet" else subnet_bridge(sub_name)
             if sub.route_table is None or not any(x.name == iif for x in node.interfaces):
                 continue
             rt = t.route_tables[sub.route_table]
@@ -152,8 +156,8 @@ def route_tables(b):
 def _system_table(b, vnet: str, node: Node) -> int:
     """The router's system routes alone (subnets, peered spaces, the Internet), once."""
     if not any(r.table == TABLE_SYSTEM for r in node.routes):
-        for i, (_, sub) in enumerate(sorted(b.t.virtual_networks[vnet].subnets.items())):
-            bridge = subnet_bridge(i)
+        for sub_name, sub in sorted(b.t.virtual_networks[vnet].subnets.items()):
+            bridge = subnet_bridge(sub_name)
             if any(x.name == bridge for x in node.interfaces):
                 node.routes.append(Route(str(sub.address_prefix), dev=bridge, table=TABLE_SYSTEM))
         for (x, y), (_ifname, far, _own) in sorted(b.peer_links.items()):
@@ -172,8 +176,8 @@ def _user_route(b, vnet: str, node: Node, r, table: int) -> list[Route]:
         return [_internet(b, vnet, dst, table)]
     if kind == "VnetLocal":     # within the VNet's subnets; the rest of the prefix is dropped
         out = [Route(dst, table=table, blackhole=True)]
-        for i, (_, sub) in enumerate(sorted(b.t.virtual_networks[vnet].subnets.items())):
-            bridge = subnet_bridge(i)
+        for sub_name, sub in sorted(b.t.virtual_networks[vnet].subnets.items()):
+            bridge = subnet_bridge(sub_name)
             if sub.address_prefix.overlaps(r.address_prefix) and any(x.name == bridge for x in node.interfaces):
                 inside = max(sub.address_prefix, r.address_prefix, key=lambda n: n.prefixlen)
                 out.append(Route(str(inside), dev=bridge, table=table))
