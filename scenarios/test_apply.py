@@ -176,6 +176,23 @@ def test_a_sites_new_public_ip_rebuilds_its_tunnels_only(lab, scenario, design):
     assert worst(probe, "lost") == 0, probe["directions"]
 
 
+def test_a_vm_removed_before_another_leaves_its_address_and_traffic_alone(lab, scenario, design):
+    """Azure keeps a VM's dynamic address until its NIC is deleted [IPADDR]: dt-vm1,
+    first in the subnet's list, removed; dt-vm2 after it keeps 10.70.1.5, its node and
+    its flows to site-a untouched."""
+    design["virtual_networks"]["hub"]["subnets"]["workload"]["vms"].append("dt-vm2")
+    lab.apply(design)
+    assert lab.node("dt-vm2").address == "10.70.1.5"
+    scenario.start(lab, "dt-vm2", UNAFFECTED, flows=2)
+    design["virtual_networks"]["hub"]["subnets"]["workload"]["vms"].remove("dt-vm1")
+    at, result = scenario.apply(design, "dt-vm1 removed")
+    probe = scenario.stop(at)
+    assert [s["node"] for s in result["steps"] if s["kind"] == "node"] == ["dt-vm1"]
+    assert not [s for s in result["steps"] if s["node"] == "dt-vm2"]
+    assert lab.node("dt-vm2").address == "10.70.1.5"
+    assert worst(probe, "lost") == 0, probe["directions"]
+
+
 def test_shared_key_reset_on_azure_first_then_the_device(lab, scenario, design):
     """Azure's "reset the key" on hub-to-site-c, Azure's side first (--azure-only): the
     tunnel goes down and stays down (the device still offers the old key) until the

@@ -5,6 +5,7 @@ scenarios/test_apply.py and scenarios/test_hub_spoke.py."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 from pathlib import Path
@@ -255,3 +256,25 @@ def test_a_subnet_with_resources_in_it_keeps_its_range(tmp_path):
     new["virtual_networks"]["hub"]["subnets"]["GatewaySubnet"]["address_prefix"] = "10.70.254.0/27"
     [c] = diff.changes(topology(DUAL, tmp_path, "a.yaml"), topology(new, tmp_path, "b.yaml"))
     assert "the virtual network gateway" in c.refused
+
+
+def test_a_vm_removed_before_others_leaves_their_addresses(tmp_path):
+    """Azure keeps a dynamic address until its NIC is deleted or moved [IPADDR]: with
+    the running lab's addresses held, removing the first VM of a subnet leaves the VMs
+    after it alone; a new VM takes the lowest free address, a static one its own."""
+    old = copy.deepcopy(DUAL)
+    old["virtual_networks"]["hub"]["subnets"]["workload"]["vms"] = ["dt-vm1", "dt-vm2", "dt-vm3"]
+    running = build(topology(old, tmp_path, "a.yaml"), "fast")
+    assert running.vm_addresses()["dt-vm3"] == ipaddress.ip_address("10.70.1.6")
+    new = copy.deepcopy(old)
+    new["virtual_networks"]["hub"]["subnets"]["workload"]["vms"] = [
+        "dt-vm2", "dt-vm3", "dt-vm4", {"name": "dt-vm5", "private_ip_address": "10.70.1.50"}]
+    t = topology(new, tmp_path, "b.yaml").holding(running.vm_addresses())
+    assert {vm: str(a) for vm, a in t.subnet_addresses("hub", "workload").items()} == {
+        "dt-vm2": "10.70.1.5", "dt-vm3": "10.70.1.6", "dt-vm4": "10.70.1.4", "dt-vm5": "10.70.1.50"}
+    after = build(t, "fast")
+    work = steps.work(Runtime, running, after, render.render(running, tmp_path), render.render(after, tmp_path))
+    assert not work.cannot
+    assert not [s for s in work.steps if s.node in ("dt-vm2", "dt-vm3")], work.steps
+    assert topology(new, tmp_path, "b.yaml").vm_address("hub", "dt-vm2") == ipaddress.ip_address("10.70.1.4"), \
+        "a fresh lab numbers them from .4"

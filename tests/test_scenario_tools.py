@@ -136,7 +136,7 @@ def test_forwarding_walk_ends_in_a_drop_when_the_tunnels_are_down():
 @pytest.mark.parametrize("kind,target,params,message", [
     ("flood", "x", {}, "fault kind 'flood': allowed: instance, device, carrier"),
     ("instance", "onprem-dev0", {}, "unknown gateway-instance 'onprem-dev0'; known: hub-gw-in0, hub-gw-in1"),
-    ("carrier", "onprem-dev0:eth9", {}, "onprem-dev0 has no link 'eth9'; its links: pub, lan0h0, t0u, t0, t1u, t1"),
+    ("carrier", "onprem-dev0:eth9", {}, "onprem-dev0 has no link 'eth9'; its links: pub, lan0h10, t0u, t0, t1u, t1"),
     ("loss", "onprem-dev0:pub", {"percent": 120}, "--percent must be in (0, 100], got 120"),
     ("crash", "vm1", {}, "fault crash vm1 (vm): daemon None: allowed: none"),
     ("crash", "hub-gw-in0", {"daemon": "zebra"}, "daemon 'zebra': allowed: bgpd"),

@@ -46,9 +46,10 @@ class Lab:
 
     @property
     def topology(self) -> Topology:
-        """The lab's copy of its topology file, validated."""
+        """The lab's copy of its topology file, validated, with the addresses its VMs
+        hold."""
         if self._topology is None:
-            self._topology = load_topology(self.state.topology_file)
+            self._topology = load_topology(self.state.topology_file).holding(self.plan.vm_addresses())
         return self._topology
 
     def save_plan(self, plan: Plan):

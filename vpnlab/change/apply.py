@@ -68,6 +68,7 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         raise LabError(f"lab {lab.name!r}: another apply is running (pid {pending['pid']})")
     if lab.state.phase not in ("up", "applying"):
         raise LabError(f"lab {lab.name!r} is {lab.state.phase}, not up")
+    new_topology = new_topology.holding(lab.plan.vm_addresses())     # as Azure keeps them
     new_plan = build(new_topology, lab.state.timers, lab.state.active)
     changes = diff.changes(lab.topology, new_topology)
     _refuse(changes, topology_file)

@@ -13,7 +13,14 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+)
 
 from vpnlab.model import names, nat_rules
 from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
@@ -33,9 +40,13 @@ class Model(BaseModel):
 class VirtualMachine(Model):
     """A VM written as a mapping, for its NIC's settings. ip_forwarding_enabled (Azure's
     NIC setting, Terraform `ip_forwarding_enabled`) makes it a network virtual appliance:
-    it forwards what it receives, and route tables may name it as a next hop."""
+    it forwards what it receives, and route tables may name it as a next hop.
+    private_ip_address: the NIC's static address (ARM `privateIPAllocationMethod:
+    Static`, Terraform `private_ip_address_allocation = "Static"`) [IPADDR]; without it,
+    the lowest free one (Dynamic)."""
     name: Name
     ip_forwarding_enabled: bool = False
+    private_ip_address: Optional[Address] = None
 
 
 class Subnet(Model):
@@ -265,6 +276,16 @@ class Topology(Model):
     connections: dict[Name, Connection] = {}
     clients: dict[Name, Client] = {}
     route_tables: dict[Name, RouteTable] = {}
+    # dynamic addresses VMs of a running lab hold (Azure keeps them until the NIC is
+    # deleted or moved to another subnet [IPADDR]): vm -> address
+    _held: dict = PrivateAttr(default_factory=dict)
+
+    def holding(self, addresses: dict[str, IPv4Address]) -> Topology:
+        """This topology with the addresses a running lab's VMs hold kept: a VM removed
+        before others leaves theirs as they are, as in Azure."""
+        t = self.model_copy()
+        t._held = dict(addresses)
+        return t
 
     def site_lan(self, site: str) -> list[IPv4Network]:
         """The device's LAN prefixes: device.lan_prefixes, else the address space less
@@ -284,12 +305,33 @@ class Topology(Model):
                 for v in sub.vms if isinstance(v, VirtualMachine) and v.ip_forwarding_enabled}
 
     def vm_address(self, vnet: str, vm: str) -> IPv4Address:
-        """A VM's private address: .4 on (Azure reserves .1-.3), in the subnet's VM order."""
-        for sub_name, sub in self.virtual_networks[vnet].subnets.items():
-            vms = self.subnet_vms(vnet, sub_name)
-            if vm in vms:
-                return sub.address_prefix.network_address + FIRST_VM_HOST + vms.index(vm)
+        for sub_name in self.virtual_networks[vnet].subnets:
+            addresses = self.subnet_addresses(vnet, sub_name)
+            if vm in addresses:
+                return addresses[vm]
         raise KeyError(vm)
+
+    def subnet_addresses(self, vnet: str, subnet: str) -> dict[str, IPv4Address]:
+        """Each VM's private address: its static one, or (dynamic) the one it holds in
+        a running lab, or the lowest free one from .4 on (Azure reserves .0-.3 and the
+        last [IPADDR]), in the subnet's VM order."""
+        sub = self.virtual_networks[vnet].subnets[subnet]
+        vms = self.subnet_vms(vnet, subnet)
+        out = {v.name: v.private_ip_address for v in sub.vms
+               if isinstance(v, VirtualMachine) and v.private_ip_address is not None}
+        for vm in vms:            # held by a running lab's VM: kept, unless a static one took it
+            held = self._held.get(vm)
+            if vm not in out and held and held in sub.address_prefix and held not in out.values():
+                out[vm] = held
+        taken = set(out.values())
+        free = sub.address_prefix.network_address + FIRST_VM_HOST
+        for vm in vms:
+            if vm not in out:
+                while free in taken:
+                    free += 1
+                out[vm] = free
+                taken.add(free)
+        return {vm: out[vm] for vm in vms}
 
     def peered(self, vnet: str) -> dict[str, VirtualNetworkPeering]:
         """Remote VNet -> this VNet's peering to it, where both directions exist."""
@@ -450,6 +492,28 @@ def semantic_errors(t: Topology):
     yield from _route_table_errors(t)
 
 
+def _vm_address_errors(t: Topology, vnet: str, name: str, sub: Subnet):
+    """VMs' addresses: static ones inside the subnet's usable range (Azure reserves the
+    first four and the last [IPADDR]) and once each; every VM fits."""
+    loc = ("virtual_networks", vnet, "subnets", name, "vms")
+    net = sub.address_prefix
+    first, last = net.network_address + FIRST_VM_HOST, net.broadcast_address - 1
+    seen = {}
+    for i, v in enumerate(sub.vms):
+        ip = v.private_ip_address if isinstance(v, VirtualMachine) else None
+        if ip is None:
+            continue
+        if not first <= ip <= last:
+            yield loc + (i, "private_ip_address"), (f"{ip} is not a usable address of {net} "
+                                                    f"({first}-{last}: Azure reserves the first four and the last)")
+        elif ip in seen:
+            yield loc + (i, "private_ip_address"), f"{ip} is VM {seen[ip]}'s already"
+        seen.setdefault(ip, v.name)
+    if name != "GatewaySubnet" and (biggest := max(t.subnet_addresses(vnet, name).values(), default=first)) > last:
+        yield loc, (f"{len(t.subnet_vms(vnet, name))} VMs do not fit in {net} ({first}-{last}, {biggest} needed): "
+                    "use a larger subnet or fewer VMs")
+
+
 def _address_space_errors(t: Topology):
     """Address spaces: no overlaps across VNets and sites, as the gateways see them (a
     site prefix through its connections' IngressSnat rules [7.2]), none in lab-internal
@@ -464,6 +528,8 @@ def _address_space_errors(t: Topology):
             if not any(sub.address_prefix.subnet_of(p) for p in vnet.address_space):
                 yield loc, (f"{sub.address_prefix} is outside the virtual network's address_space "
                             f"({', '.join(map(str, vnet.address_space))})")
+        for sub_name, sub in vnet.subnets.items():
+            yield from _vm_address_errors(t, vnet_name, sub_name, sub)
         subs = [((name,), sub.address_prefix) for name, sub in vnet.subnets.items()]
         for ((a_name,), a), ((b_name,), b) in overlapping(subs):
             yield (("virtual_networks", vnet_name, "subnets", b_name, "address_prefix"),

@@ -184,13 +184,14 @@ class _Builder:
         inst.rules.append(Rule(None, TABLE_UNDERLAY, UNDERLAY_PRIORITY, src=address))
 
     def lan(self, router: Node, ifname: str, prefix: IPv4Network, hosts: dict[str, IPv4Address], role: str):
-        """A bridge on the router with .1, and a namespace per host at its address."""
+        """A bridge on the router with .1, and a namespace per host at its address (its
+        port on the bridge is named by the address: it stays while others come and go)."""
         gw = prefix.network_address + 1
         router.interfaces.append(Iface(ifname, [f"{gw}/{prefix.prefixlen}"], kind="bridge"))
-        for i, (host, addr) in enumerate(hosts.items()):
+        for host, addr in hosts.items():
             h = self.add(Node(host, role, routes=[Route("0.0.0.0/0", via=str(gw))]))
             self.link(h, Iface("eth0", [f"{addr}/{prefix.prefixlen}"]),
-                      router, Iface(f"{ifname}h{i}", master=ifname))
+                      router, Iface(f"{ifname}h{int(addr) - int(prefix.network_address)}", master=ifname))
 
     # -- build
     def build(self) -> Plan:

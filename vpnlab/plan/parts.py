@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
 
@@ -243,6 +243,11 @@ class Plan:
 
     def ordered_nodes(self) -> list[Node]:
         return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
+
+    def vm_addresses(self) -> dict[str, IPv4Address]:
+        """The VMs' private addresses (what they hold while the lab runs)."""
+        return {n.name: IPv4Address(n.iface("eth0").addresses[0].split("/")[0])
+                for n in self.nodes.values() if n.role == "vm"}
 
 
 def selector_anchors(nets: list[IPv4Network]) -> list[str]:
