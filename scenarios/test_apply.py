@@ -53,8 +53,9 @@ def untouched(lab, but: str = "site-c") -> dict:
 
 
 def site_c_sas(lab) -> list:
-    """site-c's established IKE SAs (not the half-open ones of a dial that will fail)."""
-    return sorted(s["uniqueid"] for t in lab.plan.tunnels if t.device == "site-c"
+    """site-c's established IKE SAs (not the half-open ones of a dial that will fail),
+    each as (tunnel end, unique ID): each end's charon numbers its own."""
+    return sorted((t.azure_end, s["uniqueid"]) for t in lab.plan.tunnels if t.device == "site-c"
                   for s in live.ike_sas(lab.backend, t.azure_end) if s["state"] == b"ESTABLISHED")
 
 
@@ -304,6 +305,26 @@ def test_refused_changes_touch_nothing(lab, design, change_id):
         lab.apply(design)
     assert "the running lab is untouched" in str(refused.value) and words in str(refused.value), refused.value
     assert (_configs(lab), untouched(lab, but="")) == before
+
+
+def test_a_dpd_timeout_change_restarts_ike_with_the_new_timeout(lab_factory):
+    """On a lab with Azure's timers (the fast profile fixes one DPD timeout for every
+    tunnel): a connection's dpd_timeout_seconds changed. The lab restarts IKE so that
+    the new timeout is the one in force (UNCONFIRMED what Azure does), and both ends'
+    charons run it: a DPD every timeout/3."""
+    lab = lab_factory(Path(__file__).parent / "../topologies/single-site-static.yaml", "apply-dpd", timers="azure")
+    design = lab.design()
+    design["connections"]["spoke-to-branch"]["dpd_timeout_seconds"] = 90
+    before = {t.name: [s["uniqueid"] for s in live.ike_sas(lab.backend, t.azure_end)] for t in lab.plan.tunnels}
+    result = lab.apply(design)
+    assert [f["impact"] for c in result["changes"] for f in c["fields"]] == ["ike-restart"]
+    assert sorted(result["resets"]) == sorted(before)
+    for t in lab.plan.tunnels:
+        new = [s["uniqueid"] for s in live.ike_sas(lab.backend, t.azure_end)]
+        assert new and not set(new) & set(before[t.name]), (t.name, before[t.name], new)
+        for end in (t.azure_end, t.onprem_end):
+            conns = {name: conn for c in live.vici_conns(lab.backend, end) for name, conn in c.items()}
+            assert conns[t.connection]["dpd_delay"] == b"30", (end, conns[t.connection])
 
 
 def test_reset_connection_restarts_only_that_connection(lab):

@@ -19,6 +19,12 @@ def vici_sas(rt, node: str) -> list[dict]:
         return list(session.list_sas())
 
 
+def vici_conns(rt, node: str) -> list[dict]:
+    """The connections charon has loaded, with their settings (VICI list-conns)."""
+    with rt.vici(node) as session:
+        return list(session.list_conns())
+
+
 def ike_sas(rt, node: str) -> list[dict]:
     """Every IKE SA of a tunnel end (any state), with its CHILD SAs under "child-sas"."""
     return [ike for entry in vici_sas(rt, node) for ike in entry.values()]

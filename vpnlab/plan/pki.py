@@ -147,8 +147,7 @@ def issue(t, folder: Path) -> dict:
 
     def certificate(file: str, ca: _Issuer, cn: str, key, server: bool) -> x509.Certificate:
         cert = store.cert(file)
-        if cert is None or not ca.issued(cert) or cert.public_key().public_numbers() != key.public_key().public_numbers() \
-                or cert.subject != _name(cn):
+        if not (cert and ca.issued(cert) and cert.subject == _name(cn) and _same_key(cert, key)):
             cert = ca.issue(cn, key, server=server, dns=cn if server else None)
         store.files[file] = _pem(cert)
         return cert
@@ -198,16 +197,6 @@ def node_files(node, folder: Path) -> dict[str, bytes]:
     return {rel: (folder / source).read_bytes() for rel, source in node.pki}
 
 
-def installed(node, nodes_dir: Path) -> dict[str, bytes]:
-    """The PKI files a node's folder holds now."""
-    out = {}
-    for rel, _ in node.pki:
-        path = nodes_dir / node.name / rel
-        if path.exists():
-            out[rel] = path.read_bytes()
-    return out
-
-
 def install_node(node, nodes_dir: Path, folder: Path, old=None):
     """Copy a node's certificates, keys and CRLs into its folder; what the node's old
     plan had and the new one has not (a root no longer trusted) is removed."""
@@ -229,6 +218,10 @@ def install(plan, nodes_dir: Path, folder: Path):
 def load_index(folder: Path) -> dict:
     path = folder / INDEX
     return json.loads(path.read_text()) if path.exists() else {"certificates": {}, "revoked": {}}
+
+
+def _same_key(cert: x509.Certificate, key) -> bool:
+    return cert.public_key().public_numbers() == key.public_key().public_numbers()
 
 
 def _write(path: Path, data: bytes, secret: bool):
