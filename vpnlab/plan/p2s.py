@@ -186,8 +186,8 @@ def _client_addresses(t) -> dict[str, IPv4Address]:
     its name gives, or the next free one, so that a client keeps its address when others
     come and go (a running lab's change leaves the other laptops alone)."""
     free = set(free_client_addresses(t))
-    places = sorted(free | {a for lng in t.local_network_gateways.values()
-                            if (a := lng.gateway_ip) in IPv4Network(defaults()["p2s"]["client_public"])})
+    # every place of the range, taken or not: a site added moves only the client it lands on
+    places = [a for a in IPv4Network(defaults()["p2s"]["client_public"]).hosts() if int(a) & 0xFF > 1]
     out = {}
     for name in sorted(t.clients):
         i = zlib.crc32(name.encode()) % len(places)
