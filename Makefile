@@ -12,11 +12,14 @@ RUNTIME ?= netns
 DAEMON_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
   libstrongswan-extra-plugins libstrongswan-standard-plugins frr frr-pythontools nftables \
   iperf3 tcpdump iputils-ping openvpn
-APT_PACKAGES = iproute2 util-linux $(if $(filter netns,$(RUNTIME)),$(DAEMON_PACKAGES))
+# make test also looks at the report and a graph the way a person does (headless Chromium)
+TEST_PACKAGES := chromium fonts-dejavu-core
+APT_PACKAGES = iproute2 util-linux $(if $(filter netns,$(RUNTIME)),$(DAEMON_PACKAGES)) \
+  $(if $(filter test,$(MAKECMDGOALS)),$(TEST_PACKAGES))
 DOCKER_PACKAGES := docker.io debootstrap
 PYTEST_ARGS ?=
 
-.PHONY: deps system-deps docker-engine image lab down status test test-unit scenarios bench clean
+.PHONY: deps system-deps docker-engine image kernel-vm lab down status test test-unit scenarios bench clean
 
 deps: system-deps $(VENV)/.installed
 
@@ -30,7 +33,7 @@ system-deps:
 $(VENV)/.installed: pyproject.toml
 	@python3 -m venv $(VENV) 2>/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv && python3 -m venv $(VENV); }
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test]'
+	$(VENV)/bin/pip install -q -e '.[all,test]'
 	touch $@
 
 # The Docker engine, where none answers: installed from Debian and started without
@@ -50,8 +53,30 @@ docker-engine:
 # The node image for --runtime docker (and containerlab): its base is made locally with
 # debootstrap when no registry can be reached.
 image: deps docker-engine
-	bash vpnlab/runtime/images/base-image.sh $$($(PY) -c 'from vpnlab.runtime.image import base_image; print(base_image())')
-	$(PY) -m vpnlab.runtime.image
+	$(VPNLAB) image build
+
+# A real Debian kernel (ESP, XFRM interfaces, netem), booted under QEMU without KVM by
+# virtme-ng and sharing this machine's root filesystem read-only (docs/kernel-vm.md). The
+# kernel package is unpacked into $(KERNEL_VM), never installed as the host's kernel; its
+# modules are linked into /lib/modules/<version>, where the guest looks for them.
+KERNEL_VM := .kernel-vm
+KERNEL_VM_PACKAGES := qemu-system-x86 busybox-static kmod
+kernel-vm: deps
+	@missing=$$(for p in $(KERNEL_VM_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q "install ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@pkg=$$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $$2; exit}'); \
+	[ -n "$$pkg" ] || { apt-get update -qq; pkg=$$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $$2; exit}'); }; \
+	ver=$${pkg#linux-image-}; \
+	if [ ! -e $(KERNEL_VM)/boot/vmlinuz-$$ver ]; then \
+	  echo "unpacking $$pkg into $(KERNEL_VM)"; \
+	  rm -rf $(KERNEL_VM) && mkdir -p $(KERNEL_VM)/deb && (cd $(KERNEL_VM)/deb && apt-get download -qq $$pkg 2>/dev/null) && \
+	  dpkg-deb -x $(KERNEL_VM)/deb/$$pkg*.deb $(KERNEL_VM) && rm -rf $(KERNEL_VM)/deb; \
+	fi; \
+	mkdir -p /lib/modules && ln -sfn $(CURDIR)/$(KERNEL_VM)/lib/modules/$$ver /lib/modules/$$ver; \
+	ln -sfn boot/vmlinuz-$$ver $(KERNEL_VM)/vmlinuz
 
 lab: deps $(if $(filter docker containerlab,$(RUNTIME)),image)
 	$(VPNLAB) up $(TOPOLOGY) --timers $(TIMERS) --runtime $(RUNTIME)
@@ -64,9 +89,9 @@ down: deps
 
 # Every runtime that CI can run is required: a missing engine or image fails, not skips.
 test scenarios bench: override RUNTIME = netns
-test: deps image
+test: deps image kernel-vm
 	mkdir -p reports
-	VPNLAB_REQUIRE_RUNTIMES=docker $(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
+	VPNLAB_REQUIRE_RUNTIMES=docker VPNLAB_REQUIRE_CHROMIUM=1 VPNLAB_REQUIRE_KERNEL_VM=1 $(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
 
 scenarios: deps
 	mkdir -p reports
@@ -80,3 +105,5 @@ bench: deps image
 
 clean:
 	rm -rf $(VENV) reports bench-results *.egg-info
+	@for m in /lib/modules/*; do [ "$$(readlink $$m)" = "$(CURDIR)/$(KERNEL_VM)/lib/modules/$${m##*/}" ] && rm $$m; done; \
+	rm -rf $(KERNEL_VM)

@@ -1,5 +1,5 @@
 """A device the lab does not manage, as a user brings one: a namespace of its own running
-its own strongSwan (the README's "Bring your own device" steps), attached to a
+its own strongSwan (the steps of docs/own-device.md), attached to a
 `managed: false` site with `vpnlab attach`. The tests configure it over VICI, as a
 script would, so that one charon can try many proposals in turn.
 
@@ -165,7 +165,7 @@ class OwnDevice:
 
 
 def shell_config(secret: str, public_ip: str, gateway_ip: str, local_ts: str, remote_ts: str) -> str:
-    """A swanctl.conf written by hand, as the README shows it."""
+    """A swanctl.conf written by hand, as docs/own-device.md shows it."""
     return textwrap.dedent(f"""\
         connections {{
             azure {{

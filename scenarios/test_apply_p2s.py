@@ -8,6 +8,7 @@ Each test brings the lab back to its topology at the end (but the SKU upgrade, l
 import copy
 import ipaddress
 import json
+import time
 
 import pytest
 
@@ -70,7 +71,7 @@ def reconnect_budget(lab) -> float:
     return lab.detection_budget() + retry["connect_timeout"] + retry["connect_retry_max"] + 15
 
 
-def test_a_revoked_certificate_ends_its_sessions_only(lab, design):
+def test_a_revoked_certificate_ends_its_sessions_only(lab, scenario, design):
     """Azure: after the update, the revoked certificate "can no longer be used to
     connect"; other certificates from the root go on working [P2SPORTAL]. The lab ends
     the revoked user's session; everyone else's stays (same IKE SA, same TCP
@@ -79,6 +80,7 @@ def test_a_revoked_certificate_ends_its_sessions_only(lab, design):
     before = sessions(lab)
     p2s_config(design)["revoked_certificates"].append({"name": "stolen-laptop", "certificate": "alice"})
     result = lab.apply(design)
+    scenario.record("apply", result["seconds"], "s")
     assert result["p2s_users_ended"] == {GATEWAY: ["alice"]}
     assert result["p2s_sessions_ended"] == ["alice (IkeV2)"]
     assert [c["impact"] for c in result["changes"]] == ["may-disconnect"]
@@ -99,7 +101,7 @@ def test_a_revoked_certificate_ends_its_sessions_only(lab, design):
     assert sessions(lab)["dave"] == before["dave"]
 
 
-def test_a_root_added_lets_its_clients_in_and_removed_ends_their_sessions(lab, design):
+def test_a_root_added_lets_its_clients_in_and_removed_ends_their_sessions(lab, scenario, design):
     """eve's certificate is issued by EveRoot, which the gateway does not trust. With the
     root uploaded she connects; with it removed again, her clients "can't connect"
     [P2SPORTAL] and the lab ends her session. IKEv2 users of the other root keep theirs;
@@ -109,6 +111,7 @@ def test_a_root_added_lets_its_clients_in_and_removed_ends_their_sessions(lab, d
     refused(lab, "eve")
     p2s_config(design)["root_certificates"].append({"name": "EveRoot"})
     result = lab.apply(design)
+    scenario.record("apply (root added)", result["seconds"], "s")
     steps = {(s["node"], s["kind"]) for s in result["steps"]}
     ikev2, openvpn = (next(e.node for e in lab.plan.p2s_ends if e.protocol == p) for p in ("IkeV2", "OpenVPN"))
     assert {(ikev2, "pki"), (ikev2, "charon"), (openvpn, "openvpn")} <= steps, steps
@@ -119,6 +122,7 @@ def test_a_root_added_lets_its_clients_in_and_removed_ends_their_sessions(lab, d
     assert sessions(lab)["bob"] != before["bob"], "openvpn started again: bob's is a new session"
     alice = sessions(lab)["alice"]
     result = lab.apply(_without_root(lab, "EveRoot"))
+    scenario.record("apply (root removed)", result["seconds"], "s")
     assert result["p2s_users_ended"] == {GATEWAY: ["eve"]}
     assert "eve" not in sessions(lab) and sessions(lab)["alice"] == alice
     refused(lab, "eve")
@@ -131,7 +135,7 @@ def _without_root(lab, root: str) -> dict:
     return d
 
 
-def test_custom_routes_reach_each_session_that_begins_after_the_change(lab, design):
+def test_custom_routes_reach_each_session_that_begins_after_the_change(lab, scenario, design):
     """Clients get the routes the gateway offers when they connect [P2SRT]: sessions up
     keep theirs (nothing restarts), a session that begins after the change gets the new
     custom route, over IKEv2 (a traffic selector) and OpenVPN (a pushed route)."""
@@ -139,6 +143,7 @@ def test_custom_routes_reach_each_session_that_begins_after_the_change(lab, desi
     before = sessions(lab)
     p2s_config(design)["custom_routes"].append("10.98.0.0/16")
     result = lab.apply(design)
+    scenario.record("apply", result["seconds"], "s")
     assert {s["kind"] for s in result["steps"]} <= {"charon", "addresses", "routes"}, result["steps"]
     assert sessions(lab) == before
     assert "10.98.0.0/16" not in _routes(lab, "alice") | _routes(lab, "bob")
@@ -157,7 +162,7 @@ def _routes(lab, client: str) -> set[str]:
     return {r["dst"] for r in routes if r.get("gateway")}
 
 
-def test_a_new_pool_makes_the_server_again_and_the_clients_reconnect_from_it(lab, design):
+def test_a_new_pool_makes_the_server_again_and_the_clients_reconnect_from_it(lab, scenario, design):
     """The pool changed: the lab makes the gateway's P2S server again (UNCONFIRMED what
     Azure does to connected users): every session ends, the clients (always on) dial
     again and get addresses from the new pool, which the gateway now announces to the
@@ -165,7 +170,9 @@ def test_a_new_pool_makes_the_server_again_and_the_clients_reconnect_from_it(lab
     connect(lab, "alice", "bob")
     pool = ipaddress.ip_network("172.16.202.0/24")
     p2s_config(design)["address_pool"] = [str(pool)]
+    start = time.monotonic()
     result = lab.apply(design)
+    scenario.record("apply", result["seconds"], "s")
     assert any(s["kind"] == "node" for s in result["steps"]), result["steps"]
 
     def vips():
@@ -173,6 +180,7 @@ def test_a_new_pool_makes_the_server_again_and_the_clients_reconnect_from_it(lab
                 for c in ("alice", "bob")}
     lab.eventually(lambda: all(v and ipaddress.ip_address(v) in pool for v in vips().values()), True,
                    reconnect_budget(lab), "alice and bob connected again, from 172.16.202.0/24")
+    scenario.record("both users connected again", round(time.monotonic() - start, 1), "s")
     for client in ("alice", "bob"):
         lab.eventually(lambda c=client: live.ping(lab.backend, c, BRANCH_HOST, count=1), True, 15,
                        f"{client} reaches the branch from the new pool")
@@ -206,19 +214,22 @@ def test_a_protocol_removed_and_a_client_added(lab, design):
     assert not [ns for ns in lab.backend.state.namespaces if "frank" in ns]
 
 
-def test_sku_upgrade_raises_the_users_limit(lab):
+def test_sku_upgrade_raises_the_users_limit(lab, scenario):
     """VpnGw1 -> VpnGw2: the gateway's point-to-site limit follows (250 -> 500 [2.1]),
     in charon's IKE SA limit and openvpn's max-clients (read at start: openvpn starts
     again, its users reconnect); IKEv2 users keep their sessions. Last: Azure refuses
     the downgrade back."""
     connect(lab, "alice", "bob")
     before = sessions(lab)
+    ikev2, openvpn = (next(e.node for e in lab.plan.p2s_ends if e.protocol == p) for p in ("IkeV2", "OpenVPN"))
+    openvpn_pids = lab.backend.daemon_pids(openvpn, "openvpn")
     design = lab.design()
     design["virtual_network_gateways"][GATEWAY]["sku"] = "VpnGw2"
     result = lab.apply(design)
+    scenario.record("apply", result["seconds"], "s")
     assert {s["kind"] for s in result["steps"]} >= {"charon", "openvpn"}, result["steps"]
-    ikev2, openvpn = (next(e.node for e in lab.plan.p2s_ends if e.protocol == p) for p in ("IkeV2", "OpenVPN"))
     assert lab.plan.nodes[ikev2].charon["ikesa_limit"] == 500
     assert "max-clients 500" in (lab.backend.node_dir(openvpn) / "openvpn.conf").read_text()
+    assert lab.backend.daemon_pids(openvpn, "openvpn") not in ([], openvpn_pids), "openvpn started again"
     lab.eventually(lambda: "bob" in sessions(lab), True, reconnect_budget(lab), "bob back on the OpenVPN server")
     assert sessions(lab)["alice"] == before["alice"]

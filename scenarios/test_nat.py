@@ -219,3 +219,35 @@ def test_nat_reboot_outage_and_recovery(lab, scenario):
     scenario.record("outage (worse direction)", outage, "s", f"<= {bound} s")
     assert worst(result, "lost") > 0, "the reboot lost nothing: the NAT kept its mappings"
     assert outage <= bound, result["directions"]
+
+
+# ------------------------------------------------------------------ rehearsing a change
+def test_apply_a_new_external_mapping_for_branch1(lab):
+    """vpnlab apply of branch1's IngressSnat rules with another external range
+    (172.16.1.0/24 -> 172.17.1.0/24): the instances translate to the new range at once,
+    the VNet reaches branch1's host there and no longer at the old address; no tunnel
+    restarts, and branch2's BGP sessions and translated routes are untouched. Applied
+    back, the old range works again."""
+    original, design = lab.design(), lab.design()
+    for rule in ("branch1-in0", "branch1-in1"):
+        design["virtual_network_gateways"]["hub-gw"]["nat_rules"][rule]["external_mappings"] = \
+            [{"address_space": "172.17.1.0/24"}]
+    sas = {t.name: sorted(s["uniqueid"] for s in live.ike_sas(lab.backend, t.azure_end)) for t in lab.plan.tunnels}
+    sessions = {node: {p: v["connectionsEstablished"] for p, v in live.bgp_peers(lab.backend, node).items()}
+                for node in (*INSTANCES, "branch2")}
+    try:
+        result = lab.apply(design)
+        assert result["resets"] == [] and [c["resource"] for c in result["changes"]] == \
+            ["virtual_network_gateways.hub-gw"]
+        lab.eventually(lambda: "172.17.1.0/24" in live.fib_prefixes(lab.backend, "hub-sdn"), True,
+                       "reconverge", "the VNet to route 172.17.1.0/24 to the gateway")
+        assert live.ping(lab.backend, "nat-vm1", "172.17.1.10", count=2)
+        assert not live.ping(lab.backend, "nat-vm1", SEEN["branch1-host"], count=1, timeout=1)
+        assert live.ping(lab.backend, "nat-vm1", SEEN["branch2-host"], count=2)
+        assert {t.name: sorted(s["uniqueid"] for s in live.ike_sas(lab.backend, t.azure_end))
+                for t in lab.plan.tunnels} == sas
+        assert {node: {p: v["connectionsEstablished"] for p, v in live.bgp_peers(lab.backend, node).items()}
+                for node in (*INSTANCES, "branch2")} == sessions
+    finally:
+        lab.apply(original)
+    assert live.ping(lab.backend, "nat-vm1", SEEN["branch1-host"], count=2)

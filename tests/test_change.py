@@ -209,6 +209,21 @@ def test_the_pki_keeps_what_it_issued_and_adds_what_is_missing(tmp_path):
     assert after["ca-EveRoot.pem"] in after["bundle-hub-gw.pem"]
 
 
+def test_the_pki_is_made_again_only_when_what_it_is_made_of_changes(tmp_path):
+    """apply stages a new PKI only when pki.inputs differ: a revocation, a client added
+    or reissued do; a site prefix or custom routes do not."""
+    base = topology(P2S, tmp_path, "a.yaml")
+    same = copy.deepcopy(P2S)
+    _p2s(same)["custom_routes"].append("10.98.0.0/16")
+    next(iter(same["local_network_gateways"].values()))["address_space"] = ["10.99.0.0/24"]
+    assert pki.inputs(topology(same, tmp_path, "b.yaml")) == pki.inputs(base)
+    revoked, client = copy.deepcopy(P2S), copy.deepcopy(P2S)
+    _p2s(revoked)["revoked_certificates"].append({"name": "stolen", "certificate": "alice"})
+    client["clients"]["frank"] = {"virtual_network_gateway": "hub-gw", "protocol": "IkeV2"}
+    for other in (revoked, client):
+        assert pki.inputs(topology(other, tmp_path, "c.yaml")) != pki.inputs(base)
+
+
 def test_the_users_a_change_ends_are_the_revoked_and_the_untrusted(tmp_path):
     old, new = copy.deepcopy(P2S), copy.deepcopy(P2S)
     _p2s(old)["root_certificates"].append({"name": "EveRoot"})

@@ -21,6 +21,7 @@ from vpnlab.pytest_plugin import leftovers, runtime_param
 from vpnlab.runtime import containerlab as clab_runtime
 from vpnlab.runtime import docker as docker_runtime
 from vpnlab.runtime import procs
+from vpnlab.runtime.backend import ESP_PROBE
 from vpnlab.runtime.state import lab_dir, load_state
 from vpnlab.session import open_lab
 from vpnlab.waits import wait_until
@@ -63,9 +64,11 @@ def assert_pings(rt, plan, count=2):
 
 
 def status(name) -> dict:
+    """status --json: exit 0 when converged, 1 when not (a fault, a tunnel down)."""
     res = vpnlab("status", "--name", name, "--json")
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
+    s = json.loads(res.stdout)
+    assert res.returncode == (0 if s["converged"] else 1) and s["api_version"] == 1, res.stderr
+    return s
 
 
 def root_namespace() -> dict:
@@ -106,7 +109,9 @@ def aa(request):
 def test_status_json_contract_and_four_established_tunnels(aa):
     s = status(aa.name)
     assert {"name", "runtime", "dataplane", "nodes", "tunnels", "bgp"} <= set(s)
-    assert s["name"] == aa.name and s["runtime"] == aa.runtime and s["dataplane"] == "libipsec"
+    assert s["name"] == aa.name and s["runtime"] == aa.runtime
+    assert s["dataplane"] == ("kernel" if aa[0].kernel_has_esp() else "userspace") and s["kernel_esp"] is (
+        s["dataplane"] == "kernel")
     netem = aa[0].kernel_has_netem()
     assert s["impairments"]["delay"] == ("netem" if netem else "unavailable: the kernel has no netem")
     assert s["impairments"]["blackhole"] == "nftables"
@@ -178,16 +183,19 @@ def test_graph_shows_tunnel_and_bgp_state(aa):
     res = vpnlab("graph", "--name", aa.name)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("graph LR")
-    assert res.stdout.count("ESTABLISHED") == 4 and res.stdout.count("BGP Established") == 4
+    assert res.stdout.count("ESTABLISHED") == 4 and len(re.findall(r"eBGP [\d.]+ - [\d.]+ Established", res.stdout)) == 4
+    assert 'subgraph g0["VNet hub"]' in res.stdout and "AS65010" in res.stdout
 
 
 def test_fail_and_heal_from_the_cli(aa):
     rt, plan = aa
     res = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", aa.name)
     assert res.returncode == 0, res.stderr
-    assert "vpnlab heal carrier:onprem-dev0:t0" in res.stderr
+    assert res.stdout == "carrier:onprem-dev0:t0\n" and "vpnlab heal carrier:onprem-dev0:t0" in res.stderr
     s = status(aa.name)
     assert [f["key"] for f in s["faults"]] == ["carrier:onprem-dev0:t0"]
+    wait_until(lambda: vpnlab("status", "--name", aa.name).returncode, lambda rc: rc == 1,
+               "status to exit 1 once the lab notices the carrier loss (BGP hold)", 20)
     assert not rt.link_is_up("onprem-dev0", "t0")
     again = vpnlab("fail", "carrier", "onprem-dev0:t0", "--name", aa.name)
     assert again.returncode == 1 and "already injected" in again.stderr
@@ -222,7 +230,7 @@ def test_bad_faults_are_refused_and_nothing_changes(aa):
 def _metrics(name: str) -> dict:
     res = vpnlab("metrics", "--name", name, "--json")
     assert res.returncode == 0, res.stderr
-    return {(r["name"], *r["dimensions"].values()): r["value"] for r in json.loads(res.stdout)}
+    return {(r["name"], *r["dimensions"].values()): r["value"] for r in json.loads(res.stdout)["metrics"]}
 
 
 def test_metrics_under_azures_names_and_dimensions(aa):
@@ -267,8 +275,8 @@ def test_metrics_and_events_show_a_lost_bgp_speaker(aa):
         assert vpnlab("heal", "--all", "--name", aa.name).returncode == 0
 
     def bgp_events():
-        res = vpnlab("events", "--name", aa.name, "--json", "--category", "RouteDiagnosticLog")
-        return [e["OperationName"] for e in json.loads(res.stdout)
+        res = vpnlab("events", "--name", aa.name, "--json", "--category", "RouteDiagnosticLog", "--last", "0")
+        return [e["OperationName"] for e in json.loads(res.stdout)["events"]
                 if e["instance_s"] == "GatewayTenantWorker_IN_0" and e["peerAddress_s"] == "169.254.21.10"]
     wait_until(bgp_events, lambda ops: ops[-3:] == ["BgpConnectedEvent", "BgpDisconnectedEvent",
                                                     "BgpConnectedEvent"],
@@ -290,6 +298,81 @@ def test_shared_keys_never_in_status_or_logs(aa):
     logs += (lab_dir(aa.name) / "events.jsonl").read_text()
     for key in ("Lab.Dev0.Psk.ChangeMe", "Lab.Dev1.Psk.ChangeMe"):
         assert key not in text and key not in logs
+
+
+def test_list_wait_logs_connect_and_save(aa, tmp_path):
+    """The verbs around a running lab: list shows it, wait returns at once on a converged
+    lab, logs show charon's log without the shared key, connect reaches a router's own
+    vtysh and a tunnel end's own charon, save writes what the daemons run."""
+    labs = json.loads(vpnlab("list", "--json").stdout)["labs"]
+    mine = [x for x in labs if x["name"] == aa.name]
+    assert len(mine) == 1 and (mine[0]["phase"], mine[0]["alive"], mine[0]["runtime"]) == ("up", True, aa.runtime), labs
+    waited = vpnlab("wait", "--name", aa.name, "--json", "--timeout", "30")
+    assert waited.returncode == 0 and json.loads(waited.stdout)["converged"], waited.stderr
+    logs = vpnlab("logs", "hub-to-dev0-in0-az", "--name", aa.name, "--daemon", "charon", "-n", "400")
+    assert logs.returncode == 0 and "IKE_SA" in logs.stdout, logs.stderr
+    with open_lab(aa.name) as lab:
+        key = next(c.shared_key.get_secret_value() for c in lab.topology.connections.values())
+    assert key not in logs.stdout
+    bgp = vpnlab("connect", "hub-gw-in0", "--name", aa.name, "--tool", "vtysh", "--", "-c",
+                 "show bgp ipv4 unicast summary json")
+    assert bgp.returncode == 0, bgp.stderr
+    summary = json.loads(bgp.stdout)
+    assert len(summary.get("peers") or summary["ipv4Unicast"]["peers"]) == 3, summary
+    sas = vpnlab("connect", "hub-to-dev0-in0-az", "--name", aa.name, "--tool", "swanctl")
+    assert sas.returncode == 0 and "ESTABLISHED" in sas.stdout, sas.stderr
+    saved = vpnlab("save", str(tmp_path / "saved"), "--name", aa.name, "--json")
+    assert saved.returncode == 0, saved.stderr
+    files = {Path(f).relative_to(tmp_path / "saved").as_posix() for f in json.loads(saved.stdout)["files"]}
+    assert {"hub-gw-in0/frr.conf", "onprem-dev0/frr.conf", "hub-to-dev0-in0-az/swanctl-conns.json",
+            "topology.yaml", "plan.json"} <= files
+    assert "router bgp 65515" in (tmp_path / "saved/hub-gw-in0/frr.conf").read_text()
+    assert oct((tmp_path / "saved/topology.yaml").stat().st_mode & 0o777) == "0o600"
+
+
+def test_wait_names_a_stuck_tunnel_and_its_dead_charon(aa):
+    """A tunnel end's charon killed: wait gives up naming the tunnel, that its charon is
+    not running, and what that charon last logged; healed, the lab converges again."""
+    assert vpnlab("fail", "crash", "hub-to-dev0-in0-az", "--name", aa.name).returncode == 0
+    try:
+        res = vpnlab("wait", "--name", aa.name, "--timeout", "2")
+        assert res.returncode == 1, res.stderr
+        assert "did not converge within 2 s" in res.stderr and "tunnel hub-to-dev0-in0:" in res.stderr, res.stderr
+        assert "hub-to-dev0-in0-az: charon NOT running, last said: " in res.stderr, res.stderr
+    finally:
+        assert vpnlab("heal", "--all", "--name", aa.name).returncode == 0
+
+
+def test_a_lab_that_does_not_come_up_keeps_its_logs(aa):
+    """up --timeout 0.001 cannot converge, unless its one look finds everything up already
+    (it comes about a second after the daemons start: the lab is that fast now, mostly
+    on docker, where the look itself takes a second); such a run is taken down and tried
+    again. Exit 1 naming what did not converge and the folder with the configs and logs;
+    nothing runs any more. --clean-on-failure leaves nothing."""
+    name = lab_name("it-fail", aa.runtime)
+    try:
+        res = up_that_fails(name, aa.runtime)
+        assert "did not converge within 0.001 s" in res.stderr, res.stderr
+        assert f"its configs and logs: {lab_dir(name)}" in res.stderr
+        assert list(lab_dir(name).glob("nodes/*/charon.log")), "the daemons' logs are kept"
+        assert {k: v for k, v in leftovers(name).items() if k != "files"} == {}, "nothing runs"
+        assert [x["phase"] for x in json.loads(vpnlab("list", "--json").stdout)["labs"] if x["name"] == name] \
+            == ["failed"]
+    finally:
+        vpnlab("down", "--name", name)
+    assert leftovers(name) == {}
+    up_that_fails(name, aa.runtime, "--clean-on-failure")
+    assert leftovers(name) == {}
+
+
+def up_that_fails(name: str, runtime: str, *extra: str, tries: int = 3) -> subprocess.CompletedProcess:
+    for _ in range(tries):
+        vpnlab("down", "--name", name)
+        res = vpnlab("up", AA, "--name", name, "--timers", "fast", "--timeout", "0.001", "--runtime", runtime, *extra)
+        if res.returncode != 0:
+            assert res.returncode == 1, res.stderr
+            return res
+    pytest.fail(f"up --timeout 0.001 converged at its one look {tries} times in a row")
 
 
 def test_up_with_a_name_in_use_is_refused_and_the_lab_survives(aa):
@@ -411,10 +494,12 @@ def test_policy_based_gateway_selectors_drops_and_idle_teardown(runtime):
                        "the idle tunnel torn down by the gateway", idle + 10)
             wait_until(lambda: live.ping(rt, sender, address, count=1, timeout=1), bool,
                        f"traffic from {sender} to bring the tunnel back", 10)
-        events = json.loads(vpnlab("events", "--name", name, "--json", "--category", "TunnelDiagnosticLog").stdout)
+        events = json.loads(vpnlab("events", "--name", name, "--json", "--category", "TunnelDiagnosticLog",
+                                   "--last", "0").stdout)["events"]
         assert [e["OperationName"] for e in events] == ["TunnelConnected", "TunnelDisconnected"] * 2 + ["TunnelConnected"]
         assert "idle" in events[1]["stateChangeReason_s"]
-        ike_log = json.loads(vpnlab("events", "--name", name, "--json", "--category", "IKEDiagnosticLog").stdout)
+        ike_log = json.loads(vpnlab("events", "--name", name, "--json", "--category", "IKEDiagnosticLog",
+                                    "--last", "0").stdout)["events"]
         assert not [e["Message"] for e in ike_log if re.search(r"DPD request|N\(DPD\)", e["Message"])]
     finally:
         vpnlab("down", "--name", name)
@@ -422,14 +507,18 @@ def test_policy_based_gateway_selectors_drops_and_idle_teardown(runtime):
 
 
 # ------------------------------------------------------------ bring your own device
-def readme_block(marker: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    return text.split(f"<!-- walkthrough: {marker} -->\n```sh\n", 1)[1].split("```", 1)[0]
+def walkthrough(marker: str) -> str:
+    """The shell block after `<!-- walkthrough: marker -->` in the one page of the README
+    and docs/ that has it: the tests run the walkthroughs as the docs show them."""
+    start = f"<!-- walkthrough: {marker} -->\n```sh\n"
+    pages = [p for p in (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))) if start in p.read_text()]
+    assert len(pages) == 1, f"walkthrough {marker!r} on {len(pages)} pages: {pages}"
+    return pages[0].read_text().split(start, 1)[1].split("```", 1)[0]
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_bring_your_own_device_as_the_readme_says(tmp_path, runtime):
-    """The README's walkthrough, run as it stands (only the lab's name, its runtime, the
+def test_bring_your_own_device_as_the_docs_say(tmp_path, runtime):
+    """The walkthrough in docs/own-device.md, run as it stands (only the lab's name, its runtime, the
     namespace and the folder are the test's own): a hand-written strongSwan in the
     user's namespace, attached to a managed: false site, brings the tunnel up and
     reaches the VNet's VM; the clean-up leaves nothing behind."""
@@ -447,19 +536,19 @@ def test_bring_your_own_device_as_the_readme_says(tmp_path, runtime):
     vpnlab("down", "--name", name)
     subprocess.run(["ip", "netns", "del", "it-mydev"], capture_output=True)
     try:
-        res = bash(readme_block("set up"))
+        res = bash(walkthrough("set up"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "203.0.113.10" in res.stderr, "attach names the gateway IP to dial"
         wait_until(lambda: status(name)["tunnels"][0], lambda t: t["child_state"] == "INSTALLED",
                    "the tunnel to the user's device", 30)
-        res = bash(readme_block("check"))
+        res = bash(walkthrough("check"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "3 received" in res.stdout and "TunnelConnected" in res.stdout
         refused = vpnlab("attach", "mybranch", "--netns", "it-mydev", "--name", name)
         assert refused.returncode == 1 and "already attached" in refused.stderr
         refused = vpnlab("attach", "nosuchsite", "--netns", "it-mydev", "--name", name)
         assert refused.returncode == 1 and "sites: mybranch" in refused.stderr
-        res = bash(readme_block("clean up"))
+        res = bash(walkthrough("clean up"))
         assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
         assert "it-mydev" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert leftovers(name) == {}
@@ -540,12 +629,12 @@ def test_interrupted_up_cleans_up_after_itself(sig, ignoring, runtime):
 
 
 @pytest.mark.parametrize("runtime", RUNTIMES)
-def test_active_standby_maintenance_as_the_readme_says(runtime):
-    """The README's maintenance walkthrough, run as it stands (the lab's name and its
+def test_active_standby_maintenance_as_the_docs_say(runtime):
+    """The maintenance walkthrough (docs/faults-and-scenarios.md), run as it stands (the lab's name and its
     runtime are the test's own): the standby takes over, status says so, the VM
     reaches the branch."""
     name = lab_name("it-as", runtime)
-    block = (readme_block("maintenance").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
+    block = (walkthrough("maintenance").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
              .replace("--name as", f"--name {name}").replace("--timers fast", f"--timers fast --runtime {runtime}"))
     up_line, maint, show, ping, down_line = block.strip().splitlines()
     assert f"--runtime {runtime}" in up_line
@@ -566,12 +655,12 @@ def test_active_standby_maintenance_as_the_readme_says(runtime):
     assert leftovers(name) == {}
 
 
-def test_a_key_reset_as_the_readme_says(tmp_path):
-    """The README's change walkthrough, run as it stands (the lab's name and the file's
+def test_a_key_reset_as_the_docs_say(tmp_path):
+    """The change walkthrough (docs/rehearsing-a-change.md), run as it stands (the lab's name and the file's
     folder are the test's own): the plan touches nothing, Azure's side alone takes
     hub-to-site-c down, the device's apply brings it back; nothing is left."""
     name = "it-change"
-    block = (readme_block("apply").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
+    block = (walkthrough("apply").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
              .replace("--name change", f"--name {name}").replace("/tmp/change.yaml", str(tmp_path / "c.yaml")))
     up_line, edit, plan, azure, show, device, down_line = block.strip().splitlines()
     run = lambda line: subprocess.run(["bash", "-ec", line], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -587,7 +676,7 @@ def test_a_key_reset_as_the_readme_says(tmp_path):
         res = run(azure)
         assert res.returncode == 0, res.stderr[-2000:]
         wait_until(site_c, lambda s: "ESTABLISHED" not in s.values(), "hub-to-site-c to go down", 20)
-        assert run(show).returncode == 0
+        assert run(show).returncode == 1, "status exits 1 while a tunnel is down"
         res = run(device)
         assert res.returncode == 0, res.stderr[-2000:]
         assert set(site_c().values()) == {"ESTABLISHED"} and status(name)["phase"] == "up"
@@ -655,3 +744,20 @@ def test_up_without_containerlab_says_how_to_install_it(tmp_path):
     assert res.returncode == 1
     assert "containerlab binary is not installed; install 0.79.0" in res.stderr, res.stderr
     assert leftovers("it-noclab") == {}
+
+
+def test_the_kernel_data_plane_is_refused_without_esp_and_leaves_nothing():
+    """--dataplane kernel on a kernel without ESP (this project's machines): exit 1 with
+    the reason and the way out, and nothing of the lab is left, not even its folder. On
+    a kernel with ESP the kernel data plane runs: tests/test_kernel_vm.py."""
+    if kernel_takes_esp():
+        pytest.skip("this kernel has ESP: the kernel data plane runs here")
+    res = vpnlab("up", STATIC, "--name", "no-esp", "--dataplane", "kernel", "--timers", "fast")
+    assert res.returncode == 1, res.stderr
+    assert "this kernel has no ESP" in res.stderr and "--dataplane userspace" in res.stderr
+    assert leftovers("no-esp") == {} and not lab_dir("no-esp").exists()
+
+
+def kernel_takes_esp() -> bool:
+    """`up`'s probe, in a throwaway network namespace (unshare)."""
+    return subprocess.run(["unshare", "--net", *ESP_PROBE], capture_output=True).returncode == 0

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_integration import RUNTIMES, readme_block, running, up, vpnlab
+from test_integration import RUNTIMES, running, up, vpnlab, walkthrough
 
 from vpnlab.checks import p2s_clients as p2s
 from vpnlab.errors import LabError
@@ -314,12 +314,12 @@ def _looks(probe, seconds: float) -> list:
     return looks
 
 
-def test_point_to_site_as_the_readme_says():
-    """The README's point-to-site walkthrough, line by line as it stands (the lab's name
+def test_point_to_site_as_the_docs_say():
+    """The point-to-site walkthrough (docs/point-to-site.md), line by line as it stands (the lab's name
     is the test's own): both clients connect and reach the VM and the branch, mallory is
     refused, status shows the sessions, maintenance drops and reconnects them."""
     name = "it-p2s-readme"
-    block = (readme_block("point-to-site").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
+    block = (walkthrough("point-to-site").replace(".venv/bin/vpnlab", f"{sys.executable} -m vpnlab.cli")
              .replace("--name p2s", f"--name {name}"))
     lines = [ln.split("  #")[0].strip() for ln in block.strip().splitlines()]
     vpnlab("down", "--name", name)
@@ -356,7 +356,7 @@ def test_p2s_metrics_and_status(plab):
     assert live.ping(rt, "bob", VM, count=3)
     res = vpnlab("metrics", "--name", plab.name, "--json")
     assert res.returncode == 0, res.stderr
-    rows = json.loads(res.stdout)
+    rows = json.loads(res.stdout)["metrics"]
     count = {(r["dimensions"]["Protocol"], r["dimensions"]["Instance"]): r["value"]
              for r in rows if r["name"] == "P2SConnectionCount"}
     assert count == {("IkeV2", "GatewayTenantWorker_IN_0"): 1, ("OpenVPN", "GatewayTenantWorker_IN_0"): 1}

@@ -6,17 +6,18 @@ import time
 
 import pytest
 
-LAB_TOPOLOGY = "../topologies/single-site-static.yaml"
 RESOLUTION_MS = 10
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root: creates network namespaces"),
+    pytest.mark.vpnlab(topology="single-site-static"),
 ]
 
 
-def test_a_known_outage_is_measured_to_10_ms(lab, scenario):
+def test_a_known_outage_is_measured_to_10_ms(vpnlab_lab, vpnlab_scenario):
     """A 500-packet blackhole on the branch uplink, probe at 1000 packets/s on one flow."""
+    lab, scenario = vpnlab_lab, vpnlab_scenario
     scenario.start(lab, "app-vm", "branch-host", flows=1, tcp=False)
     t0 = time.monotonic_ns()
     lab.fail("blackhole", "branch:pub")

@@ -15,14 +15,33 @@ from rich.table import Table
 from vpnlab import engine
 from vpnlab.checks import faults
 from vpnlab.errors import LabError
+from vpnlab.model import shipped
 from vpnlab.model.names import check_lab_name
 from vpnlab.model.yamlsrc import SourceError
 from vpnlab.plan import clab
+from vpnlab.plan.parts import DATAPLANES
 from vpnlab.runtime import registry
 from vpnlab.session import require_state, resolve_name, running_labs, session
 
 out = Console()
 err = Console(stderr=True)
+
+
+API_VERSION = 1     # of every --json output's shape: a new key is compatible, a renamed one is not
+
+
+def _print_json(data: dict):
+    """Data on stdout: one JSON object, the version of its shape first."""
+    print(json.dumps({"api_version": API_VERSION, **data}, indent=1))
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("vpnlab")
+    except PackageNotFoundError:
+        return "(not installed)"
 
 
 def _fail(message: str):
@@ -42,9 +61,10 @@ def _progress():
 def cmd_up(args) -> int:
     status, update = _progress()
     with status:
-        result = engine.up(args.file or engine.default_topology(), name=args.name,
+        result = engine.up(shipped.resolve(args.file), name=args.name,
                            timers=args.timers, progress=update, runtime=args.runtime,
-                           keep_on_failure=args.keep_on_failure)
+                           keep_on_failure=args.keep_on_failure, timeout=args.timeout,
+                           clean_on_failure=args.clean_on_failure, dataplane=args.dataplane)
     return _show_status(result, args.json)
 
 
@@ -53,9 +73,10 @@ def cmd_status(args) -> int:
 
 
 def _show_status(s: dict, as_json: bool) -> int:
+    """The lab's status; exit 0 when it has converged, 1 when not (what has not is said)."""
     if as_json:
-        print(json.dumps(s, indent=2))
-        return 0
+        _print_json(s)
+        return 0 if s["converged"] else 1
     out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
               f"  timers {s['timers']}  phase {s['phase']}  delay/jitter: {s['impairments']['delay']}")
     if s["apply"]:
@@ -90,6 +111,10 @@ def _show_status(s: dict, as_json: bool) -> int:
     for f in s.get("faults", []):
         since = time.strftime("%H:%M:%S", time.localtime(f["injected_at"]))
         out.print(f"[yellow]fault[/] {f['key']} {f['params'] or ''} since {since}")
+    if not s["converged"]:
+        err.print("not converged: " + "; ".join(s["not_converged"][:8])
+                  + (f" (and {len(s['not_converged']) - 8} more)" if len(s["not_converged"]) > 8 else ""))
+        return 1
     return 0
 
 
@@ -109,14 +134,16 @@ def cmd_down(args) -> int:
     names = _labs_to_remove(args)
     if not names:
         err.print("no lab is up")
-        return 0
-    failed = False
+    failed, removed = False, {}
     for name in names:
         problems = engine.down(name)
         for p in problems:
             _fail(f"{name}: {p}")
         failed |= bool(problems)
+        removed[name] = problems
         err.print(f"lab {name}: {'left problems behind' if problems else 'down'}")
+    if args.json:
+        _print_json({"labs": [{"name": n, "problems": p} for n, p in removed.items()]})
     return 1 if failed else 0
 
 
@@ -130,21 +157,138 @@ def cmd_exec(args) -> int:
     os.execvp(argv[0], argv)   # exit code passes through
 
 
-def cmd_graph(args) -> int:
-    from vpnlab.checks.graph import lab_graph, mermaid, png
+def cmd_connect(args) -> int:
+    """bash, vtysh or swanctl in a node, on that node's own sockets."""
     with session(args.name) as lab:
-        name = lab.name
-        g = lab_graph(lab.plan, engine.status(name, lab))
-    if args.format == "mermaid":
-        text = mermaid(g)
-        if args.output:
-            open(args.output, "w").write(text)
-        else:
-            print(text, end="")
+        if args.node not in lab.plan.nodes:
+            raise SourceError(f"unknown node {args.node!r}; nodes: {', '.join(sorted(lab.plan.nodes))}")
+        argv = lab.backend.exec_argv(args.node, lab.backend.tool_argv(args.node, args.tool, list(args.args)))
+    os.execvp(argv[0], argv)
+
+
+def cmd_logs(args) -> int:
+    """A node's daemon logs, shared keys taken out; -f follows them."""
+    name = resolve_name(args.name)
+    files, hidden = engine.log_files(name, args.node, args.daemon)
+    if not files:
+        raise LabError(f"{args.node}: no log" + (f" of {args.daemon}" if args.daemon else "") + " yet")
+
+    def shown(line: str) -> str:
+        for s in hidden:
+            line = line.replace(s, "(secret)")
+        return line
+    for f in files:
+        if len(files) > 1:
+            print(f"==> {f} <==")
+        for line in f.read_text(errors="replace").splitlines()[-args.lines:]:
+            print(shown(line))
+    if args.follow:
+        handles = [open(f, errors="replace") for f in files]
+        for h in handles:
+            h.seek(0, os.SEEK_END)
+        while True:                    # until Ctrl-C: poll the files for new lines
+            quiet = True
+            for f, h in zip(files, handles):
+                for line in h.readlines():
+                    quiet = False
+                    print((f"{f.parent.name}/{f.name}: " if len(files) > 1 else "") + shown(line.rstrip("\n")),
+                          flush=True)
+            if quiet:
+                time.sleep(0.2)
+    return 0
+
+
+def cmd_list(args) -> int:
+    labs = engine.labs()
+    if args.json:
+        _print_json({"labs": labs})
+        return 0
+    t = Table("lab", "runtime", "timers", "phase", "nodes", "running", "folder", title="Labs on this machine")
+    for x in labs:
+        t.add_row(x["name"], x["runtime"], str(x["timers"] or "-"), x["phase"], str(x["nodes"] or "-"),
+                  "yes" if x["alive"] else "no", str(x["folder"] or "-"))
+    out.print(t)
+    return 0
+
+
+def cmd_wait(args) -> int:
+    status, update = _progress()
+    with status:
+        s = engine.wait(resolve_name(args.name), args.timeout, progress=update)
+    if args.json:
+        _print_json(s)
     else:
-        path = args.output or f"{name}.png"
-        png(g, path)
-        err.print(f"wrote {path}")
+        err.print(f"lab {s['name']} converged")
+    return 0
+
+
+def cmd_save(args) -> int:
+    written = engine.save(resolve_name(args.name), args.dir)
+    if args.json:
+        _print_json({"files": [str(p) for p in written]})
+    else:
+        err.print(f"saved {len(written)} files in {args.dir}")
+    return 0
+
+
+def cmd_new(args) -> int:
+    """A topology from a few choices, as YAML."""
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from vpnlab.model.generate import MAX_SITES, design
+    from vpnlab.model.topology import load
+    if not 1 <= args.sites <= MAX_SITES:
+        raise SourceError(f"--sites {args.sites}: allowed 1 to {MAX_SITES}")
+    data = design(args.sites, active_active=not args.active_standby, bgp=not args.static, p2s=args.p2s,
+                  sku=args.sku)
+    kind = "active-standby" if args.active_standby else "active-active"
+    head = (f"# vpnlab new: {args.sites} site(s), {kind}, {'static routing' if args.static else 'BGP'}"
+            f"{', point-to-site' if args.p2s else ''}. Random shared keys: change them before sharing the file.\n")
+    text = head + yaml.safe_dump(data, sort_keys=False)
+    with tempfile.TemporaryDirectory() as tmp:      # what it writes validates (a --sku, say)
+        (Path(tmp) / "new.yaml").write_text(text)
+        try:
+            load(Path(tmp) / "new.yaml")
+        except SourceError as e:
+            raise SourceError(str(e).replace(str(Path(tmp) / "new.yaml"), "vpnlab new: the design")) from None
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        os.chmod(args.output, 0o600)       # it holds the shared keys
+        err.print(f"wrote {args.output}; 'vpnlab up {args.output}' brings it up")
+    else:
+        print(text, end="")
+    return 0
+
+
+def cmd_completion(args) -> int:
+    from vpnlab.reference import bash_completion
+    print(bash_completion(parser()), end="")
+    return 0
+
+
+def cmd_graph(args) -> int:
+    from vpnlab.checks import graph
+    if args.file:                       # a design: no lab, no root
+        from vpnlab.model.topology import load
+        from vpnlab.plan.build import build
+        path = shipped.resolve(args.file)
+        topology = load(path)
+        g, title = graph.design_graph(build(topology, "fast"), topology), path.stem
+    else:
+        with session(args.name) as lab:
+            g = graph.design_graph(lab.plan, lab.topology, engine.status(lab.name, lab))
+            title = f"lab {lab.name}"
+    text = graph.html(g, title) if args.format == "html" else graph.FORMATS[args.format](g)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+        err.print(f"wrote {args.output}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -155,6 +299,10 @@ def cmd_fail(args) -> int:
         params["planned"] = args.planned
     fault = engine.fail(resolve_name(args.name), args.kind, args.target,
                         **{k: v for k, v in params.items() if v is not None})
+    if args.json:
+        _print_json({"fault": fault})
+        return 0
+    print(fault["key"])
     err.print(f"injected {fault['key']} {fault['params'] or ''}; undo with: vpnlab heal {fault['key']}",
               soft_wrap=True)
     return 0
@@ -166,7 +314,7 @@ def cmd_maintenance(args) -> int:
         result = engine.maintenance(resolve_name(args.name), args.gateway, args.instance,
                                     args.unplanned, wait=not args.no_wait, progress=update)
     if args.json:
-        print(json.dumps(result, indent=1))
+        _print_json(result)
     elif "note" in result:
         err.print(result["note"])
     elif "active_after" in result:
@@ -183,6 +331,9 @@ def cmd_heal(args) -> int:
     _, update = _progress()
     healed = engine.heal(resolve_name(args.name), None if args.all else args.keys,
                          wait=not args.no_wait, progress=update)
+    if args.json:
+        _print_json({"healed": healed})
+        return 0
     for f in healed:
         extra = f.get("detail", {}).get("packets_dropped")
         err.print(f"healed {f['key']}" + (f" ({extra} packets dropped while it lasted)"
@@ -197,7 +348,7 @@ def cmd_metrics(args) -> int:
     with session(args.name) as lab:
         rows = metrics(lab)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        _print_json({"metrics": rows})
         return 0
     # one table per set of dimensions (tunnel, instance, BGP peer), a column per metric
     groups: dict[tuple, dict[tuple, dict]] = {}
@@ -217,7 +368,7 @@ def cmd_attach(args) -> int:
     name = resolve_name(args.name)
     a = engine.attach(name, args.site, args.netns)
     if args.json:
-        print(json.dumps(a, indent=2))
+        _print_json(a)
         return 0
     err.print(f"attached namespace {a['netns']} as site {a['site']}: interface {a['interface']} "
               f"{a['public_ip']}/24, route {', '.join(a['routes'])}")
@@ -226,8 +377,11 @@ def cmd_attach(args) -> int:
 
 
 def cmd_detach(args) -> int:
-    name = resolve_name(args.name)
-    err.print(f"detached {args.site}" if engine.detach(name, args.site) else f"{args.site} was not attached")
+    detached = engine.detach(resolve_name(args.name), args.site)
+    if args.json:
+        _print_json({"site": args.site, "detached": detached})
+    else:
+        err.print(f"detached {args.site}" if detached else f"{args.site} was not attached")
     return 0
 
 
@@ -235,11 +389,12 @@ def cmd_events(args) -> int:
     from vpnlab.gateway.events import read
     state = require_state(resolve_name(args.name))
     entries = read(state.dir, args.category)
+    entries = entries[-args.last:] if args.last else entries
     if args.json:
-        print(json.dumps(entries, indent=2))
+        _print_json({"events": entries})
         return 0
     # one line per entry, as log viewers show it (a table would wrap the messages)
-    for e in entries[-args.last:]:
+    for e in entries:
         print(" ".join((e["TimeGenerated"], e["Category"], e.get("OperationName", "-"),
                         e.get("instance_s", "-"), e["Message"])))
     return 0
@@ -252,15 +407,21 @@ def cmd_report(args) -> int:
         write_html(results, args.output)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"{args.results}: not a vpnlab results file ({type(e).__name__}: {e})") from None
-    err.print(f"wrote {args.output} ({len(results.get('scenarios', []))} scenarios)")
+    if args.json:
+        _print_json({"output": args.output, "scenarios": len(results.get("scenarios", []))})
+    else:
+        err.print(f"wrote {args.output} ({len(results.get('scenarios', []))} scenarios)")
     return 0
 
 
 def cmd_export(args) -> int:
     hosts = [h for h in (args.host_addresses or "").split(",") if h]
-    paths = engine.export(args.file or engine.default_topology(), args.dir, args.format,
+    paths = engine.export(shipped.resolve(args.file), args.dir, args.format,
                           name=args.name, timers=args.timers, split_hosts=args.split_hosts,
                           host_addresses=hosts, image=args.image)
+    if args.json:
+        _print_json({"files": [str(p) for p in paths]})
+        return 0
     for path in paths:
         err.print(f"wrote {path}")
     if args.format == "clabernetes":
@@ -272,7 +433,7 @@ def cmd_p2s(args) -> int:
     from vpnlab.checks import p2s_clients as p2s
     result = p2s.run(args.name, args.action, args.client)
     if args.json:
-        print(json.dumps(result, indent=2))
+        _print_json(result)
     elif args.action == "status":
         _p2s_tables(result)
     elif args.action == "connect":
@@ -325,7 +486,7 @@ def cmd_apply(args) -> int:
         result = change.apply(name, args.file, azure_only=args.azure_only, wait=not args.no_wait,
                               progress=update)
     if args.json:
-        print(json.dumps(result, indent=1))
+        _print_json(result)
         return 0
     for row in result["timeline"]:
         err.print(f"  {row['at_s']:7.3f} s  {row['what']} ({row['seconds']} s)")
@@ -342,7 +503,7 @@ def cmd_apply(args) -> int:
 def _show_change_plan(planned: dict, as_json: bool):
     """Terraform's way: + added, - removed, ~ changed, each with Azure's impact."""
     if as_json:
-        print(json.dumps(planned, indent=1))
+        _print_json(planned)
         return
     if not planned["changes"] and not planned["steps"]:
         out.print("no changes: the running lab matches the topology")
@@ -372,7 +533,7 @@ def cmd_reset(args) -> int:
     from vpnlab.change import apply as change
     result = change.reset_connection(resolve_name(args.name), args.connection, wait=not args.no_wait)
     if args.json:
-        print(json.dumps(result, indent=1))
+        _print_json(result)
     else:
         err.print(f"connection {args.connection} reset: {', '.join(result['tunnels'])}"
                   + (f"; up again after {result['up_again_s']} s" if result.get("up_again_s") else ""))
@@ -381,22 +542,57 @@ def cmd_reset(args) -> int:
 
 def cmd_validate(args) -> int:
     from vpnlab.model.topology import load
-    load(args.file)
-    err.print(f"{args.file}: valid")
+    path = shipped.resolve(args.file)
+    load(path)
+    if args.json:
+        _print_json({"file": str(path), "valid": True})
+    else:
+        err.print(f"{path}: valid")
     return 0
+
+
+def cmd_schema(args) -> int:
+    from vpnlab.reference import topology_schema
+    print(json.dumps(topology_schema(), indent=1))
+    return 0
+
+
+def cmd_image(args) -> int:
+    """The node image of the docker and containerlab runtimes, from the installed package."""
+    from vpnlab.runtime import image
+    tag = image.node_image() if args.action == "show" else image.build(progress=lambda m: err.print(m))
+    if args.json:
+        _print_json({"image": tag})
+    elif args.action == "show":
+        print(tag)
+    return 0
+
+
+TOPOLOGY_HELP = (f"topology file, or the name of one that comes with vpnlab ({', '.join(shipped.names())}); "
+                 f"default: {shipped.DEFAULT}")
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vpnlab", description="Azure VPN Gateway lab with strongSwan and FRR")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="verb", required=True)
     up = sub.add_parser("up", help="build, start and wait for convergence")
-    up.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
+    up.add_argument("file", nargs="?", help=TOPOLOGY_HELP)
     up.add_argument("--name", help="lab name (default: the file's stem)")
     up.add_argument("--timers", default="azure", choices=["azure", "fast"])
     up.add_argument("--runtime", default=registry.DEFAULT, choices=registry.names(),
                     help="netns: namespaces on this host (default); docker: containers from "
                          "the node image (make image); containerlab: deployed by containerlab")
+    up.add_argument("--dataplane", default="auto", choices=["auto", *DATAPLANES],
+                    help="where the site-to-site tunnels' ESP runs: kernel (XFRM interfaces, the kernel's "
+                         "speed; needs ESP in the kernel), userspace (libipsec, any kernel); "
+                         "auto (default): the kernel's when it has ESP")
     up.add_argument("--json", action="store_true")
+    up.add_argument("--timeout", type=float, help="seconds to wait for convergence in all (default: until "
+                                                  "nothing progresses for the timer profile's budget); "
+                                                  "VPNLAB_WAIT_SCALE multiplies every wait, this one too")
+    up.add_argument("--clean-on-failure", action="store_true",
+                    help="a lab that did not come up leaves nothing, not even its configs and logs")
     up.add_argument("--keep-on-failure", action="store_true",
                     help="leave a lab that did not converge running, for debugging")
     up.set_defaults(func=cmd_up)
@@ -414,10 +610,14 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("node")
     ex.add_argument("command", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
-    gr = sub.add_parser("graph", help="the topology with tunnel and BGP state")
-    gr.add_argument("--name")
-    gr.add_argument("--format", default="mermaid", choices=["mermaid", "png"])
-    gr.add_argument("-o", "--output")
+    gr = sub.add_parser("graph", help="the design as a picture: of a topology file, or of a running lab "
+                                      "with its tunnels' and sessions' state")
+    gr.add_argument("file", nargs="?", help="topology file or shipped design (no lab needed); "
+                                            "without it, the running lab")
+    gr.add_argument("--name", help="the running lab (default: the only one)")
+    gr.add_argument("--format", default="mermaid", choices=["mermaid", "dot", "svg", "html"],
+                    help="html: one page with the SVG and tables of nodes, links, tunnels and sessions")
+    gr.add_argument("-o", "--output", help="file to write (default: stdout)")
     gr.set_defaults(func=cmd_graph)
     fl = sub.add_parser("fail", help="inject a fault (see 'vpnlab fail --help')",
                         description=faults.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -470,14 +670,14 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true")
     ev.add_argument("--category", choices=["TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog",
                                            "P2SDiagnosticLog"])
-    ev.add_argument("--last", type=int, default=50, help="rows shown in the table (default 50)")
+    ev.add_argument("--last", type=int, default=50, help="the last N entries (default 50; 0: all)")
     ev.set_defaults(func=cmd_events)
     rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")
     rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")
     rp.set_defaults(func=cmd_report)
     ex = sub.add_parser("export", help="write the lab as containerlab files, start nothing")
-    ex.add_argument("file", nargs="?", help=f"topology file (default: {engine.DEFAULT_TOPOLOGY})")
+    ex.add_argument("file", nargs="?", help=TOPOLOGY_HELP)
     ex.add_argument("--format", required=True, choices=list(clab.FORMATS))
     ex.add_argument("dir", help="folder to write (created)")
     ex.add_argument("--name", help="lab name (default: the file's stem)")
@@ -514,8 +714,58 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_reset)
     va = sub.add_parser("validate", help="check a topology file, start nothing")
-    va.add_argument("file")
+    va.add_argument("file", help=TOPOLOGY_HELP.split(";")[0])
     va.set_defaults(func=cmd_validate)
+    sc = sub.add_parser("schema", help="the topology file's JSON Schema, for editors")
+    sc.set_defaults(func=cmd_schema)
+    im = sub.add_parser("image", help="the node image of the docker and containerlab runtimes")
+    im.add_argument("action", choices=["build", "show"],
+                    help="build: its base (pulled, or made with debootstrap) and the image, unless there; "
+                         "show: its name")
+    im.set_defaults(func=cmd_image)
+    ls = sub.add_parser("list", help="the labs on this machine")
+    ls.set_defaults(func=cmd_list)
+    wt = sub.add_parser("wait", help="until the lab has converged (tunnels, BGP sessions, routes)")
+    wt.add_argument("--name")
+    wt.add_argument("--timeout", type=float, help="seconds in all (default: until nothing progresses for "
+                                                  "the timer profile's budget)")
+    wt.set_defaults(func=cmd_wait)
+    cn = sub.add_parser("connect", help="bash, vtysh or swanctl in a node, on its own daemons' sockets")
+    cn.add_argument("node")
+    cn.add_argument("--tool", default="bash", choices=["bash", "vtysh", "swanctl"],
+                    help="its arguments go after -- (swanctl without any: --list-sas)")
+    cn.add_argument("--name")
+    cn.set_defaults(func=cmd_connect)
+    lg = sub.add_parser("logs", help="a node's daemon logs (node 'agent': the gateway's agent), shared keys "
+                                     "taken out")
+    lg.add_argument("node")
+    lg.add_argument("--name")
+    lg.add_argument("--daemon", help="one daemon's log: charon, frr, openvpn")
+    lg.add_argument("-n", "--lines", type=int, default=50, help="lines shown first (default 50)")
+    lg.add_argument("-f", "--follow", action="store_true", help="then follow the logs until Ctrl-C")
+    lg.set_defaults(func=cmd_logs)
+    sv = sub.add_parser("save", help="what the daemons run now, per node: FRR's running configuration, "
+                                     "charon's loaded connections, the nftables ruleset")
+    sv.add_argument("dir", help="folder to write (created)")
+    sv.add_argument("--name")
+    sv.set_defaults(func=cmd_save)
+    nw = sub.add_parser("new", help="a topology from a few choices, as YAML")
+    nw.add_argument("--sites", type=int, default=1, help="on-prem sites, one device each (1-100)")
+    nw.add_argument("--active-standby", action="store_true", help="default: active-active")
+    nw.add_argument("--static", action="store_true", help="static routing; default: BGP (over APIPA "
+                                                          "when active-active)")
+    nw.add_argument("--p2s", action="store_true", help="point-to-site: a pool, a root, two laptops")
+    nw.add_argument("--sku", help="default: VpnGw2 active-active, VpnGw1 active-standby, VpnGw4 past 30 sites")
+    nw.add_argument("-o", "--output", help="file to write (mode 0600: it holds the shared keys)")
+    nw.set_defaults(func=cmd_new)
+    co = sub.add_parser("completion", help="a bash completion script: source <(vpnlab completion bash)")
+    co.add_argument("shell", choices=["bash"])
+    co.set_defaults(func=cmd_completion)
+    # data as JSON on every verb whose output is data (not a document, a shell or a stream)
+    documents = {"exec", "graph", "schema", "connect", "logs", "new", "completion", "json"}
+    for name, sp in sub.choices.items():
+        if name not in documents and not any("--json" in a.option_strings for a in sp._actions):
+            sp.add_argument("--json", action="store_true", help="data as JSON on stdout")
     return p
 
 
@@ -535,10 +785,17 @@ def main(argv: list[str] | None = None) -> int:
     # shell starts with SIGINT ignored, and `up` must still clean up when interrupted.
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _terminate)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    tool_args = []
+    if argv[:1] == ["connect"] and "--" in argv:     # the tool's own arguments, whatever they are
+        argv, tool_args = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser().parse_args(argv)
+    args.args = tool_args
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    if args.verb not in ("validate", "report", "export") and os.geteuid() != 0:
+    offline = args.verb in ("validate", "report", "export", "image", "schema", "new", "completion") or \
+        (args.verb == "graph" and args.file)
+    if not offline and os.geteuid() != 0:
         err.print("vpnlab needs root: it creates network namespaces and starts daemons")
         return 2
     try:

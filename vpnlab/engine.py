@@ -5,6 +5,7 @@ No printing here: progress goes through a callback, results are returned or rais
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from ipaddress import IPv4Address, IPv4Network
@@ -23,21 +24,19 @@ from vpnlab.model.topology import load
 from vpnlab.model.yamlsrc import SourceError
 from vpnlab.plan import clab, pki, render
 from vpnlab.plan.build import build
-from vpnlab.plan.parts import Plan
+from vpnlab.plan.parts import DATAPLANES, Plan
 from vpnlab.runtime import image as node_image
 from vpnlab.runtime import registry
-from vpnlab.runtime.state import LabState, claim_lock, load_state, remove_lab_dir
-from vpnlab.session import Lab, is_alive, open_lab
+from vpnlab.runtime.state import (
+    LabState,
+    claim_lock,
+    lab_dir,
+    load_state,
+    remove_lab_dir,
+)
+from vpnlab.session import Lab, is_alive, open_lab, running_labs
 
 Progress = Callable[[str], None]
-DEFAULT_TOPOLOGY = "topologies/active-active-bgp.yaml"
-
-
-def default_topology() -> Path:
-    """The default file, from the working folder or else from the project checkout."""
-    here = Path(DEFAULT_TOPOLOGY)
-    return here if here.exists() else Path(__file__).resolve().parent.parent / DEFAULT_TOPOLOGY
-
 
 def _quiet(_: str):
     pass
@@ -47,18 +46,39 @@ def _lab_name(name: str | None, topology_file: Path) -> str:
     return check_lab_name(name) if name else check_lab_name(topology_file.stem, topology_file)
 
 
-def _check_choices(timers: str, runtime: str | None = None):
+def _check_choices(timers: str, runtime: str | None = None, dataplane: str = "auto"):
     if timers not in defaults()["timers"]:
         raise SourceError(f"--timers {timers!r}: allowed: {', '.join(defaults()['timers'])}")
     if runtime is not None and runtime not in registry.names():
         raise SourceError(f"--runtime {runtime!r}: allowed: {', '.join(registry.names())}")
+    if dataplane not in ("auto", *DATAPLANES):
+        raise SourceError(f"--dataplane {dataplane!r}: allowed: auto, {', '.join(DATAPLANES)}")
+
+
+class NoKernelEsp(LabError):
+    """The kernel data plane was asked for on a kernel without ESP."""
+
+
+def _dataplane(asked: str, kernel_esp: bool) -> str:
+    """auto: the kernel's ESP where the kernel has it, else libipsec's."""
+    if asked == "kernel" and not kernel_esp:
+        raise NoKernelEsp("--dataplane kernel: this kernel has no ESP (an XFRM state was refused); "
+                          "--dataplane userspace (libipsec) runs on any kernel")
+    return asked if asked != "auto" else ("kernel" if kernel_esp else "userspace")
 
 
 # ------------------------------------------------------------------ up
 def up(topology_file: str | Path, name: str | None = None, timers: str = "azure",
-       progress: Progress = _quiet, keep_on_failure: bool = False, runtime: str = registry.DEFAULT) -> dict:
+       progress: Progress = _quiet, keep_on_failure: bool = False, runtime: str = registry.DEFAULT,
+       timeout: float | None = None, clean_on_failure: bool = False, dataplane: str = "auto") -> dict:
+    """Validate, build, start, wait until converged (within timeout s, else until
+    nothing progresses for the timer profile's budget: live.wait_converged), on the data
+    plane asked for (auto: the kernel's where it has ESP). A lab that did not come up is
+    taken down, its folder (configs and logs) kept for a look or a CI artifact unless
+    clean_on_failure, or the whole lab kept running with keep_on_failure; an interrupted
+    up removes everything."""
     topology_file = Path(topology_file)
-    _check_choices(timers, runtime)
+    _check_choices(timers, runtime, dataplane)
     name = _lab_name(name, topology_file)
     progress(f"validating {topology_file}")
     topology = load(topology_file)
@@ -74,14 +94,15 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         down(name)                                      # leftovers of a crashed run
         state = LabState(name=name, timers=timers, owner_pid=os.getpid(), runtime=runtime)
         state.save()
-    rendered = render.render(plan, state.nodes_dir)
     lab = Lab(state)
     try:
-        lab.save_plan(plan)
         state.kernel_esp = lab.backend.kernel_has_esp()
         state.kernel_netem = lab.backend.kernel_has_netem()
-        # One data plane design on every kernel: userspace ESP (libipsec); see README.
-        state.dataplane = "libipsec"
+        state.dataplane = _dataplane(dataplane, state.kernel_esp)
+        if state.dataplane != plan.dataplane:
+            plan = build(topology, timers, dataplane=state.dataplane)
+        lab.save_plan(plan)
+        rendered = render.render(plan, state.nodes_dir)
         state.save()
         shutil.copyfile(topology_file, state.topology_file)
         state.topology_file.chmod(0o600)
@@ -96,15 +117,21 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         lab.backend.start_daemons(plan, defaults()["waits"]["daemon_start"], progress)
         state.phase = "up"
         state.save()
-        _wait_for_convergence(lab, progress)
+        progress("waiting for tunnels, BGP sessions and routes")
+        wait_converged(lab, timeout, progress)
         return status(name, lab=lab)
-    except BaseException:
+    except BaseException as failure:
         state.phase = "failed"
         state.save()
-        if not keep_on_failure:
-            progress("cleaning up after the failed start")
-            lab.backend.teardown()
-            remove_lab_dir(name)
+        if keep_on_failure:
+            raise
+        progress("cleaning up after the failed start")
+        problems = lab.backend.teardown()
+        started = lab.plan_file.exists()     # not before the data plane was settled
+        if isinstance(failure, LabError) and started and not clean_on_failure and not problems:
+            raise LabError(f"{failure}\nits configs and logs: {state.dir} ('vpnlab down --name {name}' "
+                           "removes them)") from None
+        remove_lab_dir(name)
         raise
     finally:
         lab.close()
@@ -166,16 +193,19 @@ def status(name: str, lab: Lab | None = None) -> dict:
         with open_lab(name) as lab:
             return status(name, lab)
     state, plan, backend = lab.state, lab.plan, lab.backend
+    tunnels, sessions = live.tunnels(backend, plan), live.bgp(backend, plan)
+    not_converged = live.convergence(backend, plan, tunnels, sessions)
     return {
         "name": name, "runtime": state.runtime, "dataplane": state.dataplane,
         "kernel_esp": state.kernel_esp, "timers": state.timers, "phase": state.phase,
+        "converged": not not_converged, "not_converged": not_converged,
         "apply": change.journal(lab),
         "impairments": impairments(state),
         "nodes": [{"name": n.name, "role": n.role, "namespace": backend.namespace(n.name)}
                   for n in plan.ordered_nodes()],
         "gateways": gateway_instances(plan),
-        "tunnels": live.tunnels(backend, plan),
-        "bgp": live.bgp(backend, plan),
+        "tunnels": tunnels,
+        "bgp": sessions,
         "point_to_site": [{k: s[k] for k in ("gateway", "instance", "protocol", "pool", "connections")}
                           for s in live.p2s_sessions(backend, plan)],
         "faults": [{k: f[k] for k in ("key", "kind", "target", "params", "injected_at")}
@@ -247,7 +277,8 @@ def heal(name: str, keys: list[str] | None = None, wait: bool = False,
     with open_lab(name) as lab:
         healed = faults.heal_all(lab) if keys is None else [faults.heal(lab, k) for k in keys]
         if wait:
-            _wait_for_convergence(lab, progress)
+            progress("waiting for tunnels, BGP sessions and routes")
+            wait_converged(lab, progress=progress)
         return healed
 
 
@@ -258,14 +289,84 @@ def maintenance(name: str, gateway: str, instance: int | None = None, unplanned:
     with open_lab(name) as lab:
         result = maint.run(lab, gateway, instance, unplanned, progress)
         if wait:
-            _wait_for_convergence(lab, progress)
+            progress("waiting for tunnels, BGP sessions and routes")
+            wait_converged(lab, progress=progress)
         return result
 
 
-def _wait_for_convergence(lab: Lab, progress: Progress):
-    progress("waiting for tunnels, BGP sessions and routes")
-    wait_converged(lab)
+def wait_converged(lab: Lab, budget: float | None = None, progress: Progress | None = None):
+    live.wait_converged(lab, budget, progress=progress)
 
 
-def wait_converged(lab: Lab, budget: float | None = None):
-    live.wait_converged(lab, budget)
+def wait(name: str, timeout: float | None = None, progress: Progress = _quiet) -> dict:
+    """Until the lab converged (vpnlab wait): its status then; LabError names what did not."""
+    with open_lab(name) as lab:
+        wait_converged(lab, timeout, progress)
+        return status(name, lab)
+
+
+# ------------------------------------------------------------------ labs, logs, saved configs
+def labs() -> list[dict]:
+    """Every lab on this machine: what its state says, and whether anything of it runs."""
+    out = []
+    for name in running_labs():
+        state, alive = load_state(name), is_alive(name)
+        out.append({"name": name, "runtime": state.runtime if state else registry.leftover_runtime(name),
+                    "timers": state.timers if state else None, "phase": state.phase if state else "leftovers",
+                    "nodes": len(state.namespaces) if state and alive else 0, "alive": alive,
+                    "folder": str(lab_dir(name)) if state else None})
+    return out
+
+
+def log_files(name: str, node: str, daemon: str | None = None) -> tuple[list[Path], list[str]]:
+    """A node's daemon logs that exist (charon.log, frr.log, openvpn.log ...), or the
+    gateway agent's (node "agent"), daemon picking one; and the lab's shared keys, which
+    whatever prints the logs takes out."""
+    with open_lab(name) as lab:
+        if node != "agent" and node not in lab.plan.nodes:
+            raise SourceError(f"unknown node {node!r}; nodes: agent, {', '.join(sorted(lab.plan.nodes))}")
+        files = [lab.state.dir / "agent.log"] if node == "agent" else \
+            sorted(f for f in lab.backend.node_dir(node).glob("*.log") if not daemon or f.stem.startswith(daemon))
+        keys = [c.shared_key.get_secret_value() for c in lab.topology.connections.values()]
+    return [f for f in files if f.exists()], [k for k in keys if k]
+
+
+def save(name: str, folder: str | Path) -> list[Path]:
+    """What the daemons run now, per node (containerlab's `save`): FRR's running
+    configuration, the connections charon has loaded (VICI), the nftables ruleset; and
+    the lab's topology and plan (mode 0600: they hold the shared keys)."""
+    folder = Path(folder)
+    written = []
+
+    def write(path: Path, text: str, mode: int = 0o644):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        path.chmod(mode)
+        written.append(path)
+    with open_lab(name) as lab:
+        rt = lab.backend
+        for node in lab.plan.ordered_nodes():
+            if node.standby:
+                continue                     # an idle standby runs nothing
+            if node.frr:
+                res = rt.vtysh(node.name, "show running-config")
+                if res.returncode == 0:
+                    write(folder / node.name / "frr.conf", res.stdout)
+            if node.charon:
+                conns = live.vici_conns(rt, node.name)
+                write(folder / node.name / "swanctl-conns.json", json.dumps(_plain(conns), indent=1))
+            if node.nft:
+                write(folder / node.name / "nftables.json", json.dumps(rt.nft_json(node.name, "list", "ruleset"),
+                                                                    indent=1))
+        write(folder / "topology.yaml", lab.state.topology_file.read_text(), 0o600)
+        write(folder / "plan.json", lab.plan_file.read_text(), 0o600)
+    return written
+
+
+def _plain(value):
+    """VICI's answers (bytes in dicts and lists) as JSON values."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value.decode(errors="replace") if isinstance(value, bytes) else value

@@ -1,18 +1,26 @@
 """pytest plugin (entry point `pytest11`): real labs as fixtures, scenario records, and
 the report. Any repository can write scenarios against its own topology files:
 
-    LAB_TOPOLOGY = "topologies/my-design.yaml"     # module level, beside the tests or in rootdir
+    import pytest
+    pytestmark = pytest.mark.vpnlab(topology="designs/my-design.yaml", runtimes=["netns"])
 
-    def test_failover(lab, scenario):
-        scenario.start(lab, "vm1", "branch-host")
-        at = scenario.fail("instance", "hub-gw-in0", planned=True)
-        scenario.wait_flowing(at)
+    def test_failover(vpnlab_lab, vpnlab_scenario):
+        vpnlab_scenario.start(vpnlab_lab, "vm1", "branch-host")
+        at = vpnlab_scenario.fail("instance", "hub-gw-in0", planned=True)
+        vpnlab_scenario.wait_flowing(at)
         ...
 
-Fixtures: `lab` (one lab per module), `lab_factory` (several labs), `scenario` (the record
-of one test). Teardown always happens before anything about daemon errors is asserted;
-after every test the lab must be as it was (no fault left, converged, one SA per tunnel
-end, no helper process), and after every module nothing of the lab may be left.
+Fixtures: `vpnlab_lab` (one lab per module), `vpnlab_factory` (several labs),
+`vpnlab_scenario` (the record of one test). Nothing else is imposed on a session: no
+JUnit file unless asked for, results and report only where scenarios ran. A module's
+topology: its `vpnlab` marker, else module-level LAB_TOPOLOGY (and LAB_RUNTIMES), else
+--vpnlab-topology, else the shipped default. A lab that cannot run here (not root, the
+daemons or the runtime missing) skips its tests with the reason; VPNLAB_REQUIRE_RUNTIMES
+(comma-separated) makes those runtimes fail instead, for CI.
+
+Teardown always happens before anything about daemon errors is asserted; after every
+test the lab must be as it was (no fault left, converged, one SA per tunnel end, no
+helper process), and after every module nothing of the lab may be left.
 """
 from __future__ import annotations
 
@@ -21,6 +29,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -28,6 +37,7 @@ import pytest
 from vpnlab import engine
 from vpnlab.errors import LabError
 from vpnlab.gateway import live
+from vpnlab.model import shipped
 from vpnlab.model.defaults import defaults
 from vpnlab.runtime import procs, registry
 from vpnlab.runtime.state import lab_dir, load_state
@@ -38,66 +48,99 @@ DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received sig
 LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd", "agent", "openvpn"}
 
 
+MARKER = ("vpnlab(topology=None, runtimes=None, timers=None): the module's lab (set it as the "
+          "module's pytestmark): a topology file (relative to the test file, rootdir or the working "
+          "folder) or a shipped topology's name, the runtimes to run the module on, the timer profile")
+
+
 def pytest_addoption(parser):
     g = parser.getgroup("vpnlab", "vpnlab labs and scenarios")
-    g.addoption("--keep-lab", action="store_true", help="leave labs up after the tests")
-    g.addoption("--lab-on-error", choices=["teardown", "pause"], default="teardown",
+    g.addoption("--vpnlab-topology", help="topology of modules that name none (default: the shipped "
+                                          f"{shipped.DEFAULT})")
+    g.addoption("--vpnlab-keep", action="store_true", help="leave labs up after the tests")
+    g.addoption("--vpnlab-on-error", choices=["teardown", "pause"], default="teardown",
                 help="pause: on a failure, keep the lab and wait for Enter before teardown")
-    g.addoption("--lab-timers", choices=sorted(defaults()["timers"]), default="fast")
-    g.addoption("--lab-runtime", choices=registry.names(), default=registry.DEFAULT,
-                help="runtime of the scenarios' labs (a module's LAB_RUNTIMES overrides it)")
-    g.addoption("--lab-results", default="reports/vpnlab-results.json",
-                help="scenario results as JSON ('vpnlab report' renders them)")
-    g.addoption("--lab-report", default="reports/vpnlab-report.html", help="HTML report")
+    g.addoption("--vpnlab-timers", choices=sorted(defaults()["timers"]), default="fast")
+    g.addoption("--vpnlab-runtime", choices=registry.names(), default=registry.DEFAULT,
+                help="runtime of the labs (a module's marker or LAB_RUNTIMES overrides it)")
+    g.addoption("--vpnlab-results", default="reports/vpnlab-results.json",
+                help="scenario results as JSON, written when scenarios ran ('vpnlab report' renders them)")
+    g.addoption("--vpnlab-report", default="reports/vpnlab-report.html",
+                help="HTML report, written when scenarios ran")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
     config._vpnlab = {"scenarios": [], "labs": {}}
-    if hasattr(config.option, "xmlpath") and not config.option.xmlpath:
-        config.option.xmlpath = "reports/junit.xml"     # JUnit by default
+    config.addinivalue_line("markers", MARKER)
 
 
 # ------------------------------------------------------------------ labs
-def _lab_name(module) -> str:
+def _module_settings(node) -> dict:
+    """The module's lab: its vpnlab marker, else its LAB_TOPOLOGY / LAB_RUNTIMES."""
+    mark = node.get_closest_marker("vpnlab")
+    settings = dict(mark.kwargs) if mark else {}
+    module = getattr(node, "module", None)
+    settings.setdefault("topology", getattr(module, "LAB_TOPOLOGY", None))
+    settings.setdefault("runtimes", getattr(module, "LAB_RUNTIMES", None))
+    return settings
+
+
+def _lab_name(module, runtime: str | None = None) -> str:
+    """sc-<module>[-<runtime>][-<xdist worker>], at most 32 characters: two workers never
+    share (or tear down) a lab."""
     stem = re.sub(r"[^A-Za-z0-9_-]", "-", Path(module.__file__).stem.removeprefix("test_"))
-    return ("sc-" + stem)[:32]
+    suffix = "".join(f"-{s}" for s in (runtime, os.environ.get("PYTEST_XDIST_WORKER")) if s)
+    return ("sc-" + stem)[:32 - len(suffix)] + suffix
 
 
-def _topology(request) -> Path:
-    wanted = getattr(request.module, "LAB_TOPOLOGY", None)
+def _topology(request, wanted) -> Path:
+    wanted = wanted or request.config.getoption("--vpnlab-topology")
     if wanted is None:
-        return engine.default_topology()
+        return shipped.default()
     for base in (Path(request.module.__file__).parent, Path(request.config.rootpath), Path.cwd()):
         if (base / wanted).exists():
             return base / wanted
-    raise pytest.UsageError(f"{request.module.__file__}: LAB_TOPOLOGY {wanted!r} not found")
+    found = shipped.resolve(wanted)
+    if found.exists():
+        return found
+    raise pytest.UsageError(f"{request.module.__file__}: vpnlab topology {wanted!r} not found")
 
 
 def pytest_generate_tests(metafunc):
-    """A module that sets LAB_RUNTIMES runs its tests once per runtime; a runtime that
-    cannot run here is skipped with the reason (vpnlab.runtime.registry.unavailable)."""
-    runtimes = getattr(metafunc.module, "LAB_RUNTIMES", None)
-    if runtimes and "lab" in metafunc.fixturenames:
-        metafunc.parametrize("lab", [runtime_param(r) for r in runtimes], indirect=True,
+    """A module whose marker (or LAB_RUNTIMES) names runtimes runs its tests once per
+    runtime."""
+    runtimes = _module_settings(metafunc.definition).get("runtimes")
+    if runtimes and "vpnlab_lab" in metafunc.fixturenames:
+        metafunc.parametrize("vpnlab_lab", [runtime_param(r) for r in runtimes], indirect=True,
                              scope="module")
 
 
 def runtime_param(runtime: str):
-    """A pytest param for a runtime: skipped with the reason where it cannot run, or
-    failed when VPNLAB_REQUIRE_RUNTIMES names it (CI, where the Makefile installed it)."""
+    """A pytest param for a runtime, skipped with the reason where its labs cannot run."""
+    why = cannot_run(runtime)
+    return pytest.param(runtime, id=runtime, marks=[pytest.mark.skip(reason=f"vpnlab: {why}")] if why else [])
+
+
+def cannot_run(runtime: str) -> str | None:
+    """Why a lab of this runtime cannot run here (not root, the daemons or the runtime
+    missing), or None; None too when VPNLAB_REQUIRE_RUNTIMES names it (CI, where the
+    Makefile installed it: the test fails with the runtime's own error)."""
+    if runtime in os.environ.get("VPNLAB_REQUIRE_RUNTIMES", "").split(","):
+        return None
+    if os.geteuid() != 0:
+        return "needs root: a lab creates network namespaces and starts daemons"
     why = registry.unavailable(runtime)
-    if why and runtime in os.environ.get("VPNLAB_REQUIRE_RUNTIMES", "").split(","):
-        why = None          # required: let the test fail with the runtime's own error
-    marks = [pytest.mark.skip(reason=f"runtime {runtime}: {why}")] if why else []
-    return pytest.param(runtime, id=runtime, marks=marks)
+    return f"runtime {runtime}: {why}" if why else None
 
 
 def _bring_up(config, topology: Path, name: str, timers: str | None,
               runtime: str | None = None) -> LabHandle:
-    runtime = runtime or config.getoption("--lab-runtime")
+    runtime = runtime or config.getoption("--vpnlab-runtime")
+    why = cannot_run(runtime)
+    if why:
+        pytest.skip(f"vpnlab: {why}")
     engine.down(name)                                   # leftovers of an earlier run
-    engine.up(topology, name=name, timers=timers or config.getoption("--lab-timers"),
+    engine.up(topology, name=name, timers=timers or config.getoption("--vpnlab-timers"),
               runtime=runtime)
     handle = LabHandle(name)
     config._vpnlab["labs"][name] = handle
@@ -107,18 +150,34 @@ def _bring_up(config, topology: Path, name: str, timers: str | None,
 def _tear_down(config, handle: LabHandle):
     """down first, then assert: nothing left, and no daemon crashed on its own."""
     config._vpnlab["labs"].pop(handle.name, None)
-    if config.getoption("--keep-lab"):
-        print(f"\nvpnlab: --keep-lab: lab {handle.name} left up ('vpnlab down --name {handle.name}')")
+    if config.getoption("--vpnlab-keep"):
+        print(f"\nvpnlab: --vpnlab-keep: lab {handle.name} left up ('vpnlab down --name {handle.name}')")
         return
     logs = {p.relative_to(lab_dir(handle.name)).as_posix(): p.read_text(errors="replace")
             for p in lab_dir(handle.name).rglob("*.log")}
     handle.close()
     problems = engine.down(handle.name)
     left = leftovers(handle.name)
-    crashes = [f"{path}: {line.strip()}" for path, text in logs.items()
-               for line in text.splitlines() if DAEMON_ERRORS.search(line)]
+    crashes = [f"{path}: {excerpt}" for path, text in logs.items() for excerpt in _crash_excerpts(text)]
+    recovered = [line for line in logs.get("agent.log", "").splitlines() if " ERROR " in line]
+    if recovered:      # the agent went on, and the tests judged what it did: said, not failed
+        warnings.warn(f"lab {handle.name}: the gateway's agent recovered from unexpected errors:\n"
+                      + "\n".join(recovered[:10]), stacklevel=1)
     assert not problems and not left, f"lab {handle.name} left things behind: {problems} {left}"
     assert not crashes, "daemons reported errors:\n" + "\n".join(crashes[:20])
+
+
+def _crash_excerpts(text: str, most: int = 40) -> list[str]:
+    """Each crash a log reports, with what follows it: a Python traceback up to its
+    last line, which names the exception (so that a CI log alone says what went wrong)."""
+    lines, found = text.splitlines(), []
+    for i, line in enumerate(lines):
+        if DAEMON_ERRORS.search(line):
+            end = i + 1
+            while end < min(len(lines), i + most) and lines[end][:1].isspace():
+                end += 1
+            found.append("\n    ".join(x.rstrip() for x in lines[i:end + 1]))
+    return found
 
 
 def leftovers(name: str) -> dict:
@@ -128,12 +187,19 @@ def leftovers(name: str) -> dict:
 
 
 @pytest.fixture(scope="session")
-def lab_factory(request):
-    """make(topology, name=None, timers=None) -> LabHandle; torn down at session end."""
+def vpnlab_factory(request):
+    """make(topology, name=None, timers=None, runtime=None) -> LabHandle, for tests that
+    need several labs or one of their own; torn down at session end."""
     made = []
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
 
-    def make(topology, name: str | None = None, timers: str | None = None) -> LabHandle:
-        handle = _bring_up(request.config, Path(topology), name or Path(topology).stem, timers)
+    def make(topology, name: str | None = None, timers: str | None = None,
+             runtime: str | None = None) -> LabHandle:
+        topology = shipped.resolve(topology)
+        name = name or topology.stem
+        if worker:
+            name = f"{name[:31 - len(worker)]}-{worker}"
+        handle = _bring_up(request.config, topology, name, timers, runtime)
         made.append(handle)
         return handle
     yield make
@@ -143,24 +209,27 @@ def lab_factory(request):
 
 
 @pytest.fixture(scope="module")
-def lab(request):
-    runtime = getattr(request, "param", None) or request.config.getoption("--lab-runtime")
-    name = _lab_name(request.module)
-    if runtime != registry.DEFAULT:          # the default runtime's labs keep the plain name
-        name = f"{name[:32 - len(runtime) - 1]}-{runtime}"
-    handle = _bring_up(request.config, _topology(request), name, None, runtime)
+def vpnlab_lab(request):
+    """The module's lab, up before its first test and down after its last."""
+    settings = _module_settings(request.node)
+    runtime = getattr(request, "param", None) or request.config.getoption("--vpnlab-runtime")
+    # the default runtime's labs keep the plain name
+    name = _lab_name(request.module, runtime if runtime != registry.DEFAULT else None)
+    handle = _bring_up(request.config, _topology(request, settings.get("topology")), name,
+                       settings.get("timers"), runtime)
     yield handle
     _tear_down(request.config, handle)
 
 
 # ------------------------------------------------------------------ scenarios
 @pytest.fixture
-def scenario(request):
+def vpnlab_scenario(request):
+    """The record of one test: timeline, numbers, probes; in the results and the report."""
     doc = (request.function.__doc__ or "").strip()
     sc = Scenario(request.node.name, re.sub(r"\s+", " ", doc.split("\n\n")[0]))
     request.node._vpnlab_scenario = sc
-    if "lab" in request.fixturenames:
-        sc.lab = request.getfixturevalue("lab")
+    if "vpnlab_lab" in request.fixturenames:
+        sc.lab = request.getfixturevalue("vpnlab_lab")
     yield sc
     sc.stop()
     if sc.lab is not None:
@@ -186,9 +255,9 @@ def _lab_hygiene(request):
     """After a test that used a lab: no fault left, converged again, exactly one IKE SA
     and one CHILD SA per tunnel end, no helper process (probe, iperf3, capture) left."""
     yield
-    if "lab" not in request.fixturenames:
+    if "vpnlab_lab" not in request.fixturenames:
         return
-    handle = request.getfixturevalue("lab")
+    handle = request.getfixturevalue("vpnlab_lab")
     problems = []
     left = handle.active_faults()
     if left:
@@ -233,7 +302,7 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     sc = getattr(item, "_vpnlab_scenario", None)
-    if report.failed and call.when == "call" and item.config.getoption("--lab-on-error") == "pause":
+    if report.failed and call.when == "call" and item.config.getoption("--vpnlab-on-error") == "pause":
         _pause(item)
     if sc is None:
         return
@@ -269,10 +338,10 @@ def pytest_sessionfinish(session):
         return
     from vpnlab.checks.report import write_html
     results = {"generated_at": time.time(), "machine": _machine(), "scenarios": data["scenarios"]}
-    path = Path(session.config.getoption("--lab-results"))
+    path = Path(session.config.getoption("--vpnlab-results"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=1))
-    html = Path(session.config.getoption("--lab-report"))
+    html = Path(session.config.getoption("--vpnlab-report"))
     write_html(results, html)
     tr = session.config.pluginmanager.getplugin("terminalreporter")
     if tr:

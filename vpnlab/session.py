@@ -60,7 +60,7 @@ class Lab:
     def rebuild_plan(self) -> Plan:
         """The plan of the lab's topology with its timers and serving instances (after an
         active-standby takeover), saved."""
-        plan = build(self.topology, self.state.timers, self.state.active)
+        plan = build(self.topology, self.state.timers, self.state.active, self.plan.dataplane)
         self.save_plan(plan)
         return plan
 

@@ -1,8 +1,11 @@
 """`make bench`: time from `up` to converged and peak memory, for the default topology,
 shipped designs (--designs: hub-and-spoke, forced tunnelling) and generated
-active-active topologies of 1, 10 and 30 sites (2 tunnels per site), and `vpnlab apply`
-on the default lab (vpnlab.bench.apply), on each runtime asked for that can run here. Prints a table and writes JSON. Run as root;
-uses fast timers."""
+active-active VpnGw4 topologies of 1, 10, 30 and 100 sites (2 tunnels per site; 100
+sites and 200 tunnels is Azure's limit for VpnGw4), and `vpnlab apply` on the default
+lab (vpnlab.bench.apply), and throughput through one tunnel on each data plane
+(vpnlab.bench.throughput), on each runtime asked for that can run here. Memory is the
+lab's peak, three ways (vpnlab.bench.peak_memory), per tunnel. Prints tables and writes
+JSON. Run as root; uses fast timers."""
 from __future__ import annotations
 
 import argparse
@@ -20,31 +23,18 @@ from rich.table import Table
 from vpnlab import engine
 from vpnlab.bench import apply as bench_apply
 from vpnlab.bench import p2s as bench_p2s
-from vpnlab.bench.peak_memory import measured
+from vpnlab.bench import throughput as bench_throughput
+from vpnlab.bench.peak_memory import fields, measured
 from vpnlab.errors import LabError
+from vpnlab.model import generate, shipped
 from vpnlab.model.topology import load
 from vpnlab.model.yamlsrc import SourceError
 from vpnlab.runtime import procs, registry
 
 
 def generated_topology(sites: int) -> dict:
-    """One active-active VpnGw4 gateway (ASN 65515, APIPA) and N single-device sites."""
-    return {
-        "virtual_networks": {"hub": {"address_space": ["10.10.0.0/16"], "subnets": {
-            "GatewaySubnet": {"address_prefix": "10.10.255.0/27"},
-            "workload": {"address_prefix": "10.10.1.0/24", "vms": ["vm1"]}}}},
-        "virtual_network_gateways": {"hub-gw": {
-            "virtual_network": "hub", "sku": "VpnGw4", "active_active": True,
-            "bgp": {"asn": 65515, "peering_addresses": [{"apipa_addresses": ["169.254.21.1"]},
-                                                         {"apipa_addresses": ["169.254.22.1"]}]}}},
-        "local_network_gateways": {f"site{i}": {
-            "gateway_ip": f"198.51.100.{10 + i}", "device": {"lan_prefixes": [f"10.20.{i}.0/24"]},
-            "bgp": {"asn": 65010 + i, "peering_address": f"169.254.21.{100 + i}"}}
-            for i in range(sites)},
-        "connections": {f"hub-to-site{i}": {
-            "virtual_network_gateway": "hub-gw", "local_network_gateway": f"site{i}",
-            "shared_key": f"Bench.Key.{i}", "enable_bgp": True} for i in range(sites)},
-    }
+    """One active-active VpnGw4 gateway (ASN 65515, APIPA) and N single-device BGP sites."""
+    return generate.design(sites, active_active=True, bgp=True, sku="VpnGw4", key="Bench.Key")
 
 
 def validation_topology(sites: int) -> dict:
@@ -99,15 +89,14 @@ def measure(label: str, path: Path, sites: int, runtime: str) -> dict:
 
 
 def machine() -> dict:
-    mem_kb = int(next(l for l in Path("/proc/meminfo").read_text().splitlines()
-                      if l.startswith("MemTotal")).split()[1])
+    mem_kb = fields("/proc/meminfo", ("MemTotal",))["MemTotal"]
     return {"cpus": os.cpu_count(), "memory_gib": round(mem_kb / 2**20, 1),
             "kernel": platform.release(), "python": platform.python_version()}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m vpnlab.bench")
-    ap.add_argument("--sites", default="1,10,30")
+    ap.add_argument("--sites", default="1,10,30,100")
     ap.add_argument("--designs", default="hub-spoke,forced-tunnelling",
                     help="shipped topologies (topologies/NAME.yaml) to time beside the default ('' to skip)")
     ap.add_argument("--runtimes", default="netns,docker",
@@ -118,18 +107,20 @@ def main(argv=None) -> int:
                     help="time the model stage on generated files of these many sites ('' to skip)")
     ap.add_argument("--apply", action=argparse.BooleanOptionalAction, default=True,
                     help="time a no-op vpnlab apply on the default lab, and one that adds a site")
+    ap.add_argument("--dataplanes", default="userspace,kernel",
+                    help="throughput through one tunnel on each data plane ('' to skip); the kernel's "
+                         "is skipped, with the reason, where the kernel has no ESP")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
     console = Console(width=130)
-    rows, p2s_rows, validation, apply_rows = [], [], [], []
+    rows, p2s_rows, validation, apply_rows, throughput_rows = [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.validate_sites.split(",") if x):
             console.print(f"[dim]validating {n} sites...[/]")
             validation.append(measure_validation(n, Path(tmp)))
-        cases = [("default", engine.default_topology(), 2)]
-        shipped = engine.default_topology().parent
+        cases = [("default", shipped.default(), 2)]
         for design in filter(None, args.designs.split(",")):
-            path = shipped / f"{design}.yaml"
+            path = shipped.folder() / f"{design}.yaml"
             cases.append((design, path, len(load(path).local_network_gateways)))
         for n in (int(x) for x in args.sites.split(",") if x):
             path = Path(tmp) / f"sites-{n}.yaml"
@@ -149,31 +140,46 @@ def main(argv=None) -> int:
             for sku in filter(None, args.p2s_skus.split(",")):
                 console.print(f"[dim]measuring point-to-site on {sku} on {runtime}...[/]")
                 p2s_rows.append(bench_p2s.measure(sku, runtime, Path(tmp)))
+            for dataplane in filter(None, args.dataplanes.split(",")):
+                console.print(f"[dim]measuring throughput on the {dataplane} data plane on {runtime}...[/]")
+                throughput_rows.append(bench_throughput.measure(dataplane, runtime, Path(tmp)))
     console.print(f"machine: {machine()}")
-    table = Table("runtime", "topology", "sites", "tunnels", "nodes", "processes", "converged (s)",
-                  "peak RSS (MB)", "s / tunnel", title="vpnlab up -> converged, fast timers")
+    console.print(_up_table(rows))
     for r in rows:
         if "error" in r:
-            table.add_row(r["runtime"], r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
-                          f"{r['peak_rss_mb']:.0f}", "-")
-            console.print(f"[red]{r['topology']}: {r['error']}[/]")
-            continue
-        table.add_row(r["runtime"], r["topology"], str(r["sites"]), str(r["tunnels"]), str(r["namespaces"]),
-                      str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
-                      f"{r['converged_seconds'] / r['tunnels']:.2f}")
-    console.print(table)
+            console.print(f"[red]{r['runtime']} {r['topology']}: {r['error']}[/]")
     if validation:
         console.print(_validation_table(validation))
     if p2s_rows:
         console.print(_p2s_table(p2s_rows))
     if apply_rows:
         console.print(_apply_table(apply_rows))
+    if throughput_rows:
+        console.print(_throughput_table(throughput_rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows,
-                                "validation": validation, "apply": apply_rows}, indent=2))
+                                "validation": validation, "apply": apply_rows,
+                                "throughput": throughput_rows}, indent=2))
     console.print(f"wrote {out}")
-    return 1 if any("error" in r for r in rows + p2s_rows + apply_rows) else 0
+    return 1 if any("error" in r for r in rows + p2s_rows + apply_rows + throughput_rows) else 0
+
+
+def _up_table(rows: list[dict]) -> Table:
+    table = Table("runtime", "topology", "sites", "tunnels", "nodes", "processes", "converged (s)", "RSS (MB)",
+                  "RSS / tunnel", "PSS / tunnel", "machine / tunnel",
+                  title="vpnlab up -> converged, fast timers. Memory at its peak, MB: RSS counts a shared "
+                        "library once per process, PSS shares it out; machine: used memory above the "
+                        "baseline, the kernel's part included")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["runtime"], r["topology"], str(r["sites"]), "-", "-", "-", "[red]failed[/]",
+                          f"{r['peak_rss_mb']:.0f}", "-", "-", "-")
+            continue
+        table.add_row(r["runtime"], r["topology"], str(r["sites"]), str(r["tunnels"]), str(r["namespaces"]),
+                      str(r["processes"]), f"{r['converged_seconds']:.2f}", f"{r['peak_rss_mb']:.0f}",
+                      *(f"{r[k] / r['tunnels']:.1f}" for k in ("peak_rss_mb", "peak_pss_mb", "machine_mb")))
+    return table
 
 
 def _validation_table(rows: list[dict]) -> Table:
@@ -206,6 +212,16 @@ def _p2s_table(rows: list[dict]) -> Table:
                       str(r.get("up_seconds", "-")), str(r.get("connect_seconds", "-")),
                       str(r.get("gateway_charon_rss_mb", "-")), str(r.get("crowd_charon_rss_mb", "-")),
                       f"{r['peak_rss_mb']:.0f}")
+    return table
+
+
+def _throughput_table(rows: list[dict]) -> Table:
+    table = Table("runtime", "data plane", "SKU", "rated (Mbit/s)", "1 stream (Mbit/s)", "4 streams (Mbit/s)",
+                  "limited by", title="throughput through one tunnel (iperf3, VNet VM -> site host)")
+    for r in rows:
+        table.add_row(r["runtime"], r["dataplane"], r["sku"], f"{r['rated_mbps']:g}",
+                      str(r.get("one_stream_mbps", "-")), str(r.get("four_streams_mbps", "-")),
+                      r.get("limited_by") or r.get("skipped") or r.get("error", "-"))
     return table
 
 

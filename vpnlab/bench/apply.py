@@ -15,6 +15,7 @@ from vpnlab import engine
 from vpnlab.bench.peak_memory import measured
 from vpnlab.change import apply as change
 from vpnlab.errors import LabError
+from vpnlab.model import shipped
 
 ROUNDS = 5
 NEW_SITE = {"gateway_ip": "198.51.100.90", "address_space": ["10.90.1.0/24"]}
@@ -23,7 +24,7 @@ NEW_SITE = {"gateway_ip": "198.51.100.90", "address_space": ["10.90.1.0/24"]}
 def measure(runtime: str, folder: Path) -> dict:
     name = f"bench-apply-{runtime}"
     row = {"runtime": runtime, "rounds": ROUNDS, "target_s": 2.0}
-    topology = engine.default_topology()
+    topology = shipped.default()
     with measured(name, row):
         try:
             engine.up(topology, name=name, timers="fast", runtime=runtime)

@@ -43,7 +43,10 @@ def journal(lab: Lab) -> dict | None:
     path = lab.state.dir / JOURNAL
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):       # written by a version that did not replace it whole
+        data = {"pid": 0, "started": None, "azure_only": False}
     # this very process: an apply of it that failed half-way (a scenario's)
     return data | {"alive": procs.alive(data["pid"]) and data["pid"] != os.getpid()}
 
@@ -69,7 +72,7 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
     if lab.state.phase not in ("up", "applying"):
         raise LabError(f"lab {lab.name!r} is {lab.state.phase}, not up")
     new_topology = new_topology.holding(lab.plan.vm_addresses())     # as Azure keeps them
-    new_plan = build(new_topology, lab.state.timers, lab.state.active)
+    new_plan = build(new_topology, lab.state.timers, lab.state.active, lab.plan.dataplane)
     changes = diff.changes(lab.topology, new_topology)
     _refuse(changes, topology_file)
     old_plan = lab.plan
@@ -79,11 +82,13 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         stale = [t.name for t in full.tunnels if t.onprem_end and full.nodes[t.onprem_end] != new_plan.nodes[t.onprem_end]]
     old_files = render.render(old_plan, lab.state.nodes_dir)
     new_files = render.render(new_plan, lab.state.nodes_dir)
-    staged = None
-    if any(n.pki for plan in (old_plan, new_plan) for n in plan.nodes.values()):
+    has_pki = any(n.pki for plan in (old_plan, new_plan) for n in plan.nodes.values())
+    staged = None       # a new PKI only when what it is made of changed (a no-op stays fast)
+    if has_pki and pki.inputs(lab.topology) != pki.inputs(new_topology):
         staged = p2s.stage(lab.state.dir, lab.state.pki_dir, new_topology)
     try:
-        certificates = staged and p2s.files(old_plan, new_plan, lab.state.nodes_dir, staged, lab.state.pki_dir)
+        certificates = p2s.files(old_plan, new_plan, lab.state.nodes_dir, staged or lab.state.pki_dir,
+                                 lab.state.pki_dir) if has_pki else None
         work = steps.work(lab.backend, old_plan, new_plan, old_files, new_files,
                           defaults()["waits"]["daemon_start"], keep_ike(changes, new_topology), certificates)
         users = p2s.ended_users(pki.load_index(lab.state.pki_dir), pki.load_index(staged), lab.topology,
@@ -206,8 +211,10 @@ def restart_ike(lab: Lab, plan: Plan, t):
 def _begin(lab: Lab, azure_only: bool):
     lab.state.phase = "applying"
     lab.state.save()
-    (lab.state.dir / JOURNAL).write_text(json.dumps({"pid": os.getpid(), "started": time.time(),
-                                                     "azure_only": azure_only}))
+    # replaced whole: a kill -9 at any instant leaves no journal or a complete one
+    tmp = lab.state.dir / f".{JOURNAL}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"pid": os.getpid(), "started": time.time(), "azure_only": azure_only}))
+    tmp.replace(lab.state.dir / JOURNAL)
 
 
 def _end(lab: Lab):

@@ -176,7 +176,8 @@ def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, canno
         steps.append(Step(n, "sysctls", ", ".join(sorted(changed)), lambda: rt.set_sysctls(n, changed)))
     if old_files.get("nftables.conf") != new_files.get("nftables.conf"):
         text = new_files.get("nftables.conf", "flush ruleset\n")
-        steps.append(Step(n, "nft", "nftables ruleset loaded again", lambda: rt.nft(n, text)))
+        steps.append(Step(n, "nft", "nftables ruleset loaded again (IKE flows tracked without NAT forgotten)",
+                          lambda: (rt.nft(n, text), rt.forget_untranslated_ike(n))))
     running = not new.standby    # a standby instance's daemons start with its files at takeover
     certificates = (pki or Pki()).changed(n)
     if certificates:
@@ -216,10 +217,14 @@ def _kind(node: Node) -> tuple:
     (active-standby <-> active-active; a point-to-site server whose pool or protocols
     change, a client whose protocol does)."""
     o = node.openvpn or {}
+    p2s_server = node.role == "p2s-endpoint"
+    # what openvpn serves, but what the lab changes in place (pushed routes: the session
+    # hook reads them; its limit and keepalive: a restart)
+    serves = {k: v for k, v in o.items() if k not in ("push", "max_clients", "keepalive")}
     return (node.role, node.standby, node.charon is None, o.get("role"),
-            (node.charon or {}).get("pools") if node.role == "p2s-endpoint" else None,
-            {k: v for k, v in o.items() if k not in ("push", "max_clients", "keepalive")} if o.get("role") == "server" else None,
-            [i.name for i in node.interfaces] if node.role == "p2s-endpoint" else None)
+            (node.charon or {}).get("pools") if p2s_server else None,
+            serves if o.get("role") == "server" else None,
+            [i.name for i in node.interfaces] if p2s_server else None)
 
 
 def _interface_steps(rt, old: Node, new: Node, cannot: list, linked: set, unlinked: set) -> list[Step]:

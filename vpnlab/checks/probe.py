@@ -21,7 +21,7 @@ import time
 MAGIC = b"VPLB"                       # also what the wire check looks for in clear text
 HEADER = struct.Struct("!4sIIQ")      # magic, flow, sequence, send time (ns, monotonic)
 PAYLOAD = 64
-UDP_PORT, TCP_PORT = 47000, 47100
+UDP_PORT, TCP_PORT = 47000, 47100   # plus the probe's port offset: probes side by side
 
 
 # ------------------------------------------------------------------ worker process
@@ -35,7 +35,7 @@ def _worker(cfg: dict, inp, out):
     for side, end in ends.items():
         for f in range(cfg["flows"]):
             s = netns_socket(end["namespace"], socket.SOCK_DGRAM)
-            s.bind((end["address"], UDP_PORT + f))
+            s.bind((end["address"], UDP_PORT + cfg["port_offset"] + f))
             socks[side].append(s)
     data = {d: {"sent": [], "received": []} for d in ("ab", "ba")}
     # each end sends to the address the other is seen at from its side (NAT translates it)
@@ -95,6 +95,7 @@ def _send(socks, dst: str, cfg: dict, out: dict, stop: threading.Event):
     interval = 1e9 / cfg["rate"]
     limit = int(cfg["rate"] * cfg["max_seconds"])
     pad = b"\0" * (PAYLOAD - HEADER.size)
+    port = UDP_PORT + cfg["port_offset"]
     start = time.monotonic_ns()
     seq = 0
     while not stop.is_set() and seq < limit:
@@ -105,7 +106,7 @@ def _send(socks, dst: str, cfg: dict, out: dict, stop: threading.Event):
         now = time.monotonic_ns()
         out["sent"].append(now)
         try:
-            socks[flow].sendto(HEADER.pack(MAGIC, flow, seq, now) + pad, (dst, UDP_PORT + flow))
+            socks[flow].sendto(HEADER.pack(MAGIC, flow, seq, now) + pad, (dst, port + flow))
         except OSError:
             pass                              # no route during the fault: a lost packet
         seq += 1
@@ -143,11 +144,11 @@ class _Tcp:
         self.stop, self.max_seconds = stop, cfg["max_seconds"]
         self.server = netns_socket(cfg["b"]["namespace"], socket.SOCK_STREAM)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.server.bind((cfg["b"]["address"], TCP_PORT))
+        self.server.bind((cfg["b"]["address"], TCP_PORT + cfg["port_offset"]))
         self.server.listen(1)
         self.client = netns_socket(cfg["a"]["namespace"], socket.SOCK_STREAM)
         self.client.settimeout(5)
-        self.client.connect((cfg["b"]["seen_as"], TCP_PORT))
+        self.client.connect((cfg["b"]["seen_as"], TCP_PORT + cfg["port_offset"]))
         self.server.settimeout(5)
         self.conn, _ = self.server.accept()
         self.conn.settimeout(0.05)
@@ -203,12 +204,14 @@ class Probe:
 
     def __init__(self, rt, a: str, a_addr: str, b: str, b_addr: str, rate: int = 1000,
                  flows: int = 4, max_seconds: float = 120, tcp: bool = True,
-                 a_seen_as: str | None = None, b_seen_as: str | None = None):
-        """x_seen_as: the address the other end reaches x at, where NAT translates it."""
+                 a_seen_as: str | None = None, b_seen_as: str | None = None, port_offset: int = 0):
+        """x_seen_as: the address the other end reaches x at, where NAT translates it.
+        port_offset: another probe runs from the same node (its flows' ports differ)."""
         self.rt, self.names = rt, (a, b)
         self.cfg = {"a": {"namespace": rt.namespace(a), "address": a_addr, "seen_as": a_seen_as or a_addr},
                     "b": {"namespace": rt.namespace(b), "address": b_addr, "seen_as": b_seen_as or b_addr},
-                    "rate": rate, "flows": flows, "max_seconds": max_seconds, "tcp": tcp}
+                    "rate": rate, "flows": flows, "max_seconds": max_seconds, "tcp": tcp,
+                    "port_offset": port_offset}
         self.events: list[tuple[int, str]] = []
 
     def start(self, budget: float = 20) -> "Probe":

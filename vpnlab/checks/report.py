@@ -1,51 +1,24 @@
-"""The HTML report of a scenario run: one self-contained file (plots inlined as PNG),
-rendered from the run's JSON results (pytest plugin, or `vpnlab report`)."""
+"""The HTML report of a scenario run: one self-contained file, rendered from the run's
+JSON results (pytest plugin, or `vpnlab report`) through a jinja2 template with
+autoescaping. At the top a summary with a link to each scenario; per scenario its
+numbers against their bounds, the probe's figures, and an inline SVG timeline: events
+as ticks per kind, loss windows as bands per direction, and faults and changes marked
+across every row."""
 from __future__ import annotations
 
-import base64
-import html
-import io
 import time
 from pathlib import Path
 
+import jinja2
+
 COLORS = {"fault": "#c0392b", "tunnel": "#2471a3", "bgp": "#7d3c98", "loss": "#d35400",
           "state": "#1e8449", "probe": "#566573", "note": "#566573", "change": "#b7950b"}
+MARKED = ("fault", "change")       # drawn across the whole timeline
+NICE_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+WIDTH, LEFT, RIGHT, ROW, TOP, BOTTOM = 1100, 210, 30, 30, 26, 34
 
-
-def timeline_png(sc: dict) -> str | None:
-    """Events as labelled ticks over time, probe loss windows as bands per direction."""
-    if not sc["events"] and not sc["probes"]:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = sorted({e["kind"] for e in sc["events"]})
-    directions = [d["direction"] for p in sc["probes"] for d in p["directions"]]
-    labels = rows + [f"loss {d}" for d in directions]
-    fig, ax = plt.subplots(figsize=(11, 0.5 * len(labels) + 1.6))
-    for i, kind in enumerate(rows):
-        for n, (t, label) in enumerate(_grouped([e for e in sc["events"] if e["kind"] == kind])):
-            ax.plot([t], [i], "|", color=COLORS.get(kind, "#333"), markersize=14, mew=2)
-            # alternate above and below, so that events close in time stay readable
-            ax.annotate(label, (t, i), xytext=(3, 6 if n % 2 == 0 else -12),
-                        textcoords="offset points", fontsize=6.5, rotation=8)
-    row = len(rows)
-    for p in sc["probes"]:
-        for d in p["directions"]:
-            for w in d["loss_windows"]:
-                start, end = p["origin_s"] + w["start_s"], p["origin_s"] + w["end_s"]
-                ax.barh(row, max(end - start, 0.01), left=start, height=0.5, color=COLORS["loss"])
-            row += 1
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("seconds since the scenario started")
-    ax.grid(axis="x", alpha=0.3)
-    ax.set_ylim(-0.7, len(labels) - 0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode()
+_env = jinja2.Environment(loader=jinja2.PackageLoader("vpnlab.checks", "templates"),
+                          autoescape=True, trim_blocks=True, lstrip_blocks=True)
 
 
 def _grouped(events: list[dict], within: float = 0.3) -> list[tuple[float, str]]:
@@ -59,62 +32,61 @@ def _grouped(events: list[dict], within: float = 0.3) -> list[tuple[float, str]]
     return [(t, label + (f" (+{n} more)" if n else "")) for t, label, n in out]
 
 
-def _numbers(sc: dict) -> str:
-    if not sc["numbers"]:
-        return ""
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td class=n>{html.escape(str(v['value']))}</td>"
-                   f"<td>{html.escape(v['unit'] or '')}</td><td>{html.escape(v['bound'] or '')}</td></tr>"
-                   for k, v in sc["numbers"].items())
-    return f"<table><tr><th>measured</th><th>value</th><th>unit</th><th>bound</th></tr>{rows}</table>"
+def timeline(sc: dict) -> dict | None:
+    """The timeline's geometry, in SVG user units, for the template."""
+    if not sc["events"] and not sc["probes"]:
+        return None
+    kinds = sorted({e["kind"] for e in sc["events"]})
+    directions = [(p, d) for p in sc["probes"] for d in p["directions"]]
+    labels = kinds + [f"loss {d['direction']}" for _, d in directions]
+    end = max([e["t_s"] for e in sc["events"]] +
+              [p["origin_s"] + w["end_s"] for p, d in directions for w in d["loss_windows"]] + [0.001])
+    span = WIDTH - LEFT - RIGHT
+    x = lambda t: round(LEFT + span * t / end, 1)
+    y = lambda row: TOP + ROW * row + ROW / 2
+    height = TOP + ROW * len(labels) + BOTTOM
+    step = next((s for s in NICE_STEPS if end / s <= 10), NICE_STEPS[-1])
+    ticks = [{"x": x(i * step), "label": f"{i * step:g}"} for i in range(int(end / step) + 1)]
+    marks = []
+    for row, kind in enumerate(kinds):
+        for n, (t, label) in enumerate(_grouped([e for e in sc["events"] if e["kind"] == kind])):
+            # alternate above and below the row, so that events close in time stay readable
+            at = x(t)
+            near_end = at > WIDTH - RIGHT - 180          # the label goes left of its tick
+            marks.append({"x": at, "y": y(row), "label": label, "color": COLORS.get(kind, "#333"),
+                          "dy": -8 if n % 2 == 0 else 16, "anchor": "end" if near_end else "start",
+                          "tx": at - 3 if near_end else at + 3})
+    bands = []
+    for i, (p, d) in enumerate(directions):
+        for w in d["loss_windows"]:
+            start, stop = x(p["origin_s"] + w["start_s"]), x(p["origin_s"] + w["end_s"])
+            bands.append({"x": start, "w": max(stop - start, 1.5), "y": y(len(kinds) + i) - 7, "h": 14,
+                          "title": f"{d['direction']}: {w['lost']} lost, {w['start_s']:.3f}-{w['end_s']:.3f} s"})
+    markers = [{"x": x(e["t_s"]), "label": e["what"], "color": COLORS[e["kind"]]}
+               for e in sc["events"] if e["kind"] in MARKED]
+    return {"width": WIDTH, "height": height, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
+            "bottom": height - BOTTOM, "rows": [{"label": label, "y": y(i)} for i, label in enumerate(labels)],
+            "ticks": ticks, "marks": marks, "bands": bands, "markers": markers}
 
 
-def _probes(sc: dict) -> str:
-    out = []
-    for p in sc["probes"]:
-        rows = "".join(
-            f"<tr><td>{html.escape(d['direction'])}</td><td class=n>{d['sent']}</td><td class=n>{d['lost']}</td>"
-            f"<td class=n>{d['reordered']}</td><td class=n>{d['longest_gap_ms']}</td>"
-            f"<td class=n>{d.get('recovered_s', '')}</td></tr>" for d in p["directions"])
-        tcp = p.get("tcp")
-        tcp_row = (f"<p>TCP {html.escape(tcp['direction'])}: {'survived' if tcp['survived'] else 'did not survive'}"
-                   f", longest stall {tcp['longest_stall_ms']} ms</p>" if tcp else "")
-        out.append(f"<table><tr><th>probe ({p['rate_pps']} pkt/s, {p['flows']} flows)</th><th>sent</th>"
-                   f"<th>lost</th><th>reordered</th><th>longest gap ms</th><th>recovered s</th></tr>{rows}</table>{tcp_row}")
-    return "".join(out)
+def _worst(sc: dict, key: str):
+    values = [d.get(key) for p in sc["probes"] for d in p["directions"] if d.get(key) is not None]
+    return max(values) if values else None
 
 
-def _scenario(sc: dict) -> str:
-    png = timeline_png(sc)
-    img = f'<img alt="timeline" src="data:image/png;base64,{png}">' if png else ""
-    events = "".join(f"<tr><td class=n>{e['t_s']:.3f}</td><td>{html.escape(e['kind'])}</td>"
-                     f"<td>{html.escape(e['what'])}</td></tr>" for e in sc["events"])
-    logs = "".join(f"<details><summary>{html.escape(name)}</summary><pre>{html.escape(text)}</pre></details>"
-                   for name, text in sc.get("logs", {}).items())
-    failure = f"<pre class=fail>{html.escape(sc['failure'])}</pre>" if sc.get("failure") else ""
-    return (f'<section class="{html.escape(sc["outcome"])}"><h2>{html.escape(sc["nodeid"])} '
-            f'<span class=o>{html.escape(sc["outcome"])}</span></h2><p>{html.escape(sc["description"])}</p>'
-            f"{_numbers(sc)}{_probes(sc)}{img}{failure}"
-            f"<details><summary>timeline ({len(sc['events'])} events)</summary><table>{events}</table></details>"
-            f"{logs}</section>")
-
-
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;font-size:90%}
-td.n{text-align:right;font-variant-numeric:tabular-nums}section{border-top:2px solid #ddd;margin-top:1.5em}
-section.failed h2 .o{color:#c0392b}section.passed h2 .o{color:#1e8449}pre{font-size:75%;overflow-x:auto;
-background:#f6f6f6;padding:.5em}pre.fail{background:#fdecea}img{max-width:100%}"""
+def _anchor(nodeid: str) -> str:
+    return "sc-" + "".join(c if c.isalnum() else "-" for c in nodeid)
 
 
 def render(results: dict) -> str:
-    m = results.get("machine", {})
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(results.get("generated_at", time.time())))
-    outcomes = [s["outcome"] for s in results["scenarios"]]
-    counts = ", ".join(f"{outcomes.count(o)} {o}" for o in ("passed", "failed", "skipped") if o in outcomes)
-    head = (f"<h1>vpnlab scenario report</h1><p>{when} on {html.escape(str(m.get('host', '?')))} "
-            f"(kernel {html.escape(str(m.get('kernel', '?')))}, {m.get('cpus', '?')} CPUs): "
-            f"{len(outcomes)} scenarios: {counts}</p>")
-    body = "".join(_scenario(s) for s in results["scenarios"])
-    return f"<!doctype html><meta charset=utf-8><title>vpnlab report</title><style>{STYLE}</style>{head}{body}"
+    scenarios = [{**sc, "anchor": _anchor(sc["nodeid"]), "timeline": timeline(sc),
+                  "worst_lost": _worst(sc, "lost"), "worst_recovered_s": _worst(sc, "recovered_s")}
+                 for sc in results["scenarios"]]
+    outcomes = [s["outcome"] for s in scenarios]
+    return _env.get_template("report.html.j2").render(
+        machine=results.get("machine", {}), scenarios=scenarios, colors=COLORS,
+        when=time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(results.get("generated_at", time.time()))),
+        counts={o: outcomes.count(o) for o in ("passed", "failed", "skipped") if o in outcomes})
 
 
 def write_html(results: dict, path: Path):

@@ -34,10 +34,24 @@ def iperf(rt, client: str, server: str, server_addr: str, seconds: int = 3, reve
         rt.end([pid], grace=1)
 
 
-def limited_by(mbps: float, sku: str, rated: float) -> str:
+DATAPLANE_NAMES = {"userspace": "libipsec", "kernel": "the kernel's XFRM"}
+
+
+def limited_by(mbps: float, sku: str, rated: float, dataplane: str = "userspace") -> str:
     """What limits a measured figure: the SKU's cap on the instance when the figure
-    reaches most of it, else the lab's own data plane (userspace ESP)."""
-    return f"the SKU ({sku}, {rated:g} Mbit/s)" if mbps >= 0.8 * rated else "the lab's data plane (libipsec)"
+    reaches most of it, else the lab's own data plane."""
+    if mbps >= 0.8 * rated:
+        return f"the SKU ({sku}, {rated:g} Mbit/s)"
+    return f"the lab's data plane ({DATAPLANE_NAMES.get(dataplane, dataplane)})"
+
+
+def across_a_tunnel(plan) -> tuple[str, str, str]:
+    """A VM, and a site's host it reaches through a tunnel (the first of the pings the
+    lab's convergence checks), with that host's address: (vm, host, address)."""
+    vm, address = next((src, dst) for src, dst in plan.pings if plan.nodes[src].role == "vm")
+    host = next(n.name for n in plan.nodes.values()
+                if any(a.split("/")[0] == address for i in n.interfaces for a in i.addresses))
+    return vm, host, address
 
 
 def esp_bytes(rt, plan) -> dict[str, int]:

@@ -20,6 +20,8 @@ import signal
 import sys
 import threading
 import time
+import traceback
+from pathlib import Path
 
 from vpnlab.gateway import control, events, live, nat_routes, p2s_watch
 from vpnlab.model import names
@@ -29,6 +31,7 @@ from vpnlab.runtime.state import load_state
 from vpnlab.session import Lab
 
 POLL = 1.0          # seconds between looks at each tunnel end and BGP speaker
+STOP_BUDGET = 2.5   # seconds its duties get to end their round when the agent stops (within procs.end's grace)
 # an IKE message on the NAT-T port, and the peer's address and port it came from
 _RECEIVED = re.compile(r"received packet: from ([0-9.]+)\[(\d+)\] to [0-9.]+\[4500\]")
 
@@ -44,23 +47,39 @@ class Agent:
         self.say = say
 
     def run(self):
-        threads = [threading.Thread(target=self.tunnel_end, args=(t,), daemon=True)
-                   for t in self.plan.tunnels]
-        threads += [threading.Thread(target=self.ike_log, args=(t,), daemon=True)
-                    for t in self.plan.tunnels]
-        threads += [threading.Thread(target=self.on_demand, args=(t,), daemon=True)
-                    for t in self.plan.tunnels if t.policy_based]
-        threads.append(threading.Thread(target=self.bgp_speakers, daemon=True))
-        threads += [threading.Thread(target=nat_routes.follow, args=(self, node.name, entry, self.stop, POLL),
-                                     daemon=True)
-                    for node in self.plan.nodes.values() if node.frr
-                    for entry in node.frr.nat_learned]
-        threads += [threading.Thread(target=p2s_watch.ikev2_server if e.protocol == "IkeV2"
-                                     else p2s_watch.openvpn_server, args=(self, e, POLL), daemon=True)
-                    for e in self.plan.p2s_ends]
+        jobs = [(f"{t.name}: dialing and rekeys", self.tunnel_end, (t,)) for t in self.plan.tunnels]
+        jobs += [(f"{t.name}: diagnostic log", self.ike_log, (t,)) for t in self.plan.tunnels]
+        jobs += [(f"{t.name}: on demand", self.on_demand, (t,)) for t in self.plan.tunnels if t.policy_based]
+        jobs.append(("BGP sessions", self.bgp_speakers, ()))
+        jobs += [(f"{node.name}: NAT route translation", nat_routes.follow, (self, node.name, entry, self.stop, POLL))
+                 for node in self.plan.nodes.values() if node.frr for entry in node.frr.nat_learned]
+        jobs += [(f"{e.node}: {e.protocol} sessions",
+                  p2s_watch.ikev2_server if e.protocol == "IkeV2" else p2s_watch.openvpn_server, (self, e, POLL))
+                 for e in self.plan.p2s_ends]
+        threads = [threading.Thread(target=self.supervised, args=job, daemon=True) for job in jobs]
         for th in threads:
             th.start()
         self.stop.wait()
+        # each loop looks at stop at least every POLL, or when a VICI or vtysh call it
+        # is in returns: joined, no thread runs while the interpreter shuts down
+        deadline = time.monotonic() + STOP_BUDGET
+        for th in threads:
+            th.join(max(0.0, deadline - time.monotonic()))
+
+    def supervised(self, what: str, loop, args: tuple):
+        """One of the agent's duties, run until the agent stops. An error none of its
+        rounds expected is said in one line, with where it was raised, and the duty
+        starts again: one unexpected answer must not end what Azure keeps doing (the
+        redials, the diagnostic log)."""
+        while not self.stop.is_set():
+            try:
+                loop(*args)
+                return
+            except Exception as err:  # noqa: BLE001 - said, and the duty goes on
+                frame = traceback.extract_tb(err.__traceback__)[-1]
+                say(f"ERROR {what}: unexpected {type(err).__name__}: {err} "
+                    f"(at {Path(frame.filename).name}:{frame.lineno} in {frame.name}); starting it again")
+                self.stop.wait(POLL)
 
     # ------------------------------------------------------------ dialing and rekeys
     def tunnel_end(self, t: Tunnel):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 from vpnlab.errors import LabError
 from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
-from vpnlab.waits import WaitTimeout, wait_until
+from vpnlab.waits import scaled
 
 
 def vici_sas(rt, node: str) -> list[dict]:
@@ -180,24 +182,42 @@ def ping(rt, node: str, address: str, count: int = 1, timeout: int = 2) -> bool:
     return res.returncode == 0
 
 
-def convergence(rt, plan: Plan) -> list[str]:
+def convergence(rt, plan: Plan, tunnel_rows: list | None = None, bgp_rows: list | None = None) -> list[str]:
     """What is not converged yet: tunnels not ESTABLISHED/INSTALLED, BGP sessions not
-    Established, expected prefixes missing from a FIB. Empty when converged."""
+    Established, expected prefixes missing from a FIB. Empty when converged. Tunnels and
+    sessions already queried (status) are not queried again."""
+    return progress_of(rt, plan, tunnel_rows, bgp_rows)[0]
+
+
+def progress_of(rt, plan: Plan, tunnel_rows: list | None = None, bgp_rows: list | None = None) -> tuple[list, dict]:
+    """What is not converged yet, and how far it got: {"tunnels": [up, of], "bgp": [up,
+    of], "routes": missing or None (not looked at until tunnels and sessions are up)}."""
     problems = []
     # the user's device is up when they bring it; a half-configured device never dials
     # some instances (device.connect_to_instances)
     skipped = {t.name for t in plan.tunnels if t.device in plan.unmanaged or not t.expected_up}
-    for t in tunnels(rt, plan):
-        if t["tunnel"] in skipped:
-            continue
+    watched = [t for t in (tunnels(rt, plan) if tunnel_rows is None else tunnel_rows) if t["tunnel"] not in skipped]
+    for t in watched:
         if t["state"] != "ESTABLISHED" or t["child_state"] != "INSTALLED":
             problems.append(f"tunnel {t['tunnel']}: {t['state']}/{t['child_state']}")
-    for b in bgp(rt, plan):
-        if b["state"] != "Established" and b["peer_node"] not in plan.unmanaged:
+    sessions = [b for b in (bgp(rt, plan) if bgp_rows is None else bgp_rows) if b["peer_node"] not in plan.unmanaged]
+    for b in sessions:
+        if b["state"] != "Established":
             problems.append(f"bgp {b['node']} -> {b['peer']} ({b['peer_node']}): {b['state']}")
+    counts = {"tunnels": [len(watched) - sum(p.startswith("tunnel ") for p in problems), len(watched)],
+              "bgp": [len(sessions) - sum(p.startswith("bgp ") for p in problems), len(sessions)], "routes": None}
     if not problems:
-        problems += [f"route {m}" for m in missing_routes(rt, plan)]
-    return problems
+        missing = missing_routes(rt, plan)
+        problems += [f"route {m}" for m in missing]
+        counts["routes"] = len(missing)
+    return problems, counts
+
+
+def progress_line(counts: dict) -> str:
+    routes = "" if counts["routes"] is None else \
+        (", routes in place" if not counts["routes"] else f", {counts['routes']} routes missing")
+    return (f"tunnels {counts['tunnels'][0]}/{counts['tunnels'][1]} ESTABLISHED, "
+            f"BGP {counts['bgp'][0]}/{counts['bgp'][1]} Established{routes}")
 
 
 # ------------------------------------------------------------------ point-to-site
@@ -355,13 +375,78 @@ def _cn(identity: str) -> str:
     return identity[3:] if identity.startswith("CN=") else identity
 
 
-def wait_converged(lab, budget: float | None = None, ignore: list[str] = ()):
+def wait_converged(lab, budget: float | None = None, ignore: list[str] = (), progress=None):
     """Until the lab converged (convergence() is empty); what a string of ignore names
-    (a tunnel, a device's BGP sessions) may stay down. LabError names what did not."""
-    budget = budget or defaults()["waits"]["converge"][lab.state.timers]
+    (a tunnel, a device's BGP sessions) may stay down. progress(line): told the counts
+    (tunnels x/y, BGP x/y, routes) whenever they move.
+
+    A budget given is the whole wait. Without one, the wait grows with the lab: it gives
+    up when nothing has progressed for the timer profile's `converge` seconds, or at
+    `converge` plus `converge_per_tunnel` per tunnel in all. LabError names what is
+    stuck, with what its tunnel end's charon last said."""
+    waits = defaults()["waits"]
+    stall = scaled(waits["converge"][lab.state.timers])
+    cap = scaled(budget if budget is not None
+                 else waits["converge"][lab.state.timers] + waits["converge_per_tunnel"] * len(lab.plan.tunnels))
+    start = time.monotonic()
+    best, moved = None, start
+    shown = [None]
+    while True:
+        try:
+            problems, counts = progress_of(lab.backend, lab.plan)
+        except Exception as err:  # noqa: BLE001 - a daemon between states; reported if it lasts
+            problems, counts = [f"{type(err).__name__}: {err}"], shown[0] or {"tunnels": [0, 0], "bgp": [0, 0],
+                                                                              "routes": None}
+        if progress and counts != shown[0]:
+            progress(progress_line(counts))
+        shown[0] = counts
+        problems = [p for p in problems if not any(x in p for x in ignore)]
+        if not problems:
+            return
+        now = time.monotonic()
+        if best is None or _score(counts) > best:
+            best, moved = _score(counts), now
+        if now - start >= cap or (budget is None and now - moved >= stall):
+            why = (f"within {cap:g} s" if now - start >= cap
+                   else f"after {now - start:.0f} s: nothing progressed for {stall:g} s")
+            raise LabError(f"lab {lab.name!r} did not converge {why}; {progress_line(counts)}; "
+                           f"not converged: {'; '.join(problems[:20])}"
+                           + (f" (and {len(problems) - 20} more)" if len(problems) > 20 else "")
+                           + stuck_ends(lab, problems))
+        time.sleep(0.25)
+
+
+def _score(counts: dict) -> tuple:
+    """How far convergence got: more tunnels and sessions up, then routes known, then
+    fewer routes missing."""
+    known = counts["routes"] is not None
+    return (counts["tunnels"][0] + counts["bgp"][0], known, -counts["routes"] if known else 0)
+
+
+def stuck_ends(lab, problems: list[str], most: int = 3) -> str:
+    """For the first few tunnels not up: whether their Azure end's charon runs, and the
+    last lines it wrote (an unanswered VICI socket, a refused proposal, a lost peer)."""
+    names = [p.split(":")[0].removeprefix("tunnel ") for p in problems if p.startswith("tunnel ")][:most]
+    ends = {t.name: t.azure_end for t in lab.plan.tunnels}
+    notes = []
+    for name in names:
+        end = ends.get(name)
+        if end is None:
+            continue
+        running = bool(lab.backend.daemon_pids(end, "charon"))
+        said = []
+        for log in ("charon.out", "charon.log"):
+            said += [line.strip() for line in _last_lines(lab.backend.node_dir(end) / log, 2) if line.strip()]
+        notes.append(f"{end}: charon {'running' if running else 'NOT running'}"
+                     + (f", last said: {' | '.join(said[-3:])}" if said else ""))
+    return ("\n  " + "\n  ".join(notes)) if notes else ""
+
+
+def _last_lines(path: Path, count: int, tail_bytes: int = 8192) -> list[str]:
+    """The last lines of a log, read from its end (a charon log grows to megabytes)."""
     try:
-        wait_until(lambda: [p for p in convergence(lab.backend, lab.plan) if not any(x in p for x in ignore)],
-                   lambda p: not p, "convergence", budget, interval=0.25)
-    except WaitTimeout as err:
-        raise LabError(f"lab {lab.name!r} did not converge within {budget} s; not converged: "
-                       + "; ".join(err.last if isinstance(err.last, list) else [str(err.last)])) from None
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - tail_bytes))
+            return f.read().decode(errors="replace").splitlines()[-count:]
+    except FileNotFoundError:
+        return []

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    Strict,
     ValidationError,
 )
 
@@ -222,6 +223,9 @@ class IpsecPolicy(Model):
 
 
 DPD = defaults()["azure"]["dpd_timeout_seconds"]
+# Bounds of their own: Int32's upper bound, in the annotation, would win over a Field's.
+DpdSeconds = Annotated[int, Strict(), Field(ge=DPD["min"], le=DPD["max"])]
+ClientCount = Annotated[int, Strict(), Field(ge=1, le=10000)]
 
 
 class CustomBgpAddresses(Model):
@@ -241,7 +245,7 @@ class Connection(Model):
     shared_key: SecretStr
     connection_protocol: Literal["IKEv1", "IKEv2"] = "IKEv2"
     enable_bgp: bool = False
-    dpd_timeout_seconds: Int32 = Field(default=DPD["default"], ge=DPD["min"], le=DPD["max"])
+    dpd_timeout_seconds: DpdSeconds = DPD["default"]
     ipsec_policies: list[IpsecPolicy] = Field(default=[], max_length=1)
     use_policy_based_traffic_selectors: bool = False
     connection_mode: Literal["Default", "InitiatorOnly", "ResponderOnly"] = "Default"
@@ -258,7 +262,7 @@ class Client(Model):
     certificate: Optional[Name] = None    # default: the client's name
     issued_by: Optional[Name] = None      # a root certificate; default: the gateway's first.
     #                                       Another name: a CA the gateway does not trust
-    count: Int32 = Field(default=1, ge=1, le=10000)
+    count: ClientCount = 1
     # Windows' IKEv2 client takes only the VNet's routes (and the pool, custom routes),
     # not the sites' [6 P2SRT]
     os: Literal["Linux", "Windows"] = "Linux"

@@ -124,8 +124,10 @@ def gateway_subnet_ips(prefix: IPv4Network, active_active: bool) -> list[IPv4Add
 
 
 class _Builder:
-    def __init__(self, t: Topology, timers: str, active: dict[str, int] | None = None):
+    def __init__(self, t: Topology, timers: str, active: dict[str, int] | None = None,
+                 dataplane: str = "userspace"):
         self.t = t
+        self.dataplane = dataplane
         self.active = {g: (active or {}).get(g, 0) for g, gw in t.virtual_network_gateways.items()
                        if not gw.active_active}
         self.d = defaults()
@@ -218,7 +220,7 @@ class _Builder:
         br.addresses = list(dict.fromkeys(br.addresses))
         return Plan(self.nodes, self.links, self.tunnels, self.bgp, self.expected, self.pings,
                     unmanaged, dict(self.active), p2s_ends, clients,
-                    timers_of.effective(self.profile, [t.dpd_timeout for t in self.tunnels]))
+                    timers_of.effective(self.profile, [t.dpd_timeout for t in self.tunnels]), self.dataplane)
 
     def serves(self, gw_name: str, k: int) -> bool:
         gw = self.t.virtual_network_gateways[gw_name]
@@ -342,6 +344,11 @@ class _Builder:
         mtu = self.d["internal"]["tunnel_mtu"]
         self.link(router, Iface(f"t{j}", proxy_arp=True, mtu=mtu),
                   end, Iface("in", proxy_arp=True, mtu=mtu))
+        if self.dataplane == "kernel" and devices == ("ipsec0",):
+            # ESP in the kernel: ipsec0 is an XFRM interface (made with the node, routed
+            # into at once), not the TUN device libipsec makes when charon starts
+            end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu))
+            end.routes.append(Route("0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL))
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
         end.rules += [Rule(device, TABLE_FROM_TUNNEL, 100) for device in devices]
@@ -684,6 +691,8 @@ def custom_policy(p, ike_lifetime: int) -> dict:
                 child_lifetime=p.sa_lifetime_seconds, child_kilobytes=p.sa_datasize_kilobytes)
 
 
-def build(t: Topology, timers: str = "azure", active: dict[str, int] | None = None) -> Plan:
-    """active: which instance serves each active-standby gateway (default: instance 0)."""
-    return _Builder(t, timers, active).build()
+def build(t: Topology, timers: str = "azure", active: dict[str, int] | None = None,
+          dataplane: str = "userspace") -> Plan:
+    """active: which instance serves each active-standby gateway (default: instance 0);
+    dataplane: where the site-to-site tunnels' ESP runs (parts.DATAPLANES)."""
+    return _Builder(t, timers, active, dataplane).build()

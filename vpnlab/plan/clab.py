@@ -23,7 +23,14 @@ from vpnlab.model.defaults import defaults
 from vpnlab.model.names import process_tag
 from vpnlab.model.yamlsrc import SourceError, shown
 from vpnlab.plan import render
-from vpnlab.plan.parts import HASH_SEED, INTERNET, TABLE_INTO_TUNNEL, Node, Plan
+from vpnlab.plan.parts import (
+    HASH_SEED,
+    INTERNET,
+    TABLE_INTO_TUNNEL,
+    XFRM_IF_ID,
+    Node,
+    Plan,
+)
 from vpnlab.plan.render import STARTING_GUARD
 
 CONTAINERLAB_VERSION = "0.79.0"        # the version the emitted files are checked against
@@ -72,7 +79,8 @@ def setup_files(plan: Plan, node_dir: Callable[[str], PurePosixPath]) -> dict[st
     for node in plan.ordered_nodes():
         sysctls = {k: v for k, v in node.sysctls().items() if k != HASH_SEED}
         text = env.get_template("node-setup.sh.j2").render(
-            node=node, dir=str(node_dir(node.name)), sysctls=sysctls, shaping=node.shaping())
+            node=node, dir=str(node_dir(node.name)), sysctls=sysctls, shaping=node.shaping(),
+            xfrm_if_id=XFRM_IF_ID)
         # the flow hash seed exists from kernel 6.11 on: set where there is one
         seed = f"[ ! -e /proc/sys/{HASH_SEED.replace('.', '/')} ] || sysctl -qw {HASH_SEED}={node.sysctls()[HASH_SEED]}\n"
         start = env.get_template("start-daemons.sh.j2").render(

@@ -15,6 +15,12 @@ INTERNET = names.INTERNET
 # what comes out of ipsec0 goes back to the router through the inner veth.
 TABLE_INTO_TUNNEL = 101
 TABLE_FROM_TUNNEL = 102
+# The kernel data plane: a tunnel namespace's ipsec0 is an XFRM interface, and its one
+# connection's SAs and policies carry this interface ID (strongSwan's if_id_in/if_id_out).
+XFRM_IF_ID = 1
+# where ESP runs: userspace (libipsec: every kernel) or kernel (XFRM: a kernel with ESP);
+# `vpnlab up --dataplane auto` takes the kernel's when it has ESP
+DATAPLANES = ("userspace", "kernel")
 # A gateway instance's own traffic (IKE, ESP, OpenVPN from its tunnel namespaces) leaves
 # through its public path in a table of its own: a default route the VNet learns (forced
 # tunnelling) never captures it [7.3].
@@ -38,7 +44,7 @@ ROLE_ORDER = ("internet", "internet-host", "isp-router", "vnet-router", "gateway
 class Iface:
     name: str
     addresses: list[str] = field(default_factory=list)   # "a.b.c.d/len"
-    kind: str = "veth"                                    # veth | bridge | lo
+    kind: str = "veth"                                    # veth | bridge | lo | xfrm
     master: str | None = None                             # bridge in the same node
     proxy_arp: bool = False
     mtu: int | None = None
@@ -240,6 +246,7 @@ class Plan:
     p2s_ends: list[P2sEnd] = field(default_factory=list)
     clients: list[P2sClient] = field(default_factory=list)
     timers: dict = field(default_factory=dict)    # effective timers (vpnlab.plan.timers)
+    dataplane: str = "userspace"    # where ESP runs: userspace (libipsec) | kernel (XFRM)
 
     def ordered_nodes(self) -> list[Node]:
         return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))

@@ -122,6 +122,15 @@ class _Folder:
                 _write(path, data, secret=name.endswith(".key"))
 
 
+def inputs(t) -> dict:
+    """What issue() reads of a topology: equal inputs, the same PKI."""
+    cfgs = {g: gw.vpn_client_configuration for g, gw in t.virtual_network_gateways.items()
+            if gw.vpn_client_configuration}
+    return {"gateways": {g: ([r.name for r in c.root_certificates],
+                             [r.model_dump(mode="json") for r in c.revoked_certificates]) for g, c in cfgs.items()},
+            "clients": {n: (c.virtual_network_gateway, c.issued_by, c.identities(n)) for n, c in t.clients.items()}}
+
+
 def issue(t, folder: Path) -> dict:
     """Make every file the topology's point-to-site needs in folder, keeping what is
     there and still fits (CAs and their keys, server and client certificates): a root

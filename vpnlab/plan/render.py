@@ -11,11 +11,12 @@ import jinja2
 
 from vpnlab.model.defaults import defaults
 from vpnlab.plan import timers
-from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Node, Plan
+from vpnlab.plan.parts import TABLE_INTO_TUNNEL, XFRM_IF_ID, Node, Plan
 
 PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
            "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
            "updown").split()
+KERNEL_PLUGINS = [p for p in PLUGINS if p != "kernel-libipsec"]     # ESP in the kernel (XFRM)
 SECRET_FILES = {"swanctl.conf"}
 # where a P2S openvpn server's session hook writes (the agent reads it)
 SESSIONS_FILE = "openvpn-sessions.jsonl"
@@ -55,11 +56,13 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
         c = node.charon
         # no DPD (policy-based gateways): IKE retransmits as with Azure's default timeout
         dpd = c["dpd_timeout"] or timers.azure_dpd()
+        if_id = XFRM_IF_ID if any(i.kind == "xfrm" for i in node.interfaces) else None
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
-            ctx, c=c | {"dpd_timeout": dpd}, plugins=PLUGINS, retransmit=retransmit(dpd))
+            ctx, c=c | {"dpd_timeout": dpd}, plugins=KERNEL_PLUGINS if if_id else PLUGINS,
+            if_id=if_id, retransmit=retransmit(dpd))
         template = "swanctl-p2s.conf.j2" if c.get("p2s") else "swanctl.conf.j2"
         files["swanctl.conf"] = env.get_template(template).render(
-            ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0)
+            ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0, if_id=if_id)
     if node.openvpn is not None:
         files["openvpn.conf"] = env.get_template("openvpn.conf.j2").render(ctx, o=node.openvpn)
         if node.openvpn["role"] == "server":

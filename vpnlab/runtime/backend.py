@@ -23,14 +23,27 @@ from pathlib import Path
 
 import vici
 from pyroute2 import NetlinkError, NetNS, NFCTSocket, netns
+from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
 from vpnlab.errors import RuntimeFailure
 from vpnlab.model.defaults import defaults
 from vpnlab.model.names import INTERNET, namespace_prefix
-from vpnlab.plan.parts import HASH_SEED, Iface, Link, Node, Plan, Route, Rule
-from vpnlab.runtime import daemons, procs
+from vpnlab.plan.parts import (
+    HASH_SEED,
+    XFRM_IF_ID,
+    Iface,
+    Link,
+    Node,
+    Plan,
+    Route,
+    Rule,
+)
+from vpnlab.runtime import daemons, host, procs
 from vpnlab.runtime.state import LabState
 
+# Whether a kernel has ESP: it accepts an ESP state (tried in a scratch namespace)
+ESP_PROBE = ["ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
+             "spi", "0x100", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"]
 
 class Backend:
     name = ""                 # the registry's name for it (--runtime)
@@ -92,6 +105,8 @@ class Backend:
 
     def start_daemons(self, plan: Plan, budget: float, progress):
         """Start the lab's daemons in the one start order (vpnlab.runtime.daemons)."""
+        for warning in self.warnings:
+            progress(f"note: {warning}")
         daemons.start_lab(self, plan, budget, progress)
 
     def each(self, nodes: list[str], step):
@@ -128,6 +143,13 @@ class Backend:
     def vici_socket(self, node: str) -> Path:
         return self.node_dir(node) / "run" / "charon.vici"
 
+    def tool_argv(self, node: str, tool: str, args: list[str]) -> list[str]:
+        """The command that runs a tool in a node, pointed at that node's own daemons'
+        sockets (vpnlab connect); swanctl takes its command first (default --list-sas)."""
+        if tool == "swanctl":
+            return ["swanctl", *(args or ["--list-sas"]), "--uri", f"unix://{self.vici_socket(node)}"]
+        return {"bash": ["bash"], "vtysh": ["vtysh", "--vty_socket", str(self.node_dir(node))]}[tool] + args
+
     @contextlib.contextmanager
     def vici(self, node: str, timeout: float = 3):
         """A VICI session with the node's charon (the one place one is opened)."""
@@ -159,9 +181,7 @@ class Backend:
         self._ipr.clear()
 
     def kernel_has_esp(self) -> bool:
-        return self.kernel_accepts([
-            "ip", "xfrm", "state", "add", "src", "192.0.2.1", "dst", "192.0.2.2", "proto", "esp",
-            "spi", "0x100", "mode", "tunnel", "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"])
+        return self.kernel_accepts(ESP_PROBE)
 
     def kernel_has_netem(self) -> bool:
         """netem (delay, jitter) is a kernel option."""
@@ -169,8 +189,15 @@ class Backend:
 
     # ============================================================ shared: wiring
     def create(self, plan: Plan):
-        """Nodes, links, addresses, kernel routes and firewall rules."""
+        """Nodes, links, addresses, kernel routes and firewall rules; room for their
+        neighbours in the kernel's one neighbour table."""
+        self.make_room(plan)
         self.add_nodes(plan.ordered_nodes(), plan.links, [])
+
+    def make_room(self, plan: Plan):
+        raised = host.neighbour_room(len(plan.links))
+        if raised:
+            self.warnings.append(raised)
 
     def add_nodes(self, nodes: list[Node], links: list[Link], ends: list[tuple[Node, list[Iface]]]):
         """New nodes, wired as a whole (addresses, routes, rules, firewall), and the links
@@ -192,6 +219,8 @@ class Backend:
                     idx = ipr.link_lookup(ifname=iface.name)[0]
                     mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
                     ipr.link("set", index=idx, address=mac)
+                elif iface.kind == "xfrm":      # the kernel data plane's tunnel interface
+                    ipr.link("add", ifname=iface.name, kind="xfrm", xfrm_if_id=XFRM_IF_ID)
         for link in links:
             self.ipr(link.a).link("add", ifname=link.a_if, kind="veth",
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
@@ -246,20 +275,42 @@ class Backend:
         """Why this runtime cannot add or remove nodes of a running lab, or None."""
         return None
 
-    def flush_conntrack(self, node: str) -> int:
-        """Forget every flow the node's netfilter tracks, NAT mappings with them (a
-        router that reboots); returns how many it held."""
+    @contextlib.contextmanager
+    def _conntrack(self, node: str):
+        """The node's conntrack table (pyroute2's NFCTSocket, opened inside its namespace)."""
         netns.pushns(self.namespace(node))
         try:
             ct = NFCTSocket()
             try:
-                held = ct.count()
-                ct.flush()
+                yield ct
             finally:
                 ct.close()
         finally:
             netns.popns()
+
+    def flush_conntrack(self, node: str) -> int:
+        """Forget every flow the node's netfilter tracks, NAT mappings with them (a
+        router that reboots); returns how many it held."""
+        with self._conntrack(node) as ct:
+            held = ct.count()
+            ct.flush()
         return held
+
+    def forget_untranslated_ike(self, node: str) -> int:
+        """Delete the IKE and ESP-in-UDP flows (UDP 500, 4500) the node tracks without
+        NAT. NAT is decided on a flow's first packet: a peer's packet that arrived before
+        the rule translating it (a site's new public IP, during an apply) leaves such an
+        entry, and every later packet of that flow, retransmits included, follows it past
+        the new rule for as long as it keeps coming. Returns how many were deleted."""
+        with self._conntrack(node) as ct:
+            stale = [orig for orig, reply in map(_tuples, ct.dump())
+                     if orig and reply and orig[2] == socket.IPPROTO_UDP and orig[4] in (500, 4500)
+                     and reply == (orig[1], orig[0], orig[2], orig[4], orig[3])]
+            for saddr, daddr, proto, sport, dport in stale:
+                with contextlib.suppress(NetlinkError):         # gone meanwhile
+                    ct.entry("del", tuple_orig=NFCTAttrTuple(saddr=saddr, daddr=daddr, proto=proto,
+                                                              sport=sport, dport=dport))
+        return len(stale)
 
     def _sysctls(self, node: str, values: dict):
         netns.pushns(self.namespace(node))
@@ -535,7 +586,9 @@ class Backend:
         self.close()
         pids = {p["pid"] for p in self.state.processes} | set(procs.tagged(self.state.name))
         survivors = procs.end(sorted(pids), self.state.name)
-        return [f"process {p} survived SIGKILL" for p in survivors] + self.remove_nodes()
+        problems = [f"process {p} survived SIGKILL" for p in survivors] + self.remove_nodes()
+        host.restore_when_idle(self.state.name)
+        return problems
 
     def remove_namespaces(self) -> list[str]:
         """Delete the lab's named namespaces (a container's name goes with it)."""
@@ -548,6 +601,18 @@ class Backend:
             except OSError as err:
                 problems.append(f"namespace {ns}: {err}")
         return problems
+
+
+def _tuples(entry) -> tuple:
+    """A conntrack entry's original and reply direction, each (saddr, daddr, proto,
+    sport, dport), or None where the entry has no such tuple."""
+    def one(t):
+        if t is None or t.get_attr("CTA_TUPLE_IP") is None or t.get_attr("CTA_TUPLE_PROTO") is None:
+            return None
+        ip, proto = t.get_attr("CTA_TUPLE_IP"), t.get_attr("CTA_TUPLE_PROTO")
+        return (ip.get_attr("CTA_IP_V4_SRC"), ip.get_attr("CTA_IP_V4_DST"), proto.get_attr("CTA_PROTO_NUM"),
+                proto.get_attr("CTA_PROTO_SRC_PORT"), proto.get_attr("CTA_PROTO_DST_PORT"))
+    return one(entry.get_attr("CTA_TUPLE_ORIG")), one(entry.get_attr("CTA_TUPLE_REPLY"))
 
 
 def node_sysctls(node: Node) -> dict:

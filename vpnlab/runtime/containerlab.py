@@ -114,6 +114,7 @@ class ContainerlabBackend(DockerBackend):
         if found != VERSION:
             self.warnings.append(f"containerlab {found or '(unknown version)'} is not {VERSION}, "
                                  "the version vpnlab's files are written for")
+        self.make_room(plan)
         self.state.namespaces += [self.namespace(n) for n in plan.nodes]
         self.state.save()
         self._clab("deploy", "--reconfigure")

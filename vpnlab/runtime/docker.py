@@ -186,7 +186,7 @@ def unavailable() -> str | None:
     except RuntimeFailure as err:
         return str(err)
     if not image.has_image(c, image.node_image()):
-        return f"the node image {image.node_image()} is missing: build it with 'make image'"
+        return f"the node image {image.node_image()} is missing: build it with 'vpnlab image build'"
     return None
 
 

@@ -3,11 +3,12 @@
 The tag is a digest of the image's files, so a changed Dockerfile or entry point is a
 new image and a stale one is never used by mistake.
 
-    python -m vpnlab.runtime.image        # build it unless it exists (make image)
+    vpnlab image build                    # build it unless it exists (make image)
 """
 from __future__ import annotations
 
 import hashlib
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def base_image() -> str:
 
 
 def client():
-    import docker  # imported here: the netns runtime does not need it
+    try:
+        import docker  # the docker extra: the netns runtime does not need it
+    except ImportError:
+        raise RuntimeFailure("the docker runtime needs the Docker SDK: pip install 'vpnlab[docker]'") from None
     try:
         c = docker.from_env(timeout=120)
         c.ping()
@@ -54,17 +58,22 @@ def has_image(c, tag: str) -> bool:
 
 
 def build(progress=print) -> str:
-    """Build the node image unless it exists. The base must exist (vpnlab/runtime/images/base-image.sh
-    makes it where no registry can be reached). RUN steps use the host's network: the
-    engine may run without a bridge (dockerd --bridge=none)."""
+    """Build the node image unless it exists, and its base first unless that exists
+    (pulled, or where no registry can be reached made with debootstrap: base-image.sh).
+    RUN steps use the host's network: the engine may run without a bridge
+    (dockerd --bridge=none)."""
     c = client()
     tag = node_image()
     if has_image(c, tag):
         progress(f"{tag} is there")
         return tag
     if not has_image(c, base_image()):
-        raise RuntimeFailure(f"base image {base_image()} is missing: "
-                             f"bash {IMAGES_DIR / 'base-image.sh'} {base_image()}")
+        progress(f"making the base image {base_image()}")
+        made = subprocess.run(["bash", str(IMAGES_DIR / "base-image.sh"), base_image()],
+                              capture_output=True, text=True)
+        if made.returncode != 0 or not has_image(c, base_image()):
+            raise RuntimeFailure(f"base image {base_image()} could not be made "
+                                 f"({IMAGES_DIR / 'base-image.sh'}): {(made.stdout + made.stderr)[-1500:]}")
     progress(f"building {tag} from {IMAGES_DIR}")
     try:
         c.images.build(path=str(IMAGES_DIR), tag=tag, network_mode="host", rm=True,

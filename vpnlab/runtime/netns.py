@@ -2,11 +2,13 @@
 the host's strongSwan and FRR inside it (`ip netns exec`)."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
 from pyroute2 import netns
 
+from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import Node
 from vpnlab.runtime import procs
 from vpnlab.runtime.backend import Backend, lab_namespaces
@@ -14,6 +16,20 @@ from vpnlab.runtime.backend import Backend, lab_namespaces
 
 class NetnsBackend(Backend):
     name = "netns"
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """The daemons run from the host's packages."""
+        d = defaults()["daemons"]
+        wanted = {"charon": (Path(d["charon"]), "strongswan-charon"),
+                  "swanctl": (shutil.which("swanctl"), "strongswan-swanctl"),
+                  "zebra": (Path(d["frr_dir"]) / "zebra", "frr"), "bgpd": (Path(d["frr_dir"]) / "bgpd", "frr"),
+                  "vtysh": (shutil.which("vtysh"), "frr")}
+        missing = {name: package for name, (path, package) in wanted.items() if not (path and Path(path).exists())}
+        if missing:
+            return (f"{', '.join(missing)} not installed on this host (Debian packages: "
+                    f"{' '.join(sorted(set(missing.values())))}; 'make deps' installs them)")
+        return None
 
     @classmethod
     def lab_names(cls) -> set[str]:

@@ -1,0 +1,128 @@
+"""Run in the guest (tests/kernel_vm/guest.sh) on its running lab: what the kernel data
+plane does, as JSON for tests/test_kernel_vm.py. Usage: measure.py LAB OUT_JSON
+
+- each tunnel end's ipsec0: which kind of link the kernel says it is (xfrm: the kernel
+  data plane; tun: libipsec's device);
+- what crossed the lab's internet while the VNet's VM pinged the site's host, by IP
+  protocol and UDP port;
+- an iperf3 run from the VM to the host (Mbit/s as received), and each tunnel's bytes
+  meanwhile, from its SAs' counters through VICI (the kernel's, on the kernel data plane);
+- the tunnel ends' charons' memory per tunnel (RSS and PSS);
+- the round trip with 50 ms of netem delay on the device's uplink, and without;
+- an unplanned failover of the serving gateway instance (active-standby).
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from scapy.layers.inet import IP, UDP
+
+from vpnlab import engine
+from vpnlab.bench.peak_memory import rss_pss_mb
+from vpnlab.checks import faults
+from vpnlab.checks.throughput import across_a_tunnel, iperf
+from vpnlab.checks.wire import Capture
+from vpnlab.gateway import live
+from vpnlab.session import open_lab
+
+
+def link_kind(rt, node: str, ifname: str = "ipsec0") -> str | None:
+    ipr = rt.ipr(node)
+    found = ipr.link_lookup(ifname=ifname)
+    if not found:
+        return None
+    info = ipr.get_links(found[0])[0].get_attr("IFLA_LINKINFO")
+    return info.get_attr("IFLA_INFO_KIND") if info is not None else None
+
+
+def on_the_wire(packets) -> dict[str, int]:
+    """Packets between public addresses by kind: esp (IP protocol 50), udp-4500 (IKE
+    and ESP in UDP), udp-500 (IKE), other."""
+    kinds: Counter = Counter()
+    for p in packets:
+        if IP not in p:
+            continue
+        if p[IP].proto == 50:
+            kinds["esp"] += 1
+        elif UDP in p and 4500 in (p[UDP].sport, p[UDP].dport):
+            kinds["udp-4500"] += 1
+        elif UDP in p and 500 in (p[UDP].sport, p[UDP].dport):
+            kinds["udp-500"] += 1
+        else:
+            kinds["other"] += 1
+    return dict(kinds)
+
+
+def round_trip_ms(rt, vm: str, target: str) -> float | None:
+    res = rt.exec(vm, ["ping", "-n", "-q", "-c", "5", "-i", "0.2", target], timeout=30)
+    return float(res.stdout.rsplit("=", 1)[1].split("/")[1]) if res.returncode == 0 else None
+
+
+def delayed_round_trip(lab, vm: str, target: str) -> dict:
+    """netem's delay (which the host's kernel lacks): 50 ms on the site device's uplink."""
+    device = next(t.device for t in lab.plan.tunnels)
+    if not lab.state.kernel_netem:
+        return {"link": f"{device}:pub", "unavailable": "this kernel has no netem"}
+    base = round_trip_ms(lab.backend, vm, target)
+    fault = faults.inject(lab, "delay", f"{device}:pub", delay_ms=50)
+    delayed = round_trip_ms(lab.backend, vm, target)
+    faults.heal(lab, fault["key"])
+    return {"link": f"{device}:pub", "delay_ms": 50, "base_ms": base, "delayed_ms": delayed}
+
+
+def instance_failover(lab, vm: str, target: str) -> dict:
+    """Azure's unplanned reset of the serving instance: the standby takes over, the lab
+    converges again and the ping answers (vpnlab maintenance --unplanned)."""
+    gateway = next(t.gateway for t in lab.plan.tunnels)
+    before = lab.plan.active.get(gateway)
+    start = time.monotonic()
+    engine.maintenance(lab.name, gateway, unplanned=True, wait=True)
+    lab.refresh()
+    return {"gateway": gateway, "active_before": before, "active_after": lab.plan.active.get(gateway),
+            "converged_s": round(time.monotonic() - start, 1),
+            "ping_after": live.ping(lab.backend, vm, target, count=3)}
+
+
+def main(name: str, out: Path) -> int:
+    lab = open_lab(name)
+    rt, plan = lab.backend, lab.plan
+    vm, server, target = across_a_tunnel(plan)
+    ends = sorted({e for t in plan.tunnels for e in (t.azure_end, t.onprem_end) if e})
+    kinds = {e: link_kind(rt, e) for e in ends}
+    before = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
+    with tempfile.TemporaryDirectory() as tmp:
+        # a few pings only: scapy reads a second of iperf3's packets slowly in the guest
+        with Capture(rt, "internet", "br0", Path(tmp) / "internet.pcap") as cap:
+            ping = live.ping(rt, vm, target, count=5)
+        wire = on_the_wire(cap.packets())
+    run = iperf(rt, vm, server, target, seconds=3)
+    after = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
+    charons = rss_pss_mb([pid for e in ends for pid in rt.daemon_pids(e, "charon")])
+    delay = delayed_round_trip(lab, vm, target)
+    failover = instance_failover(lab, vm, target)
+    result = {
+        "dataplane": plan.dataplane,
+        "ipsec0": kinds,
+        "ping": {"from": vm, "to": target, "answered": ping},
+        "iperf": run,
+        "wire": wire,
+        "sa_bytes": {t: after[t]["bytes_in"] + after[t]["bytes_out"] - before[t]["bytes_in"] - before[t]["bytes_out"]
+                     for t in after},
+        # the tunnels' own memory: their ends' charons (the routers, FRR and hosts are
+        # the network around them), per tunnel
+        "charon_mb_per_tunnel": {k: round(v / len(plan.tunnels), 1) for k, v in charons.items()},
+        "delay": delay,
+        "failover": failover,
+    }
+    out.write_text(json.dumps(result, indent=1))
+    lab.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], Path(sys.argv[2])))
