@@ -114,9 +114,20 @@ def ikev1_reconnect(rt, node: str, connection: str, children: list[str], timeout
 
 
 def listen(rt, node: str, kinds: list[str], tick: float):
-    """charon's VICI events of a tunnel end, with (None, None) every tick seconds."""
+    """charon's VICI events of a tunnel end, with (None, None) every tick seconds.
+
+    vici's generator unregisters its events when it is closed, over a socket that may be
+    gone by then (charon stopped, restarted by apply). Left early, this generator closes
+    it and lets that go: raised from a generator closed by the garbage collector, it
+    would be printed as an ignored exception, not caught by anyone."""
     with rt.vici(node, tick + 2) as s:
-        yield from s.listen(kinds, timeout=tick)
+        events = s.listen(kinds, timeout=tick)
+        try:
+            for item in events:
+                yield item
+        finally:
+            with contextlib.suppress(OSError):
+                events.close()
 
 
 def ike_rekey(rt, node: str, ike: str, timeout: float = 5):
