@@ -3,12 +3,13 @@ plane does, as JSON for tests/test_kernel_vm.py. Usage: measure.py LAB OUT_JSON
 
 - each tunnel end's ipsec0: which kind of link the kernel says it is (xfrm: the kernel
   data plane; tun: libipsec's device);
-- what crossed the lab's internet while the VNet's VM pinged the site's host, by IP
-  protocol and UDP port;
+- what crossed the lab's internet while the VNet's VM pinged each site's host, per
+  site (its public address) by IP protocol and UDP port;
 - an iperf3 run from the VM to the host (Mbit/s as received), and each tunnel's bytes
   meanwhile, from its SAs' counters through VICI (the kernel's, on the kernel data plane);
 - the tunnel ends' charons' memory per tunnel (RSS and PSS);
 - the round trip with 50 ms of netem delay on the device's uplink, and without;
+- a tunnel end's charon crashed and healed (vpnlab fail crash);
 - an unplanned failover of the serving gateway instance (active-standby).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from vpnlab.checks.throughput import across_a_tunnel, iperf
 from vpnlab.checks.wire import Capture
 from vpnlab.gateway import live
 from vpnlab.session import open_lab
+from vpnlab.waits import wait_until
 
 
 def link_kind(rt, node: str, ifname: str = "ipsec0") -> str | None:
@@ -40,12 +42,26 @@ def link_kind(rt, node: str, ifname: str = "ipsec0") -> str | None:
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
 
-def on_the_wire(packets) -> dict[str, int]:
-    """Packets between public addresses by kind: esp (IP protocol 50), udp-4500 (IKE
-    and ESP in UDP), udp-500 (IKE), other."""
+def site_hosts(plan) -> dict[str, str]:
+    """Site -> the address of a host on its LAN that the VNet's VM pings."""
+    out = {}
+    for src, address in plan.pings:
+        if plan.nodes[src].role != "vm":
+            continue
+        host = next(n.name for n in plan.nodes.values()
+                    if any(a.split("/")[0] == address for i in n.interfaces for a in i.addresses))
+        site = next(ln.b for ln in plan.links if ln.a == host)
+        if plan.nodes[site].role == "device":
+            out.setdefault(site, address)
+    return out
+
+
+def on_the_wire(packets, public: str) -> dict[str, int]:
+    """Packets to or from a site's public address by kind: esp (IP protocol 50),
+    udp-4500 (IKE and ESP in UDP), udp-500 (IKE), other."""
     kinds: Counter = Counter()
     for p in packets:
-        if IP not in p:
+        if IP not in p or public not in (p[IP].src, p[IP].dst):
             continue
         if p[IP].proto == 50:
             kinds["esp"] += 1
@@ -63,9 +79,8 @@ def round_trip_ms(rt, vm: str, target: str) -> float | None:
     return float(res.stdout.rsplit("=", 1)[1].split("/")[1]) if res.returncode == 0 else None
 
 
-def delayed_round_trip(lab, vm: str, target: str) -> dict:
+def delayed_round_trip(lab, vm: str, device: str, target: str) -> dict:
     """netem's delay (which the host's kernel lacks): 50 ms on the site device's uplink."""
-    device = next(t.device for t in lab.plan.tunnels)
     if not lab.state.kernel_netem:
         return {"link": f"{device}:pub", "unavailable": "this kernel has no netem"}
     base = round_trip_ms(lab.backend, vm, target)
@@ -73,6 +88,23 @@ def delayed_round_trip(lab, vm: str, target: str) -> dict:
     delayed = round_trip_ms(lab.backend, vm, target)
     faults.heal(lab, fault["key"])
     return {"link": f"{device}:pub", "delay_ms": 50, "base_ms": base, "delayed_ms": delayed}
+
+
+def charon_crash(lab, vm: str, device: str, target: str) -> dict:
+    """vpnlab fail crash on the Azure end of the site's tunnel: its charon killed, and its
+    SAs with it on the kernel data plane too (the kernel would keep them); pings stop.
+    Healed (charon started again), the tunnel comes back and pings answer."""
+    end = next(t.azure_end for t in lab.plan.tunnels if t.device == device)
+    rt = lab.backend
+    fault = faults.inject(lab, "crash", end, daemon="charon")
+    sas_left = rt.exec(end, ["ip", "xfrm", "state", "count"]).stdout.strip()
+    during = live.ping(rt, vm, target, count=3)
+    start = time.monotonic()
+    faults.heal(lab, fault["key"])
+    back = wait_until(lambda: live.ping(rt, vm, target, count=1), bool,
+                      f"pings from {vm} to {target} after the crash was healed", 120)
+    return {"end": end, "sas_left": sas_left, "ping_during": during, "ping_after": back,
+            "back_s": round(time.monotonic() - start, 1)}
 
 
 def instance_failover(lab, vm: str, target: str) -> dict:
@@ -95,20 +127,26 @@ def main(name: str, out: Path) -> int:
     ends = sorted({e for t in plan.tunnels for e in (t.azure_end, t.onprem_end) if e})
     kinds = {e: link_kind(rt, e) for e in ends}
     before = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
-    with tempfile.TemporaryDirectory() as tmp:
-        # a few pings only: scapy reads a second of iperf3's packets slowly in the guest
-        with Capture(rt, "internet", "br0", Path(tmp) / "internet.pcap") as cap:
-            ping = live.ping(rt, vm, target, count=5)
-        wire = on_the_wire(cap.packets())
+    public = {t.device: t.remote_ip for t in plan.tunnels}
+    pings, wire = {}, {}
+    for site, host in site_hosts(plan).items():
+        with tempfile.TemporaryDirectory() as tmp:
+            # a few pings only: scapy reads a second of iperf3's packets slowly in the guest
+            with Capture(rt, "internet", "br0", Path(tmp) / "internet.pcap") as cap:
+                pings[site] = live.ping(rt, vm, host, count=5)
+            wire[site] = {"public": public[site], "behind_nat": plan.nodes[site].public_ip != public[site],
+                          "kinds": on_the_wire(cap.packets(), public[site])}
     run = iperf(rt, vm, server, target, seconds=3)
     after = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
     charons = rss_pss_mb([pid for e in ends for pid in rt.daemon_pids(e, "charon")])
-    delay = delayed_round_trip(lab, vm, target)
+    device = next(site for site, host in site_hosts(plan).items() if host == target)
+    delay = delayed_round_trip(lab, vm, device, target)
+    crash = charon_crash(lab, vm, device, target)
     failover = instance_failover(lab, vm, target)
     result = {
         "dataplane": plan.dataplane,
         "ipsec0": kinds,
-        "ping": {"from": vm, "to": target, "answered": ping},
+        "ping": {"from": vm, "answered": pings},
         "iperf": run,
         "wire": wire,
         "sa_bytes": {t: after[t]["bytes_in"] + after[t]["bytes_out"] - before[t]["bytes_in"] - before[t]["bytes_out"]
@@ -117,6 +155,7 @@ def main(name: str, out: Path) -> int:
         # the network around them), per tunnel
         "charon_mb_per_tunnel": {k: round(v / len(plan.tunnels), 1) for k, v in charons.items()},
         "delay": delay,
+        "crash": crash,
         "failover": failover,
     }
     out.write_text(json.dumps(result, indent=1))

@@ -175,7 +175,10 @@ def lose_router(lab: Lab, node: str, planned: bool) -> list[tuple[int, str]]:
             lab.backend.set_link(node, ifname, False)
         steps.append((time.monotonic_ns(), f"links down: {', '.join(links)}"))
     for end, _ in ends:
-        lab.backend.stop_daemon(end, "charon", graceful=planned)
+        if planned:
+            lab.backend.stop_daemon(end, "charon", graceful=True)
+        else:
+            kill_charon(lab, end)
     for end in openvpn:      # its clients see the TCP session end (planned) or go silent
         lab.backend.stop_daemon(end, "openvpn", graceful=planned)
     for daemon in reversed(daemons.frr_daemons()):
@@ -284,8 +287,21 @@ def _netem_off(lab: Lab, fault: dict):
 
 # ------------------------------------------------------------------ daemon crash
 def _crash(lab: Lab, fault: dict):
-    fault["detail"]["killed"] = lab.backend.stop_daemon(fault["target"], fault["params"]["daemon"],
-                                               graceful=False)
+    node, daemon = fault["target"], fault["params"]["daemon"]
+    if daemon == "charon":
+        fault["detail"]["killed"] = kill_charon(lab, node)
+    else:
+        fault["detail"]["killed"] = lab.backend.stop_daemon(node, daemon, graceful=False)
+
+
+def kill_charon(lab: Lab, end: str) -> list[int]:
+    """SIGKILL a tunnel end's charon; its SAs go with it on both data planes: libipsec's
+    live in the process; the kernel's would outlive it and carry traffic on, so they are
+    deleted too (the tunnel end failed, not only its IKE daemon)."""
+    killed = lab.backend.stop_daemon(end, "charon", graceful=False)
+    if any(i.kind == "xfrm" for i in lab.plan.nodes[end].interfaces):
+        lab.backend.flush_xfrm(end)
+    return killed
 
 
 def _restart(lab: Lab, fault: dict):

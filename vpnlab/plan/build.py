@@ -16,6 +16,9 @@ from vpnlab.plan import timers as timers_of
 from vpnlab.plan import vnet as vnet_plan
 from vpnlab.plan.parts import (
     INTERNET,
+    LOCAL_PRIORITY,
+    PEER_PRIORITY,
+    TABLE_FIRST_PEER,
     TABLE_FROM_TUNNEL,
     TABLE_INTO_TUNNEL,
     TABLE_UNDERLAY,
@@ -214,6 +217,10 @@ class _Builder:
         for conn in sorted(self.t.connections):
             self.connection(conn)
         p2s_ends, clients = p2s_plan.build(self)
+        if self.dataplane == "kernel":      # reach_end's rules (a later apply's too) go first
+            for node in self.nodes.values():
+                if node.role in ("gateway-instance", "device"):
+                    node.local_priority = LOCAL_PRIORITY
         vnet_plan.route_tables(self)
         self.finish_routing()
         br = self.nodes[INTERNET].iface("br0")
@@ -344,17 +351,21 @@ class _Builder:
         mtu = self.d["internal"]["tunnel_mtu"]
         self.link(router, Iface(f"t{j}", proxy_arp=True, mtu=mtu),
                   end, Iface("in", proxy_arp=True, mtu=mtu))
+        end.charon = dict(local_addr=str(t_ip))
         if self.dataplane == "kernel" and devices == ("ipsec0",):
             # ESP in the kernel: ipsec0 is an XFRM interface (made with the node, routed
-            # into at once), not the TUN device libipsec makes when charon starts
+            # into at once), not the TUN device libipsec makes when charon starts. The
+            # end holds the router's public address, so that nothing translates IKE and
+            # ESP goes raw, as Azure sends it (route_peer)
             end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu))
             end.routes.append(Route("0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL))
+            end.iface("ul").addresses.append(f"{router.public_ip}/32")
+            end.charon = dict(local_addr=router.public_ip)
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
         end.rules += [Rule(device, TABLE_FROM_TUNNEL, 100) for device in devices]
         if "ipsec0" in devices:   # openvpn's clients: tun0 (their /32s in the same table)
             end.rules.append(Rule("in", TABLE_INTO_TUNNEL, 101))
-        end.charon = dict(local_addr=str(t_ip))
         router.nft["inner"].append(f"t{j}")
         if router.role == "gateway-instance":
             router.rules.append(Rule(f"t{j}u", TABLE_UNDERLAY, UNDERLAY_PRIORITY))
@@ -511,12 +522,28 @@ class _Builder:
             maximum_prefix=(az["bgp_max_prefixes"], az["bgp_max_prefixes_restart_minutes"])))
 
     # -- tunnel ends
+    def reach_end(self, router: Node, end: Node, peer: str, refuse_peer_init: bool):
+        """What peer sends to the router's public address (IKE, ESP) reaches the tunnel
+        end. On the kernel data plane the end holds that address: the router routes the
+        peer's packets to it, untranslated, before delivering anything locally. On the
+        userspace data plane libipsec sends ESP in UDP anyway: the router translates."""
+        routed = end.charon["local_addr"] == router.public_ip
+        entry = dict(peer=peer, to=end.charon["local_addr"], refuse_peer_init=refuse_peer_init)
+        router.nft["dnat"].append(entry)
+        if not routed:
+            return
+        entry["routed"] = True
+        link = next(ln for ln in self.links if ln.b == end.name and ln.b_if == "ul")
+        table = TABLE_FIRST_PEER + int(link.a_if[1:-1])
+        ul = end.iface("ul").addresses[0].split("/")[0]
+        router.routes.append(Route("0.0.0.0/0", via=ul, table=table))
+        router.rules.append(Rule("pub", table, PEER_PRIORITY, src=peer, dst=f"{router.public_ip}/32"))
+
     def azure_end(self, inst: Node, end: Node, c, common: dict, peer: str, pairs: list = (),
                   policy_based: bool = False):
         """An Azure tunnel end facing peer (a device's or another gateway's public IP)."""
         conn = common["connection"]
-        inst.nft["dnat"].append(dict(peer=peer, to=end.charon["local_addr"],
-                                     refuse_peer_init=c.connection_mode == "InitiatorOnly"))
+        self.reach_end(inst, end, peer, refuse_peer_init=c.connection_mode == "InitiatorOnly")
         end.charon.update(common, side="azure", local_id=inst.public_ip, remote_id=peer,
                           remote_addr=peer,
                           children=azure_children(c, conn, common["policy"], list(pairs), policy_based))
@@ -529,7 +556,7 @@ class _Builder:
         op_pub = str(self.t.local_network_gateways[c.local_network_gateway].gateway_ip)
         if pairs:
             end.nft = dict(selectors=[(s, v) for v, s in pairs])
-        device.nft["dnat"].append(dict(peer=az_pub, to=end.charon["local_addr"], refuse_peer_init=False))
+        self.reach_end(device, end, az_pub, refuse_peer_init=False)
         end.charon.update(common, side="onprem", local_id=op_pub, remote_id=az_pub, remote_addr=az_pub,
                           children=device_children(conn, common["policy"], pairs, policy_based,
                                                    self.t.local_network_gateways[c.local_network_gateway]

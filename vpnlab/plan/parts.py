@@ -35,6 +35,13 @@ TABLE_FIRST_UDR = 1000
 # marks it before NAT, and a table per tunnel interface t<j> routes the mark (vpnlab.plan.nat).
 TABLE_FIRST_NAT = 2000
 NAT_PRIORITY = 90
+# The kernel data plane: a tunnel namespace holds its router's public address itself, so
+# that charon sees no NAT and ESP travels raw (IP protocol 50), as Azure sends it. The
+# router hands what a peer sends to that address to the peer's tunnel namespace (a table
+# per tunnel interface t<j>), before its own local delivery, which moves after that rule.
+TABLE_FIRST_PEER = 3000
+PEER_PRIORITY = 10
+LOCAL_PRIORITY = 20
 HASH_SEED = "net.ipv4.fib_multipath_hash_seed"    # per router: see Node.sysctls
 ROLE_ORDER = ("internet", "internet-host", "isp-router", "vnet-router", "gateway-instance", "device", "tunnel-endpoint",
               "p2s-endpoint", "vm", "host", "p2s-client")
@@ -139,6 +146,8 @@ class Node:
     pki: list[tuple[str, str]] = field(default_factory=list)   # (path in the node folder,
                                                                 # vpnlab.plan.pki file) to install
     nat_udp_timeout: int | None = None   # an ISP NAT router: how long a UDP mapping lasts idle
+    local_priority: int | None = None    # the local table's rule at this priority, not 0
+                                         # (see TABLE_FIRST_PEER)
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -160,7 +169,9 @@ class Node:
                 "net.ipv4.conf.default.send_redirects": 0} | ({
                     "net.netfilter.nf_conntrack_udp_timeout": self.nat_udp_timeout,
                     "net.netfilter.nf_conntrack_udp_timeout_stream": self.nat_udp_timeout}
-                    if self.nat_udp_timeout else {})
+                    if self.nat_udp_timeout else {}) | ({
+                    # its tunnel namespaces send from its own public address
+                    "net.ipv4.conf.all.accept_local": 1} if self.local_priority else {})
 
     def link_starts_up(self, iface: Iface) -> bool:
         """A standby instance holds its addresses with its links down until it takes over."""

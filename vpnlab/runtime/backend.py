@@ -288,6 +288,12 @@ class Backend:
         finally:
             netns.popns()
 
+    def flush_xfrm(self, node: str):
+        """Delete the node's kernel SAs and policies (the kernel data plane): what a
+        tunnel end's charon held there, as libipsec's went with its process."""
+        for what in ("state", "policy"):
+            self.exec(node, ["ip", "xfrm", what, "flush"], check=True)
+
     def flush_conntrack(self, node: str) -> int:
         """Forget every flow the node's netfilter tracks, NAT mappings with them (a
         router that reboots); returns how many it held."""
@@ -325,6 +331,9 @@ class Backend:
         self._configure_interfaces(node.name, node.interfaces, node.link_starts_up)
         for route in node.routes if not node.standby else ():   # set when it takes over
             self.set_route(node.name, route)
+        if node.local_priority:      # after the rules that route a peer's packets onward
+            ipr.rule("add", table=255, priority=node.local_priority)
+            ipr.rule("del", table=255, priority=0)
         for rule in node.rules:
             ipr.rule("add", **_rule_spec(rule))
         for argv in node.shaping():
