@@ -361,6 +361,7 @@ class _Builder:
             end.routes.append(Route("0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL))
             end.iface("ul").addresses.append(f"{router.public_ip}/32")
             end.charon = dict(local_addr=router.public_ip)
+            end.shares_public_address = router.shares_public_address = True
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
         end.rules += [Rule(device, TABLE_FROM_TUNNEL, 100) for device in devices]

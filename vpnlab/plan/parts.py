@@ -148,6 +148,8 @@ class Node:
     nat_udp_timeout: int | None = None   # an ISP NAT router: how long a UDP mapping lasts idle
     local_priority: int | None = None    # the local table's rule at this priority, not 0
                                          # (see TABLE_FIRST_PEER)
+    shares_public_address: bool = False  # the kernel data plane: a router, or a tunnel
+                                         # end, that holds the router's public address
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -170,8 +172,10 @@ class Node:
                     "net.netfilter.nf_conntrack_udp_timeout": self.nat_udp_timeout,
                     "net.netfilter.nf_conntrack_udp_timeout_stream": self.nat_udp_timeout}
                     if self.nat_udp_timeout else {}) | ({
-                    # its tunnel namespaces send from its own public address
-                    "net.ipv4.conf.all.accept_local": 1} if self.local_priority else {})
+                    # a router's tunnel namespace sends from the router's own public
+                    # address, and the router asks for neighbours on its tunnel
+                    # interfaces from it: each must accept the other's packets
+                    "net.ipv4.conf.all.accept_local": 1} if self.shares_public_address else {})
 
     def link_starts_up(self, iface: Iface) -> bool:
         """A standby instance holds its addresses with its links down until it takes over."""

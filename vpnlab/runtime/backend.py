@@ -198,6 +198,8 @@ class Backend:
         raised = host.neighbour_room(len(plan.links))
         if raised:
             self.warnings.append(raised)
+        if any(n.nat_udp_timeout for n in plan.nodes.values()):
+            host.conntrack_loaded()
 
     def add_nodes(self, nodes: list[Node], links: list[Link], ends: list[tuple[Node, list[Iface]]]):
         """New nodes, wired as a whole (addresses, routes, rules, firewall), and the links

@@ -1,4 +1,5 @@
-"""The one host-wide kernel setting a lab needs: room in the neighbour (ARP) table.
+"""What a lab needs of the host's kernel: room in the neighbour (ARP) table, and
+connection tracking loaded where a node sets its timeouts.
 
 Linux keeps one IPv4 neighbour table for every network namespace, and its limits
 (gc_thresh1..3) exist only in the root namespace. Past gc_thresh3 entries the kernel
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vpnlab.runtime import procs
 from vpnlab.runtime.state import known_labs, state_root
 
 LIMITS = Path("/proc/sys/net/ipv4/neigh/default")
@@ -47,6 +49,14 @@ def neighbour_room(links: int) -> str | None:
     return ("the kernel's neighbour table (one for all namespaces) raised for "
             f"{links} links: " + ", ".join(f"net.ipv4.neigh.default.{k} {found[k]} -> {v}" for k, v in raise_.items())
             + "; put back when the last lab is down")
+
+
+def conntrack_loaded():
+    """An ISP's NAT router sets its own UDP mapping timeout, a setting of connection
+    tracking, which a namespace has only once the kernel has loaded nf_conntrack (a
+    fresh machine may not have: nftables loads it later, with the router's rules)."""
+    if not Path("/proc/sys/net/netfilter/nf_conntrack_udp_timeout").exists():
+        procs.run(["modprobe", "nf_conntrack"], check=True)
 
 
 def restore_when_idle(leaving: str):
