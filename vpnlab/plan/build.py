@@ -356,7 +356,7 @@ class _Builder:
             # ESP in the kernel: ipsec0 is an XFRM interface (made with the node, routed
             # into at once), not the TUN device libipsec makes when charon starts. The
             # end holds the router's public address, so that nothing translates IKE and
-            # ESP goes raw, as Azure sends it (route_peer)
+            # ESP goes raw, as Azure sends it (reach_end)
             end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu))
             end.routes.append(Route("0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL))
             end.iface("ul").addresses.append(f"{router.public_ip}/32")
