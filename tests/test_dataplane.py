@@ -63,11 +63,13 @@ def test_kernel_charons_load_no_libipsec_and_carry_the_interface_id():
         load_line = next(line for line in conf.splitlines() if line.strip().startswith("load = "))
         assert "kernel-libipsec" not in load_line and "kernel-netlink" in load_line
         assert "install_routes = no" in conf and "fwmark" not in conf
+        # libipsec's forced encapsulation fakes NAT detection: ESP would never go raw
+        assert "encap = yes" not in swanctl
         children = swanctl.count("esp_proposals")
         assert children and swanctl.count("if_id_in = 1") == children == swanctl.count("if_id_out = 1")
     userspace = render(plan_of("active-active-bgp.yaml", "userspace"), NODES_DIR)
     assert all("kernel-libipsec" in f["strongswan.conf"] and "if_id" not in f["swanctl.conf"]
-               for f in userspace.values() if "swanctl.conf" in f)
+               and "encap = yes" in f["swanctl.conf"] for f in userspace.values() if "swanctl.conf" in f)
 
 
 def test_kernel_tunnel_ends_hold_their_routers_public_address_untranslated():
