@@ -26,7 +26,7 @@ from scapy.layers.inet import IP, UDP
 from vpnlab import engine
 from vpnlab.bench.peak_memory import rss_pss_mb
 from vpnlab.checks import faults
-from vpnlab.checks.throughput import across_a_tunnel, iperf
+from vpnlab.checks.throughput import across_a_tunnel, holder, iperf
 from vpnlab.checks.wire import Capture
 from vpnlab.gateway import live
 from vpnlab.session import open_lab
@@ -48,9 +48,7 @@ def site_hosts(plan) -> dict[str, str]:
     for src, address in plan.pings:
         if plan.nodes[src].role != "vm":
             continue
-        host = next(n.name for n in plan.nodes.values()
-                    if any(a.split("/")[0] == address for i in n.interfaces for a in i.addresses))
-        site = next(ln.b for ln in plan.links if ln.a == host)
+        site = next(ln.b for ln in plan.links if ln.a == holder(plan, address))
         if plan.nodes[site].role == "device":
             out.setdefault(site, address)
     return out
@@ -128,8 +126,8 @@ def main(name: str, out: Path) -> int:
     kinds = {e: link_kind(rt, e) for e in ends}
     before = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
     public = {t.device: t.remote_ip for t in plan.tunnels}
-    pings, wire = {}, {}
-    for site, host in site_hosts(plan).items():
+    pings, wire, hosts = {}, {}, site_hosts(plan)
+    for site, host in hosts.items():
         with tempfile.TemporaryDirectory() as tmp:
             # a few pings only: scapy reads a second of iperf3's packets slowly in the guest
             with Capture(rt, "internet", "br0", Path(tmp) / "internet.pcap") as cap:
@@ -139,7 +137,7 @@ def main(name: str, out: Path) -> int:
     run = iperf(rt, vm, server, target, seconds=3)
     after = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
     charons = rss_pss_mb([pid for e in ends for pid in rt.daemon_pids(e, "charon")])
-    device = next(site for site, host in site_hosts(plan).items() if host == target)
+    device = next(site for site, host in hosts.items() if host == target)
     delay = delayed_round_trip(lab, vm, device, target)
     crash = charon_crash(lab, vm, device, target)
     failover = instance_failover(lab, vm, target)

@@ -49,9 +49,13 @@ def across_a_tunnel(plan) -> tuple[str, str, str]:
     """A VM, and a site's host it reaches through a tunnel (the first of the pings the
     lab's convergence checks), with that host's address: (vm, host, address)."""
     vm, address = next((src, dst) for src, dst in plan.pings if plan.nodes[src].role == "vm")
-    host = next(n.name for n in plan.nodes.values()
+    return vm, holder(plan, address), address
+
+
+def holder(plan, address: str) -> str:
+    """The node that holds an address on one of its interfaces."""
+    return next(n.name for n in plan.nodes.values()
                 if any(a.split("/")[0] == address for i in n.interfaces for a in i.addresses))
-    return vm, host, address
 
 
 def esp_bytes(rt, plan) -> dict[str, int]:
