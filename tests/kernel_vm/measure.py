@@ -56,7 +56,7 @@ def site_hosts(plan) -> dict[str, str]:
 
 def on_the_wire(packets, public: str) -> dict[str, int]:
     """Packets to or from a site's public address by kind: esp (IP protocol 50),
-    udp-4500 (IKE and ESP in UDP), udp-500 (IKE), other."""
+    udp-4500 (ESP in UDP), ike-4500 (IKE on port 4500), udp-500 (IKE), other."""
     kinds: Counter = Counter()
     for p in packets:
         if IP not in p or public not in (p[IP].src, p[IP].dst):
@@ -64,7 +64,9 @@ def on_the_wire(packets, public: str) -> dict[str, int]:
         if p[IP].proto == 50:
             kinds["esp"] += 1
         elif UDP in p and 4500 in (p[UDP].sport, p[UDP].dport):
-            kinds["udp-4500"] += 1
+            # IKE on 4500 begins with four zero bytes (the non-ESP marker); strongSwan
+            # moves IKE there with MOBIKE, NAT or not
+            kinds["ike-4500" if bytes(p[UDP].payload)[:4] == b"\0\0\0\0" else "udp-4500"] += 1
         elif UDP in p and 500 in (p[UDP].sport, p[UDP].dport):
             kinds["udp-500"] += 1
         else:
