@@ -304,16 +304,19 @@ def _holds_250(rt, plan):
 
 def _refused_past_the_limit(lab, rt, plan) -> dict:
     """The IKEv2 users the agent refused past the limit, and what it had to go on: the
-    sessions each server holds, the crowd's connected clients, the agent's last lines."""
+    sessions each server holds, the crowd's connected clients, the last lines of the
+    agent and of the charons on both sides."""
     refused = [e["userName_s"] for e in read_events(lab.state.dir, "P2SDiagnosticLog")
                if "connection limit (250) is reached" in e["Message"] and e["protocol_s"] == "IkeV2"]
     if refused:
         return {"refused": refused}
     clients = p2s.client_state(rt, plan.clients[0])
-    agent_log = (lab.state.dir / "agent.log").read_text(errors="replace").splitlines()
+    tail = lambda path: path.read_text(errors="replace").splitlines()[-3:]
     return {"refused": refused, "sessions": [s["connections"] for s in live.p2s_sessions(rt, plan)],
             "clients connected": sum(c["state"] == "CONNECTED" for c in clients.values()),
-            "agent": agent_log[-3:]}
+            "agent": tail(lab.state.dir / "agent.log"),
+            "server charon": tail(rt.node_dir(plan.p2s_ends[0].node) / "charon.log"),
+            "crowd charon": tail(rt.node_dir(plan.clients[0].name) / "charon.log")}
 
 
 def _looks(probe, seconds: float) -> list:

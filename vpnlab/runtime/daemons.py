@@ -85,7 +85,8 @@ def start_frr(backend, nodes: list[str], daemons: tuple[str, ...]):
         for daemon in daemons:
             backend.start_daemon(node, daemon, [f"{frr_dir}/{daemon}", "--vty_socket", str(d),
                                                 "-z", str(d / "zserv.api"), "-i", str(d / f"{daemon}.pid"),
-                                                "-f", "/dev/null", "-u", "frr", "-g", "frr"],
+                                                "-f", "/dev/null", "-u", "frr", "-g", "frr",
+                                                *order()["frr_options"]],
                                  d / f"{daemon}.out")
     backend.each(nodes, one)
     backend.save_processes()
