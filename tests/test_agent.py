@@ -61,6 +61,10 @@ class CharonGoneAway:
             self.theirs.recv(length)
             self.theirs.sendall((1).to_bytes(4, "big") + bytes([5]))     # EVENT_CONFIRM
 
+    @staticmethod
+    def connection_of(node):
+        return None             # the end's charon carries its connection alone
+
     @contextlib.contextmanager
     def vici(self, node, timeout):
         self.ours.settimeout(timeout)

@@ -55,61 +55,88 @@ def test_the_userspace_plan_has_no_xfrm_interface():
     assert plan.dataplane == "userspace" and not xfrm_nodes(plan)
 
 
+def charon_files(plan, files) -> dict[str, dict[str, str]]:
+    """The rendered files of every node that runs a charon for site-to-site tunnels."""
+    return {n.name: files[n.name] for n in plan.nodes.values()
+            if n.runs_charon and not n.charon.get("p2s") and n.role != "p2s-client"}
+
+
 def test_kernel_charons_load_no_libipsec_and_carry_the_interface_id():
+    """One charon per gateway instance carries all its tunnels, each CHILD SA with its
+    tunnel end's XFRM interface ID; a device's tunnel end runs its own with ID 1."""
     plan = plan_of("active-active-bgp.yaml", "kernel")
     files = render(plan, NODES_DIR)
-    for end in xfrm_nodes(plan):
-        conf, swanctl = files[end]["strongswan.conf"], files[end]["swanctl.conf"]
+    for node, f in charon_files(plan, files).items():
+        conf, swanctl = f["strongswan.conf"], f["swanctl.conf"]
         load_line = next(line for line in conf.splitlines() if line.strip().startswith("load = "))
         assert "kernel-libipsec" not in load_line and "kernel-netlink" in load_line
         assert "install_routes = no" in conf and "fwmark" not in conf
         # libipsec's forced encapsulation fakes NAT detection: ESP would never go raw
         assert "encap = yes" not in swanctl
-        children = swanctl.count("esp_proposals")
-        assert children and swanctl.count("if_id_in = 1") == children == swanctl.count("if_id_out = 1")
+        ends = plan.hosted_ends(node) or [plan.nodes[node]]
+        assert swanctl.count("version = ") == len(ends)
+        for end in ends:
+            if_id = end.iface("ipsec0").if_id
+            block = swanctl[swanctl.index(f"    {end.charon['connection']} {{"):]
+            block = block[:block.index("\n    }\n")]
+            children = block.count("esp_proposals")
+            assert children and block.count(f"if_id_in = {if_id}\n") == children == block.count(f"if_id_out = {if_id}\n")
+    hosts = {n.charon_host for n in plan.nodes.values() if n.charon_host}
+    assert hosts == {t.gateway_instance for t in plan.tunnels}
+    for host in hosts:      # one interface ID per tunnel of the instance
+        ids = [e.iface("ipsec0").if_id for e in plan.hosted_ends(host)]
+        assert len(ids) == len(set(ids)) > 1 and "swanctl.conf" not in files[plan.hosted_ends(host)[0].name]
     userspace = render(plan_of("active-active-bgp.yaml", "userspace"), NODES_DIR)
     assert all("kernel-libipsec" in f["strongswan.conf"] and "if_id" not in f["swanctl.conf"]
                and "encap = yes" in f["swanctl.conf"] for f in userspace.values() if "swanctl.conf" in f)
 
 
-def test_kernel_tunnel_ends_hold_their_routers_public_address_untranslated():
-    """Raw ESP needs charon to see no NAT: on the kernel data plane each tunnel end holds
-    its router's public address and dials from it; the router routes what the peer sends
-    to that address to the end (a rule before local delivery, a table per tunnel), and
-    translates nothing. A device behind an ISP's NAT holds its private address: there
+def test_kernel_tunnels_leave_the_instance_from_its_own_address_untranslated():
+    """Raw ESP needs charon to see no NAT. A gateway instance's charon runs on the
+    instance's public address, and its tunnel ends' XFRM interfaces are made in the
+    instance (where the SAs are) and moved into the ends: nothing is translated or
+    handed on. A device's tunnel end holds the device's public address; the device
+    routes what the gateway sends to that address to it (a rule before local delivery,
+    a table per tunnel). A device behind an ISP's NAT holds its private address: there
     the NAT is real, and charon falls back to UDP 4500 as Azure does."""
     plan = plan_of("nat-overlapping-sites.yaml", "kernel")
     files = render(plan, NODES_DIR)
     for t in plan.tunnels:
-        for end_name, router_name in ((t.azure_end, t.gateway_instance), (t.onprem_end, t.device)):
-            end, router = plan.nodes[end_name], plan.nodes[router_name]
-            peer = t.remote_ip if router.role == "gateway-instance" else plan.nodes[t.gateway_instance].public_ip
-            assert f"{router.public_ip}/32" in end.iface("ul").addresses
-            assert end.charon["local_addr"] == router.public_ip
-            rule = next(r for r in router.rules if r.src == peer and r.priority == PEER_PRIORITY)
-            assert (rule.iif, rule.dst) == ("pub", f"{router.public_ip}/32") and rule.table >= TABLE_FIRST_PEER
-            route = next(r for r in router.routes if r.table == rule.table)
-            assert route.via == end.iface("ul").addresses[0].split("/")[0]
-            assert router.local_priority == LOCAL_PRIORITY > PEER_PRIORITY
-            # the end sends from the router's address; the router asks for neighbours from it
-            assert all(n.sysctls()["net.ipv4.conf.all.accept_local"] == 1 for n in (router, end))
-            assert f"ip saddr {peer} udp dport {{ 500, 4500 }} dnat" not in files[router_name]["nftables.conf"]
+        inst, end = plan.nodes[t.gateway_instance], plan.nodes[t.azure_end]
+        assert end.charon_host == inst.name and end.iface("ipsec0").made_in == inst.name
+        assert end.charon["local_addr"] == inst.public_ip and inst.charon["local_addr"] == inst.public_ip
+        assert f"{inst.public_ip}/32" not in end.iface("ul").addresses and not inst.local_priority
+        assert f"ip saddr {t.remote_ip} udp dport {{ 500, 4500 }} dnat" not in files[inst.name]["nftables.conf"]
+        end, device = plan.nodes[t.onprem_end], plan.nodes[t.device]
+        peer = inst.public_ip
+        assert f"{device.public_ip}/32" in end.iface("ul").addresses
+        assert end.charon["local_addr"] == device.public_ip and not end.charon_host
+        rule = next(r for r in device.rules if r.src == peer and r.priority == PEER_PRIORITY)
+        assert (rule.iif, rule.dst) == ("pub", f"{device.public_ip}/32") and rule.table >= TABLE_FIRST_PEER
+        route = next(r for r in device.routes if r.table == rule.table)
+        assert route.via == end.iface("ul").addresses[0].split("/")[0]
+        assert device.local_priority == LOCAL_PRIORITY > PEER_PRIORITY
+        # the end sends from the device's address; the device asks for neighbours from it
+        assert all(n.sysctls()["net.ipv4.conf.all.accept_local"] == 1 for n in (device, end))
+        assert f"ip saddr {peer} udp dport {{ 500, 4500 }} dnat" not in files[device.name]["nftables.conf"]
     behind = plan.nodes[plan.tunnels[-1].device]
     assert plan.tunnels[-1].device == "branch3" and not behind.public_ip.startswith(("192.0.2.", "198.51.100."))
     userspace = plan_of("nat-overlapping-sites.yaml", "userspace")
-    assert not any(n.local_priority for n in userspace.nodes.values())
+    assert not any(n.local_priority or n.charon_host for n in userspace.nodes.values())
     assert all(n.charon["local_addr"] != userspace.nodes[t.gateway_instance].public_ip
                for t in userspace.tunnels for n in [userspace.nodes[t.azure_end]])
 
 
-def test_containerlab_nodes_make_their_xfrm_interface():
+def test_containerlab_cannot_move_an_instances_xfrm_interfaces():
+    """A node's setup.sh cannot reach another node's namespace: containerlab refuses a
+    kernel-data-plane plan, with the reason; a device's end makes its own interface."""
     plan = plan_of("single-site-static.yaml", "kernel")
+    assert "moved into their tunnel ends" in clab.unsupported(plan)
     files = clab.setup_files(plan, lambda n: PurePosixPath("/lab") / n)
-    for end in xfrm_nodes(plan):
-        assert "ip link add ipsec0 type xfrm if_id 1" in files[end]["setup.sh"]
-    instance = plan.tunnels[0].gateway_instance
+    end = plan.tunnels[0].onprem_end
+    assert "ip link add ipsec0 type xfrm if_id 1" in files[end]["setup.sh"]
     assert f"ip rule add table local priority {LOCAL_PRIORITY}\nip rule del table local priority 0\n" \
-        in files[instance]["setup.sh"]
+        in files[plan.tunnels[0].device]["setup.sh"]
 
 
 @pytest.mark.parametrize("asked, esp, chosen", [("auto", True, "kernel"), ("auto", False, "userspace"),

@@ -85,6 +85,18 @@ def test_each_tunnel_end_sends_into_an_xfrm_interface(guest):
     assert ends and set(ends.values()) == {"xfrm"}, ends
 
 
+def test_one_charon_per_gateway_instance_carries_its_tunnels(guest):
+    """As an Azure instance does: the serving instance's one charon carries both sites'
+    tunnels (their Azure ends' XFRM interfaces were made in the instance); each device's
+    tunnel end runs its own."""
+    m = measured(guest)
+    hosts = {host for host, _ in m["azure_charons"].values()}
+    pids = {tuple(p) for _, p in m["azure_charons"].values()}
+    assert len(m["azure_charons"]) == 2 and len(hosts) == 1 and len(pids) == 1, m["azure_charons"]
+    assert hosts.pop().startswith("spoke-gw-in") and len(pids.pop()) == 1, m["azure_charons"]
+    assert m["charons"] == 3, m["charons"]       # the instance's and the two devices' ends
+
+
 def test_traffic_crosses_the_kernels_esp(guest):
     """Pings from the VNet's VM reach both sites' hosts, an iperf3 run reaches one, and
     the bytes are counted on the kernel's SAs."""
@@ -115,9 +127,9 @@ def test_netem_delays_the_round_trip(guest):
 
 
 def test_a_crashed_charon_takes_its_kernel_sas_with_it(guest):
-    """vpnlab fail crash on a tunnel end: its SAs leave the kernel with the killed charon
-    (as libipsec's leave with the process), so the tunnel stops carrying traffic; healed,
-    it carries again."""
+    """vpnlab fail crash on an Azure tunnel end: its instance's charon is killed, and the
+    SAs leave the instance's kernel with it (as libipsec's leave with the process), so
+    the tunnel stops carrying traffic; healed, it carries again."""
     c = measured(guest)["crash"]
     assert c["sas_left"] == "SAD count 0" and not c["ping_during"] and c["ping_after"], c
 

@@ -352,7 +352,7 @@ def save(name: str, folder: str | Path) -> list[Path]:
                 res = rt.vtysh(node.name, "show running-config")
                 if res.returncode == 0:
                     write(folder / node.name / "frr.conf", res.stdout)
-            if node.charon:
+            if node.runs_charon:
                 conns = live.vici_conns(rt, node.name)
                 write(folder / node.name / "swanctl-conns.json", json.dumps(_plain(conns), indent=1))
             if node.nft:

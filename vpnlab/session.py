@@ -56,6 +56,8 @@ class Lab:
         """The lab now runs this plan."""
         document.save(plan, self.plan_file)
         self._plan = plan
+        self.state.charon_hosts = plan.charon_hosts()
+        self.state.save()
 
     def rebuild_plan(self) -> Plan:
         """The plan of the lab's topology with its timers and serving instances (after an

@@ -7,7 +7,8 @@ plane does, as JSON for tests/test_kernel_vm.py. Usage: measure.py LAB OUT_JSON
   site (its public address) by IP protocol and UDP port;
 - an iperf3 run from the VM to the host (Mbit/s as received), and each tunnel's bytes
   meanwhile, from its SAs' counters through VICI (the kernel's, on the kernel data plane);
-- the tunnel ends' charons' memory per tunnel (RSS and PSS);
+- the tunnel ends' charons (the Azure ends': their instance's) and their memory per
+  tunnel (RSS and PSS);
 - the round trip with 50 ms of netem delay on the device's uplink, and without;
 - a tunnel end's charon crashed and healed (vpnlab fail crash);
 - an unplanned failover of the serving gateway instance (active-standby).
@@ -97,7 +98,7 @@ def charon_crash(lab, vm: str, device: str, target: str) -> dict:
     end = next(t.azure_end for t in lab.plan.tunnels if t.device == device)
     rt = lab.backend
     fault = faults.inject(lab, "crash", end, daemon="charon")
-    sas_left = rt.exec(end, ["ip", "xfrm", "state", "count"]).stdout.strip()
+    sas_left = rt.exec(rt.charon_of(end), ["ip", "xfrm", "state", "count"]).stdout.strip()
     during = live.ping(rt, vm, target, count=3)
     start = time.monotonic()
     faults.heal(lab, fault["key"])
@@ -138,7 +139,10 @@ def main(name: str, out: Path) -> int:
                           "kinds": on_the_wire(cap.packets(), public[site])}
     run = iperf(rt, vm, server, target, seconds=3)
     after = {t.name: live.sa_counters(rt, t.azure_end) for t in plan.tunnels}
-    charons = rss_pss_mb([pid for e in ends for pid in rt.daemon_pids(e, "charon")])
+    pids = sorted({pid for e in ends for pid in rt.daemon_pids(e, "charon")})
+    charons = rss_pss_mb(pids)
+    azure_charons = {t.azure_end: [rt.charon_of(t.azure_end), rt.daemon_pids(t.azure_end, "charon")]
+                     for t in plan.tunnels}
     device = next(site for site, host in hosts.items() if host == target)
     delay = delayed_round_trip(lab, vm, device, target)
     crash = charon_crash(lab, vm, device, target)
@@ -154,6 +158,8 @@ def main(name: str, out: Path) -> int:
         # the tunnels' own memory: their ends' charons (the routers, FRR and hosts are
         # the network around them), per tunnel
         "charon_mb_per_tunnel": {k: round(v / len(plan.tunnels), 1) for k, v in charons.items()},
+        "charons": len(pids),
+        "azure_charons": azure_charons,
         "delay": delay,
         "crash": crash,
         "failover": failover,

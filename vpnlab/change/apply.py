@@ -114,6 +114,9 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         p2s.discard(staged)
         return result | {"applied": True, "seconds": round(time.monotonic() - start, 3), "timeline": [],
                          "converged_s": None}
+    # the tunnel ends the new plan adds are carried by their instance's charon from the
+    # first step on (the kernel data plane); those it removes, until they are gone
+    lab.state.charon_hosts = old_plan.charon_hosts() | new_plan.charon_hosts()
     _begin(lab, azure_only)
     if staged:
         p2s.promote(staged, lab.state.pki_dir)

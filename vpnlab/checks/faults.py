@@ -295,11 +295,12 @@ def _crash(lab: Lab, fault: dict):
 
 
 def kill_charon(lab: Lab, end: str) -> list[int]:
-    """SIGKILL a tunnel end's charon; its SAs go with it on both data planes: libipsec's
+    """SIGKILL a tunnel end's charon (on the kernel data plane, its gateway instance's,
+    with every tunnel it carries); its SAs go with it on both data planes: libipsec's
     live in the process; the kernel's would outlive it and carry traffic on, so they are
     deleted too (the tunnel end failed, not only its IKE daemon)."""
     killed = lab.backend.stop_daemon(end, "charon", graceful=False)
-    if any(i.kind == "xfrm" for i in lab.plan.nodes[end].interfaces):
+    if lab.plan.dataplane == "kernel":
         lab.backend.flush_xfrm(end)
     return killed
 

@@ -119,15 +119,29 @@ def listen(rt, node: str, kinds: list[str], tick: float):
     vici's generator unregisters its events when it is closed, over a socket that may be
     gone by then (charon stopped, restarted by apply). Left early, this generator closes
     it and lets that go: raised from a generator closed by the garbage collector, it
-    would be printed as an ignored exception, not caught by anyone."""
+    would be printed as an ignored exception, not caught by anyone.
+
+    A charon that carries other tunnels too (a gateway instance's) reports theirs as
+    well: only the end's own connection's events are given."""
+    conn = rt.connection_of(node)
     with rt.vici(node, tick + 2) as s:
         events = s.listen(kinds, timeout=tick)
         try:
             for item in events:
-                yield item
+                if conn is None or item[0] is None or _about(item, conn):
+                    yield item
         finally:
             with contextlib.suppress(OSError):
                 events.close()
+
+
+def _about(item: tuple, conn: str) -> bool:
+    """Whether a VICI event concerns this connection: an ike-updown event is keyed by
+    the IKE SA's name; a log line names its IKE SA, if any."""
+    kind, event = item
+    if kind == b"log":
+        return event.get("ikesa-name") == conn.encode()
+    return conn in event
 
 
 def ike_rekey(rt, node: str, ike: str, timeout: float = 5):

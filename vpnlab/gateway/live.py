@@ -16,15 +16,21 @@ from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
 from vpnlab.waits import scaled
 
 
+def _only_its_own(rt, node: str) -> dict:
+    """A VICI filter for a tunnel end whose charon carries other tunnels too."""
+    conn = rt.connection_of(node)
+    return {"ike": conn} if conn else {}
+
+
 def vici_sas(rt, node: str) -> list[dict]:
     with rt.vici(node) as session:
-        return list(session.list_sas())
+        return list(session.list_sas(_only_its_own(rt, node)))
 
 
 def vici_conns(rt, node: str) -> list[dict]:
     """The connections charon has loaded, with their settings (VICI list-conns)."""
     with rt.vici(node) as session:
-        return list(session.list_conns())
+        return list(session.list_conns(_only_its_own(rt, node)))
 
 
 def ike_sas(rt, node: str) -> list[dict]:
@@ -436,7 +442,8 @@ def stuck_ends(lab, problems: list[str], most: int = 3) -> str:
         running = bool(lab.backend.daemon_pids(end, "charon"))
         said = []
         for log in ("charon.out", "charon.log"):
-            said += [line.strip() for line in _last_lines(lab.backend.node_dir(end) / log, 2) if line.strip()]
+            said += [line.strip() for line in _last_lines(lab.backend.node_dir(lab.backend.charon_of(end)) / log, 2)
+                     if line.strip()]
         notes.append(f"{end}: charon {'running' if running else 'NOT running'}"
                      + (f", last said: {' | '.join(said[-3:])}" if said else ""))
     return ("\n  " + "\n  ".join(notes)) if notes else ""

@@ -23,6 +23,7 @@ from vpnlab.plan.parts import (
     TABLE_INTO_TUNNEL,
     TABLE_UNDERLAY,
     UNDERLAY_PRIORITY,
+    XFRM_IF_ID,
     BgpSession,
     Frr,
     Iface,
@@ -216,10 +217,13 @@ class _Builder:
                 self.nodes[INTERNET].iface("br0").addresses.append(_internet_side(lng.gateway_ip))
         for conn in sorted(self.t.connections):
             self.connection(conn)
+        for end in [n for n in self.nodes.values() if n.charon_host]:
+            # its charon: the hosted ends' connections (vpnlab.plan.render), from its address
+            self.nodes[end.charon_host].charon = dict(hosts=True, local_addr=end.charon["local_addr"])
         p2s_ends, clients = p2s_plan.build(self)
         if self.dataplane == "kernel":      # reach_end's rules (a later apply's too) go first
             for node in self.nodes.values():
-                if node.role in ("gateway-instance", "device"):
+                if node.role == "device":
                     node.local_priority = LOCAL_PRIORITY
         vnet_plan.route_tables(self)
         self.finish_routing()
@@ -354,14 +358,22 @@ class _Builder:
         end.charon = dict(local_addr=str(t_ip))
         if self.dataplane == "kernel" and devices == ("ipsec0",):
             # ESP in the kernel: ipsec0 is an XFRM interface (made with the node, routed
-            # into at once), not the TUN device libipsec makes when charon starts. The
-            # end holds the router's public address, so that nothing translates IKE and
-            # ESP goes raw, as Azure sends it (reach_end)
-            end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu))
+            # into at once), not the TUN device libipsec makes when charon starts. IKE
+            # comes from the router's public address untranslated, so ESP goes raw, as
+            # Azure sends it (reach_end).
             end.routes.append(Route("0.0.0.0/0", dev="ipsec0", table=TABLE_INTO_TUNNEL))
-            end.iface("ul").addresses.append(f"{router.public_ip}/32")
             end.charon = dict(local_addr=router.public_ip)
-            end.shares_public_address = router.shares_public_address = True
+            if router.role == "gateway-instance":
+                # one charon per instance, as on Azure: the instance's carries every
+                # tunnel, each ipsec0 made in the instance (its SAs are there) and moved
+                # into the tunnel end (a cross-namespace XFRM interface)
+                end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu, if_id=j + 1, made_in=router.name))
+                end.charon_host = router.name
+            else:
+                # a device's tunnel end runs its own charon on the router's address
+                end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu, if_id=XFRM_IF_ID))
+                end.iface("ul").addresses.append(f"{router.public_ip}/32")
+                end.shares_public_address = router.shares_public_address = True
         end.routes.append(Route("0.0.0.0/0", via=str(r_ip)))
         end.routes.append(Route("0.0.0.0/0", dev="in", table=TABLE_FROM_TUNNEL))
         end.rules += [Rule(device, TABLE_FROM_TUNNEL, 100) for device in devices]
@@ -534,6 +546,8 @@ class _Builder:
         if not routed:
             return
         entry["routed"] = True
+        if end.charon_host == router.name:      # the router's own charon answers
+            return
         link = next(ln for ln in self.links if ln.b == end.name and ln.b_if == "ul")
         table = TABLE_FIRST_PEER + int(link.a_if[1:-1])
         ul = end.iface("ul").addresses[0].split("/")[0]

@@ -27,7 +27,6 @@ from vpnlab.plan.parts import (
     HASH_SEED,
     INTERNET,
     TABLE_INTO_TUNNEL,
-    XFRM_IF_ID,
     Node,
     Plan,
 )
@@ -67,6 +66,10 @@ def unsupported(plan: Plan) -> str | None:
     if plan.p2s_ends or plan.clients:
         return ("point-to-site (vpn_client_configuration, clients) is not in the containerlab "
                 "files yet: use --runtime netns or docker")
+    if any(i.made_in for n in plan.nodes.values() for i in n.interfaces):
+        return ("the kernel data plane: a gateway instance's tunnel interfaces are made in the "
+                "instance and moved into their tunnel ends, which a node's own setup.sh cannot "
+                "do: use --runtime netns or docker, or --dataplane userspace")
     return None
 
 
@@ -79,15 +82,14 @@ def setup_files(plan: Plan, node_dir: Callable[[str], PurePosixPath]) -> dict[st
     for node in plan.ordered_nodes():
         sysctls = {k: v for k, v in node.sysctls().items() if k != HASH_SEED}
         text = env.get_template("node-setup.sh.j2").render(
-            node=node, dir=str(node_dir(node.name)), sysctls=sysctls, shaping=node.shaping(),
-            xfrm_if_id=XFRM_IF_ID)
+            node=node, dir=str(node_dir(node.name)), sysctls=sysctls, shaping=node.shaping())
         # the flow hash seed exists from kernel 6.11 on: set where there is one
         seed = f"[ ! -e /proc/sys/{HASH_SEED.replace('.', '/')} ] || sysctl -qw {HASH_SEED}={node.sysctls()[HASH_SEED]}\n"
         start = env.get_template("start-daemons.sh.j2").render(
             node=node, dir=str(node_dir(node.name)), order=defaults()["daemons"],
             table_into_tunnel=TABLE_INTO_TUNNEL)
         files = {"setup.sh": text + seed, "start-daemons.sh": start,
-                 **({"starting-guard.nft": STARTING_GUARD} if node.charon else {}),
+                 **({"starting-guard.nft": STARTING_GUARD} if node.runs_charon else {}),
                  "interfaces": "".join(f"{i.name}\n" for i in node.interfaces if i.kind == "veth")}
         if node.standby:
             files["standby"] = "an active-standby gateway's idle instance: no daemons until it takes over\n"

@@ -15,8 +15,10 @@ INTERNET = names.INTERNET
 # what comes out of ipsec0 goes back to the router through the inner veth.
 TABLE_INTO_TUNNEL = 101
 TABLE_FROM_TUNNEL = 102
-# The kernel data plane: a tunnel namespace's ipsec0 is an XFRM interface, and its one
-# connection's SAs and policies carry this interface ID (strongSwan's if_id_in/if_id_out).
+# The kernel data plane: a tunnel namespace's ipsec0 is an XFRM interface, and its
+# connection's SAs and policies carry its interface ID (strongSwan's if_id_in/if_id_out):
+# this one where the end runs its own charon (a device's); a gateway instance's ends
+# take 1 + the number of their router's tunnel interface t<j> (Iface.if_id).
 XFRM_IF_ID = 1
 # where ESP runs: userspace (libipsec: every kernel) or kernel (XFRM: a kernel with ESP);
 # `vpnlab up --dataplane auto` takes the kernel's when it has ESP
@@ -56,6 +58,9 @@ class Iface:
     proxy_arp: bool = False
     mtu: int | None = None
     mac: str | None = None        # set: the address moves with the role (active-standby)
+    if_id: int | None = None      # xfrm: the interface ID its SAs and policies carry
+    made_in: str | None = None    # xfrm: made in this node's namespace, whose SAs it then
+                                  # uses (a gateway instance's), and moved here
 
 
 @dataclass
@@ -150,6 +155,13 @@ class Node:
                                          # (see TABLE_FIRST_PEER)
     shares_public_address: bool = False  # the kernel data plane: a router, or a tunnel
                                          # end, that holds the router's public address
+    charon_host: str | None = None   # a tunnel end whose connection (charon) another
+                                     # node's charon carries: the kernel data plane's
+                                     # gateway instance, one charon for all its tunnels
+
+    @property
+    def runs_charon(self) -> bool:
+        return self.charon is not None and self.charon_host is None
 
     def iface(self, name: str) -> Iface:
         return next(i for i in self.interfaces if i.name == name)
@@ -265,6 +277,15 @@ class Plan:
 
     def ordered_nodes(self) -> list[Node]:
         return sorted(self.nodes.values(), key=lambda n: (ROLE_ORDER.index(n.role), n.name))
+
+    def hosted_ends(self, host: str) -> list[Node]:
+        """The tunnel ends whose connections host's charon carries, by name."""
+        return sorted((n for n in self.nodes.values() if n.charon_host == host), key=lambda n: n.name)
+
+    def charon_hosts(self) -> dict[str, list[str]]:
+        """Tunnel end -> [the node running its charon, its connection's name], for the
+        ends another node's charon carries."""
+        return {n.name: [n.charon_host, n.charon["connection"]] for n in self.nodes.values() if n.charon_host}
 
     def vm_addresses(self) -> dict[str, IPv4Address]:
         """The VMs' private addresses (what they hold while the lab runs)."""

@@ -11,7 +11,7 @@ import jinja2
 
 from vpnlab.model.defaults import defaults
 from vpnlab.plan import timers
-from vpnlab.plan.parts import TABLE_INTO_TUNNEL, XFRM_IF_ID, Node, Plan
+from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Node, Plan
 
 PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem pkcs1 pkcs8 x509 "
            "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
@@ -43,7 +43,8 @@ def retransmit(dpd_timeout: int) -> dict:
     return dict(tries=tries, timeout=round(dpd_timeout / (tries + 1), 2))
 
 
-def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str, str]:
+def node_files(env: jinja2.Environment, node: Node, node_dir: Path, hosted: list[Node] = ()) -> dict[str, str]:
+    """hosted: the tunnel ends whose connections this node's charon carries."""
     ctx = dict(node=node, dir=str(node_dir))
     files = {}
     if node.frr is not None:
@@ -52,11 +53,13 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
     if node.nft is not None:
         files["nftables.conf"] = env.get_template("nftables.conf.j2").render(
             ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"])
-    if node.charon is not None:
+    if node.charon is not None and node.charon.get("hosts"):
+        files |= _hosting_charon(env, ctx, hosted)
+    elif node.runs_charon:
         c = node.charon
         # no DPD (policy-based gateways): IKE retransmits as with Azure's default timeout
         dpd = c["dpd_timeout"] or timers.azure_dpd()
-        if_id = XFRM_IF_ID if any(i.kind == "xfrm" for i in node.interfaces) else None
+        if_id = next((i.if_id for i in node.interfaces if i.kind == "xfrm"), None)
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
             ctx, c=c | {"dpd_timeout": dpd}, plugins=KERNEL_PLUGINS if if_id else PLUGINS,
             if_id=if_id, retransmit=retransmit(dpd))
@@ -73,6 +76,19 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path) -> dict[str,
     return files
 
 
+def _hosting_charon(env: jinja2.Environment, ctx: dict, ends: list[Node]) -> dict[str, str]:
+    """One charon for several tunnel ends (a gateway instance's, on the kernel data
+    plane): each end's connection with its XFRM interface's ID. Retransmits are
+    charon-wide: the shortest DPD timeout of its connections decides when it gives up."""
+    dpd = min(e.charon["dpd_timeout"] or timers.azure_dpd() for e in ends)
+    conf = env.get_template("strongswan.conf.j2").render(
+        ctx, c={"dpd_timeout": dpd}, plugins=KERNEL_PLUGINS, if_id=True, retransmit=retransmit(dpd))
+    swanctl = "".join(env.get_template("swanctl.conf.j2").render(
+        node=e, dir=ctx["dir"], c=e.charon, if_id=e.iface("ipsec0").if_id,
+        dpd_delay=max(1, math.ceil(e.charon["dpd_timeout"] / 3)) if e.charon["dpd_timeout"] else 0) for e in ends)
+    return {"strongswan.conf": conf, "swanctl.conf": swanctl}
+
+
 def render(plan: Plan, nodes_dir: Path) -> dict[str, dict[str, str]]:
     """Render every node's configs in memory (no file is written)."""
     return render_with(plan, lambda node: nodes_dir / node)
@@ -82,7 +98,7 @@ def render_with(plan: Plan, node_dir) -> dict[str, dict[str, str]]:
     """Render with node_dir(name): the folder the configs name (inside a container, for
     an export, it is not where the files are written)."""
     env = _env()
-    return {n.name: node_files(env, n, node_dir(n.name)) for n in plan.ordered_nodes()}
+    return {n.name: node_files(env, n, node_dir(n.name), plan.hosted_ends(n.name)) for n in plan.ordered_nodes()}
 
 
 def write(rendered: dict[str, dict[str, str]], nodes_dir: Path):

@@ -30,7 +30,6 @@ from vpnlab.model.defaults import defaults
 from vpnlab.model.names import INTERNET, namespace_prefix
 from vpnlab.plan.parts import (
     HASH_SEED,
-    XFRM_IF_ID,
     Iface,
     Link,
     Node,
@@ -140,8 +139,17 @@ class Backend:
     def node_dir(self, node: str) -> Path:
         return self.state.nodes_dir / node
 
+    def charon_of(self, node: str) -> str:
+        """The node whose charon carries a tunnel end's connection: the end itself, or
+        (the kernel data plane) its gateway instance."""
+        return self.state.charon_hosts.get(node, [node])[0]
+
+    def connection_of(self, node: str) -> str | None:
+        """A tunnel end's connection name where its charon carries others too, else None."""
+        return self.state.charon_hosts.get(node, [None, None])[1]
+
     def vici_socket(self, node: str) -> Path:
-        return self.node_dir(node) / "run" / "charon.vici"
+        return self.node_dir(self.charon_of(node)) / "run" / "charon.vici"
 
     def tool_argv(self, node: str, tool: str, args: list[str]) -> list[str]:
         """The command that runs a tool in a node, pointed at that node's own daemons'
@@ -222,7 +230,7 @@ class Backend:
                     mac = ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS")
                     ipr.link("set", index=idx, address=mac)
                 elif iface.kind == "xfrm":      # the kernel data plane's tunnel interface
-                    ipr.link("add", ifname=iface.name, kind="xfrm", xfrm_if_id=XFRM_IF_ID)
+                    self._add_xfrm(node.name, iface)
         for link in links:
             self.ipr(link.a).link("add", ifname=link.a_if, kind="veth",
                                   peer={"ifname": link.b_if, "net_ns_fd": self.namespace(link.b)})
@@ -232,6 +240,19 @@ class Backend:
             self._configure_interfaces(node.name, ifaces, node.link_starts_up)
         firewalled = [n.name for n in nodes if (self.node_dir(n.name) / "nftables.conf").exists()]
         self.each(firewalled, lambda n: self.nft(n, (self.node_dir(n) / "nftables.conf").read_text()))
+
+    def _add_xfrm(self, node: str, iface: Iface):
+        """An XFRM interface; made_in: made in that node's namespace, where the SAs it
+        uses are, and moved into this one (the kernel looks its SAs up where it was made)."""
+        if not iface.made_in:
+            self.ipr(node).link("add", ifname=iface.name, kind="xfrm", xfrm_if_id=iface.if_id)
+            return
+        there = self.ipr(iface.made_in)
+        scratch = f"x{iface.if_id}"     # a name free in the instance (its own are t<j>, t<j>u)
+        there.link("add", ifname=scratch, kind="xfrm", xfrm_if_id=iface.if_id)
+        there.link("set", index=there.link_lookup(ifname=scratch)[0], net_ns_fd=self.namespace(node))
+        ipr = self.ipr(node)
+        ipr.link("set", index=ipr.link_lookup(ifname=scratch)[0], ifname=iface.name)
 
     def remove_node(self, node: str) -> list[str]:
         """One node gone from a running lab: its daemons ended (by PID), then the node
@@ -291,10 +312,10 @@ class Backend:
             netns.popns()
 
     def flush_xfrm(self, node: str):
-        """Delete the node's kernel SAs and policies (the kernel data plane): what a
-        tunnel end's charon held there, as libipsec's went with its process."""
+        """Delete the kernel SAs and policies (the kernel data plane) that a tunnel end's
+        charon held, where it held them, as libipsec's went with its process."""
         for what in ("state", "policy"):
-            self.exec(node, ["ip", "xfrm", what, "flush"], check=True)
+            self.exec(self.charon_of(node), ["ip", "xfrm", what, "flush"], check=True)
 
     def flush_conntrack(self, node: str) -> int:
         """Forget every flow the node's netfilter tracks, NAT mappings with them (a
@@ -494,14 +515,19 @@ class Backend:
         self.state.save()
 
     def daemon_pids(self, node: str, daemon: str) -> list[int]:
-        """Live PIDs of a node's daemon, as recorded when the lab started it."""
+        """Live PIDs of a node's daemon, as recorded when the lab started it (a tunnel
+        end's charon: the one carrying its connection)."""
+        node = self.charon_of(node) if daemon == "charon" else node
         return [p["pid"] for p in self.state.processes
                 if p["node"] == node and p["daemon"] == daemon and procs.alive(p["pid"])
                 and procs.carries_tag(p["pid"], self.state.name)]
 
     def stop_daemon(self, node: str, daemon: str, graceful: bool) -> list[int]:
         """SIGTERM (graceful) or SIGKILL (a crash: no goodbye) a node's daemon; waits
-        until it is gone. A stale control socket is removed so a restart is not fooled."""
+        until it is gone. A stale control socket is removed so a restart is not fooled.
+        A tunnel end's charon is the one carrying its connection: a gateway instance's
+        carries all its tunnels, which go with it."""
+        node = self.charon_of(node) if daemon == "charon" else node
         pids = self.daemon_pids(node, daemon)
         if graceful:
             survivors = procs.end(pids, self.state.name)

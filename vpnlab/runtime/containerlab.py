@@ -132,7 +132,7 @@ class ContainerlabBackend(DockerBackend):
             progress(f"warning: {warning}")
         progress("waiting for the nodes to start their daemons")
         wanted = [(n.name, d) for n in plan.ordered_nodes() if not n.standby
-                  for d in ((daemons.frr_daemons() if n.frr is not None else ()) + (("charon",) if n.charon else ()))]
+                  for d in ((daemons.frr_daemons() if n.frr is not None else ()) + (("charon",) if n.runs_charon else ()))]
         for node, daemon in wanted:
             pids = wait_until(lambda: procs.with_env(f"VPNLAB_DAEMON={node}/{daemon}"), bool,
                               f"{daemon} of {node} (see {self.node_dir(node) / (daemon + '.out')})", budget)

@@ -130,21 +130,24 @@ def start_charons(backend, nodes: list[str]):
 
 
 def start_tunnel_ends(backend, nodes: list[str], budget: float):
-    """charon per tunnel end; ready once ipsec0 is routed and its connection is
-    loaded. Until its connection is loaded charon answers IKE_SA_INIT with
-    NO_PROPOSAL_CHOSEN, after which a peer never retries (keyingtries counts only
-    timeouts): IKE is dropped until then (the start guard), so that the peer's
-    retransmits wait."""
-    backend.each(nodes, lambda e: backend.nft(e, STARTING_GUARD))
-    start_charons(backend, nodes)
+    """The charons of tunnel ends: each end's own, or the one of the gateway instance
+    that carries it (backend.charon_of; started once, and not again while it runs);
+    ready once ipsec0 is routed and the connections are loaded. Until its connections
+    are loaded charon answers IKE_SA_INIT with NO_PROPOSAL_CHOSEN, after which a peer
+    never retries (keyingtries counts only timeouts): IKE is dropped until then (the
+    start guard), so that the peer's retransmits wait."""
+    hosts = list(dict.fromkeys(backend.charon_of(e) for e in nodes))
+    charons = [h for h in hosts if h in nodes or not backend.daemon_pids(h, "charon")]
+    backend.each(charons, lambda c: backend.nft(c, STARTING_GUARD))
+    start_charons(backend, charons)
+    backend.each(nodes, lambda e: route_into_tunnel(backend, e, budget))
 
-    def ready(e: str):
-        route_into_tunnel(backend, e, budget)
-        wait_until(lambda: loaded_connections(backend, e), bool,
-                   f"charon of {e} to load its connection (see {backend.node_dir(e) / 'charon.log'})",
+    def ready(c: str):
+        wait_until(lambda: loaded_connections(backend, c), bool,
+                   f"charon of {c} to load its connections (see {backend.node_dir(c) / 'charon.log'})",
                    budget)
-        backend.nft(e, f"delete table inet {order()['ike_guard_table']}\n")
-    backend.each(nodes, ready)
+        backend.nft(c, f"delete table inet {order()['ike_guard_table']}\n")
+    backend.each(charons, ready)
 
 
 def start_p2s_clients(backend, nodes: list[str], budget: float):

@@ -33,6 +33,8 @@ class LabState:
     faults: list[dict] = field(default_factory=list)      # active faults (vpnlab.checks.faults)
     attached: dict = field(default_factory=dict)          # site -> {netns, port}: vpnlab attach
     active: dict = field(default_factory=dict)            # active-standby gateway -> serving instance
+    charon_hosts: dict = field(default_factory=dict)      # tunnel end -> [node running its charon,
+                                                          # its connection] (Plan.charon_hosts)
 
     @property
     def dir(self) -> Path:
