@@ -126,6 +126,17 @@ def test_netem_delays_the_round_trip(guest):
     assert 45 <= d["delayed_ms"] - d["base_ms"] <= 80, d
 
 
+def test_a_key_change_restarts_only_its_tunnel_in_the_instances_charon(guest):
+    """vpnlab apply of a new shared key for branch's connection on the kernel data plane:
+    the instance's one charon loads its connections again; branch's tunnel gets a new
+    IKE SA, home's keeps the one it had; both sites answer pings afterwards."""
+    k = measured(guest)["key_change"]
+    before, after = k["ike_before"], k["ike_after"]
+    assert before["branch"] and after["branch"] and set(after["branch"]).isdisjoint(before["branch"]), k
+    assert before["home"] and after["home"] == before["home"], k
+    assert all(k["pings"].values()), k
+
+
 def test_a_crashed_charon_takes_its_kernel_sas_with_it(guest):
     """vpnlab fail crash on an Azure tunnel end: its instance's charon is killed, and the
     SAs leave the instance's kernel with it (as libipsec's leave with the process), so

@@ -10,6 +10,8 @@ plane does, as JSON for tests/test_kernel_vm.py. Usage: measure.py LAB OUT_JSON
 - the tunnel ends' charons (the Azure ends': their instance's) and their memory per
   tunnel (RSS and PSS);
 - the round trip with 50 ms of netem delay on the device's uplink, and without;
+- a new shared key on one site's connection (vpnlab apply): that tunnel's IKE starts
+  again in the instance's shared charon, the other's IKE SA stays;
 - a tunnel end's charon crashed and healed (vpnlab fail crash);
 - an unplanned failover of the serving gateway instance (active-standby).
 """
@@ -22,10 +24,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import yaml
 from scapy.layers.inet import IP, UDP
 
 from vpnlab import engine
 from vpnlab.bench.peak_memory import rss_pss_mb
+from vpnlab.change.apply import apply
 from vpnlab.checks import faults
 from vpnlab.checks.throughput import across_a_tunnel, holder, iperf
 from vpnlab.checks.wire import Capture
@@ -91,6 +95,29 @@ def delayed_round_trip(lab, vm: str, device: str, target: str) -> dict:
     return {"link": f"{device}:pub", "delay_ms": 50, "base_ms": base, "delayed_ms": delayed}
 
 
+def key_change(lab, vm: str, device: str, hosts: dict[str, str]) -> dict:
+    """vpnlab apply of a new shared key on one site's connection: the instance's charon
+    loads its connections again, the changed one's IKE starts again (a new IKE SA) and
+    the other site's keeps its IKE SA; pings reach both sites afterwards."""
+    rt = lab.backend
+    ike_ids = lambda: {t.device: sorted(sa["uniqueid"].decode() for sa in live.ike_sas(rt, t.azure_end)
+                                        if sa["state"] == b"ESTABLISHED") for t in lab.plan.tunnels}
+    before = ike_ids()
+    topology = yaml.safe_load(lab.state.topology_file.read_text())
+    conn = next(t.connection for t in lab.plan.tunnels if t.device == device)
+    topology["connections"][conn]["shared_key"] = f"{device}.Secret.Key2"
+    with tempfile.TemporaryDirectory() as tmp:
+        changed = Path(tmp) / "topology.yaml"
+        changed.write_text(yaml.safe_dump(topology, sort_keys=False))
+        result = apply(lab.name, changed)
+    lab.refresh()
+    pings = {site: bool(wait_until(lambda h=host: live.ping(rt, vm, h, count=1), bool,
+                                   f"pings from {vm} to {host} after the key change", 120))
+             for site, host in hosts.items()}
+    return {"connection": conn, "applied_s": result["seconds"], "converged_s": result["converged_s"],
+            "ike_before": before, "ike_after": ike_ids(), "pings": pings}
+
+
 def charon_crash(lab, vm: str, device: str, target: str) -> dict:
     """vpnlab fail crash on the Azure end of the site's tunnel: its charon killed, and its
     SAs with it on the kernel data plane too (the kernel would keep them); pings stop.
@@ -145,6 +172,7 @@ def main(name: str, out: Path) -> int:
                      for t in plan.tunnels}
     device = next(site for site, host in hosts.items() if host == target)
     delay = delayed_round_trip(lab, vm, device, target)
+    change = key_change(lab, vm, device, hosts)
     crash = charon_crash(lab, vm, device, target)
     failover = instance_failover(lab, vm, target)
     result = {
@@ -161,6 +189,7 @@ def main(name: str, out: Path) -> int:
         "charons": len(pids),
         "azure_charons": azure_charons,
         "delay": delay,
+        "key_change": change,
         "crash": crash,
         "failover": failover,
     }
