@@ -442,14 +442,14 @@ def stuck_ends(lab, problems: list[str], most: int = 3) -> str:
         running = bool(lab.backend.daemon_pids(end, "charon"))
         said = []
         for log in ("charon.out", "charon.log"):
-            said += [line.strip() for line in _last_lines(lab.backend.node_dir(lab.backend.charon_of(end)) / log, 2)
+            said += [line.strip() for line in last_lines(lab.backend.node_dir(lab.backend.charon_of(end)) / log, 2)
                      if line.strip()]
         notes.append(f"{end}: charon {'running' if running else 'NOT running'}"
                      + (f", last said: {' | '.join(said[-3:])}" if said else ""))
     return ("\n  " + "\n  ".join(notes)) if notes else ""
 
 
-def _last_lines(path: Path, count: int, tail_bytes: int = 8192) -> list[str]:
+def last_lines(path: Path, count: int, tail_bytes: int = 8192) -> list[str]:
     """The last lines of a log, read from its end (a charon log grows to megabytes)."""
     try:
         with open(path, "rb") as f:

@@ -217,9 +217,6 @@ class _Builder:
                 self.nodes[INTERNET].iface("br0").addresses.append(_internet_side(lng.gateway_ip))
         for conn in sorted(self.t.connections):
             self.connection(conn)
-        for end in [n for n in self.nodes.values() if n.charon_host]:
-            # its charon: the hosted ends' connections (vpnlab.plan.render), from its address
-            self.nodes[end.charon_host].charon = dict(hosts=True, local_addr=end.charon["local_addr"])
         p2s_ends, clients = p2s_plan.build(self)
         if self.dataplane == "kernel":      # reach_end's rules (a later apply's too) go first
             for node in self.nodes.values():
@@ -356,7 +353,7 @@ class _Builder:
         self.link(router, Iface(f"t{j}", proxy_arp=True, mtu=mtu),
                   end, Iface("in", proxy_arp=True, mtu=mtu))
         end.charon = dict(local_addr=str(t_ip))
-        if self.dataplane == "kernel" and devices == ("ipsec0",):
+        if self.dataplane == "kernel" and role == "tunnel-endpoint":     # point-to-site stays on libipsec
             # ESP in the kernel: ipsec0 is an XFRM interface (made with the node, routed
             # into at once), not the TUN device libipsec makes when charon starts. IKE
             # comes from the router's public address untranslated, so ESP goes raw, as
@@ -369,6 +366,8 @@ class _Builder:
                 # into the tunnel end (a cross-namespace XFRM interface)
                 end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu, if_id=j + 1, made_in=router.name))
                 end.charon_host = router.name
+                # its charon: the hosted ends' connections (vpnlab.plan.render)
+                router.charon = dict(hosts=True, local_addr=router.public_ip)
             else:
                 # a device's tunnel end runs its own charon on the router's address
                 end.interfaces.append(Iface("ipsec0", kind="xfrm", mtu=mtu, if_id=XFRM_IF_ID))
