@@ -15,6 +15,7 @@ import yaml
 
 from vpnlab import reference
 from vpnlab.cli import parser
+from vpnlab.lint.output import rules_markdown
 from vpnlab.model import shipped
 from vpnlab.scenario import LabHandle, NodeHandle, Scenario
 
@@ -63,6 +64,10 @@ def test_the_cli_reference_matches_the_parser():
 
 def test_the_topology_reference_matches_the_model():
     generated("topology-reference.md", reference.topology_markdown())
+
+
+def test_the_lint_rule_list_matches_the_rules():
+    generated("lint-rules.md", rules_markdown())
 
 
 def test_every_verb_is_in_the_cli_page():

@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -59,9 +60,11 @@ def _progress():
 
 
 def cmd_up(args) -> int:
+    path = shipped.resolve(args.file)
+    _lint_before_up(path)
     status, update = _progress()
     with status:
-        result = engine.up(shipped.resolve(args.file), name=args.name,
+        result = engine.up(path, name=args.name,
                            timers=args.timers, progress=update, runtime=args.runtime,
                            keep_on_failure=args.keep_on_failure, timeout=args.timeout,
                            clean_on_failure=args.clean_on_failure, dataplane=args.dataplane)
@@ -551,6 +554,34 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def cmd_lint(args) -> int:
+    from vpnlab import lint
+    from vpnlab.lint import output
+    path = shipped.resolve(args.file)
+    findings = lint.lint_file(path)
+    if args.format == "sarif":
+        text = output.sarif(findings, version())
+    elif args.format == "json":
+        text = output.as_json(str(path), findings)
+    else:
+        text = output.text(findings)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    else:
+        print(text)
+    return 1 if lint.has_errors(findings) else 0
+
+
+def _lint_before_up(path) -> None:
+    """up prints the design's lint errors and warnings (not notes) and never stops on them."""
+    from vpnlab import lint
+    shown = [f for f in lint.lint_file(path) if f.severity != "note"]
+    for f in shown:
+        err.print(f.text(), soft_wrap=True, markup=False, highlight=False)
+    if shown:
+        err.print(f"[dim]{len(shown)} lint finding(s), not stopping: vpnlab lint {path} explains each[/]")
+
+
 def cmd_schema(args) -> int:
     from vpnlab.reference import topology_schema
     print(json.dumps(topology_schema(), indent=1))
@@ -713,6 +744,13 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-wait", action="store_true")
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_reset)
+    li = sub.add_parser("lint", help="Azure's pitfalls and security practice in a valid design "
+                                     "(docs/lint-rules.md); exits 1 on errors")
+    li.add_argument("file", help=TOPOLOGY_HELP.split(";")[0])
+    li.add_argument("--format", choices=("text", "json", "sarif"), default="text",
+                    help="sarif: SARIF 2.1.0, for code scanning")
+    li.add_argument("-o", "--output", help="write to this file instead of stdout")
+    li.set_defaults(func=cmd_lint)
     va = sub.add_parser("validate", help="check a topology file, start nothing")
     va.add_argument("file", help=TOPOLOGY_HELP.split(";")[0])
     va.set_defaults(func=cmd_validate)
@@ -793,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
     args.args = tool_args
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    offline = args.verb in ("validate", "report", "export", "image", "schema", "new", "completion") or \
+    offline = args.verb in ("validate", "lint", "report", "export", "image", "schema", "new", "completion") or \
         (args.verb == "graph" and args.file)
     if not offline and os.geteuid() != 0:
         err.print("vpnlab needs root: it creates network namespaces and starts daemons")

@@ -415,11 +415,17 @@ class Topology(Model):
 # ---------------------------------------------------------------- validation
 
 def load(path: Path | str) -> Topology:
+    return load_with_source(path)[0]
+
+
+def load_with_source(path: Path | str) -> tuple[Topology, Source]:
+    """The validated topology and its source (field paths to lines), for messages about
+    a valid design (vpnlab lint)."""
     with paused_gc():
         return _load(path)
 
 
-def _load(path: Path | str) -> Topology:
+def _load(path: Path | str) -> tuple[Topology, Source]:
     source = load_yaml(path)
     if not isinstance(source.data, dict):
         raise SourceError(f"{source.path}: expected a mapping with virtual_networks, "
@@ -431,7 +437,7 @@ def _load(path: Path | str) -> Topology:
     problems = list(semantic_errors(topology))
     if problems:
         raise SourceError("\n".join(f"{source.where(loc)}: {msg}" for loc, msg in problems))
-    return topology
+    return topology, source
 
 
 def _format_pydantic(source: Source, err: ValidationError) -> str:
