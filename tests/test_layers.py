@@ -7,7 +7,7 @@ from pathlib import Path
 import networkx as nx
 
 PACKAGE = Path(__file__).parent.parent / "vpnlab"
-STAGES = [["errors", "waits", "model"], ["plan", "lint"], ["runtime"], ["session"], ["gateway"], ["checks", "change"],
+STAGES = [["errors", "waits", "model"], ["plan", "lint", "importer"], ["runtime"], ["session"], ["gateway"], ["checks", "change"],
           ["engine"], ["scenario", "cli", "pytest_plugin", "bench", "reference"]]
 RUNTIME_MODULES = {"vpnlab.runtime.netns", "vpnlab.runtime.docker", "vpnlab.runtime.containerlab"}
 

@@ -572,6 +572,37 @@ def cmd_lint(args) -> int:
     return 1 if lint.has_errors(findings) else 0
 
 
+def cmd_import(args) -> int:
+    import tempfile
+
+    from vpnlab.importer import import_file, to_yaml
+    from vpnlab.model.topology import load
+    topology, report = import_file(args.file, args.parameters)
+    text = to_yaml(topology, report)
+    for line in report.lines()[1:]:
+        err.print(line, soft_wrap=True, markup=False, highlight=False)
+    if args.output:
+        out = Path(args.output)
+        out.touch(mode=0o600)          # it holds the shared keys
+        out.chmod(0o600)
+        out.write_text(text)
+        err.print(f"wrote {out}")
+    else:
+        print(text, end="")
+    if report.required:
+        err.print(f"{len(report.required)} value(s) to fill in before vpnlab up (marked !required)")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:       # what it wrote must validate
+        check = Path(args.output) if args.output else Path(tmp) / "imported.yaml"
+        if not args.output:
+            check.write_text(text)
+        try:
+            load(check)
+        except SourceError as e:
+            raise SourceError(f"the imported design does not validate yet:\n{e}") from None
+    return 0
+
+
 def _lint_before_up(path) -> None:
     """up prints the design's lint errors and warnings (not notes) and never stops on them."""
     from vpnlab import lint
@@ -744,6 +775,12 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-wait", action="store_true")
     rs.add_argument("--json", action="store_true")
     rs.set_defaults(func=cmd_reset)
+    im = sub.add_parser("import", help="a real design as a topology: ARM template (Bicep: compile it with "
+                                       "az bicep build), Terraform plan or state JSON (terraform show -json)")
+    im.add_argument("file", help="the template or Terraform JSON")
+    im.add_argument("-o", "--output", help="the topology file to write (default: stdout)")
+    im.add_argument("--parameters", help="an ARM parameters file")
+    im.set_defaults(func=cmd_import)
     li = sub.add_parser("lint", help="Azure's pitfalls and security practice in a valid design "
                                      "(docs/lint-rules.md); exits 1 on errors")
     li.add_argument("file", help=TOPOLOGY_HELP.split(";")[0])
@@ -831,7 +868,7 @@ def main(argv: list[str] | None = None) -> int:
     args.args = tool_args
     if getattr(args, "command", None) and args.command[:1] == ["--"]:
         args.command = args.command[1:]
-    offline = args.verb in ("validate", "lint", "report", "export", "image", "schema", "new", "completion") or \
+    offline = args.verb in ("validate", "lint", "import", "report", "export", "image", "schema", "new", "completion") or \
         (args.verb == "graph" and args.file)
     if not offline and os.geteuid() != 0:
         err.print("vpnlab needs root: it creates network namespaces and starts daemons")

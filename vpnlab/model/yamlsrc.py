@@ -23,6 +23,9 @@ MAX_VALUES = 2_000_000            # values after alias expansion ("billion laugh
 PLAIN_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "map", "seq")}
 MERGE = "tag:yaml.org,2002:merge"
 TIMESTAMP = "tag:yaml.org,2002:timestamp"
+# a value `vpnlab import` could not know (a secure parameter, a Key Vault reference): every
+# command refuses the file until it is filled in
+REQUIRED_TAG = "!required"
 # YAML 1.1 reads these plain scalars as booleans or numbers; YAML 1.2 (and most people)
 # read them as text or decimal numbers. Refused so that `asn: yes` is not ASN 1.
 YAML11_BOOL = re.compile(r"^(yes|Yes|YES|no|No|NO|on|On|ON|off|Off|OFF)$")
@@ -132,6 +135,8 @@ class _Converter:
     def scalar(self, node, loc: tuple):
         if node.tag == TIMESTAMP:       # a date-like value is text to the topology
             return node.value
+        if node.tag == REQUIRED_TAG:
+            self.fail(node, f"to fill in: vpnlab import could not know it ({node.value})", loc)
         if node.tag not in PLAIN_TAGS:
             self.fail(node, f"tag {node.tag!r} is not allowed; topology files use plain "
                             "mappings, lists, text and numbers", loc)
