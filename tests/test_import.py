@@ -158,3 +158,21 @@ def test_the_imported_design_comes_up(tmp_path, path, params):
     finally:
         res = vpnlab("down", "--name", name)
         assert res.returncode == 0, res.stderr
+
+
+ROOT = Path(__file__).parent.parent
+ROUND_TRIP = sorted((ROOT / "topologies").glob("*.yaml")) + sorted(HERE.rglob("*.expected.yaml"))
+
+
+@pytest.mark.parametrize("design", ROUND_TRIP, ids=lambda p: str(p.relative_to(ROOT)))
+def test_export_as_arm_then_import_gives_the_same_topology(tmp_path, design):
+    res = vpnlab("export", "--format", "arm", design, tmp_path / "arm")
+    assert res.returncode == 0, res.stderr
+    name = design.name.replace(".yaml", "")
+    template, params = tmp_path / "arm" / f"{name}.json", tmp_path / "arm" / f"{name}.parameters.json"
+    assert oct(params.stat().st_mode & 0o777) == "0o600", "the keys are in the parameters file"
+    keys = [c.shared_key.get_secret_value() for c in load(design).connections.values()]
+    assert not [k for k in keys if k in template.read_text()], "no key in the template"
+    out, report = imported(tmp_path, template, params)
+    assert not report.required
+    assert load(out) == load(design)

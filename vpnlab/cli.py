@@ -419,9 +419,13 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     hosts = [h for h in (args.host_addresses or "").split(",") if h]
-    paths = engine.export(shipped.resolve(args.file), args.dir, args.format,
-                          name=args.name, timers=args.timers, split_hosts=args.split_hosts,
-                          host_addresses=hosts, image=args.image)
+    if args.format == "arm":
+        from vpnlab.importer.arm_export import write_arm
+        paths = write_arm(shipped.resolve(args.file), Path(args.dir))
+    else:
+        paths = engine.export(shipped.resolve(args.file), args.dir, args.format,
+                              name=args.name, timers=args.timers, split_hosts=args.split_hosts,
+                              host_addresses=hosts, image=args.image)
     if args.json:
         _print_json({"files": [str(p) for p in paths]})
         return 0
@@ -738,9 +742,10 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")
     rp.set_defaults(func=cmd_report)
-    ex = sub.add_parser("export", help="write the lab as containerlab files, start nothing")
+    ex = sub.add_parser("export", help="write the lab as containerlab files, or the design as an ARM "
+                                       "template (arm), start nothing")
     ex.add_argument("file", nargs="?", help=TOPOLOGY_HELP)
-    ex.add_argument("--format", required=True, choices=list(clab.FORMATS))
+    ex.add_argument("--format", required=True, choices=[*clab.FORMATS, "arm"])
     ex.add_argument("dir", help="folder to write (created)")
     ex.add_argument("--name", help="lab name (default: the file's stem)")
     ex.add_argument("--timers", default="azure", choices=["azure", "fast"])

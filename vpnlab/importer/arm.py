@@ -408,4 +408,22 @@ def import_arm(template: dict, parameters: dict, report: Report) -> dict:
     topology = imp.run(list(resources(template, ev, report)))
     for nic in imp.nics:
         report.not_mapped(f"network interface {nic}", "no virtual machine of the template uses it")
+    _lab_settings(template.get("metadata", {}).get("vpnlab", {}), topology, imp.name, report)
     return topology
+
+
+def _lab_settings(lab: dict, topology: dict, name, report: Report):
+    """What vpnlab export keeps in the template's metadata: the lab's devices and clients."""
+    if not lab:
+        return
+    for site, entry in lab.get("local_network_gateways", {}).items():
+        if name(site) in topology["local_network_gateways"]:
+            topology["local_network_gateways"][name(site)].update(entry)
+    topology["clients"] = dict(lab.get("clients", {}))
+    for gw, revoked in lab.get("revoked_lab_certificates", {}).items():
+        p2s = topology["virtual_network_gateways"].get(name(gw), {}).get("vpn_client_configuration", {})
+        for entry in p2s.get("revoked_certificates", []):
+            if entry["name"] in revoked and not entry.get("thumbprint"):
+                entry.pop("thumbprint", None)
+                entry["certificate"] = revoked[entry["name"]]
+    report.change("metadata.vpnlab", "the lab's own settings (on-prem devices, point-to-site clients) read back")
