@@ -176,3 +176,27 @@ def test_export_as_arm_then_import_gives_the_same_topology(tmp_path, design):
     out, report = imported(tmp_path, template, params)
     assert not report.required
     assert load(out) == load(design)
+
+
+@pytest.mark.parametrize("design", ROUND_TRIP, ids=lambda p: str(p.relative_to(ROOT)))
+def test_export_as_terraform_then_import_gives_the_same_topology(tmp_path, design):
+    res = vpnlab("export", "--format", "terraform", design, tmp_path / "tf")
+    assert res.returncode == 0, res.stderr
+    main, tfvars = tmp_path / "tf" / "main.tf.json", tmp_path / "tf" / "terraform.tfvars.json"
+    assert oct(tfvars.stat().st_mode & 0o777) == "0o600", "the keys are in the tfvars file"
+    config = json.loads(main.read_text())
+    keys = [c.shared_key.get_secret_value() for c in load(design).connections.values()]
+    assert not [k for k in keys if k in main.read_text()], "no key in the configuration"
+    assert all(k.startswith("azurerm_") for k in config["resource"])
+    assert all(v.get("sensitive") for k, v in config["variable"].items() if k.startswith("shared_key"))
+    out, report = imported(tmp_path, main, tfvars)
+    assert not report.required
+    assert load(out) == load(design)
+
+
+def test_a_terraform_variable_without_a_value_is_a_placeholder(tmp_path):
+    res = vpnlab("export", "--format", "terraform", ROOT / "topologies/active-active-bgp.yaml", tmp_path)
+    assert res.returncode == 0, res.stderr
+    _, report = imported(tmp_path, tmp_path / "main.tf.json", None)
+    assert [f for f, _ in report.required] == ["connections.hub-to-dev0.shared_key", "connections.hub-to-dev1.shared_key"]
+    assert all("has no value" in why for _, why in report.required)

@@ -422,6 +422,9 @@ def cmd_export(args) -> int:
     if args.format == "arm":
         from vpnlab.importer.arm_export import write_arm
         paths = write_arm(shipped.resolve(args.file), Path(args.dir))
+    elif args.format == "terraform":
+        from vpnlab.importer.tf_export import write_terraform
+        paths = write_terraform(shipped.resolve(args.file), Path(args.dir))
     else:
         paths = engine.export(shipped.resolve(args.file), args.dir, args.format,
                               name=args.name, timers=args.timers, split_hosts=args.split_hosts,
@@ -743,9 +746,9 @@ def parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")
     rp.set_defaults(func=cmd_report)
     ex = sub.add_parser("export", help="write the lab as containerlab files, or the design as an ARM "
-                                       "template (arm), start nothing")
+                                       "template (arm) or Terraform (terraform), start nothing")
     ex.add_argument("file", nargs="?", help=TOPOLOGY_HELP)
-    ex.add_argument("--format", required=True, choices=[*clab.FORMATS, "arm"])
+    ex.add_argument("--format", required=True, choices=[*clab.FORMATS, "arm", "terraform"])
     ex.add_argument("dir", help="folder to write (created)")
     ex.add_argument("--name", help="lab name (default: the file's stem)")
     ex.add_argument("--timers", default="azure", choices=["azure", "fast"])
@@ -784,7 +787,7 @@ def parser() -> argparse.ArgumentParser:
                                        "az bicep build), Terraform plan or state JSON (terraform show -json)")
     im.add_argument("file", help="the template or Terraform JSON")
     im.add_argument("-o", "--output", help="the topology file to write (default: stdout)")
-    im.add_argument("--parameters", help="an ARM parameters file")
+    im.add_argument("--parameters", help="an ARM parameters file, or a tfvars JSON file for a .tf.json")
     im.set_defaults(func=cmd_import)
     li = sub.add_parser("lint", help="Azure's pitfalls and security practice in a valid design "
                                      "(docs/lint-rules.md); exits 1 on errors")

@@ -1,11 +1,12 @@
 """vpnlab import: a real design (ARM template, Bicep compiled to ARM, Terraform's plan or
-state JSON) as a lab topology, with a report of what could not be mapped, what was
+state JSON, or its JSON configuration syntax) as a lab topology, with a report of what could not be mapped, what was
 renamed or moved into the lab's address ranges, and what is left to fill in."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from vpnlab.importer import tf_config
 from vpnlab.importer.arm import import_arm
 from vpnlab.importer.common import (
     Report,
@@ -31,6 +32,8 @@ def _json(path: Path) -> dict:
 
 
 def kind_of(doc: dict) -> str:
+    if tf_config.is_config(doc):
+        return "Terraform configuration"
     if "planned_values" in doc:
         return "Terraform plan"
     if "values" in doc and "format_version" in doc:
@@ -53,9 +56,13 @@ def import_file(path: Path | str, parameters: Path | str | None = None) -> tuple
     if kind == "ARM template":
         given = _json(Path(parameters)).get("parameters", {}) if parameters else {}
         topology = import_arm(doc, given, report)
+    elif kind == "Terraform configuration":
+        tfvars = _json(Path(parameters)) if parameters else {}
+        topology = import_terraform(tf_config.as_state(doc, tfvars), report, tf_config.lab_settings(doc))
     else:
         if parameters:
-            raise SourceError(f"{parameters}: --parameters is for ARM templates; Terraform's plan has its variables")
+            raise SourceError(f"{parameters}: --parameters is for ARM templates and Terraform configurations "
+                              "(a tfvars JSON file); a plan or state holds its variables")
         topology = import_terraform(doc, report)
     move_site_addresses(topology, report)
     give_devices_a_lan(topology, report)

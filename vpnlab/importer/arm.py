@@ -408,12 +408,13 @@ def import_arm(template: dict, parameters: dict, report: Report) -> dict:
     topology = imp.run(list(resources(template, ev, report)))
     for nic in imp.nics:
         report.not_mapped(f"network interface {nic}", "no virtual machine of the template uses it")
-    _lab_settings(template.get("metadata", {}).get("vpnlab", {}), topology, imp.name, report)
+    apply_lab_settings(template.get("metadata", {}).get("vpnlab", {}), topology, imp.name, report)
     return topology
 
 
-def _lab_settings(lab: dict, topology: dict, name, report: Report):
-    """What vpnlab export keeps in the template's metadata: the lab's devices and clients."""
+def apply_lab_settings(lab: dict, topology: dict, name, report: Report):
+    """What vpnlab export keeps beside Azure's resources (ARM metadata, a Terraform
+    comment): the lab's devices, clients and revoked lab certificates."""
     if not lab:
         return
     for site, entry in lab.get("local_network_gateways", {}).items():

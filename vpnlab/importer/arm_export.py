@@ -56,7 +56,7 @@ def export_arm(t: Topology) -> tuple[dict, dict]:
         resources.append(_connection(t, name, c, param))
     template = {
         "$schema": SCHEMA, "contentVersion": "1.0.0.0",
-        "metadata": {"description": "exported by vpnlab export --format arm", "vpnlab": _lab_only(t)},
+        "metadata": {"description": "exported by vpnlab export --format arm", "vpnlab": lab_only(t)},
         "parameters": {"location": {"type": "string", "defaultValue": "[resourceGroup().location]"},
                        **{k: {"type": "securestring"} for k in keys}},
         "resources": resources,
@@ -195,7 +195,7 @@ def _connection(t: Topology, name: str, c: Connection, key_param: str) -> dict:
     return _res("connections", name, p, dependsOn=depends)
 
 
-def _lab_only(t: Topology) -> dict:
+def lab_only(t: Topology) -> dict:
     """The lab's own settings, which no Azure resource holds."""
     sites = {}
     for name, lng in t.local_network_gateways.items():

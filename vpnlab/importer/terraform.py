@@ -7,7 +7,7 @@ one way. In a plan, the IDs of resources still to be created are unknown: a refe
 expressions. A value known only after apply (a Key Vault secret) is a placeholder."""
 from __future__ import annotations
 
-from vpnlab.importer.arm import ArmImport
+from vpnlab.importer.arm import ArmImport, apply_lab_settings
 from vpnlab.importer.arm_expr import RESOURCE_GROUP, SUBSCRIPTION, Unknown
 from vpnlab.importer.common import Report
 from vpnlab.model.yamlsrc import SourceError
@@ -28,7 +28,8 @@ def _first(block):
 
 
 def _flag(values: dict, new: str, old: str, default=None):
-    """azurerm 4 renamed some flags (enable_bgp -> bgp_enabled): either spelling."""
+    """azurerm renames flags across versions (enable_ip_forwarding -> ip_forwarding_enabled
+    in 4.0): either spelling."""
     return values[new] if values.get(new) is not None else values.get(old, default)
 
 
@@ -67,6 +68,9 @@ class Resources:
         configuration's reference."""
         v = self.value(res, *path)
         if isinstance(v, str) and v.startswith("/subscriptions/"):
+            exact = next((r for r in self.items if r.get("values", {}).get("id") == v), None)
+            if exact:
+                return exact
             name = v.rstrip("/").split("/")[-1]
             return next((r for r in self.items if r.get("values", {}).get("name") == name
                          and r["type"] in _types_for(path[-1])), {"values": {"name": name}, "type": "", "address": v})
@@ -316,7 +320,7 @@ class ToArm:
         self.report.not_mapped(f"{res['address']} (resource group)", "the lab has no resource groups")
 
 
-def import_terraform(doc: dict, report: Report) -> dict:
+def import_terraform(doc: dict, report: Report, lab: dict | None = None) -> dict:
     if not ("planned_values" in doc or "values" in doc):
         raise SourceError(f"{report.source}: not Terraform's JSON (`terraform show -json` of a plan or "
                           "the state has planned_values or values)")
@@ -325,4 +329,5 @@ def import_terraform(doc: dict, report: Report) -> dict:
     topology = imp.run(items)
     for nic in imp.nics:
         report.not_mapped(f"network interface {nic}", "no virtual machine of the document uses it")
+    apply_lab_settings(lab or {}, topology, imp.name, report)
     return topology
