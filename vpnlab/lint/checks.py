@@ -273,6 +273,41 @@ def _(t):
                        "which do not reach across this one without BGP")
 
 
+@check("gateway-transit-unused")
+def _(t):
+    for vnet_name, vnet in t.virtual_networks.items():
+        if t.gateway_of(vnet_name) is None or t.transit_hub(vnet_name):
+            continue                                      # not a hub with its own gateway
+        for p_name, p in vnet.peerings.items():
+            remote = p.remote_virtual_network
+            back = t.peered(remote).get(vnet_name) if remote in t.virtual_networks else None
+            has_own = any(g.virtual_network == remote for g in t.virtual_network_gateways.values())
+            if p.allow_gateway_transit and back is not None and not back.use_remote_gateways and not has_own:
+                yield (("virtual_networks", vnet_name, "peerings", p_name, "allow_gateway_transit"),
+                       f"{remote} does not use it: its peering back has use_remote_gateways false")
+
+
+@check("nat-rule-unused")
+def _(t):
+    for gw_name, gw in t.virtual_network_gateways.items():
+        used = {r for c in t.connections.values() if c.virtual_network_gateway == gw_name
+                for r in (*c.ingress_nat_rule_ids, *c.egress_nat_rule_ids)}
+        for r_name in gw.nat_rules:
+            if r_name not in used:
+                yield (("virtual_network_gateways", gw_name, "nat_rules", r_name),
+                       f"no connection of {gw_name} lists {r_name}")
+
+
+@check("nat-bgp-without-route-translation")
+def _(t):
+    for name, c in t.connections.items():
+        gw = t.virtual_network_gateways[c.virtual_network_gateway]
+        if c.enable_bgp and (c.ingress_nat_rule_ids or c.egress_nat_rule_ids) \
+                and not gw.enable_bgp_route_translation_for_nat:
+            yield (("connections", name, "enable_bgp"),
+                   f"{name} runs BGP with NAT rules; {c.virtual_network_gateway} does not translate its routes")
+
+
 @check("traffic-selectors-over-limit")
 def _(t):
     for name, c, gw, lng in _site_connections(t):

@@ -113,6 +113,8 @@ class _Converter:
             key = self.key(key_node, loc)
             if key in out:
                 self.fail(key_node, f"duplicate key '{shown(key)}'", loc + (key,))
+            # a field's line is its key's: a nested mapping's value starts a line below
+            self.lines.setdefault(loc + (key,), key_node.start_mark.line + 1)
             out[key] = self.convert(value_node, loc + (key,))
         for key, value in merged.items():       # explicit keys win over merged ones
             out.setdefault(key, value)
