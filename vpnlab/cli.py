@@ -600,7 +600,7 @@ def cmd_import(args) -> int:
         err.print(f"{len(report.required)} value(s) to fill in before vpnlab up (marked !required)")
         return 0
     with tempfile.TemporaryDirectory() as tmp:       # what it wrote must validate
-        check = Path(args.output) if args.output else Path(tmp) / "imported.yaml"
+        check = Path(args.output) if args.output else Path(tmp) / "stdout.yaml"
         if not args.output:
             check.write_text(text)
         try:

@@ -291,12 +291,15 @@ class ArmImport:
     def nat_rule(self, name, p, body):
         gw, rule = name.split("/", 1)
         lab = self.name(gw)
+        if lab not in self.t["virtual_network_gateways"]:
+            self.report.not_mapped(f"NAT rule {name}", f"its gateway {gw} is not mapped")
+            return
         entry = {"type": p.get("type", "Static"), "mode": p.get("mode", "EgressSnat"),
                  "internal_mappings": [self._mapping(m) for m in p.get("internalMappings", [])],
                  "external_mappings": [self._mapping(m) for m in p.get("externalMappings", [])]}
         if p.get("ipConfigurationId"):
             entry["ip_configuration_id"] = ("default", "activeActive")[min(self._instance(lab, p["ipConfigurationId"]), 1)]
-        self.t["virtual_network_gateways"].setdefault(lab, {}).setdefault("nat_rules", {})[self.name(rule)] = entry
+        self.t["virtual_network_gateways"][lab].setdefault("nat_rules", {})[self.name(rule)] = entry
 
     @staticmethod
     def _mapping(m: dict) -> dict:
