@@ -79,8 +79,9 @@ def test_a_secure_parameter_without_a_value_is_a_placeholder_that_every_command_
         res = vpnlab(verb, out)
         assert res.returncode == 2, res.stdout
         assert f"{out}:{line}: connections.Azure2Other.shared_key: to fill in" in res.stderr
-    res = vpnlab("up", out, "--name", "imp-refused")
-    assert res.returncode == 2 and "to fill in" in res.stderr
+    if os.geteuid() == 0:                    # up needs root before it reads the file
+        res = vpnlab("up", out, "--name", "imp-refused")
+        assert res.returncode == 2 and "to fill in" in res.stderr
 
 
 def test_a_key_vault_reference_is_a_placeholder(tmp_path):

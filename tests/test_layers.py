@@ -64,3 +64,10 @@ def test_the_architecture_page_names_every_module():
     missing += [f"vpnlab/{d.name}/" for d in PACKAGE.iterdir() if d.is_dir() and d.name != "__pycache__"
                 and f"vpnlab/{d.name}/" not in page]
     assert not missing, f"not on docs/architecture.md: {missing}"
+
+
+def test_every_package_is_in_the_wheel():
+    import tomllib
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert found - listed == set(), "packages missing from pyproject.toml's [tool.setuptools] packages"
