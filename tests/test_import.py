@@ -116,6 +116,15 @@ def test_what_cannot_be_read_is_refused_with_exit_2_naming_it(tmp_path):
     assert res.returncode == 2 and not res.stdout
     assert "resource [mystery(variables('vnetName'))]" in res.stderr
     assert "the template function mystery() is not evaluated by vpnlab import" in res.stderr
+    bad.write_text(json.dumps({"resources": [{"name": "no-type"}]}))
+    res = vpnlab("import", bad)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert f"{bad}: cannot read it (ARM template): KeyError: 'type'" in res.stderr
+    template = json.loads((ARM / "point-to-site.json").read_text())
+    template["parameters"]["gatewayName"]["defaultValue"] = "[mystery()]"
+    bad.write_text(json.dumps(template))
+    res = vpnlab("import", bad)
+    assert res.returncode == 2 and "parameter 'gatewayName': its defaultValue: the template function mystery()" in res.stderr
     bad.write_text('{"resources": [')
     res = vpnlab("import", bad)
     assert res.returncode == 2 and f"{bad}:1: not JSON" in res.stderr

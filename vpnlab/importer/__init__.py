@@ -53,6 +53,19 @@ def import_file(path: Path | str, parameters: Path | str | None = None) -> tuple
     except SourceError as e:
         raise SourceError(f"{path}: {e}") from None
     report = Report(str(path), kind)
+    try:
+        topology = _import(doc, kind, path, parameters, report)
+        move_site_addresses(topology, report)
+        give_devices_a_lan(topology, report)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        # a shape the import does not expect (a resource without "type", an address that
+        # is not one): bad input, named, never a traceback
+        raise SourceError(f"{path}: cannot read it ({kind}): {type(e).__name__}: {e}") from None
+    report.required = list(find_required(topology))
+    return topology, report
+
+
+def _import(doc: dict, kind: str, path: Path, parameters, report: Report) -> dict:
     if kind == "ARM template":
         given = _json(Path(parameters)).get("parameters", {}) if parameters else {}
         topology = import_arm(doc, given, report)
@@ -64,10 +77,7 @@ def import_file(path: Path | str, parameters: Path | str | None = None) -> tuple
             raise SourceError(f"{parameters}: --parameters is for ARM templates and Terraform configurations "
                               "(a tfvars JSON file); a plan or state holds its variables")
         topology = import_terraform(doc, report)
-    move_site_addresses(topology, report)
-    give_devices_a_lan(topology, report)
-    report.required = list(find_required(topology))
-    return topology, report
+    return topology
 
 
 __all__ = ["import_file", "to_yaml", "Report"]

@@ -44,7 +44,10 @@ def parameter_values(template: dict, given: dict, report: Report) -> dict:
             else:
                 value = entry.get("value")
         elif "defaultValue" in spec:
-            value = ev.value(spec["defaultValue"])
+            try:
+                value = ev.value(spec["defaultValue"])
+            except ArmError as e:
+                raise SourceError(f"{report.source}: parameter '{name}': its defaultValue: {e}") from None
         else:
             secure = spec.get("type", "").lower() in ("securestring", "secureobject")
             value = Unknown(f"{'secure ' if secure else ''}parameter {name} has no value")
