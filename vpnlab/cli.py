@@ -16,6 +16,7 @@ from rich.table import Table
 from vpnlab import engine
 from vpnlab.checks import faults
 from vpnlab.errors import LabError
+from vpnlab.importer.common import write_private
 from vpnlab.model import shipped
 from vpnlab.model.names import check_lab_name
 from vpnlab.model.yamlsrc import SourceError
@@ -236,13 +237,9 @@ def cmd_save(args) -> int:
 
 def cmd_new(args) -> int:
     """A topology from a few choices, as YAML."""
-    import tempfile
-    from pathlib import Path
-
     import yaml
 
     from vpnlab.model.generate import MAX_SITES, design
-    from vpnlab.model.topology import load
     if not 1 <= args.sites <= MAX_SITES:
         raise SourceError(f"--sites {args.sites}: allowed 1 to {MAX_SITES}")
     data = design(args.sites, active_active=not args.active_standby, bgp=not args.static, p2s=args.p2s,
@@ -251,16 +248,9 @@ def cmd_new(args) -> int:
     head = (f"# vpnlab new: {args.sites} site(s), {kind}, {'static routing' if args.static else 'BGP'}"
             f"{', point-to-site' if args.p2s else ''}. Random shared keys: change them before sharing the file.\n")
     text = head + yaml.safe_dump(data, sort_keys=False)
-    with tempfile.TemporaryDirectory() as tmp:      # what it writes validates (a --sku, say)
-        (Path(tmp) / "new.yaml").write_text(text)
-        try:
-            load(Path(tmp) / "new.yaml")
-        except SourceError as e:
-            raise SourceError(str(e).replace(str(Path(tmp) / "new.yaml"), "vpnlab new: the design")) from None
+    _must_validate(text, "vpnlab new: the design")      # what it writes validates (a --sku, say)
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(text)
-        os.chmod(args.output, 0o600)       # it holds the shared keys
+        write_private(Path(args.output), text)          # it holds the shared keys
         err.print(f"wrote {args.output}; 'vpnlab up {args.output}' brings it up")
     else:
         print(text, end="")
@@ -580,34 +570,36 @@ def cmd_lint(args) -> int:
 
 
 def cmd_import(args) -> int:
-    import tempfile
-
     from vpnlab.importer import import_file, to_yaml
-    from vpnlab.model.topology import load
     topology, report = import_file(args.file, args.parameters)
     text = to_yaml(topology, report)
     for line in report.lines()[1:]:
         err.print(line, soft_wrap=True, markup=False, highlight=False)
     if args.output:
-        out = Path(args.output)
-        out.touch(mode=0o600)          # it holds the shared keys
-        out.chmod(0o600)
-        out.write_text(text)
-        err.print(f"wrote {out}")
+        write_private(Path(args.output), text)       # it holds the shared keys
+        err.print(f"wrote {args.output}")
     else:
         print(text, end="")
     if report.required:
         err.print(f"{len(report.required)} value(s) to fill in before vpnlab up (marked !required)")
         return 0
-    with tempfile.TemporaryDirectory() as tmp:       # what it wrote must validate
-        check = Path(args.output) if args.output else Path(tmp) / "stdout.yaml"
-        if not args.output:
-            check.write_text(text)
+    _must_validate(text, args.output or "the imported design", "does not validate yet:\n")
+    return 0
+
+
+def _must_validate(text: str, named: str, why: str = "") -> None:
+    """A topology this command wrote validates; its messages name it as `named`."""
+    import tempfile
+
+    from vpnlab.model.topology import load
+    with tempfile.TemporaryDirectory() as tmp:
+        check = Path(tmp) / "topology.yaml"
+        check.write_text(text)
         try:
             load(check)
         except SourceError as e:
-            raise SourceError(f"the imported design does not validate yet:\n{e}") from None
-    return 0
+            message = str(e).replace(str(check), named)
+            raise SourceError(f"{named} {why}{message}" if why else message) from None
 
 
 def _lint_before_up(path) -> None:

@@ -7,7 +7,16 @@ snake_case, as docs/topology-reference.md names them), everything else is report
 from __future__ import annotations
 
 from vpnlab.importer.arm_expr import ArmError, Evaluator, Unknown
-from vpnlab.importer.common import LEGACY_SKUS, Names, Report, Required, as_bool, as_int
+from vpnlab.importer.common import (
+    LEGACY_SKUS,
+    PEERING_FLAGS,
+    POLICY_FIELDS,
+    Names,
+    Report,
+    Required,
+    as_bool,
+    as_int,
+)
 from vpnlab.model.p2s_rules import UNEMULATED_AUTH, UNEMULATED_PROTOCOLS
 from vpnlab.model.yamlsrc import SourceError
 
@@ -130,6 +139,7 @@ class ArmImport:
         self.t = {"virtual_networks": {}, "virtual_network_gateways": {}, "local_network_gateways": {},
                   "connections": {}, "route_tables": {}}
         self.ip_configs: dict[str, list[str]] = {}     # gateway -> its ipConfigurations' names
+        self.nics: dict[str, dict] = {}                # network interfaces no VM has taken yet
 
     @staticmethod
     def value(v):
@@ -144,7 +154,6 @@ class ArmImport:
         handlers = dict(zip(order, (self.vnet, self.subnet, self.peering, self.route_table, self.route,
                                     self.gateway, self.nat_rule, self.site, self.connection, self.nic, self.vm,
                                     self.public_ip)))
-        self.nics = {}
         for rtype in order:
             for name, body in by_type.pop(rtype, []):
                 handlers[rtype](name, body.get("properties", {}) or {}, body)
@@ -185,11 +194,7 @@ class ArmImport:
         remote = id_name((p.get("remoteVirtualNetwork") or {}).get("id"), "virtualNetworks")
         self._vnet(vnet)["peerings"][self.name(peer)] = {
             "remote_virtual_network": self.name(remote) if remote else Required("the remote virtual network's id"),
-            **{snake: as_bool(p[camel]) for camel, snake in (
-                ("allowVirtualNetworkAccess", "allow_virtual_network_access"),
-                ("allowForwardedTraffic", "allow_forwarded_traffic"),
-                ("allowGatewayTransit", "allow_gateway_transit"),
-                ("useRemoteGateways", "use_remote_gateways")) if camel in p}}
+            **{lab: as_bool(p[arm]) for arm, lab, _ in PEERING_FLAGS if arm in p}}
 
     def route_table(self, name, p, body):
         table = self.t["route_tables"].setdefault(self.name(name), {"routes": {}})
@@ -366,11 +371,7 @@ class ArmImport:
 
     @staticmethod
     def _policy(x: dict) -> dict:
-        out = {snake: x[camel] for camel, snake in (
-            ("ikeEncryption", "ike_encryption"), ("ikeIntegrity", "ike_integrity"), ("dhGroup", "dh_group"),
-            ("ipsecEncryption", "ipsec_encryption"), ("ipsecIntegrity", "ipsec_integrity"), ("pfsGroup", "pfs_group"),
-            ("saLifeTimeSeconds", "sa_lifetime_seconds"), ("saDataSizeKilobytes", "sa_datasize_kilobytes")) if camel in x}
-        return {k: as_int(v) for k, v in out.items()}
+        return {lab: as_int(x[arm]) for arm, lab, _ in POLICY_FIELDS if arm in x}
 
     # ---------------------------------------------------------------- VMs
 

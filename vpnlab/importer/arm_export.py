@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vpnlab.importer.common import PEERING_FLAGS, POLICY_FIELDS, write_private
 from vpnlab.model.topology import Connection, Topology, VirtualMachine, load
 
 API = "2023-09-01"
@@ -86,10 +87,7 @@ def _vnet(name, vnet) -> dict:
         subnets.append({"name": s_name, "properties": p})
     peerings = [{"name": p_name, "properties": {
         "remoteVirtualNetwork": {"id": _rid("virtualNetworks", p.remote_virtual_network)},
-        "allowVirtualNetworkAccess": p.allow_virtual_network_access,
-        "allowForwardedTraffic": p.allow_forwarded_traffic,
-        "allowGatewayTransit": p.allow_gateway_transit,
-        "useRemoteGateways": p.use_remote_gateways}} for p_name, p in vnet.peerings.items()]
+        **{arm: getattr(p, lab) for arm, lab, _ in PEERING_FLAGS}}} for p_name, p in vnet.peerings.items()]
     return _res("virtualNetworks", name, {"addressSpace": {"addressPrefixes": [str(x) for x in vnet.address_space]},
                                           "subnets": subnets, "virtualNetworkPeerings": peerings},
                 dependsOn=[_rid("routeTables", s.route_table) for s in vnet.subnets.values() if s.route_table])
@@ -180,11 +178,7 @@ def _connection(t: Topology, name: str, c: Connection, key_param: str) -> dict:
     else:
         p["virtualNetworkGateway2"] = {"id": _rid("virtualNetworkGateways", c.peer_virtual_network_gateway)}
         depends.append(p["virtualNetworkGateway2"]["id"])
-    p["ipsecPolicies"] = [{
-        "ikeEncryption": x.ike_encryption, "ikeIntegrity": x.ike_integrity, "dhGroup": x.dh_group,
-        "ipsecEncryption": x.ipsec_encryption, "ipsecIntegrity": x.ipsec_integrity, "pfsGroup": x.pfs_group,
-        "saLifeTimeSeconds": x.sa_lifetime_seconds, "saDataSizeKilobytes": x.sa_datasize_kilobytes}
-        for x in c.ipsec_policies]
+    p["ipsecPolicies"] = [{arm: getattr(x, lab) for arm, lab, _ in POLICY_FIELDS} for x in c.ipsec_policies]
     if c.custom_bgp_addresses:
         gw = gw_id[1:-1]
         p["gatewayCustomBgpIpAddresses"] = [
@@ -224,7 +218,5 @@ def write_arm(topology_file: Path, out: Path) -> list[Path]:
     stem = topology_file.stem
     t_path, p_path = out / f"{stem}.json", out / f"{stem}.parameters.json"
     t_path.write_text(json.dumps(template, indent=2) + "\n")
-    p_path.touch(mode=0o600)
-    p_path.chmod(0o600)
-    p_path.write_text(json.dumps(parameters, indent=2) + "\n")
+    write_private(p_path, json.dumps(parameters, indent=2) + "\n")
     return [t_path, p_path]

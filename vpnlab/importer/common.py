@@ -3,15 +3,40 @@ remapped or left to fill in; lab names; public addresses moved into the lab's
 documentation ranges; the topology written as YAML with its report on top."""
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 import yaml
 
 from vpnlab.model.defaults import defaults
 from vpnlab.model.fields import NAME_RE
 from vpnlab.model.yamlsrc import REQUIRED_TAG
+
+# One field, three spellings: ARM's property, the topology's field, azurerm's argument.
+POLICY_FIELDS = (("ikeEncryption", "ike_encryption", "ike_encryption"),
+                 ("ikeIntegrity", "ike_integrity", "ike_integrity"),
+                 ("dhGroup", "dh_group", "dh_group"),
+                 ("ipsecEncryption", "ipsec_encryption", "ipsec_encryption"),
+                 ("ipsecIntegrity", "ipsec_integrity", "ipsec_integrity"),
+                 ("pfsGroup", "pfs_group", "pfs_group"),
+                 ("saLifeTimeSeconds", "sa_lifetime_seconds", "sa_lifetime"),
+                 ("saDataSizeKilobytes", "sa_datasize_kilobytes", "sa_datasize"))
+PEERING_FLAGS = (("allowVirtualNetworkAccess", "allow_virtual_network_access", "allow_virtual_network_access"),
+                 ("allowForwardedTraffic", "allow_forwarded_traffic", "allow_forwarded_traffic"),
+                 ("allowGatewayTransit", "allow_gateway_transit", "allow_gateway_transit"),
+                 ("useRemoteGateways", "use_remote_gateways", "use_remote_gateways"))
+
+
+def write_private(path: Path, text: str):
+    """A file that holds shared keys: made 0600 before a byte is written."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)              # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
 
 # Legacy SKUs: Azure migrates them to these after September 2025 [FAQ, deprecation FAQ].
 LEGACY_SKUS = {"Standard": "VpnGw1AZ", "HighPerformance": "VpnGw2AZ"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from vpnlab.importer.arm import ArmImport, apply_lab_settings
 from vpnlab.importer.arm_expr import RESOURCE_GROUP, SUBSCRIPTION, Unknown
-from vpnlab.importer.common import Report
+from vpnlab.importer.common import PEERING_FLAGS, POLICY_FIELDS, Report
 from vpnlab.model.yamlsrc import SourceError
 
 PROVIDER = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP['name']}/providers/Microsoft.Network"
@@ -166,10 +166,7 @@ class ToArm:
     def azurerm_virtual_network_peering(self, res, v):
         self.add("virtualNetworks/virtualNetworkPeerings", f"{v['virtual_network_name']}/{v['name']}", {
             "remoteVirtualNetwork": self.ref_id(res, "remote_virtual_network_id", what="virtualNetworks"),
-            "allowVirtualNetworkAccess": v.get("allow_virtual_network_access", True),
-            "allowForwardedTraffic": v.get("allow_forwarded_traffic", False),
-            "allowGatewayTransit": v.get("allow_gateway_transit", False),
-            "useRemoteGateways": v.get("use_remote_gateways", False)})
+            **{arm: v[tf] for arm, _, tf in PEERING_FLAGS if v.get(tf) is not None}})
 
     def azurerm_route_table(self, res, v):
         propagation = v.get("bgp_route_propagation_enabled")
@@ -271,11 +268,7 @@ class ToArm:
         else:
             p["virtualNetworkGateway2"] = self.ref_id(res, "peer_virtual_network_gateway_id", what="virtualNetworkGateways")
         if policy:
-            p["ipsecPolicies"] = [{camel: policy[snake] for snake, camel in (
-                ("ike_encryption", "ikeEncryption"), ("ike_integrity", "ikeIntegrity"), ("dh_group", "dhGroup"),
-                ("ipsec_encryption", "ipsecEncryption"), ("ipsec_integrity", "ipsecIntegrity"),
-                ("pfs_group", "pfsGroup"), ("sa_lifetime", "saLifeTimeSeconds"),
-                ("sa_datasize", "saDataSizeKilobytes")) if policy.get(snake) is not None}]
+            p["ipsecPolicies"] = [{arm: policy[tf] for arm, _, tf in POLICY_FIELDS if policy.get(tf) is not None}]
         if custom and gw is not None:
             configs = [c.get("name") for c in gw["values"].get("ip_configuration", []) or []]
             p["gatewayCustomBgpIpAddresses"] = [

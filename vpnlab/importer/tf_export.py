@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from vpnlab.importer.arm_export import IP_CONFIGS, lab_only
+from vpnlab.importer.common import PEERING_FLAGS, POLICY_FIELDS, write_private
 from vpnlab.model.topology import Topology, VirtualMachine, load
 
 COMMENT = "//"
@@ -112,9 +113,7 @@ def _vnet(c: _Config, name: str, vnet):
             "name": p_name, "resource_group_name": RG,
             "virtual_network_name": _ref("azurerm_virtual_network", name, "name"),
             "remote_virtual_network_id": _ref("azurerm_virtual_network", p.remote_virtual_network),
-            "allow_virtual_network_access": p.allow_virtual_network_access,
-            "allow_forwarded_traffic": p.allow_forwarded_traffic,
-            "allow_gateway_transit": p.allow_gateway_transit, "use_remote_gateways": p.use_remote_gateways})
+            **{tf: getattr(p, lab) for _, lab, tf in PEERING_FLAGS}})
 
 
 def _gateway(c: _Config, name: str, gw):
@@ -183,10 +182,7 @@ def _connection(c: _Config, name: str, conn, key_var: str):
                                                        conn.peer_virtual_network_gateway)
     if conn.ipsec_policies:
         x = conn.ipsec_policies[0]
-        body["ipsec_policy"] = [{"ike_encryption": x.ike_encryption, "ike_integrity": x.ike_integrity,
-                                 "dh_group": x.dh_group, "ipsec_encryption": x.ipsec_encryption,
-                                 "ipsec_integrity": x.ipsec_integrity, "pfs_group": x.pfs_group,
-                                 "sa_lifetime": x.sa_lifetime_seconds, "sa_datasize": x.sa_datasize_kilobytes}]
+        body["ipsec_policy"] = [{tf: getattr(x, lab) for _, lab, tf in POLICY_FIELDS}]
     if conn.custom_bgp_addresses:
         a = conn.custom_bgp_addresses
         body["custom_bgp_addresses"] = [{"primary": str(a.primary),
@@ -204,7 +200,5 @@ def write_terraform(topology_file: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     m_path, v_path = out / "main.tf.json", out / "terraform.tfvars.json"
     m_path.write_text(json.dumps(main, indent=2) + "\n")
-    v_path.touch(mode=0o600)
-    v_path.chmod(0o600)
-    v_path.write_text(json.dumps(keys, indent=2) + "\n")
+    write_private(v_path, json.dumps(keys, indent=2) + "\n")
     return [m_path, v_path]

@@ -6,7 +6,7 @@ against unknown names. Messages never show a shared key."""
 from __future__ import annotations
 
 from collections import defaultdict
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model.defaults import defaults
 from vpnlab.model.topology import Topology, reverse_connection
@@ -18,6 +18,7 @@ CHECKS = {}
 GROUP_BITS = {"DHGroup1": 60, "PFS1": 60, "DHGroup2": 80, "PFS2": 80,
               "DHGroup14": 112, "DHGroup2048": 112, "PFS2048": 112, "DHGroup24": 112, "PFS24": 112,
               "ECP256": 128, "ECP384": 192, "None": 0}
+STRONG_BITS = 112                     # RFC 8247: groups below 2048-bit MODP are weak
 DPD_RECOMMENDED = (30, 45)            # seconds [FAQ]
 SHARED_KEY_MIN = 32                   # characters [RSK]
 GATEWAY_SUBNET_RECOMMENDED = 27       # prefix length [FAQ]
@@ -96,49 +97,30 @@ def _(t):
             yield ("connections", name), f"{name} runs Azure's default proposals (DH group 2, SHA1, 3DES offered)"
 
 
-@check("weak-dh-group")
-def _(t):
-    for loc, p in _policies(t):
-        if p.dh_group in ("DHGroup1", "DHGroup2", "None"):
-            yield loc + ("dh_group",), f"{p.dh_group} is too weak for the IKE SA"
+def _policy_rule(rule_id: str, field: str, weak, say):
+    """A rule on one field of each custom policy: weak(value, policy), say(value, policy)."""
+    @check(rule_id)
+    def _(t):
+        for loc, p in _policies(t):
+            value = getattr(p, field)
+            if weak(value, p):
+                yield loc + (field,), say(value, p)
 
 
-@check("weak-pfs-group")
-def _(t):
-    for loc, p in _policies(t):
-        if p.pfs_group in ("PFS1", "PFS2"):
-            yield loc + ("pfs_group",), f"{p.pfs_group} is too weak for the child SAs' rekeys"
-
-
-@check("pfs-weaker-than-dh")
-def _(t):
-    for loc, p in _policies(t):
-        if p.pfs_group not in ("None", "PFS1", "PFS2") and GROUP_BITS[p.pfs_group] < GROUP_BITS[p.dh_group]:
-            yield loc + ("pfs_group",), (f"{p.pfs_group} ({GROUP_BITS[p.pfs_group]}-bit strength) is weaker "
-                                         f"than the IKE group {p.dh_group} ({GROUP_BITS[p.dh_group]}-bit)")
-
-
-@check("weak-ike-integrity")
-def _(t):
-    for loc, p in _policies(t):
-        if p.ike_integrity in ("MD5", "SHA1") and not p.ike_encryption.startswith("GCM"):
-            yield loc + ("ike_integrity",), f"{p.ike_integrity} for IKE integrity and PRF"
-
-
-@check("weak-ipsec-encryption")
-def _(t):
-    for loc, p in _policies(t):
-        if p.ipsec_encryption in ("DES", "DES3", "None"):
-            yield loc + ("ipsec_encryption",), (
-                "None: the traffic is not encrypted" if p.ipsec_encryption == "None"
-                else f"{p.ipsec_encryption} encrypts the traffic")
-
-
-@check("weak-ipsec-integrity")
-def _(t):
-    for loc, p in _policies(t):
-        if p.ipsec_integrity in ("MD5", "SHA1"):
-            yield loc + ("ipsec_integrity",), f"HMAC-{p.ipsec_integrity} protects the traffic"
+_policy_rule("weak-dh-group", "dh_group", lambda v, p: GROUP_BITS[v] < STRONG_BITS,
+             lambda v, p: f"{v} is too weak for the IKE SA")
+_policy_rule("weak-pfs-group", "pfs_group", lambda v, p: 0 < GROUP_BITS[v] < STRONG_BITS,
+             lambda v, p: f"{v} is too weak for the child SAs' rekeys")
+_policy_rule("pfs-weaker-than-dh", "pfs_group",
+             lambda v, p: STRONG_BITS <= GROUP_BITS[v] < GROUP_BITS[p.dh_group],
+             lambda v, p: f"{v} ({GROUP_BITS[v]}-bit strength) is weaker than the IKE group "
+                          f"{p.dh_group} ({GROUP_BITS[p.dh_group]}-bit)")
+_policy_rule("weak-ike-integrity", "ike_integrity", lambda v, p: v in ("MD5", "SHA1"),
+             lambda v, p: f"{v} for IKE integrity and PRF")
+_policy_rule("weak-ipsec-encryption", "ipsec_encryption", lambda v, p: v in ("DES", "DES3", "None"),
+             lambda v, p: "None: the traffic is not encrypted" if v == "None" else f"{v} encrypts the traffic")
+_policy_rule("weak-ipsec-integrity", "ipsec_integrity", lambda v, p: v in ("MD5", "SHA1"),
+             lambda v, p: f"HMAC-{v} protects the traffic")
 
 
 @check("ikev1-connection")
@@ -223,16 +205,12 @@ def _(t):
             table = t.route_tables.get(sub.route_table) if sub.route_table else None
             if table is None or table.bgp_route_propagation_enabled or sub_name == "GatewaySubnet":
                 continue
-            lost = [p for p in sites if not any(_covers(r.address_prefix, p) for r in table.routes.values()
+            lost = [p for p in sites if not any(p.subnet_of(r.address_prefix) for r in table.routes.values()
                                                 if r.next_hop_type in ("VirtualNetworkGateway", "VirtualAppliance"))]
             if lost:
                 shown = ", ".join(map(str, lost[:3])) + (f" and {len(lost) - 3} more" if len(lost) > 3 else "")
                 yield (("route_tables", sub.route_table, "bgp_route_propagation_enabled"),
                        f"subnet {vnet_name}/{sub_name} has no route to {shown}")
-
-
-def _covers(route: IPv4Network, prefix: IPv4Network) -> bool:
-    return prefix.subnet_of(route)
 
 
 @check("bgp-site-static-prefixes")
@@ -251,7 +229,7 @@ def _(t):
 
 @check("apipa-device-must-initiate")
 def _(t):
-    low, high = (IPv4Network(f"{a}/32").network_address for a in defaults()["azure"]["apipa_range"])
+    low, high = map(IPv4Address, defaults()["azure"]["apipa_range"])
     for name, c, gw, lng in _site_connections(t):
         if c.enable_bgp and not lng.managed and low <= lng.bgp.peering_address <= high:
             yield (("local_network_gateways", c.local_network_gateway, "bgp", "peering_address"),
@@ -266,7 +244,7 @@ def _(t):
     for name, c in t.connections.items():
         if c.type == "Vnet2Vnet" and not c.enable_bgp:
             busy = [g for g in (c.virtual_network_gateway, c.peer_virtual_network_gateway)
-                    if count[g] - 1 > 0]        # connections besides this pair's own direction
+                    if count[g] > 1]            # connections besides its own direction of this pair
             if busy:
                 yield (("connections", name, "enable_bgp"),
                        f"{' and '.join(busy)} {'have' if len(busy) > 1 else 'has'} other connections, "
