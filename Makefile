@@ -12,8 +12,9 @@ RUNTIME ?= netns
 DAEMON_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
   libstrongswan-extra-plugins libstrongswan-standard-plugins frr frr-pythontools nftables \
   iperf3 tcpdump iputils-ping openvpn
-# make test also looks at the report and a graph the way a person does (headless Chromium)
-TEST_PACKAGES := chromium fonts-dejavu-core
+# make test also looks at the report and a graph the way a person does (headless Chromium),
+# and scrapes the gateway's OpenMetrics endpoint with a real Prometheus
+TEST_PACKAGES := chromium fonts-dejavu-core prometheus
 APT_PACKAGES = iproute2 util-linux $(if $(filter netns,$(RUNTIME)),$(DAEMON_PACKAGES)) \
   $(if $(filter test,$(MAKECMDGOALS)),$(TEST_PACKAGES))
 DOCKER_PACKAGES := docker.io debootstrap
@@ -91,7 +92,7 @@ down: deps
 test scenarios bench: override RUNTIME = netns
 test: deps image kernel-vm
 	mkdir -p reports
-	VPNLAB_REQUIRE_RUNTIMES=docker VPNLAB_REQUIRE_CHROMIUM=1 VPNLAB_REQUIRE_KERNEL_VM=1 $(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
+	VPNLAB_REQUIRE_RUNTIMES=docker VPNLAB_REQUIRE_CHROMIUM=1 VPNLAB_REQUIRE_PROMETHEUS=1 VPNLAB_REQUIRE_KERNEL_VM=1 $(PY) -m pytest -v --junitxml=reports/junit.xml $(PYTEST_ARGS)
 
 scenarios: deps
 	mkdir -p reports

@@ -62,6 +62,12 @@ def _failover(lab, scenario, unplanned: bool) -> tuple[dict, float]:
     assert after != before, "the standby did not take over"
     scenario.record("traffic recovered after", scenario.wait_flowing(at), "s")
     assert holders(lab) == {"public_ip": [after], "bgp_address": [after], "bgpd": [after], "charon": [after]}
+    # the health probe on the public IP names the new primary; the diagnostic log says it changed
+    answer = live.health_probe(lab.backend, "branch", PUBLIC_IP)
+    assert answer and f"Primary Instance: GatewayTenantWorker_IN_{after[-1]} " in answer, answer
+    changed = [e["Message"] for e in read_events(lab.backend.state.dir)
+               if e.get("OperationName") == "GatewayTenantPrimaryChanged"]
+    assert changed and changed[-1].endswith(f"to GatewayTenantWorker_IN_{after[-1]}"), changed
     lab.eventually(lambda: live.bgp_peers(lab.backend, after), {SITE_PEER: {"state": "Established"}},
                    "session_down", f"the device's BGP session to {BGP_ADDRESS}, now on {after}")
     result = scenario.stop(at)

@@ -19,7 +19,7 @@ import yaml
 
 from vpnlab.change import apply as change
 from vpnlab.checks.probe import worst
-from vpnlab.gateway import live
+from vpnlab.gateway import events, live
 from vpnlab.model.yamlsrc import SourceError
 from vpnlab.waits import WaitTimeout, wait_until
 
@@ -87,6 +87,14 @@ def test_site_prefix_added_while_traffic_flows(lab, scenario, design):
     assert live.ping(lab.backend, VM, "10.82.2.1", count=2)
     assert untouched(lab) == before
     assert worst(probe, "lost") == 0, probe["directions"]
+    # Azure's diagnostic log of the update: the connection's configuration, and the new
+    # static route on each instance
+    logged = events.read(lab.state.dir)
+    assert any(e.get("OperationName") == "SetConnectionConfiguration" and e["connectionName_s"] == "hub-to-site-c"
+               for e in logged), logged[-5:]
+    routes = {(e["instance_s"], e["Message"]) for e in logged if e.get("OperationName") == "StaticRouteUpdate"}
+    assert {(f"GatewayTenantWorker_IN_{k}", "Static route 10.82.2.0/24 via connection hub-to-site-c added")
+            for k in (0, 1)} <= routes, routes
 
 
 SITE_D = {"gateway_ip": "198.51.100.44", "address_space": ["10.83.1.0/24"]}

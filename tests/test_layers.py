@@ -8,7 +8,7 @@ import networkx as nx
 
 PACKAGE = Path(__file__).parent.parent / "vpnlab"
 STAGES = [["errors", "waits", "model"], ["plan", "lint", "importer"], ["runtime"], ["session"], ["gateway"], ["checks", "change"],
-          ["engine"], ["scenario", "cli", "pytest_plugin", "bench", "reference"]]
+          ["engine"], ["scenario", "console", "cli", "cli_monitoring", "pytest_plugin", "bench", "reference"]]
 RUNTIME_MODULES = {"vpnlab.runtime.netns", "vpnlab.runtime.docker", "vpnlab.runtime.containerlab"}
 
 

@@ -78,6 +78,23 @@ def test_the_report_has_its_summary_and_plots_on_screen(tmp_path):
     assert pixels(shot, COLORS["fault"]) > 50 and pixels(shot, COLORS["change"]) > 20, "fault and change events on screen"
 
 
+def test_the_report_plots_the_metric_series_under_the_timeline(tmp_path):
+    """The gateway's series over a failover (the scenario's `series`): a chart per metric
+    on the timeline's axis, a line per series, the fault marked across it."""
+    run = a_run()
+    down = [[t / 2, 0 if 3 <= t < 6 else 1] for t in range(10)]
+    run["scenarios"][0]["series"] = {
+        "BgpPeerStatus": {"hub-gw 169.254.21.10 IN_0": down, "hub-gw 169.254.22.10 IN_1": [[t / 2, 1] for t in range(10)]},
+        "TunnelAverageBandwidth": {"hub-gw hub-to-dev0 IN_0": [[t / 2, 5000.0 * (1 - v)] for t, v in down]}}
+    page = tmp_path / "report.html"
+    report.write_html(run, page)
+    html = dom(page)
+    assert html.count('<svg class="timeline chart"') == 2 and html.count('class="series"') == 3
+    assert "hub-gw 169.254.21.10 IN_0" in html and "TunnelAverageBandwidth" in html
+    shot = screenshot(page, "1200,1400")
+    assert pixels(shot, report.LINES[0]) > 100 and pixels(shot, report.LINES[1]) > 50, "the lines are on screen"
+
+
 def test_a_designs_graph_without_a_lab(tmp_path):
     """`vpnlab graph hub-spoke --format html`: no lab, no root; four VNets and the
     on-prem site boxed, two tunnels and two BGP sessions drawn, the laptop's point-to-

@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from vpnlab import engine
 from vpnlab.checks import faults
+from vpnlab.console import err, out, print_json
 from vpnlab.errors import LabError
 from vpnlab.importer.common import write_private
 from vpnlab.model import shipped
@@ -23,18 +23,7 @@ from vpnlab.model.yamlsrc import SourceError
 from vpnlab.plan import clab
 from vpnlab.plan.parts import DATAPLANES
 from vpnlab.runtime import registry
-from vpnlab.session import require_state, resolve_name, running_labs, session
-
-out = Console()
-err = Console(stderr=True)
-
-
-API_VERSION = 1     # of every --json output's shape: a new key is compatible, a renamed one is not
-
-
-def _print_json(data: dict):
-    """Data on stdout: one JSON object, the version of its shape first."""
-    print(json.dumps({"api_version": API_VERSION, **data}, indent=1))
+from vpnlab.session import resolve_name, running_labs, session
 
 
 def version() -> str:
@@ -68,7 +57,8 @@ def cmd_up(args) -> int:
         result = engine.up(path, name=args.name,
                            timers=args.timers, progress=update, runtime=args.runtime,
                            keep_on_failure=args.keep_on_failure, timeout=args.timeout,
-                           clean_on_failure=args.clean_on_failure, dataplane=args.dataplane)
+                           clean_on_failure=args.clean_on_failure, dataplane=args.dataplane,
+                           sample_seconds=args.sample_seconds)
     return _show_status(result, args.json)
 
 
@@ -79,7 +69,7 @@ def cmd_status(args) -> int:
 def _show_status(s: dict, as_json: bool) -> int:
     """The lab's status; exit 0 when it has converged, 1 when not (what has not is said)."""
     if as_json:
-        _print_json(s)
+        print_json(s)
         return 0 if s["converged"] else 1
     out.print(f"[bold]{s['name']}[/]  runtime {s['runtime']}  dataplane {s['dataplane']}"
               f"  timers {s['timers']}  phase {s['phase']}  delay/jitter: {s['impairments']['delay']}")
@@ -147,7 +137,7 @@ def cmd_down(args) -> int:
         removed[name] = problems
         err.print(f"lab {name}: {'left problems behind' if problems else 'down'}")
     if args.json:
-        _print_json({"labs": [{"name": n, "problems": p} for n, p in removed.items()]})
+        print_json({"labs": [{"name": n, "problems": p} for n, p in removed.items()]})
     return 1 if failed else 0
 
 
@@ -205,7 +195,7 @@ def cmd_logs(args) -> int:
 def cmd_list(args) -> int:
     labs = engine.labs()
     if args.json:
-        _print_json({"labs": labs})
+        print_json({"labs": labs})
         return 0
     t = Table("lab", "runtime", "timers", "phase", "nodes", "running", "folder", title="Labs on this machine")
     for x in labs:
@@ -220,7 +210,7 @@ def cmd_wait(args) -> int:
     with status:
         s = engine.wait(resolve_name(args.name), args.timeout, progress=update)
     if args.json:
-        _print_json(s)
+        print_json(s)
     else:
         err.print(f"lab {s['name']} converged")
     return 0
@@ -229,7 +219,7 @@ def cmd_wait(args) -> int:
 def cmd_save(args) -> int:
     written = engine.save(resolve_name(args.name), args.dir)
     if args.json:
-        _print_json({"files": [str(p) for p in written]})
+        print_json({"files": [str(p) for p in written]})
     else:
         err.print(f"saved {len(written)} files in {args.dir}")
     return 0
@@ -293,7 +283,7 @@ def cmd_fail(args) -> int:
     fault = engine.fail(resolve_name(args.name), args.kind, args.target,
                         **{k: v for k, v in params.items() if v is not None})
     if args.json:
-        _print_json({"fault": fault})
+        print_json({"fault": fault})
         return 0
     print(fault["key"])
     err.print(f"injected {fault['key']} {fault['params'] or ''}; undo with: vpnlab heal {fault['key']}",
@@ -307,7 +297,7 @@ def cmd_maintenance(args) -> int:
         result = engine.maintenance(resolve_name(args.name), args.gateway, args.instance,
                                     args.unplanned, wait=not args.no_wait, progress=update)
     if args.json:
-        _print_json(result)
+        print_json(result)
     elif "note" in result:
         err.print(result["note"])
     elif "active_after" in result:
@@ -325,7 +315,7 @@ def cmd_heal(args) -> int:
     healed = engine.heal(resolve_name(args.name), None if args.all else args.keys,
                          wait=not args.no_wait, progress=update)
     if args.json:
-        _print_json({"healed": healed})
+        print_json({"healed": healed})
         return 0
     for f in healed:
         extra = f.get("detail", {}).get("packets_dropped")
@@ -336,32 +326,11 @@ def cmd_heal(args) -> int:
     return 0
 
 
-def cmd_metrics(args) -> int:
-    from vpnlab.gateway.metrics import metrics
-    with session(args.name) as lab:
-        rows = metrics(lab)
-    if args.json:
-        _print_json({"metrics": rows})
-        return 0
-    # one table per set of dimensions (tunnel, instance, BGP peer), a column per metric
-    groups: dict[tuple, dict[tuple, dict]] = {}
-    for r in rows:
-        dims = tuple(r["dimensions"])
-        groups.setdefault(dims, {}).setdefault(tuple(r["dimensions"].values()), {})[r["name"]] = r["value"]
-    for dims, by_key in groups.items():
-        names = list(dict.fromkeys(n for values in by_key.values() for n in values))
-        t = Table(*dims, *names, title="Azure Monitor metrics: " + ", ".join(dims))
-        for key, values in by_key.items():
-            t.add_row(*key, *(str(values.get(n, "-")) for n in names))
-        out.print(t)
-    return 0
-
-
 def cmd_attach(args) -> int:
     name = resolve_name(args.name)
     a = engine.attach(name, args.site, args.netns)
     if args.json:
-        _print_json(a)
+        print_json(a)
         return 0
     err.print(f"attached namespace {a['netns']} as site {a['site']}: interface {a['interface']} "
               f"{a['public_ip']}/24, route {', '.join(a['routes'])}")
@@ -372,24 +341,9 @@ def cmd_attach(args) -> int:
 def cmd_detach(args) -> int:
     detached = engine.detach(resolve_name(args.name), args.site)
     if args.json:
-        _print_json({"site": args.site, "detached": detached})
+        print_json({"site": args.site, "detached": detached})
     else:
         err.print(f"detached {args.site}" if detached else f"{args.site} was not attached")
-    return 0
-
-
-def cmd_events(args) -> int:
-    from vpnlab.gateway.events import read
-    state = require_state(resolve_name(args.name))
-    entries = read(state.dir, args.category)
-    entries = entries[-args.last:] if args.last else entries
-    if args.json:
-        _print_json({"events": entries})
-        return 0
-    # one line per entry, as log viewers show it (a table would wrap the messages)
-    for e in entries:
-        print(" ".join((e["TimeGenerated"], e["Category"], e.get("OperationName", "-"),
-                        e.get("instance_s", "-"), e["Message"])))
     return 0
 
 
@@ -401,7 +355,7 @@ def cmd_report(args) -> int:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SourceError(f"{args.results}: not a vpnlab results file ({type(e).__name__}: {e})") from None
     if args.json:
-        _print_json({"output": args.output, "scenarios": len(results.get("scenarios", []))})
+        print_json({"output": args.output, "scenarios": len(results.get("scenarios", []))})
     else:
         err.print(f"wrote {args.output} ({len(results.get('scenarios', []))} scenarios)")
     return 0
@@ -420,7 +374,7 @@ def cmd_export(args) -> int:
                               name=args.name, timers=args.timers, split_hosts=args.split_hosts,
                               host_addresses=hosts, image=args.image)
     if args.json:
-        _print_json({"files": [str(p) for p in paths]})
+        print_json({"files": [str(p) for p in paths]})
         return 0
     for path in paths:
         err.print(f"wrote {path}")
@@ -433,7 +387,7 @@ def cmd_p2s(args) -> int:
     from vpnlab.checks import p2s_clients as p2s
     result = p2s.run(args.name, args.action, args.client)
     if args.json:
-        _print_json(result)
+        print_json(result)
     elif args.action == "status":
         _p2s_tables(result)
     elif args.action == "connect":
@@ -486,7 +440,7 @@ def cmd_apply(args) -> int:
         result = change.apply(name, args.file, azure_only=args.azure_only, wait=not args.no_wait,
                               progress=update)
     if args.json:
-        _print_json(result)
+        print_json(result)
         return 0
     for row in result["timeline"]:
         err.print(f"  {row['at_s']:7.3f} s  {row['what']} ({row['seconds']} s)")
@@ -503,7 +457,7 @@ def cmd_apply(args) -> int:
 def _show_change_plan(planned: dict, as_json: bool):
     """Terraform's way: + added, - removed, ~ changed, each with Azure's impact."""
     if as_json:
-        _print_json(planned)
+        print_json(planned)
         return
     if not planned["changes"] and not planned["steps"]:
         out.print("no changes: the running lab matches the topology")
@@ -533,7 +487,7 @@ def cmd_reset(args) -> int:
     from vpnlab.change import apply as change
     result = change.reset_connection(resolve_name(args.name), args.connection, wait=not args.no_wait)
     if args.json:
-        _print_json(result)
+        print_json(result)
     else:
         err.print(f"connection {args.connection} reset: {', '.join(result['tunnels'])}"
                   + (f"; up again after {result['up_again_s']} s" if result.get("up_again_s") else ""))
@@ -545,7 +499,7 @@ def cmd_validate(args) -> int:
     path = shipped.resolve(args.file)
     load(path)
     if args.json:
-        _print_json({"file": str(path), "valid": True})
+        print_json({"file": str(path), "valid": True})
     else:
         err.print(f"{path}: valid")
     return 0
@@ -623,7 +577,7 @@ def cmd_image(args) -> int:
     from vpnlab.runtime import image
     tag = image.node_image() if args.action == "show" else image.build(progress=lambda m: err.print(m))
     if args.json:
-        _print_json({"image": tag})
+        print_json({"image": tag})
     elif args.action == "show":
         print(tag)
     return 0
@@ -648,6 +602,9 @@ def parser() -> argparse.ArgumentParser:
                     help="where the site-to-site tunnels' ESP runs: kernel (XFRM interfaces, the kernel's "
                          "speed; needs ESP in the kernel), userspace (libipsec, any kernel); "
                          "auto (default): the kernel's when it has ESP")
+    up.add_argument("--sample-seconds", type=float,
+                    help="how often the gateway's agent samples Azure Monitor's metrics into the lab's "
+                         "time series, endpoint and alert rules (default 1; 0: off)")
     up.add_argument("--json", action="store_true")
     up.add_argument("--timeout", type=float, help="seconds to wait for convergence in all (default: until "
                                                   "nothing progresses for the timer profile's budget); "
@@ -712,10 +669,6 @@ def parser() -> argparse.ArgumentParser:
     mn.add_argument("--name")
     mn.add_argument("--json", action="store_true")
     mn.set_defaults(func=cmd_maintenance)
-    mt = sub.add_parser("metrics", help="Azure Monitor's gateway metrics, from live state")
-    mt.add_argument("--name")
-    mt.add_argument("--json", action="store_true")
-    mt.set_defaults(func=cmd_metrics)
     at = sub.add_parser("attach", help="connect your own device's namespace as a managed: false site")
     at.add_argument("site", help="a local network gateway with managed: false")
     at.add_argument("--netns", required=True, help="an existing network namespace (ip netns add NAME)")
@@ -726,13 +679,8 @@ def parser() -> argparse.ArgumentParser:
     de.add_argument("site")
     de.add_argument("--name")
     de.set_defaults(func=cmd_detach)
-    ev = sub.add_parser("events", help="the gateway's diagnostic log, in Azure's shapes")
-    ev.add_argument("--name")
-    ev.add_argument("--json", action="store_true")
-    ev.add_argument("--category", choices=["TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog",
-                                           "P2SDiagnosticLog"])
-    ev.add_argument("--last", type=int, default=50, help="the last N entries (default 50; 0: all)")
-    ev.set_defaults(func=cmd_events)
+    from vpnlab import cli_monitoring
+    cli_monitoring.add_parsers(sub)
     rp = sub.add_parser("report", help="render a scenario run's JSON results as HTML")
     rp.add_argument("results", nargs="?", default="reports/vpnlab-results.json")
     rp.add_argument("-o", "--output", default="reports/vpnlab-report.html")

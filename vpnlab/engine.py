@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Callable
@@ -70,7 +71,8 @@ def _dataplane(asked: str, kernel_esp: bool) -> str:
 # ------------------------------------------------------------------ up
 def up(topology_file: str | Path, name: str | None = None, timers: str = "azure",
        progress: Progress = _quiet, keep_on_failure: bool = False, runtime: str = registry.DEFAULT,
-       timeout: float | None = None, clean_on_failure: bool = False, dataplane: str = "auto") -> dict:
+       timeout: float | None = None, clean_on_failure: bool = False, dataplane: str = "auto",
+       sample_seconds: float | None = None) -> dict:
     """Validate, build, start, wait until converged (within timeout s, else until
     nothing progresses for the timer profile's budget: live.wait_converged), on the data
     plane asked for (auto: the kernel's where it has ESP). A lab that did not come up is
@@ -79,6 +81,10 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
     up removes everything."""
     topology_file = Path(topology_file)
     _check_choices(timers, runtime, dataplane)
+    if sample_seconds is None:
+        sample_seconds = defaults()["monitoring"]["sample_seconds"]
+    if sample_seconds != 0 and not 0.2 <= sample_seconds <= 3600:
+        raise SourceError(f"--sample-seconds {sample_seconds}: allowed: 0 (off), or 0.2 to 3600")
     name = _lab_name(name, topology_file)
     progress(f"validating {topology_file}")
     topology = load(topology_file)
@@ -92,7 +98,8 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
             raise LabError(f"lab {name!r} is already up; 'vpnlab down --name {name}' first, "
                            "or choose another --name")
         down(name)                                      # leftovers of a crashed run
-        state = LabState(name=name, timers=timers, owner_pid=os.getpid(), runtime=runtime)
+        state = LabState(name=name, timers=timers, owner_pid=os.getpid(), runtime=runtime,
+                         sample_seconds=sample_seconds)
         state.save()
     lab = Lab(state)
     try:
@@ -119,6 +126,8 @@ def up(topology_file: str | Path, name: str | None = None, timers: str = "azure"
         state.save()
         progress("waiting for tunnels, BGP sessions and routes")
         wait_converged(lab, timeout, progress)
+        state.converged_at = time.time()      # the agent's alert rules start from here
+        state.save()
         return status(name, lab=lab)
     except BaseException as failure:
         state.phase = "failed"

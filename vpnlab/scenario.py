@@ -7,6 +7,7 @@ import shlex
 import tempfile
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -17,7 +18,7 @@ from vpnlab.checks import faults, maintenance
 from vpnlab.checks.match import differences
 from vpnlab.checks.probe import Probe, worst
 from vpnlab.errors import LabError
-from vpnlab.gateway import live
+from vpnlab.gateway import alerts, live, series
 from vpnlab.model.defaults import defaults
 from vpnlab.runtime.state import load_state
 from vpnlab.session import open_lab
@@ -320,6 +321,20 @@ class Scenario:
         wait_until(lambda: self._probe.status(since_ns)["sent_since"], lambda s: min(s.values()) >= count,
                    f"{count} probe packets per direction", budget, interval=0.1)
 
+    def wait_alert(self, rule: str, condition: str, since_ns: int, budget: str | float = "alert") -> float:
+        """Until the metric alert rule has an entry (condition: Fired or Resolved) made
+        after since_ns; puts it on the timeline and returns seconds from since_ns to it."""
+        since = time.time() - (time.monotonic_ns() - since_ns) / 1e9
+
+        def entries():
+            return [e for e in map(alerts.summary, alerts.read(self.lab.state.dir))
+                    if e["rule"] == rule and e["condition"] == condition and _epoch(e["at"]) >= since]
+        found = wait_until(entries, bool, f"metric alert {rule!r} {condition}", self.lab.budget(budget),
+                           interval=0.2)[0]
+        seconds = round(_epoch(found["at"]) - since, 3)
+        self.event(f"alert {rule} {condition} [{found['series']}]", "alert", since_ns + int(seconds * 1e9))
+        return seconds
+
     def wait_converged(self, budget: str | float = "reconverge") -> float:
         start = time.monotonic_ns()
         self.lab.wait_converged(budget)
@@ -373,6 +388,12 @@ class Scenario:
 
     def to_json(self) -> dict:
         self.events.sort(key=lambda e: e["t_s"])
+        # the lab's metric series over the scenario, for the report's charts
+        charts = series.around(self.lab.state.dir, self.started_at, time.time()) if self.lab else {}
         return {"name": self.name, "description": self.description, "started_at": self.started_at,
                 "events": self.events, "numbers": self.numbers, "probes": self.probes,
-                "nodes": sorted(self.nodes)}
+                "nodes": sorted(self.nodes), "series": charts}
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

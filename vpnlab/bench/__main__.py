@@ -3,7 +3,8 @@ shipped designs (--designs: hub-and-spoke, forced tunnelling) and generated
 active-active VpnGw4 topologies of 1, 10, 30 and 100 sites (2 tunnels per site; 100
 sites and 200 tunnels is Azure's limit for VpnGw4), and `vpnlab apply` on the default
 lab (vpnlab.bench.apply), and throughput through one tunnel on each data plane
-(vpnlab.bench.throughput), on each runtime asked for that can run here. Memory is the
+(vpnlab.bench.throughput), and the gateway's agent with metric sampling off and on
+(vpnlab.bench.agent), on each runtime asked for that can run here. Memory is the
 lab's peak, three ways (vpnlab.bench.peak_memory), per tunnel. Prints tables and writes
 JSON. Run as root; uses fast timers."""
 from __future__ import annotations
@@ -21,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vpnlab import engine
+from vpnlab.bench import agent as bench_agent
 from vpnlab.bench import apply as bench_apply
 from vpnlab.bench import p2s as bench_p2s
 from vpnlab.bench import throughput as bench_throughput
@@ -110,10 +112,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dataplanes", default="userspace,kernel",
                     help="throughput through one tunnel on each data plane ('' to skip); the kernel's "
                          "is skipped, with the reason, where the kernel has no ESP")
+    ap.add_argument("--agent-sites", type=int, default=30,
+                    help="the agent's cost on a generated lab of this many sites, sampling off and on (0 to skip)")
     ap.add_argument("--out", default="bench-results/bench.json")
     args = ap.parse_args(argv)
     console = Console(width=130)
-    rows, p2s_rows, validation, apply_rows, throughput_rows = [], [], [], [], []
+    rows, p2s_rows, validation, apply_rows, throughput_rows, agent_rows = [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.validate_sites.split(",") if x):
             console.print(f"[dim]validating {n} sites...[/]")
@@ -140,6 +144,9 @@ def main(argv=None) -> int:
             for sku in filter(None, args.p2s_skus.split(",")):
                 console.print(f"[dim]measuring point-to-site on {sku} on {runtime}...[/]")
                 p2s_rows.append(bench_p2s.measure(sku, runtime, Path(tmp)))
+            if args.agent_sites:
+                console.print(f"[dim]measuring the gateway's agent on {args.agent_sites} sites on {runtime}...[/]")
+                agent_rows.append(bench_agent.measure(runtime, Path(tmp), args.agent_sites))
             for dataplane in filter(None, args.dataplanes.split(",")):
                 console.print(f"[dim]measuring throughput on the {dataplane} data plane on {runtime}...[/]")
                 throughput_rows.append(bench_throughput.measure(dataplane, runtime, Path(tmp)))
@@ -156,13 +163,15 @@ def main(argv=None) -> int:
         console.print(_apply_table(apply_rows))
     if throughput_rows:
         console.print(_throughput_table(throughput_rows))
+    if agent_rows:
+        console.print(_agent_table(agent_rows))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine(), "results": rows, "point_to_site": p2s_rows,
                                 "validation": validation, "apply": apply_rows,
-                                "throughput": throughput_rows}, indent=2))
+                                "throughput": throughput_rows, "agent": agent_rows}, indent=2))
     console.print(f"wrote {out}")
-    return 1 if any("error" in r for r in rows + p2s_rows + apply_rows + throughput_rows) else 0
+    return 1 if any("error" in r for r in rows + p2s_rows + apply_rows + throughput_rows + agent_rows) else 0
 
 
 def _up_table(rows: list[dict]) -> Table:
@@ -212,6 +221,22 @@ def _p2s_table(rows: list[dict]) -> Table:
                       str(r.get("up_seconds", "-")), str(r.get("connect_seconds", "-")),
                       str(r.get("gateway_charon_rss_mb", "-")), str(r.get("crowd_charon_rss_mb", "-")),
                       f"{r['peak_rss_mb']:.0f}")
+    return table
+
+
+def _agent_table(rows: list[dict]) -> Table:
+    target = bench_agent.TARGET
+    table = Table("runtime", "sites", "sampling", "CPU (% of a core)", "RSS (MB)", "peak RSS (MB)", "series (MB/h)",
+                  title=f"the gateway's agent over {rows[0]['window_s']} s (target: at most {target['cpu_percent']:g} % "
+                        f"of a core and {target['rss_mb']:g} MB)")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["runtime"], str(r["sites"]), f"[red]{r['error'][:60]}[/]", "", "", "", "")
+            continue
+        for key, label in (("off", "off"), ("on", "every 1 s")):
+            m = r[key]
+            table.add_row(r["runtime"], str(r["sites"]), label, f"{m['cpu_percent']:.2f}", f"{m['rss_mb']:.1f}",
+                          f"{m['peak_rss_mb']:.1f}", str(m.get("series_mb_per_hour", "-")))
     return table
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from vpnlab.change import diff, p2s, steps
+from vpnlab.change import diff, logged, p2s, steps
 from vpnlab.errors import LabError
 from vpnlab.gateway import control, live
 from vpnlab.model.defaults import defaults
@@ -140,10 +140,13 @@ def _apply(lab: Lab, topology_file: Path, new_topology, azure_only: bool, plan_o
         timed(f"{t.name}: IKE SA closed and dialed again", lambda t=t: restart_ike(lab, new_plan, t))
     for gone in set(old_plan.nodes) - set(new_plan.nodes):
         shutil.rmtree(lab.state.nodes_dir / gone, ignore_errors=True)
+    old_topology = lab.topology
     lab.save_plan(new_plan)
     shutil.copyfile(topology_file, lab.state.topology_file)
     lab.state.topology_file.chmod(0o600)
-    if work.agent or pending:
+    logged.record(lab.state.dir, changes, old_topology, new_topology, new_plan)
+    rules_changed = any(c.kind == "metric_alerts" for c in changes)    # the agent evaluates them
+    if work.agent or pending or rules_changed:
         timed("the gateway's agent started again for the new plan", lambda: daemons.restart_agent(lab.backend))
     _end(lab)
     applied = round(time.monotonic() - start, 3)

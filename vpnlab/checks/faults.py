@@ -23,7 +23,8 @@ import re
 import time
 
 from vpnlab.errors import LabError
-from vpnlab.gateway import control, live
+from vpnlab.gateway import control, events, live
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.yamlsrc import SourceError
 from vpnlab.plan.parts import Plan
@@ -88,8 +89,8 @@ def check(plan: Plan, kind: str, target: str, params: dict) -> dict:
 def _node(plan: Plan, name: str, role: str | None):
     node = plan.nodes.get(name)
     if node is None or (role and node.role != role):
-        names = sorted(n for n, x in plan.nodes.items() if role is None or x.role == role)
-        raise SourceError(f"unknown {role or 'node'} {name!r}; known: {', '.join(names)}")
+        known = sorted(n for n, x in plan.nodes.items() if role is None or x.role == role)
+        raise SourceError(f"unknown {role or 'node'} {name!r}; known: {', '.join(known)}")
     return node
 
 
@@ -157,6 +158,7 @@ def lose_router(lab: Lab, node: str, planned: bool) -> list[tuple[int, str]]:
     steps: list[tuple[int, str]] = []
     if lab.plan.nodes[node].standby:
         return steps
+    _instance_event(lab, node, planned, going=True)
     links, ends, openvpn = _router_parts(lab.plan, node)
     if planned:
         frr = lab.plan.nodes[node].frr
@@ -181,7 +183,7 @@ def lose_router(lab: Lab, node: str, planned: bool) -> list[tuple[int, str]]:
             kill_charon(lab, end)
     for end in openvpn:      # its clients see the TCP session end (planned) or go silent
         lab.backend.stop_daemon(end, "openvpn", graceful=planned)
-    for daemon in reversed(daemons.frr_daemons()):
+    for daemon in (*reversed(daemons.frr_daemons()), daemons.PROBE):
         lab.backend.stop_daemon(node, daemon, graceful=planned)
     steps.append((time.monotonic_ns(), f"daemons {'stopped' if planned else 'killed'}"))
     if planned:
@@ -201,10 +203,25 @@ def _wait_peers_dropped(lab: Lab, node: str):
 
 
 def _restore_router(lab: Lab, fault: dict):
-    restore_router(lab, fault["target"])
+    restore_router(lab, fault["target"], fault["params"]["planned"])
 
 
-def restore_router(lab: Lab, node: str):
+def _instance_event(lab: Lab, node: str, planned: bool, going: bool):
+    """GatewayDiagnosticLog: Azure logs its maintenance of an instance (HostMaintenanceEvent);
+    an instance lost without it is the lab's InstanceFailure / InstanceRecovered."""
+    if lab.plan.nodes[node].role != "gateway-instance":
+        return
+    gateway = names.split_instance(node)[0]
+    if planned:
+        op, what = "HostMaintenanceEvent", ("planned maintenance started: the instance leaves service"
+                                            if going else "planned maintenance completed: the instance is back")
+    else:
+        op, what = ("InstanceFailure", "the instance failed (unplanned)") if going else \
+            ("InstanceRecovered", "the instance recovered and is back in service")
+    events.record(lab.state.dir, "gateway", op, gateway, f"{names.azure_instance_name(node)}: {what}", node)
+
+
+def restore_router(lab: Lab, node: str, planned: bool = False):
     """Links up, routes back, FRR and the charons of the node's tunnels started. A
     standby instance stays as it is: links down, no daemons."""
     if lab.plan.nodes[node].standby:
@@ -215,7 +232,7 @@ def restore_router(lab: Lab, node: str):
         lab.backend.stop_daemon(end, "charon", graceful=False)
     for end in openvpn:
         lab.backend.stop_daemon(end, "openvpn", graceful=False)
-    for daemon in daemons.frr_daemons():
+    for daemon in (*daemons.frr_daemons(), daemons.PROBE):
         lab.backend.stop_daemon(node, daemon, graceful=False)
     for ifname in links:
         lab.backend.set_link(node, ifname, True)
@@ -225,6 +242,9 @@ def restore_router(lab: Lab, node: str):
     daemons.start_routers(lab.backend, [node], budget)
     daemons.start_tunnel_ends(lab.backend, [end for end, _ in ends], budget)
     daemons.start_openvpn(lab.backend, openvpn, budget)
+    if lab.plan.nodes[node].role == "gateway-instance":
+        daemons.start_health_probes(lab.backend, lab.plan, [node])
+    _instance_event(lab, node, planned, going=False)
 
 
 # ------------------------------------------------------------------ link faults

@@ -14,7 +14,7 @@ import time
 
 from vpnlab.checks.faults import lose_router, restore_router
 from vpnlab.errors import LabError
-from vpnlab.gateway import control
+from vpnlab.gateway import control, events
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.model.topology import Topology
@@ -58,7 +58,7 @@ def run(lab: Lab, gateway: str, instance: int | None = None, unplanned: bool = F
         delay = delays["instance_reboot"]
         progress(f"{node} reboots ({delay} s)")
         _platform_delay(delay)
-        restore_router(lab, node)
+        restore_router(lab, node, planned)
         out["steps"].append((time.monotonic_ns(), f"{node} back"))
         return out
     delay = delays["standby_takeover_planned" if planned else "standby_takeover_unplanned"]
@@ -69,6 +69,9 @@ def run(lab: Lab, gateway: str, instance: int | None = None, unplanned: bool = F
     lab.rebuild_plan()
     standby = names.instance(gateway, 1 - k)
     restore_router(lab, standby)
+    events.record(lab.state.dir, "gateway", "GatewayTenantPrimaryChanged", gateway,
+                  f"Primary instance changed from {names.azure_instance_name(node)} to "
+                  f"{names.azure_instance_name(standby)}", standby)
     out["steps"].append((time.monotonic_ns(), f"{standby} took over the public IP and BGP address"))
     daemons.restart_agent(lab.backend)
     dialed = _dial(lab, standby)

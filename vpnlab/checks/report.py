@@ -1,9 +1,10 @@
 """The HTML report of a scenario run: one self-contained file, rendered from the run's
 JSON results (pytest plugin, or `vpnlab report`) through a jinja2 template with
 autoescaping. At the top a summary with a link to each scenario; per scenario its
-numbers against their bounds, the probe's figures, and an inline SVG timeline: events
+numbers against their bounds, the probe's figures, an inline SVG timeline: events
 as ticks per kind, loss windows as bands per direction, and faults and changes marked
-across every row."""
+across every row; under it, on the same time axis, charts of the gateway's metric series
+over the scenario (tunnel bandwidth per tunnel, BGP peer status, point-to-site count)."""
 from __future__ import annotations
 
 import time
@@ -12,7 +13,11 @@ from pathlib import Path
 import jinja2
 
 COLORS = {"fault": "#c0392b", "tunnel": "#2471a3", "bgp": "#7d3c98", "loss": "#d35400",
-          "state": "#1e8449", "probe": "#566573", "note": "#566573", "change": "#b7950b"}
+          "state": "#1e8449", "probe": "#566573", "note": "#566573", "change": "#b7950b", "alert": "#e67e22"}
+LINES = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+         "#bcbd22", "#17becf", "#393b79", "#637939")
+CHART = 110                        # a chart's plot height
+UNITS = {"TunnelAverageBandwidth": "bytes/s", "BgpPeerStatus": "1 connected, 0 not", "P2SConnectionCount": "connections"}
 MARKED = ("fault", "change")       # drawn across the whole timeline
 NICE_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 WIDTH, LEFT, RIGHT, ROW, TOP, BOTTOM = 1100, 210, 30, 30, 26, 34
@@ -64,9 +69,21 @@ def timeline(sc: dict) -> dict | None:
                           "title": f"{d['direction']}: {w['lost']} lost, {w['start_s']:.3f}-{w['end_s']:.3f} s"})
     markers = [{"x": x(e["t_s"]), "label": e["what"], "color": COLORS[e["kind"]]}
                for e in sc["events"] if e["kind"] in MARKED]
-    return {"width": WIDTH, "height": height, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
+    return {"charts": [_chart(metric, lines, x, end) for metric, lines in (sc.get("series") or {}).items()],"width": WIDTH, "height": height, "left": LEFT, "right": WIDTH - RIGHT, "top": TOP,
             "bottom": height - BOTTOM, "rows": [{"label": label, "y": y(i)} for i, label in enumerate(labels)],
             "ticks": ticks, "marks": marks, "bands": bands, "markers": markers}
+
+
+def _chart(metric: str, lines: dict[str, list], x, end: float) -> dict:
+    """One metric's series as polylines on the timeline's time axis (samples after its
+    end are left out), its y axis from 0 to the largest value."""
+    top = max((v for points in lines.values() for _, v in points), default=0) or 1
+    y = lambda v: round(12 + CHART * (1 - v / top), 1)
+    paths = [{"label": label, "color": LINES[i % len(LINES)],
+              "points": " ".join(f"{x(t)},{y(v)}" for t, v in points if t <= end)}
+             for i, (label, points) in enumerate(lines.items())]
+    return {"metric": metric, "unit": UNITS.get(metric, ""), "top": f"{top:g}", "height": CHART + 30,
+            "y0": y(0), "ytop": y(top), "paths": [p for p in paths if p["points"]]}
 
 
 def _worst(sc: dict, key: str):

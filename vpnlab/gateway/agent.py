@@ -11,7 +11,9 @@ One process per lab (`python -m vpnlab.gateway.agent LAB`), started by `up`, tag
 - the diagnostic log [7.5]: tunnel, BGP and IKE events, in Azure's shapes, appended as
   JSON lines to the lab's events file (vpnlab.gateway.events reads it);
 - point-to-site servers (lab.p2s_watch): users' sessions and refusals, the SKU's count;
-- BGP route translation for NAT rules (vpnlab.gateway.nat_routes).
+- BGP route translation for NAT rules (vpnlab.gateway.nat_routes);
+- Azure Monitor (monitor): every sample_seconds, the metrics into the lab's time series
+  (series), the OpenMetrics endpoint (openmetrics) and the metric alert rules (alerts).
 """
 from __future__ import annotations
 
@@ -23,7 +25,17 @@ import time
 import traceback
 from pathlib import Path
 
-from vpnlab.gateway import control, events, live, nat_routes, p2s_watch
+from vpnlab.gateway import (
+    alerts,
+    control,
+    events,
+    live,
+    metrics,
+    nat_routes,
+    openmetrics,
+    p2s_watch,
+    series,
+)
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
 from vpnlab.plan.parts import Tunnel, dial_children, initiator_child
@@ -38,19 +50,24 @@ _RECEIVED = re.compile(r"received packet: from ([0-9.]+)\[(\d+)\] to [0-9.]+\[45
 
 class Agent:
     def __init__(self, lab: Lab):
-        self.rt, self.plan = lab.backend, lab.plan
+        self.lab, self.rt, self.plan = lab, lab.backend, lab.plan
         self.log = events.Writer(lab.state.dir)
         self.stop = threading.Event()
         self.redial = defaults()["azure"]["redial_seconds"]
         self.p2s_users: dict = {}     # (P2S server node, protocol) -> its Sessions (p2s_watch)
         self.peer_ports: dict[str, int] = {}   # tunnel -> the port its peer's NAT sends from now
+        # what the duties listed last (monotonic time, answer), for the metrics of the same second
+        self.listed_sas: dict[str, tuple[float, list]] = {}      # tunnel -> its Azure end's IKE SAs
+        self.listed_peers: dict[str, tuple[float, dict]] = {}    # instance -> its BGP peers
         self.say = say
 
     def run(self):
-        jobs = [(f"{t.name}: dialing and rekeys", self.tunnel_end, (t,)) for t in self.plan.tunnels]
+        jobs = [("tunnels: dialing and rekeys", self.tunnel_ends, ())]
         jobs += [(f"{t.name}: diagnostic log", self.ike_log, (t,)) for t in self.plan.tunnels]
         jobs += [(f"{t.name}: on demand", self.on_demand, (t,)) for t in self.plan.tunnels if t.policy_based]
         jobs.append(("BGP sessions", self.bgp_speakers, ()))
+        if self.lab.state.sample_seconds > 0:
+            jobs.append(("metrics and alerts", self.monitor, ()))
         jobs += [(f"{node.name}: NAT route translation", nat_routes.follow, (self, node.name, entry, self.stop, POLL))
                  for node in self.plan.nodes.values() if node.frr for entry in node.frr.nat_learned]
         jobs += [(f"{e.node}: {e.protocol} sessions",
@@ -82,26 +99,38 @@ class Agent:
                 self.stop.wait(POLL)
 
     # ------------------------------------------------------------ dialing and rekeys
-    def tunnel_end(self, t: Tunnel):
-        """Dial when the mode says Azure dials and no IKE SA exists for redial seconds;
-        settle duplicates; rekey CHILD SAs Azure answered for, at Azure's lifetime, with
-        Azure's offers."""
-        seen = {"down_since": None, "last_dial": None, "duplicated_since": None,
-                "failed_rekeys": set()}
-        while not self.stop.wait(POLL):
-            try:
-                sas = live.ike_sas(self.rt, t.azure_end)
-            except OSError:        # charon is down (a fault): nothing to do until it is back
-                continue
-            except Exception as err:  # noqa: BLE001 - one bad answer must not end the thread
-                say(f"{t.name}: listing SAs failed: {err!r}")
-                continue
-            now = time.monotonic()
-            self._redial(t, sas, seen, now)
-            self._settle_duplicates(t, sas, seen, now)
-            self._rekey_answered(t, sas, seen["failed_rekeys"])
-            self._main_mode_rekey(t, sas)
-            self._follow_nat(t, sas)
+    def tunnel_ends(self):
+        """Every POLL, each tunnel's Azure end in turn: dial when the mode says Azure
+        dials and no IKE SA exists for redial seconds; settle duplicates; rekey CHILD SAs
+        Azure answered for, at Azure's lifetime, with Azure's offers. One thread for all
+        tunnels: a thread each cost twice the CPU (measured on 60 tunnels: 5.3 % of a
+        core against 2.6 %), and a round of listings takes milliseconds."""
+        seen = {t.name: {"down_since": None, "last_dial": None, "duplicated_since": None,
+                         "failed_rekeys": set()} for t in self.plan.tunnels}
+        beat = time.monotonic()
+        while not self.stop.wait(max(0.0, beat - time.monotonic())):
+            beat = max(beat + POLL, time.monotonic())
+            for t in self.plan.tunnels:
+                if self.stop.is_set():
+                    return
+                self._tunnel_round(t, seen[t.name])
+
+    def _tunnel_round(self, t: Tunnel, seen: dict):
+        try:
+            sas = live.ike_sas(self.rt, t.azure_end)
+        except OSError:        # charon is down (a fault): nothing to do until it is back
+            self.listed_sas[t.name] = (time.monotonic(), [])
+            return
+        except Exception as err:  # noqa: BLE001 - one bad answer must not end the round
+            say(f"{t.name}: listing SAs failed: {err!r}")
+            return
+        now = time.monotonic()
+        self.listed_sas[t.name] = (now, sas)
+        self._redial(t, sas, seen, now)
+        self._settle_duplicates(t, sas, seen, now)
+        self._rekey_answered(t, sas, seen["failed_rekeys"])
+        self._main_mode_rekey(t, sas)
+        self._follow_nat(t, sas)
 
     def _follow_nat(self, t: Tunnel, sas: list[dict]):
         """A device behind NAT whose mapping changed (the NAT rebooted) sends from a new
@@ -142,7 +171,7 @@ class Agent:
             seen["duplicated_since"] = None
         elif seen["duplicated_since"] is None:
             seen["duplicated_since"] = now
-        elif now - seen["duplicated_since"] >= POLL:
+        elif now - seen["duplicated_since"] >= 0.9 * POLL:     # the next round (rounds drift by milliseconds)
             self._drop_duplicates(t, extra, children)
             seen["duplicated_since"] = None
 
@@ -235,6 +264,36 @@ class Agent:
         data = self.rt.nft_json(end, "list", "counter", "inet", "vpnlab_ts", "to_tunnel")
         return next((x["counter"]["packets"] for x in data.get("nftables", []) if "counter" in x), 0)
 
+    # ------------------------------------------------------------ Azure Monitor
+    def monitor(self):
+        """Sample every metric on a steady beat (a slow round skips beats, it does not
+        crowd them), store, export, evaluate the alert rules."""
+        cfg = defaults()["monitoring"]
+        every = self.lab.state.sample_seconds
+        store = series.Store(self.lab.state.dir, cfg["retention_seconds"])
+        exporter = openmetrics.Exporter(self.lab.state.dir, cfg["openmetrics_address"])
+        rules = alerts.Evaluator(self.lab.name, self.lab.state.dir, self.lab.topology.metric_alerts)
+        sampler = series.Sampler()
+        built = None       # when the lab first converged: alert rules look at samples from then
+        #                    on (its first BGP sessions coming up are no outage)
+        beat = time.time()
+        try:
+            while not self.stop.wait(max(0.0, beat - time.time())):
+                t = time.time()
+                beat = t - (t - beat) % every + every
+                rows = sampler.samples(t, metrics.metrics(
+                    self.lab, lambda tunnel: _fresh(self.listed_sas.get(tunnel.name), every),
+                    lambda node: _fresh(self.listed_peers.get(node), every)))
+                store.append(t, rows)
+                exporter.update(rows)
+                if built is None:
+                    built = (load_state(self.lab.name) or self.lab.state).converged_at or None
+                if built is not None:
+                    rules.due(t, since=built)
+        finally:
+            exporter.close()
+            store.close()
+
     # ------------------------------------------------------------ diagnostic log
     def ike_log(self, t: Tunnel):
         """Tunnel events and IKE log lines of one Azure tunnel end, from VICI events.
@@ -275,6 +334,7 @@ class Agent:
                     peers[node] = live.bgp_peers(self.rt, node)
                 except Exception:  # noqa: BLE001 - bgpd down (a fault): its sessions are down
                     peers[node] = {}
+                self.listed_peers[node] = (time.monotonic(), peers[node])
             for s in sessions:
                 peer = peers[s.node].get(s.peer, {})
                 up = peer.get("state") == "Established"
@@ -296,6 +356,13 @@ class Agent:
 def say(line: str):
     """The agent's own log (agent.log in the lab's folder)."""
     print(f"{time.strftime('%F %T')} {line}", flush=True)
+
+
+def _fresh(listed: tuple[float, object] | None, within: float):
+    """What a duty listed, if it did within the last sampling interval."""
+    if listed is not None and time.monotonic() - listed[0] <= max(within, POLL) + 0.5:
+        return listed[1]
+    return None
 
 
 def _answered_children(sas: list[dict], connection: str) -> list[dict]:

@@ -1,10 +1,16 @@
 """The emulated gateway's diagnostic log, in the shapes of Azure's resource logs [7.5]:
-TunnelDiagnosticLog (TunnelConnected / TunnelDisconnected, instance_s =
+GatewayDiagnosticLog (HostMaintenanceEvent, GatewayTenantPrimaryChanged,
+SetGatewayConfiguration, SetConnectionConfiguration; and, for an instance lost without
+maintenance, the lab's InstanceFailure / InstanceRecovered: Microsoft names no operation
+for it), TunnelDiagnosticLog (TunnelConnected / TunnelDisconnected, instance_s =
 GatewayTenantWorker_IN_k), RouteDiagnosticLog (BgpConnectedEvent / BgpDisconnectedEvent),
-IKEDiagnosticLog (IKE lines tagged [SEND] / [RECEIVED] / [LOCAL]) and P2SDiagnosticLog
+RouteDiagnosticLog also has StaticRouteUpdate (a
+site's address space added or withdrawn by a change), IKEDiagnosticLog (IKE lines tagged
+[SEND] / [RECEIVED] / [LOCAL]) and P2SDiagnosticLog
 (P2SLogEvent: a point-to-site user connected, disconnected or failed authentication).
 
-Written by the agent as JSON lines, read by `vpnlab events`. Column names follow Azure's
+Written as JSON lines by the agent, and by the commands that change the gateway
+(maintenance, instance faults, apply); read by `vpnlab events` (--follow). Column names follow Azure's
 AzureDiagnostics table where the reference names them (OperationName, instance_s,
 remoteIP_s, Message); the others (peerAddress_s, connectionName_s, protocol_s,
 userName_s) are the lab's choice.
@@ -12,6 +18,7 @@ userName_s) are the lab's choice.
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from datetime import datetime, timezone
@@ -59,6 +66,26 @@ class Writer:
                 self.file = open(self.path, "a")
             self.file.write(line)
             self.file.flush()
+
+    def gateway(self, operation: str, gateway: str, message: str, instance: str | None = None, **extra):
+        """GatewayDiagnosticLog: an instance event or a configuration change."""
+        self.write({"Category": "GatewayDiagnosticLog", "OperationName": operation, "Resource": gateway.upper(),
+                    "instance_s": names.azure_instance_name(instance) if instance else "", **extra,
+                    "Message": message})
+
+    def static_route(self, gateway: str, instance: str, prefix: str, added: bool, connection: str):
+        """RouteDiagnosticLog StaticRouteUpdate: a site prefix the instance routes into a tunnel."""
+        self.write({"Category": "RouteDiagnosticLog", "OperationName": "StaticRouteUpdate",
+                    "Resource": gateway.upper(), "instance_s": names.azure_instance_name(instance),
+                    "connectionName_s": connection, "prefix_s": prefix,
+                    "Message": f"Static route {prefix} via connection {connection} "
+                               f"{'added' if added else 'removed'}"})
+
+    def close(self):
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
 
     def _common(self, t, plan) -> dict:
         return {"Resource": t.gateway.upper(), "instance_s": names.azure_instance_name(t.gateway_instance),
@@ -134,6 +161,19 @@ class Writer:
                     "Message": f"{server.protocol} user CN={user}{source} {what}: {reason}"})
 
 
+CATEGORIES = ("GatewayDiagnosticLog", "TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog",
+              "P2SDiagnosticLog")
+
+
+def record(lab_dir: Path, kind: str, *args, **kwargs):
+    """One entry written by a command rather than the agent (maintenance, faults, apply)."""
+    writer = Writer(lab_dir)
+    try:
+        getattr(writer, kind)(*args, **kwargs)
+    finally:
+        writer.close()
+
+
 def read(lab_dir: Path, category: str | None = None) -> list[dict]:
     out = []
     for name in (FILE + ".1", FILE):
@@ -144,3 +184,41 @@ def read(lab_dir: Path, category: str | None = None) -> list[dict]:
                 if category is None or entry["Category"] == category:
                     out.append(entry)
     return out
+
+
+def follow(lab_dir: Path, category: str | None = None, poll: float = 0.25, stop=None):
+    """New entries as the agent and the commands write them (`vpnlab events --follow`),
+    from the end of the file as it is at the call, until stop (a threading.Event) is
+    set; a rotation is followed: the old file read to its end, then the new one."""
+    path = Path(lab_dir) / FILE
+    f = inode = None
+    if path.exists():
+        f = open(path, "rb")
+        f.seek(0, 2)
+        inode = os.fstat(f.fileno()).st_ino
+    return _tail(path, f, inode, category, poll, stop or threading.Event())
+
+
+def _tail(path: Path, f, inode, category: str | None, poll: float, stop):
+    while not stop.is_set():
+        line = f.readline() if f else b""
+        if line.endswith(b"\n"):
+            entry = json.loads(line)
+            if category is None or entry["Category"] == category:
+                yield entry
+            continue
+        if line:                    # a line being written: read it whole next time
+            f.seek(-len(line), 1)
+        else:                       # all read: a new file (first, or rotated) is read from its start
+            try:
+                new = open(path, "rb")
+            except FileNotFoundError:
+                new = None
+            if new is not None and os.fstat(new.fileno()).st_ino != inode:
+                if f is not None:
+                    f.close()
+                f, inode = new, os.fstat(new.fileno()).st_ino
+                continue
+            if new is not None:
+                new.close()
+        stop.wait(poll)

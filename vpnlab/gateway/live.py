@@ -47,12 +47,16 @@ def sa_counters(rt, node: str) -> dict:
     """Established IKE SAs, installed CHILD SAs and their traffic (summed over the SAs
     installed now: strongSwan counts per SA), and the average bytes/s since each was
     installed. All zero when the tunnel end does not answer."""
+    try:
+        return counters(ike_sas(rt, node))
+    except OSError:
+        return counters([])
+
+
+def counters(sas: list[dict]) -> dict:
+    """sa_counters of IKE SAs already listed (ike_sas)."""
     out = {"ike": 0, "child": 0, "bytes_in": 0, "bytes_out": 0, "packets_in": 0, "packets_out": 0,
            "bandwidth": 0.0}
-    try:
-        sas = ike_sas(rt, node)
-    except OSError:
-        return out
     for ike in sas:
         out["ike"] += ike["state"] == b"ESTABLISHED"
         for child in ike.get("child-sas", {}).values():
@@ -119,7 +123,17 @@ def tunnels(rt, plan: Plan) -> list[dict]:
     return out
 
 
+# the FRR daemon that answers a show command, asked on its vty socket (Backend.vty)
+_DAEMONS = (("show bgp ", "bgpd"), ("show ip bgp ", "bgpd"), ("show ip route", "zebra"))
+
+
 def vtysh_json(rt, node: str, command: str):
+    daemon = next((d for prefix, d in _DAEMONS if command.startswith(prefix)), None)
+    if daemon:
+        try:
+            return json.loads(rt.vty(node, daemon, command) or "{}")
+        except OSError as err:
+            raise RuntimeError(f"{node}: {daemon} does not answer '{command}': {err}") from err
     res = rt.vtysh(node, command)
     if res.returncode != 0:
         raise RuntimeError(f"{node}: vtysh '{command}' failed: {(res.stderr or res.stdout).strip()}")
@@ -180,6 +194,20 @@ def missing_routes(rt, plan: Plan) -> list[str]:
         return [f"{node}: {p}" for p in prefixes if p not in fib]
     wanted = [(n, p) for n, p in plan.expected_routes.items() if p and plan.nodes[n].frr is not None]
     return [m for found in each(check, wanted) for m in found]
+
+
+# a client of the gateway's health probe, run in a node (the node image has python3):
+# TLS without verification, as Microsoft's steps say "click through the certificate warning"
+_PROBE_CLIENT = ("import ssl, sys, urllib.request\n"
+                 "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+                 "print(urllib.request.urlopen(sys.argv[1], context=ctx, timeout=3).read().decode())")
+
+
+def health_probe(rt, node: str, address: str) -> str | None:
+    """What https://<address>:8081/healthprobe answers a client in node; None: no answer."""
+    port = defaults()["monitoring"]["health_probe"]["port"]
+    res = rt.exec(node, ["python3", "-c", _PROBE_CLIENT, f"https://{address}:{port}/healthprobe"], timeout=10)
+    return res.stdout.strip() if res.returncode == 0 else None
 
 
 def ping(rt, node: str, address: str, count: int = 1, timeout: int = 2) -> bool:

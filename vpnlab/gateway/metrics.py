@@ -22,23 +22,37 @@ from vpnlab.plan.parts import Plan
 from vpnlab.session import Lab
 
 
-def metrics(lab: Lab) -> list[dict]:
-    """Azure's metrics of the lab's gateways, now."""
+def metrics(lab: Lab, sas=None, peers=None) -> list[dict]:
+    """Azure's metrics of the lab's gateways, now. The agent passes what its other duties
+    listed this second (sas: tunnel -> its Azure end's IKE SAs; peers: instance -> its BGP
+    peers; None where it has nothing fresh), so that each daemon is asked once a second."""
     rt, plan = lab.backend, lab.plan
+    sas = sas or (lambda t: None)
+    peers_of = peers or (lambda node: None)
     rows = []
 
-    def add(name, value, unit, **dims):
-        rows.append({"name": name, "value": value, "unit": unit, "dimensions": dims})
+    instance_names: dict[str, tuple[str, str]] = {}     # node -> (gateway, Azure's instance name)
 
-    counters = dict(zip([t.name for t in plan.tunnels],
-                        live.each(lambda t: live.sa_counters(rt, t.azure_end), plan.tunnels)))
-    mismatch = dict(zip([t.name for t in plan.tunnels],
-                        live.each(lambda t: live.ts_mismatch_drops(rt, t.azure_end), plan.tunnels)))
+    def add(name, value, unit, node, **dims):
+        """One metric of a gateway instance (node): the gateway is its resource."""
+        if node not in instance_names:
+            instance_names[node] = names.split_instance(node)[0], names.azure_instance_name(node)
+        resource, instance = instance_names[node]
+        rows.append({"name": name, "value": value, "unit": unit, "resource": resource,
+                     "dimensions": {**dims, "Instance": instance}})
+
+    listed = {t.name: sas(t) for t in plan.tunnels}
+    unlisted = [t for t in plan.tunnels if listed[t.name] is None]     # asked now, side by side
+    counters = {t.name: live.counters(listed[t.name]) for t in plan.tunnels if listed[t.name] is not None}
+    counters |= dict(zip([t.name for t in unlisted], live.each(lambda t: live.sa_counters(rt, t.azure_end), unlisted)))
+    selected = [t for t in plan.tunnels if (plan.nodes[t.azure_end].nft or {}).get("selectors")]
+    mismatch = {t.name: {"egress": 0, "ingress": 0} for t in plan.tunnels}     # no selectors, no such drop
+    mismatch |= dict(zip([t.name for t in selected],
+                         live.each(lambda t: live.ts_mismatch_drops(rt, t.azure_end), selected)))
     per_instance: dict[str, float] = {}
     for t in plan.tunnels:
         c = counters[t.name]
-        dims = {"ConnectionName": t.connection, "RemoteIP": t.remote_ip,
-                "Instance": names.azure_instance_name(t.gateway_instance)}
+        dims = {"ConnectionName": t.connection, "RemoteIP": t.remote_ip, "node": t.gateway_instance}
         # Ingress: from the tunnel into Azure (what the Azure end receives)
         add("TunnelIngressBytes", c["bytes_in"], "Bytes", **dims)
         add("TunnelEgressBytes", c["bytes_out"], "Bytes", **dims)
@@ -52,15 +66,13 @@ def metrics(lab: Lab) -> list[dict]:
         per_instance[t.gateway_instance] = per_instance.get(t.gateway_instance, 0) + c["bandwidth"]
     instances = sorted({t.gateway_instance for t in plan.tunnels})
     for node in instances:
-        add("AverageBandwidth", round(per_instance[node], 1), "BytesPerSecond",
-            Instance=names.azure_instance_name(node))
-        add("VnetAddressPrefixCount", len(plan.nodes[node].frr.vnet_prefixes), "Count",
-            Instance=names.azure_instance_name(node))
+        add("AverageBandwidth", round(per_instance[node], 1), "BytesPerSecond", node)
+        add("VnetAddressPrefixCount", len(plan.nodes[node].frr.vnet_prefixes), "Count", node)
     sessions = [s for s in plan.bgp if s.kind == "ebgp" and s.node in instances]
-    peers = dict(zip(instances, live.each(lambda n: _peers(rt, n), instances)))
+    peers = {n: peers_of(n) if peers_of(n) is not None else _peers(rt, n) for n in instances}
     for s in sessions:
         p = peers[s.node].get(s.peer, {})
-        dims = {"BgpPeerAddress": s.peer, "Instance": names.azure_instance_name(s.node)}
+        dims = {"BgpPeerAddress": s.peer, "node": s.node}
         add("BgpPeerStatus", int(p.get("state") == "Established"), "Count", **dims)
         add("BgpRoutesLearned", p.get("pfxRcd", 0), "Count", **dims)
         add("BgpRoutesAdvertised", p.get("pfxSnt", 0), "Count", **dims)
@@ -75,8 +87,7 @@ def _nat(rt, plan: Plan, add):
         counters = live.nat_counters(rt, node)
         for e in plan.nodes[node].nft["nat"]:
             dims = {"NatRule": e["rule"], "ConnectionName": e["connection"],
-                    "RemoteIP": remote.get((node, e["connection"]), ""),
-                    "Instance": names.azure_instance_name(node)}
+                    "RemoteIP": remote.get((node, e["connection"]), ""), "node": node}
             for what, name in (("nated", "TunnelNated"), ("reverse", "TunnelReverseNated")):
                 c = counters.get(f"{what}.{e['rule']}.{e['connection']}", {"packets": 0, "bytes": 0})
                 add(f"{name}Bytes", c["bytes"], "Bytes", **dims)
@@ -92,11 +103,10 @@ def _p2s(rt, plan: Plan, add):
     since each session began), on gateways with point-to-site."""
     bandwidth: dict[str, float] = {}
     for s in live.p2s_sessions(rt, plan):
-        add("P2SConnectionCount", s["connections"], "Count", Protocol=s["protocol"],
-            Instance=names.azure_instance_name(s["instance"]))
+        add("P2SConnectionCount", s["connections"], "Count", s["instance"], Protocol=s["protocol"])
         bandwidth[s["instance"]] = bandwidth.get(s["instance"], 0) + sum(c["bandwidth"] for c in s["clients"])
     for node, value in sorted(bandwidth.items()):
-        add("P2SBandwidth", round(value, 1), "BytesPerSecond", Instance=names.azure_instance_name(node))
+        add("P2SBandwidth", round(value, 1), "BytesPerSecond", node)
 
 
 def _peers(rt, node: str) -> dict:

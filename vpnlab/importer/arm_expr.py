@@ -14,7 +14,8 @@ import json
 import re
 from dataclasses import dataclass
 
-SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+from vpnlab.model.names import SUBSCRIPTION
+
 RESOURCE_GROUP = {"name": "vpnlab-import", "location": "westeurope",
                   "id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/vpnlab-import"}
 

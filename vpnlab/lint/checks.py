@@ -309,3 +309,15 @@ def _(t):
             yield (("virtual_network_gateways", name, "vpn_client_configuration", "vpn_client_protocols"),
                    f"{routes} routes for every client; Windows before 10 version 2004 takes "
                    f"{WINDOWS_IKEV2_ROUTES}")
+
+
+@check("alert-timing-not-azure")
+def _(t):
+    m = defaults()["monitoring"]
+    for name, rule in t.metric_alerts.items():
+        for field, allowed in (("evaluation_frequency", "azure_evaluation_frequencies"),
+                               ("window_size", "azure_window_sizes")):
+            value = getattr(rule, field)
+            if value not in m[allowed]:
+                yield (("metric_alerts", name, field),
+                       f"{field} {value}: Azure offers {', '.join(m[allowed])}")

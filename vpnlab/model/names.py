@@ -16,6 +16,20 @@ INSTANCES = (0, 1)                   # every gateway has two instances [5]
 SIDES = ("az", "op")                 # a tunnel's Azure end and on-prem end
 LAB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 _INSTANCE = re.compile(r"(?P<gateway>.+)-in(?P<k>[01])")
+# Azure resource IDs the lab writes (imports, az-shaped views, metrics): a subscription
+# of zeros, and one resource group per lab
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+
+
+def resource_group(lab: str) -> str:
+    return f"vpnlab-{lab}"
+
+
+def resource_id(lab: str, kind: str, name: str) -> str:
+    """The Azure resource ID of one of a lab's resources (kind: virtualNetworkGateways,
+    connections, ...)."""
+    return (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{resource_group(lab)}"
+            f"/providers/Microsoft.Network/{kind}/{name}")
 
 
 def vnet_router(vnet: str) -> str:

@@ -26,6 +26,7 @@ from pydantic import (
 from vpnlab.model import names, nat_rules
 from vpnlab.model.defaults import defaults, reserved_site_asn, reserved_site_asn_text
 from vpnlab.model.fields import Address, Asn, Int32, Name, Prefix
+from vpnlab.model.monitoring import MetricAlert, alert_errors
 from vpnlab.model.p2s_rules import p2s_errors
 from vpnlab.model.yamlsrc import Source, SourceError, paused_gc
 from vpnlab.model.yamlsrc import load as load_yaml
@@ -280,6 +281,7 @@ class Topology(Model):
     connections: dict[Name, Connection] = {}
     clients: dict[Name, Client] = {}
     route_tables: dict[Name, RouteTable] = {}
+    metric_alerts: dict[Name, MetricAlert] = {}     # Azure Monitor alert rules (monitoring.py)
     # dynamic addresses VMs of a running lab hold (Azure keeps them until the NIC is
     # deleted or moved to another subnet [IPADDR]): vm -> address
     _held: dict = PrivateAttr(default_factory=dict)
@@ -500,6 +502,7 @@ def semantic_errors(t: Topology):
     yield from nat_rules.nat_errors(t)
     yield from _peering_errors(t)
     yield from _route_table_errors(t)
+    yield from alert_errors(t)
 
 
 def _vm_address_errors(t: Topology, vnet: str, name: str, sub: Subnet):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import shutil
@@ -231,6 +232,19 @@ def load_index(folder: Path) -> dict:
 
 def _same_key(cert: x509.Certificate, key) -> bool:
     return cert.public_key().public_numbers() == key.public_key().public_numbers()
+
+
+def self_signed(address: str, cert_path: Path, key_path: Path):
+    """A self-signed server certificate for an IP address and its key (0600), in PEM:
+    what a gateway instance's health probe presents."""
+    key = _key()
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (_builder(_name(address), _name(address), key.public_key(), now)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.IPv4Address(address))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    _write(key_path, _key_pem(key), secret=True)
+    _write(cert_path, _pem(cert), secret=False)
 
 
 def _write(path: Path, data: bytes, secret: bool):

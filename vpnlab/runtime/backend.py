@@ -166,6 +166,26 @@ class Backend:
             sock.connect(str(self.vici_socket(node)))
             yield vici.Session(sock)
 
+    def vty(self, node: str, daemon: str, command: str, timeout: float = 10) -> str:
+        """One command to an FRR daemon on its vty socket, as vtysh sends it (the command
+        and a NUL; the answer ends in three NULs and the command's status), without
+        starting a vtysh: the agent asks every second, and a vtysh costs 40 ms of CPU
+        where this costs 0.1 ms. FRR ships no Python client (its tools run vtysh).
+        OSError when the daemon does not answer; RuntimeFailure when it refuses."""
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(self.node_dir(node) / f"{daemon}.vty"))
+            sock.sendall(command.encode() + b"\0")
+            answer = bytearray()
+            while len(answer) < 4 or answer[-4:-1] != b"\0\0\0":
+                chunk = sock.recv(1 << 16)
+                if not chunk:
+                    raise ConnectionError(f"{node}: {daemon} closed its vty before answering {command!r}")
+                answer += chunk
+        if answer[-1] != 0:
+            raise RuntimeFailure(f"{node}: {daemon}: {command!r} failed: {answer[:-4].decode(errors='replace').strip()}")
+        return answer[:-4].decode()
+
     def vtysh(self, node: str, command: str, timeout: float = 10) -> subprocess.CompletedProcess:
         return self.exec(node, ["vtysh", "--vty_socket", str(self.node_dir(node)), "-c", command],
                          timeout=timeout)

@@ -127,7 +127,7 @@ class ContainerlabBackend(DockerBackend):
     def start_daemons(self, plan: Plan, budget: float, progress):
         """The nodes start their own daemons (vpnlab-node start, in the one start order):
         wait until each has, record their PIDs, found by the marker in their environment,
-        then start the agent."""
+        then start the gateway instances' health probes and the agent."""
         for warning in self.warnings:
             progress(f"warning: {warning}")
         progress("waiting for the nodes to start their daemons")
@@ -138,6 +138,8 @@ class ContainerlabBackend(DockerBackend):
                               f"{daemon} of {node} (see {self.node_dir(node) / (daemon + '.out')})", budget)
             self.state.processes.append({"pid": pids[0], "node": node, "daemon": daemon})
         self.save_processes()
+        daemons.start_health_probes(self, plan, [n.name for n in plan.nodes.values()
+                                                 if n.role == "gateway-instance" and not n.standby])
         progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
         daemons.start_agent(self)
 

@@ -5,6 +5,7 @@ rendered per node (start-daemons.sh.j2, for containerlab).
 
   routers    FRR: zebra alone first and its zserv socket awaited (a client that finds no
              zebra retries only 10 s later), then the rest, then the integrated config
+  probes     the serving gateway instances' health probes (HTTPS on 8081)
   agent      the gateway's agent, before any charon, so its log sees the first exchanges
   tunnels    charon per tunnel end, Azure's ends first so that a device's first
              IKE_SA_INIT finds a responder; IKE is dropped until the connection is loaded
@@ -14,11 +15,14 @@ rendered per node (start-daemons.sh.j2, for containerlab).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 
 from vpnlab.errors import RuntimeFailure
+from vpnlab.model import names
 from vpnlab.model.defaults import defaults
+from vpnlab.plan import pki
 from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
 from vpnlab.plan.render import STARTING_GUARD
 from vpnlab.runtime import procs
@@ -42,6 +46,7 @@ def start_lab(backend, plan: Plan, budget: float, progress):
     routers = [n.name for n in nodes if n.frr is not None and not n.standby]
     progress(f"starting FRR on {len(routers)} routers")
     start_routers(backend, routers, budget)
+    start_health_probes(backend, plan, [n.name for n in nodes if n.role == "gateway-instance" and not n.standby])
     progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
     start_agent(backend)
     for side in ("az", "op"):
@@ -64,6 +69,31 @@ def start_p2s(backend, plan: Plan, budget: float, progress, only: set[str] | Non
     ikev2 = [c.name for c in clients if c.protocol == "IkeV2"]
     progress(f"starting {len(ikev2)} IKEv2 clients (they connect with 'vpnlab p2s connect')")
     start_p2s_clients(backend, ikev2, budget)
+
+
+# ------------------------------------------------------------------ health probes
+PROBE = "healthprobe"
+
+
+def start_health_probes(backend, plan: Plan, instances: list[str]):
+    """Each serving instance answers on its public IP, naming the primary instance: the
+    active one of an active-standby gateway; on active-active each instance names itself
+    (the lab's choice: Microsoft documents the answer of one). The node image has the
+    standard library only: the probe is a script copied into the node's folder, with a
+    self-signed certificate made once per address."""
+    probe = defaults()["monitoring"]["health_probe"]
+    for node in instances:
+        d, address = backend.node_dir(node), plan.nodes[node].public_ip
+        gateway, k = names.split_instance(node)
+        primary = names.instance(gateway, plan.active.get(gateway, k))
+        cert, key = d / "healthprobe.crt", d / "healthprobe.key"
+        if not cert.exists():          # once per lab: the node keeps its address
+            pki.self_signed(address, cert, key)
+        shutil.copyfile(Path(__file__).with_name("healthprobe.py"), d / "healthprobe.py")
+        text = f"Primary Instance: {names.azure_instance_name(primary)} GatewayTenantVersion: {probe['tenant_version']}"
+        backend.start_daemon(node, PROBE, ["python3", str(d / "healthprobe.py"), address, str(probe["port"]),
+                                           str(cert), str(key), text], d / "healthprobe.log")
+    backend.save_processes()
 
 
 # ------------------------------------------------------------------ FRR

@@ -26,7 +26,9 @@ class LabState:
     dataplane: str = ""
     kernel_esp: bool = False
     kernel_netem: bool = False
+    sample_seconds: float = 1.0      # the agent's metric sampling (0: off): vpnlab up --sample-seconds
     phase: str = "building"          # building | up | failed
+    converged_at: float = 0.0        # when `up` saw the lab converge first (epoch seconds; 0: not yet)
     owner_pid: int = 0               # the `up` that is building it
     namespaces: list[str] = field(default_factory=list)
     processes: list[dict] = field(default_factory=list)   # {pid, node, daemon}
