@@ -179,6 +179,15 @@ def test_an_alert_fired_by_an_earlier_agent_is_resolved_by_the_next(tmp_path):
     assert [alerts.summary(e)["condition"] for e in alerts.read(tmp_path)] == ["Fired", "Resolved"]
 
 
+def test_a_beat_a_little_early_does_not_skip_an_evaluation(tmp_path, monkeypatch):
+    ev = alerts.Evaluator("lab1", tmp_path, {"r": rule()})
+    evaluated = []
+    monkeypatch.setattr(ev, "evaluate", lambda name, r, now, since: evaluated.append(now))
+    for now in (T0 + 0.004, T0 + 1.001, T0 + 2.0, T0 + 2.999, T0 + 3.4):
+        ev.due(now)
+    assert evaluated == [T0 + 0.004, T0 + 1.001, T0 + 2.0, T0 + 2.999]
+
+
 def test_without_auto_mitigate_an_alert_stays_fired(tmp_path):
     got = run_alerts(tmp_path, {"p": [1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]}, rule(auto_mitigate=False))
     assert [e["condition"] for e in got] == ["Fired"]

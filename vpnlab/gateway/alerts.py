@@ -50,10 +50,14 @@ class Evaluator:
                 self.state[key] = {"alert": entry if fired else None, "misses": 0}
 
     def due(self, now: float, since: float = 0):
-        """Evaluate the rules whose time has come, on samples taken from `since` on."""
+        """Evaluate the rules whose time has come, on samples taken from `since` on. The
+        agent calls this on its sampling beat: a rule due within half a second (or half
+        its frequency) is due now, or a beat that came a few milliseconds early would
+        push it to the next one."""
         for name, rule in self.rules.items():
-            if now >= self.next_at.get(name, 0):
-                self.next_at[name] = now + seconds(rule.evaluation_frequency)
+            every = seconds(rule.evaluation_frequency)
+            if now >= self.next_at.get(name, 0) - min(0.5, every / 2):
+                self.next_at[name] = now + every
                 self.evaluate(name, rule, now, since)
 
     def evaluate(self, name: str, rule: MetricAlert, now: float, since: float = 0):
