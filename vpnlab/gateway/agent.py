@@ -104,7 +104,9 @@ class Agent:
         dials and no IKE SA exists for redial seconds; settle duplicates; rekey CHILD SAs
         Azure answered for, at Azure's lifetime, with Azure's offers. One thread for all
         tunnels: a thread each cost twice the CPU (measured on 60 tunnels: 5.3 % of a
-        core against 2.6 %), and a round of listings takes milliseconds."""
+        core against 2.6 %), and a round of listings takes milliseconds. An action that
+        waits (a rekey, a reconnect: a second or two, ten at worst) holds the round up:
+        the other tunnels are looked at when it is done."""
         seen = {t.name: {"down_since": None, "last_dial": None, "duplicated_since": None,
                          "failed_rekeys": set()} for t in self.plan.tunnels}
         beat = time.monotonic()
