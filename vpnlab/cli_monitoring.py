@@ -57,7 +57,8 @@ def cmd_metrics(args) -> int:
             raise SourceError("no OpenMetrics endpoint: the lab samples no metrics (vpnlab up --sample-seconds 0)")
         print(path.read_text().strip())
         return 0
-    if any(x is not None for x in (args.since, args.until, args.interval, args.aggregation, args.metric)):
+    if any(x is not None for x in (args.since, args.until, args.interval, args.aggregation, args.metric,
+                                   args.gateway, args.filter)):     # any of them asks for the history
         return _history(args)
     from vpnlab.gateway.metrics import metrics
     with session(args.name) as lab:
