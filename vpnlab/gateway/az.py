@@ -98,7 +98,8 @@ def learned_routes(lab: Lab, gateway: str) -> dict:
         except Exception:  # noqa: BLE001 - a lost instance has learned nothing
             continue
         local = table.get("routerId") or lab.plan.nodes[node].frr.router_id
-        out += [_route(lab, node, local, prefix, path) for prefix, paths in sorted(table.get("routes", {}).items())
+        kinds = {s.peer: s.kind for s in lab.plan.bgp if s.node == node}     # peer -> ebgp | sdn
+        out += [_route(kinds, local, prefix, path) for prefix, paths in sorted(table.get("routes", {}).items())
                 for path in paths if path.get("valid")]
     return {"value": out}
 
@@ -127,9 +128,9 @@ def advertised_routes(lab: Lab, gateway: str, peer: str) -> dict:
     return {"value": out}
 
 
-def _route(lab: Lab, node: str, local: str, prefix: str, path: dict) -> dict:
+def _route(kinds: dict[str, str], local: str, prefix: str, path: dict) -> dict:
     peer = path.get("peerId", "")
-    kind = next((s.kind for s in lab.plan.bgp if s.node == node and s.peer == peer), None)
+    kind = kinds.get(peer)
     own = peer in ("", "(unspec)") or kind == "sdn"
     origin = "Network" if own else "EBgp" if kind == "ebgp" else "IBgp"
     hop = next((h.get("ip", "") for h in path.get("nexthops", [])), "")
