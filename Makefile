@@ -11,7 +11,7 @@ RUNTIME ?= netns
 # both); containers bring their own from the node image.
 DAEMON_PACKAGES := strongswan-charon strongswan-swanctl libcharon-extra-plugins \
   libstrongswan-extra-plugins libstrongswan-standard-plugins frr frr-pythontools nftables \
-  iperf3 tcpdump iputils-ping openvpn
+  iperf3 tcpdump iputils-ping openvpn libcharon-extauth-plugins freeradius freeradius-utils
 # make test also looks at the report and a graph the way a person does (headless Chromium),
 # and scrapes the gateway's OpenMetrics endpoint with a real Prometheus
 TEST_PACKAGES := chromium fonts-dejavu-core prometheus

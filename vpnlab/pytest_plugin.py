@@ -40,13 +40,13 @@ from vpnlab.gateway import live
 from vpnlab.model import shipped
 from vpnlab.model.defaults import defaults
 from vpnlab.runtime import procs, registry
-from vpnlab.runtime.daemons import PROBE
+from vpnlab.runtime.daemons import PROBE, RADIUS
 from vpnlab.runtime.state import lab_dir, load_state
 from vpnlab.scenario import LabHandle, Scenario
 
 DAEMON_ERRORS = re.compile(r"segmentation violation|killing ourself|Received signal 11|"
                            r"Backtrace for|assertion .* failed|core dumped|Traceback \(most recent", re.I)
-LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd", "agent", "openvpn", PROBE}
+LAB_DAEMONS = {"charon", "zebra", "staticd", "bgpd", "agent", "openvpn", PROBE, RADIUS}
 
 
 MARKER = ("vpnlab(topology=None, runtimes=None, timers=None): the module's lab (set it as the "

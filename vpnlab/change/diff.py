@@ -15,7 +15,7 @@ from pydantic import BaseModel, SecretStr
 from vpnlab.model.topology import Topology
 
 KINDS = ("virtual_networks", "route_tables", "virtual_network_gateways", "local_network_gateways",
-         "connections", "clients", "metric_alerts")
+         "connections", "clients", "metric_alerts", "radius_hosts")
 # impacts in rising order: a change's impact is the worst of its fields'
 ORDER = ("none", "may-disconnect", "ike-restart", "tunnel-reset", "downtime", "recreate")
 SECRET = "(secret)"

@@ -16,6 +16,7 @@ from vpnlab.plan.parts import Node, Plan, Tunnel
 from vpnlab.runtime import daemons
 
 CHARON_FILES = ("swanctl.conf", "strongswan.conf")
+RADIUS_FILES = ("radiusd.conf", "users")      # FreeRADIUS reads them at start
 # end hosts: one link each, nothing runs through them; made again rather than renumbered
 LEAF_ROLES = ("vm", "host", "p2s-client")
 # what openvpn reads only at start (its CRL, crl.pem, it reads again for each new session)
@@ -25,7 +26,8 @@ OPENVPN_AT_START = ("ca.pem", "server.pem", "server.key", "client.pem", "client.
 @dataclass
 class Step:
     node: str
-    kind: str                 # addresses | bridge | routes | rules | sysctls | nft | frr | charon | shaping
+    kind: str                 # addresses | bridge | routes | rules | sysctls | nft | frr | charon | openvpn |
+    #                           radius | shaping
     what: str
     run: Callable = field(repr=False, compare=False, default=None)
     before_new_nodes: bool = False     # a bridge that new nodes' links join
@@ -199,6 +201,10 @@ def node_steps(rt, old: Node, new: Node, old_files: dict, new_files: dict, canno
         steps.append(Step(n, "openvpn", "openvpn started again (it reads its settings and roots at start; "
                           + ("its users reconnect)" if server else "the client reconnects, if it was connected)"),
                           lambda: _restart_openvpn(rt, n, server)))
+    if running and any(old_files.get(f) != new_files.get(f) for f in RADIUS_FILES):
+        steps.append(Step(n, "radius", "FreeRADIUS started again (it reads its clients and users at start)"
+                          if new.radius else "FreeRADIUS stopped (the host is no RADIUS server now)",
+                          lambda: _restart_radius(rt, n, new.radius is not None)))
     if old.shaping_mbps != new.shaping_mbps:
         steps.append(Step(n, "shaping", f"throughput cap {old.shaping_mbps} -> {new.shaping_mbps} Mbit/s",
                           lambda: [rt.tc(n, *argv) for argv in new.shaping()]))
@@ -210,6 +216,12 @@ def _restart_openvpn(rt, node: str, server: bool):
     if rt.daemon_pids(node, "openvpn") or server:
         rt.stop_daemon(node, "openvpn", graceful=True)
         daemons.start_openvpn(rt, [node], defaults()["waits"]["daemon_start"])
+
+
+def _restart_radius(rt, node: str, serves: bool):
+    rt.stop_daemon(node, daemons.RADIUS, graceful=True)
+    if serves:
+        daemons.start_radius(rt, [node], defaults()["waits"]["daemon_start"])
 
 
 def _kind(node: Node) -> tuple:

@@ -13,7 +13,8 @@ scenario, can undo it. Kinds:
   loss N:IF        a percentage of packets dropped in both directions (nftables)
   delay N:IF       netem delay/jitter/loss, where the kernel has netem
   crash NODE       a daemon is killed with SIGKILL (charon of a tunnel end, bgpd of a
-                   router); healing restarts it
+                   router, FreeRADIUS of a RADIUS host: the RADIUS server is lost); healing
+                   restarts it
   nat-flush NODE   an ISP NAT router in front of a device reboots: every NAT mapping is
                    forgotten at once (there is nothing to heal: DPD or a redial recovers)
 """
@@ -36,6 +37,7 @@ KINDS = ("instance", "device", "carrier", "blackhole", "loss", "delay", "crash",
 LINK_KINDS = ("carrier", "blackhole", "loss", "delay")
 CRASHABLE = {"tunnel-endpoint": ("charon",), "gateway-instance": ("bgpd",), "device": ("bgpd",),
              "vnet-router": ("bgpd",), "p2s-endpoint": ("charon", "openvpn")}
+RADIUS_HOST_DAEMONS = (daemons.RADIUS,)      # a VM or host the lab runs FreeRADIUS on
 
 
 def key(kind: str, target: str) -> str:
@@ -76,8 +78,9 @@ def check(plan: Plan, kind: str, target: str, params: dict) -> dict:
         out.update(delay_ms=float(params.get("delay_ms") or 0), jitter_ms=float(params.get("jitter_ms") or 0),
                    percent=float(params.get("percent") or 0))
     if kind == "crash":
-        role = _node(plan, target, None).role
-        allowed = CRASHABLE.get(role, ())
+        node = _node(plan, target, None)
+        role = node.role
+        allowed = RADIUS_HOST_DAEMONS if node.radius is not None else CRASHABLE.get(role, ())
         daemon = params.get("daemon") or (allowed[0] if allowed else None)
         if daemon not in allowed:
             raise SourceError(f"fault crash {target} ({role}): daemon {daemon!r}: allowed: "
@@ -333,6 +336,8 @@ def _restart(lab: Lab, fault: dict):
         daemons.start_tunnel_ends(lab.backend, [node], budget)
     elif daemon == "openvpn":
         daemons.start_openvpn(lab.backend, [node], budget)
+    elif daemon == daemons.RADIUS:
+        daemons.start_radius(lab.backend, [node], budget)
     else:
         daemons.restart_frr_daemon(lab.backend, node, daemon, budget)
 

@@ -34,15 +34,28 @@ def client_state(rt, c: P2sClient) -> dict:
     return {i: found.get(i, {"state": "DOWN", "virtual_ip": None}) for i in c.identities}
 
 
-# How a refusal shows: charon logs the gateway's AUTHENTICATION_FAILED and gives up;
-# an OpenVPN client only sees its TLS session reset (and would retry for ever), while
-# the gateway's openvpn says why, with the certificate's name, on its management API.
+# How a refusal shows: charon logs the gateway's AUTHENTICATION_FAILED (a certificate)
+# or EAP_FAILURE (a RADIUS user) and gives up; an OpenVPN client refused by RADIUS is
+# told AUTH_FAILED; one refused for its certificate only sees its TLS session reset (and
+# would retry for ever), while the gateway's openvpn says why, with the certificate's
+# name, on its management API.
+CLIENT_REFUSALS = {"IkeV2": {b"received AUTHENTICATION_FAILED": "AUTHENTICATION_FAILED",
+                             b"EAP authentication failed": "EAP authentication failed (RADIUS)"},
+                   "OpenVPN": {b"Received control message: AUTH_FAILED": "AUTH_FAILED (RADIUS)"}}
+
+
 def _refusal(rt, plan: Plan, c: P2sClient, client_log: int, since: float) -> str | None:
     """Why the gateway refused the client since the connect began, or None."""
-    if c.protocol == "IkeV2":
-        with _log(rt, c).open("rb") as f:
+    log = _log(rt, c)
+    if log.exists():
+        with log.open("rb") as f:
             f.seek(client_log)
-            return "AUTHENTICATION_FAILED" if b"received AUTHENTICATION_FAILED" in f.read() else None
+            text = f.read()
+        for needle, why in CLIENT_REFUSALS[c.protocol].items():
+            if needle in text:
+                return why
+    if c.protocol == "IkeV2":
+        return None
     for e in plan.p2s_ends:
         if e.gateway == c.gateway and e.protocol == "OpenVPN":
             for r in live.openvpn_refusals(rt, e.node, since):

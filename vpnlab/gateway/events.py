@@ -145,20 +145,28 @@ class Writer:
         user, address, vip = client["certificate"], client["address"], client["virtual_ip"]
         what = f"connected from {address} with virtual IP {vip}" if connected \
             else f"disconnected ({address}, virtual IP {vip})"
+        radius = bool(client.get("radius"))
         self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
                     "Resource": server.gateway.upper(), "instance_s": names.azure_instance_name(server.gateway_instance),
                     "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
-                    "Message": f"{server.protocol} user CN={user} {what}"})
+                    "authentication_s": "Radius" if radius else "Certificate",
+                    "Message": f"{server.protocol} user {_user(user, radius)} {what}"})
 
     def p2s_refused(self, server, user: str, address: str | None, reason: str,
-                    what: str = "failed authentication"):
-        """P2SLogEvent: a point-to-site server refused a user (its certificate, or one
-        connection more than the SKU takes)."""
+                    what: str = "failed authentication", radius: bool = False):
+        """P2SLogEvent: a point-to-site server refused a user (its certificate, its user
+        name and password, or one connection more than the SKU takes)."""
         source = f" from {address}" if address else ""
         self.write({"Category": "P2SDiagnosticLog", "OperationName": "P2SLogEvent",
                     "Resource": server.gateway.upper(), "instance_s": names.azure_instance_name(server.gateway_instance),
                     "protocol_s": server.protocol, "userName_s": user, "remoteIP_s": address,
-                    "Message": f"{server.protocol} user CN={user}{source} {what}: {reason}"})
+                    "authentication_s": "Radius" if radius else "Certificate",
+                    "Message": f"{server.protocol} user {_user(user, radius)}{source} {what}: {reason}"})
+
+
+def _user(user: str, radius: bool) -> str:
+    """A certificate's subject (CN=...), or a RADIUS user's name as given."""
+    return user if radius else f"CN={user}"
 
 
 CATEGORIES = ("GatewayDiagnosticLog", "TunnelDiagnosticLog", "RouteDiagnosticLog", "IKEDiagnosticLog",

@@ -10,8 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from vici.exception import SessionException
+
 from vpnlab.errors import LabError
 from vpnlab.model.defaults import defaults
+from vpnlab.plan.p2s import IKEV2_CONNECTIONS
 from vpnlab.plan.parts import TABLE_INTO_TUNNEL, Plan
 from vpnlab.waits import scaled
 
@@ -22,9 +25,18 @@ def _only_its_own(rt, node: str) -> dict:
     return {"ike": conn} if conn else {}
 
 
-def vici_sas(rt, node: str) -> list[dict]:
+def vici_sas(rt, node: str, noblock: bool = False) -> list[dict]:
+    """charon's IKE SAs (VICI list-sas). noblock: leave out an SA a thread holds rather
+    than wait for it: a point-to-site server holds a user's SA while RADIUS answers, up to
+    Azure's 30 s timeout. A listing that times out raises its timeout (an OSError): the
+    vici library's clean-up after it would otherwise hide it behind a SessionException."""
     with rt.vici(node) as session:
-        return list(session.list_sas(_only_its_own(rt, node)))
+        try:
+            return list(session.list_sas(_only_its_own(rt, node) | ({"noblock": "yes"} if noblock else {})))
+        except SessionException as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def vici_conns(rt, node: str) -> list[dict]:
@@ -292,13 +304,14 @@ def openvpn_clients(status: list[str]) -> list[dict]:
     now = time.time()
     for line in status:
         # CLIENT_LIST, name, real address, virtual address, virtual IPv6, bytes received,
-        # bytes sent, connected since, connected since (time_t), ...
+        # bytes sent, connected since, connected since (time_t), user name (RADIUS), ...
         f = line.split("\t")
         if f[0] == "CLIENT_LIST" and len(f) > 8:
             age = max(1.0, now - int(f[8]))
             address, _, port = f[2].rpartition(":")
-            out.append({"certificate": f[1], "address": address, "source_port": port, "virtual_ip": f[3],
-                        "bandwidth": round((int(f[5]) + int(f[6])) / age, 1)})
+            user = f[9] if len(f) > 9 and f[9] not in ("", "UNDEF") else None
+            out.append({"certificate": user or f[1], "address": address, "source_port": port, "virtual_ip": f[3],
+                        "radius": user is not None, "bandwidth": round((int(f[5]) + int(f[6])) / age, 1)})
     return out
 
 
@@ -335,18 +348,24 @@ def openvpn_client_state(rt, node: str) -> dict:
     return {"state": f[1] if len(f) > 1 else "UNKNOWN", "virtual_ip": f[3] if len(f) > 3 and f[3] else None}
 
 
-def ikev2_server_clients(rt, node: str) -> list[dict]:
-    """Clients with an established IKE SA on a P2S IKEv2 server (none when it does not answer)."""
+def ikev2_server_clients(rt, node: str, noblock: bool = False) -> list[dict]:
+    """Clients with an established IKE SA on a P2S IKEv2 server (none when it does not
+    answer). noblock: an SA charon holds at that moment is left out, not waited for."""
     try:
-        sas = ike_sas(rt, node)
+        sas = ike_sas_named(rt, node, noblock)
     except OSError:
         return []
-    return [ikev2_client(ike) for ike in sas if ike["state"] == b"ESTABLISHED"]
+    return [ikev2_client(ike, name) for name, ike in sas if ike["state"] == b"ESTABLISHED"]
 
 
-def ikev2_client(ike: dict) -> dict:
-    """A P2S IKEv2 server's IKE SA (VICI) as a client: identity, address, virtual IP."""
-    return {"certificate": _cn(ike.get("remote-id", b"").decode()), "address": ike.get("remote-host", b"").decode(),
+def ikev2_client(ike: dict, connection: str | bytes = "") -> dict:
+    """A P2S IKEv2 server's IKE SA (VICI) of one of its connections, as a client:
+    identity (a RADIUS user's EAP identity, or a certificate's CN), address, virtual IP."""
+    eap = ike.get("remote-eap-id", b"").decode()
+    name = connection.decode() if isinstance(connection, bytes) else connection
+    return {"certificate": eap or _cn(ike.get("remote-id", b"").decode()),
+            "radius": bool(eap) or name == IKEV2_CONNECTIONS["Radius"],
+            "address": ike.get("remote-host", b"").decode(),
             "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", [])),
             "ike_sa": ike.get("uniqueid", b"").decode(),
             "bandwidth": round(sum(_child_bandwidth(c) for c in ike.get("child-sas", {}).values()), 1)}
@@ -360,11 +379,13 @@ def _child_bandwidth(child: dict) -> float:
     return (int(child.get("bytes-in", 0)) + int(child.get("bytes-out", 0))) / age
 
 
-def p2s_sessions(rt, plan: Plan) -> list[dict]:
-    """Each serving P2S server with the clients connected to it, as the gateway sees them."""
+def p2s_sessions(rt, plan: Plan, noblock: bool = False) -> list[dict]:
+    """Each serving P2S server with the clients connected to it, as the gateway sees them
+    (noblock: see ikev2_server_clients)."""
     out = []
     for e in plan.p2s_ends:
-        sessions = (ikev2_server_clients if e.protocol == "IkeV2" else openvpn_server_clients)(rt, e.node)
+        sessions = ikev2_server_clients(rt, e.node, noblock) if e.protocol == "IkeV2" \
+            else openvpn_server_clients(rt, e.node)
         out.append({"gateway": e.gateway, "instance": e.gateway_instance, "protocol": e.protocol,
                     "pool": e.pool, "connections": len(sessions), "clients": sessions})
     return out
@@ -401,8 +422,8 @@ def ikev2_client_sas(rt, node: str) -> dict[str, dict]:
     return out
 
 
-def ike_sas_named(rt, node: str) -> list[tuple[str, dict]]:
-    return [(name, ike) for entry in vici_sas(rt, node) for name, ike in entry.items()]
+def ike_sas_named(rt, node: str, noblock: bool = False) -> list[tuple[str, dict]]:
+    return [(name, ike) for entry in vici_sas(rt, node, noblock) for name, ike in entry.items()]
 
 
 def _cn(identity: str) -> str:

@@ -100,9 +100,11 @@ def _nat(rt, plan: Plan, add):
 
 def _p2s(rt, plan: Plan, add):
     """P2SConnectionCount per Protocol and Instance, P2SBandwidth per Instance (bytes/s
-    since each session began), on gateways with point-to-site."""
+    since each session began), on gateways with point-to-site. A sample does not wait
+    for an SA charon holds: one whose logon waits on an unreachable RADIUS server holds
+    it up to 30 s (the sample may miss a session charon is busy with at that moment)."""
     bandwidth: dict[str, float] = {}
-    for s in live.p2s_sessions(rt, plan):
+    for s in live.p2s_sessions(rt, plan, noblock=True):
         add("P2SConnectionCount", s["connections"], "Count", s["instance"], Protocol=s["protocol"])
         bandwidth[s["instance"]] = bandwidth.get(s["instance"], 0) + sum(c["bandwidth"] for c in s["clients"])
     for node, value in sorted(bandwidth.items()):

@@ -26,6 +26,13 @@ from vpnlab.plan.render import SESSIONS_FILE
 _NO_TRUSTED_KEY = re.compile(r"no trusted \w+ public key found for '(?:CN=)?(?P<user>[^']+)'")
 _REFUSALS = (("certificate was revoked", "certificate revoked"),
              ("no issuer certificate found", "issuer not trusted"))
+# RADIUS users (EAP relayed by eap-radius): why, then whose, in a later line; the client's
+# address comes from the SA's first line
+_RADIUS_REFUSALS = (("RADIUS authentication of", "the RADIUS server refused the user name or password"),
+                    ("timed out", "no RADIUS server answered"))
+_EAP_FAILED = re.compile(r"EAP method \S+ failed for peer (?P<user>\S+)")
+_INITIATING = re.compile(r"^(?P<address>[\d.]+) is initiating an IKE_SA")
+SA_MEMORY = 4096       # SAs whose first line is kept (most end well and are never asked about)
 
 
 class Sessions:
@@ -67,7 +74,7 @@ def ikev2_server(agent, server: P2sEnd, poll: float):
     listener (re)connects, the server's SAs are read once, so nothing is missed."""
     sessions = agent.p2s_users[server.node, server.protocol] = Sessions(agent.log, server)
     limit = agent.plan.nodes[server.node].charon["ikesa_limit"]
-    reasons: dict[bytes, str] = {}      # IKE SA -> why its certificate failed
+    reasons: dict = {}      # IKE SA -> why its user failed; (IKE SA, "address") -> the client's address
     while not agent.stop.is_set():
         try:
             first = True
@@ -76,12 +83,13 @@ def ikev2_server(agent, server: P2sEnd, poll: float):
                     return
                 if first:      # registered now: from here on no event is missed
                     first = False
-                    up = sorted((ike for ike in live.ike_sas(agent.rt, server.node)
-                                 if ike["state"] == b"ESTABLISHED"), key=lambda ike: int(ike["uniqueid"]))
+                    up = sorted(((name, ike) for name, ike in live.ike_sas_named(agent.rt, server.node)
+                                 if ike["state"] == b"ESTABLISHED"), key=lambda sa: int(sa[1]["uniqueid"]))
                     room = max(limit - (in_use(agent, server.gateway) - len(sessions.known)), 0)
-                    sessions.reconcile({ike["uniqueid"]: live.ikev2_client(ike) for ike in up[:room]})
-                    for ike in up[room:]:
-                        _refuse(agent, server, ike, f"the gateway's point-to-site connection limit ({limit}) is reached")
+                    sessions.reconcile({ike["uniqueid"]: live.ikev2_client(ike, name) for name, ike in up[:room]})
+                    for name, ike in up[room:]:
+                        _refuse(agent, server, ike, name,
+                                f"the gateway's point-to-site connection limit ({limit}) is reached")
                 if event is None:       # a tick
                     continue
                 if kind == b"ike-updown":
@@ -108,11 +116,11 @@ def _updown(agent, server: P2sEnd, sessions: Sessions, event: dict, limit: int):
         if not up:
             sessions.down(ike["uniqueid"])
         elif ike["uniqueid"] not in sessions.known and in_use(agent, server.gateway) >= limit:
-            _refuse(agent, server, ike, f"the gateway's point-to-site connection limit ({limit}) is reached")
+            _refuse(agent, server, ike, name, f"the gateway's point-to-site connection limit ({limit}) is reached")
         elif ike["uniqueid"] not in sessions.known and _held_by_openvpn(agent, server, ike):
-            _refuse(agent, server, ike, "the address pool is exhausted")
+            _refuse(agent, server, ike, name, "the address pool is exhausted")
         else:
-            sessions.up(ike["uniqueid"], live.ikev2_client(ike))
+            sessions.up(ike["uniqueid"], live.ikev2_client(ike, name))
 
 
 def _held_by_openvpn(agent, server: P2sEnd, ike: dict) -> bool:
@@ -124,9 +132,9 @@ def _held_by_openvpn(agent, server: P2sEnd, ike: dict) -> bool:
         and vip in live.openvpn_leases(agent.rt, server.node)
 
 
-def _refuse(agent, server: P2sEnd, ike: dict, why: str):
-    client = live.ikev2_client(ike)
-    agent.log.p2s_refused(server, client["certificate"], client["address"], why, "was refused")
+def _refuse(agent, server: P2sEnd, ike: dict, connection: str, why: str):
+    client = live.ikev2_client(ike, connection)
+    agent.log.p2s_refused(server, client["certificate"], client["address"], why, "was refused", client["radius"])
     agent.say(f"{server.node}: refusing {client['certificate']} ({why}): deleting IKE SA #{client['ike_sa']}")
     try:
         control.ike_terminate(agent.rt, server.node, agent.plan.nodes[server.node].charon["connection"],
@@ -136,14 +144,25 @@ def _refuse(agent, server: P2sEnd, ike: dict, why: str):
 
 
 def _refusal(agent, server: P2sEnd, event: dict, reasons: dict):
-    """charon says why a certificate failed in one line, and whose it was in a later one."""
+    """charon says why a certificate or a RADIUS user failed in one line, and whose it
+    was in a later one."""
     msg, sa = event.get("msg", b"").decode(errors="replace"), event.get("ikesa-uniqueid", b"")
-    for needle, why in _REFUSALS:
+    m = _INITIATING.match(msg)
+    if m:
+        reasons[sa, "address"] = m["address"]
+        while len(reasons) > SA_MEMORY:
+            reasons.pop(next(iter(reasons)))
+    for needle, why in _REFUSALS + _RADIUS_REFUSALS:
         if needle in msg:
             reasons[sa] = why
     m = _NO_TRUSTED_KEY.search(msg)
     if m:
-        agent.log.p2s_refused(server, m["user"], None, reasons.pop(sa, "no trusted public key"))
+        agent.log.p2s_refused(server, m["user"], reasons.pop((sa, "address"), None),
+                              reasons.pop(sa, "no trusted public key"))
+    m = _EAP_FAILED.search(msg)
+    if m:
+        agent.log.p2s_refused(server, m["user"], reasons.pop((sa, "address"), None),
+                              reasons.pop(sa, "the RADIUS server refused the user name or password"), radius=True)
 
 
 def openvpn_server(agent, server: P2sEnd, poll: float):
@@ -176,7 +195,11 @@ class _OpenVpnWatch:
             self.journal.skip()       # the listing below brings who is on now
         for entry in self.journal.read():
             client = {k: entry[k] for k in ("certificate", "address", "source_port", "virtual_ip")}
-            if entry["event"] == "client-connect":
+            client["radius"] = bool(entry.get("radius"))
+            if entry["event"] == "auth-refused":      # openvpn-radius.sh: the user was refused
+                self.agent.log.p2s_refused(self.server, entry["certificate"], entry["address"],
+                                           entry["reason"], radius=True)
+            elif entry["event"] == "client-connect":
                 self._connected(client)
             else:
                 self.sessions.down(_session(client))

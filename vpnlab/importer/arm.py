@@ -17,7 +17,7 @@ from vpnlab.importer.common import (
     as_bool,
     as_int,
 )
-from vpnlab.model.p2s_rules import UNEMULATED_AUTH, UNEMULATED_PROTOCOLS
+from vpnlab.model.p2s_rules import UNEMULATED_AUTH
 from vpnlab.model.yamlsrc import SourceError
 
 NET = "microsoft.network/"
@@ -264,19 +264,14 @@ class ArmImport:
         return configs.index(config) if config in configs else 0
 
     def p2s(self, name, c, custom_routes) -> dict:
-        protocols = []
-        for proto in c.get("vpnClientProtocols", ["IkeV2", "OpenVPN"]):
-            if proto in UNEMULATED_PROTOCOLS:
-                self.report.not_mapped(f"gateway {name} point-to-site protocol {proto}", UNEMULATED_PROTOCOLS[proto])
-            else:
-                protocols.append(proto)
+        protocols = list(c.get("vpnClientProtocols", ["IkeV2", "OpenVPN"]))
         auth = []
         for kind in c.get("vpnAuthenticationTypes", ["Certificate"]):
             if kind in UNEMULATED_AUTH:
                 self.report.not_mapped(f"gateway {name} point-to-site authentication {kind}", UNEMULATED_AUTH[kind])
             else:
                 auth.append(kind)
-        for key in ("aadTenant", "aadAudience", "aadIssuer", "radiusServerAddress", "radiusServers"):
+        for key in ("aadTenant", "aadAudience", "aadIssuer"):
             if c.get(key):
                 self.report.not_mapped(f"gateway {name} vpnClientConfiguration.{key}", "its authentication is not emulated")
         roots = [{"name": self.name(r["name"])} for r in c.get("vpnClientRootCertificates", [])]
@@ -292,9 +287,27 @@ class ArmImport:
                                          "thumbprint": r.get("properties", {}).get("thumbprint")}
                                         for r in c.get("vpnClientRevokedCertificates", [])],
                "custom_routes": list((custom_routes or {}).get("addressPrefixes", []))}
+        if "Radius" in auth:
+            out |= self.radius(name, c)
         if not auth:
             self.report.change(f"gateway {name} point-to-site authentication", "Certificate, the one the lab emulates")
         return out
+
+    def radius(self, name: str, c: dict) -> dict:
+        """The gateway's RADIUS servers; their secrets are secure values an export leaves
+        out. The lab runs a server only where radius_hosts names a VM or on-prem host."""
+        self.report.change(f"gateway {name} RADIUS servers",
+                           "the lab runs FreeRADIUS on a VM or on-prem host at each server's address: "
+                           "add it to radius_hosts with its users")
+        def secret(value):
+            return self.value(value) if value else Required("the RADIUS server's shared secret (a secure value)")
+        if c.get("radiusServers"):
+            return {"radius_servers": [{"address": self.value(r.get("radiusServerAddress")),
+                                        "secret": secret(r.get("radiusServerSecret")),
+                                        "score": self.value(r.get("radiusServerScore", 1))} for r in c["radiusServers"]]}
+        return {"radius_server_address": self.value(c.get("radiusServerAddress"))
+                or Required("the RADIUS server's address"),
+                "radius_server_secret": secret(c.get("radiusServerSecret"))}
 
     def nat_rule(self, name, p, body):
         gw, rule = name.split("/", 1)

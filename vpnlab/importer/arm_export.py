@@ -41,7 +41,7 @@ def export_arm(t: Topology) -> tuple[dict, dict]:
         resources.append(_vnet(name, vnet))
         resources += _vms(name, vnet)
     for name, gw in t.virtual_network_gateways.items():
-        resources += _gateway(name, gw)
+        resources += _gateway(name, gw, keys)
     for name, lng in t.local_network_gateways.items():
         p = {"gatewayIpAddress": str(lng.gateway_ip),
              "localNetworkAddressSpace": {"addressPrefixes": [str(x) for x in lng.address_space]}}
@@ -114,7 +114,25 @@ def _vms(vnet_name, vnet) -> list[dict]:
     return out
 
 
-def _gateway(name, gw) -> list[dict]:
+def radius_secret_name(gateway: str, index: int) -> str:
+    """The secure parameter (Terraform: sensitive variable) of a gateway's RADIUS secret."""
+    return f"radiusSecret_{gateway}_{index}".replace("-", "_")
+
+
+def _radius(name: str, c, keys: dict) -> dict:
+    """The gateway's RADIUS servers, each secret a secure parameter."""
+    servers = c.radius()
+    for i, server in enumerate(servers):
+        keys[radius_secret_name(name, i)] = server.secret.get_secret_value()
+    if c.radius_servers:
+        return {"radiusServers": [{"radiusServerAddress": str(r.address), "radiusServerScore": r.score,
+                                   "radiusServerSecret": f"[parameters('{radius_secret_name(name, i)}')]"}
+                                  for i, r in enumerate(servers)]}
+    return {"radiusServerAddress": str(servers[0].address),
+            "radiusServerSecret": f"[parameters('{radius_secret_name(name, 0)}')]"} if servers else {}
+
+
+def _gateway(name, gw, keys: dict) -> list[dict]:
     configs = IP_CONFIGS[:2 if gw.active_active else 1]
     pips = [_res("publicIPAddresses", f"{name}-pip{k + 1}", {"publicIPAllocationMethod": "Static"},
                  sku={"name": "Standard"}) for k in range(len(configs))]
@@ -139,7 +157,8 @@ def _gateway(name, gw) -> list[dict]:
             "vpnClientRootCertificates": [{"name": r.name, "properties": {"publicCertData": ""}}
                                           for r in c.root_certificates],
             "vpnClientRevokedCertificates": [{"name": r.name, "properties": {"thumbprint": r.thumbprint}}
-                                             for r in c.revoked_certificates]}
+                                             for r in c.revoked_certificates],
+            **_radius(name, c, keys)}
         if c.custom_routes:
             p["customRoutes"] = {"addressPrefixes": [str(x) for x in c.custom_routes]}
     if gw.gateway_default_site:
@@ -205,8 +224,11 @@ def lab_only(t: Topology) -> dict:
     revoked = {gw_name: {r.name: r.certificate for r in gw.vpn_client_configuration.revoked_certificates
                          if r.certificate}
                for gw_name, gw in t.virtual_network_gateways.items() if gw.vpn_client_configuration}
+    # RADIUS users' passwords are secrets: no template or comment holds them (nor the
+    # RADIUS hosts' users): an import asks for them
     out = {"local_network_gateways": sites,
-           "clients": {n: c.model_dump(mode="json", exclude_defaults=True) for n, c in t.clients.items()},
+           "clients": {n: c.model_dump(mode="json", exclude_defaults=True, exclude={"password"})
+                       for n, c in t.clients.items()},
            "revoked_lab_certificates": {k: v for k, v in revoked.items() if v}}
     return {k: v for k, v in out.items() if v}
 

@@ -209,7 +209,10 @@ class ToArm:
                 "vpnClientRootCertificates": [{"name": r["name"]} for r in c.get("root_certificate", []) or []],
                 "vpnClientRevokedCertificates": [{"name": r["name"], "properties": {"thumbprint": r.get("thumbprint")}}
                                                  for r in c.get("revoked_certificate", []) or []],
-                "aadTenant": c.get("aad_tenant"), "radiusServerAddress": c.get("radius_server_address")}
+                "aadTenant": c.get("aad_tenant"), "radiusServerAddress": c.get("radius_server_address"),
+                "radiusServerSecret": c.get("radius_server_secret"),
+                "radiusServers": [{"radiusServerAddress": r.get("address"), "radiusServerSecret": r.get("secret"),
+                                   "radiusServerScore": r.get("score", 1)} for r in c.get("radius_server", []) or []]}
         routes = [x for r in v.get("custom_route", []) or [] for x in r.get("address_prefixes", [])]
         if routes:
             p["customRoutes"] = {"addressPrefixes": routes}

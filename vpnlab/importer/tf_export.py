@@ -11,7 +11,7 @@ import json
 import re
 from pathlib import Path
 
-from vpnlab.importer.arm_export import IP_CONFIGS, lab_only
+from vpnlab.importer.arm_export import IP_CONFIGS, lab_only, radius_secret_name
 from vpnlab.importer.common import PEERING_FLAGS, POLICY_FIELDS, write_private
 from vpnlab.model.topology import Topology, VirtualMachine, load
 
@@ -59,7 +59,7 @@ def export_terraform(t: Topology) -> tuple[dict, dict]:
     if any(s.vms for v in t.virtual_networks.values() for s in v.subnets.values()):
         c.variables["vm_admin_password"] = {"type": "string", "sensitive": True}
     for name, gw in t.virtual_network_gateways.items():
-        _gateway(c, name, gw)
+        _gateway(c, name, gw, keys)
     for name, lng in t.local_network_gateways.items():
         body = {"name": name, "location": LOCATION, "resource_group_name": RG,
                 "gateway_address": str(lng.gateway_ip), "address_space": [str(x) for x in lng.address_space]}
@@ -116,7 +116,22 @@ def _vnet(c: _Config, name: str, vnet):
             **{tf: getattr(p, lab) for _, lab, tf in PEERING_FLAGS}})
 
 
-def _gateway(c: _Config, name: str, gw):
+def _radius(c: _Config, name: str, p, keys: dict) -> dict:
+    """The gateway's RADIUS servers (azurerm: radius_server_address and _secret, or
+    radius_server blocks), each secret a sensitive variable."""
+    servers = p.radius()
+    for i, server in enumerate(servers):
+        var = radius_secret_name(name, i)
+        keys[var] = server.secret.get_secret_value()
+        c.variables[var] = {"type": "string", "sensitive": True}
+    if p.radius_servers:
+        return {"radius_server": [{"address": str(r.address), "score": r.score,
+                                   "secret": f"${{var.{radius_secret_name(name, i)}}}"} for i, r in enumerate(servers)]}
+    return {"radius_server_address": str(servers[0].address),
+            "radius_server_secret": f"${{var.{radius_secret_name(name, 0)}}}"} if servers else {}
+
+
+def _gateway(c: _Config, name: str, gw, keys: dict):
     configs = IP_CONFIGS[:2 if gw.active_active else 1]
     for k in range(len(configs)):
         c.add("azurerm_public_ip", f"{name}-pip{k + 1}", {"name": f"{name}-pip{k + 1}", "location": LOCATION,
@@ -140,7 +155,8 @@ def _gateway(c: _Config, name: str, gw):
             "address_space": [str(x) for x in p.address_pool], "vpn_client_protocols": list(p.vpn_client_protocols),
             "vpn_auth_types": list(p.vpn_auth_types),
             "root_certificate": [{"name": r.name, "public_cert_data": ""} for r in p.root_certificates],
-            "revoked_certificate": [{"name": r.name, "thumbprint": r.thumbprint} for r in p.revoked_certificates]}]
+            "revoked_certificate": [{"name": r.name, "thumbprint": r.thumbprint} for r in p.revoked_certificates],
+            **_radius(c, name, p, keys)}]
         if p.custom_routes:
             body["custom_route"] = [{"address_prefixes": [str(x) for x in p.custom_routes]}]
     if gw.gateway_default_site:

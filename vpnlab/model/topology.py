@@ -33,6 +33,7 @@ from vpnlab.model.yamlsrc import load as load_yaml
 
 SKUS = tuple(defaults()["skus"])
 FIRST_VM_HOST = 4          # Azure reserves .1-.3 of every subnet
+FIRST_SITE_HOST = 10       # a site's hosts: .10 on of its first LAN prefix (the device is .1)
 
 
 class Model(BaseModel):
@@ -116,8 +117,21 @@ class RevokedCertificate(Model):
     certificate: Optional[Name] = None
 
 
+UserName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")]
+
+
+class RadiusServer(Model):
+    """One of the gateway's RADIUS servers (ARM `radiusServers`, Terraform
+    `radius_server`, New-AzRadiusServer) [RADIUSGW]. score: Azure's radiusServerScore;
+    the lab gives it to strongSwan as the server's preference (UNCONFIRMED)."""
+    address: Address
+    secret: SecretStr
+    score: Int32 = Field(default=1, ge=1)
+
+
 class VpnClientConfiguration(Model):
-    """Point-to-site [6] (ARM `vpnClientConfiguration`)."""
+    """Point-to-site [6] (ARM `vpnClientConfiguration`). RADIUS: one server
+    (radius_server_address and radius_server_secret) or several (radius_servers)."""
     address_pool: list[Prefix] = Field(min_length=1)
     vpn_client_protocols: list[Literal["IkeV2", "OpenVPN", "SSTP"]] = Field(
         default=["IkeV2", "OpenVPN"], min_length=1)
@@ -125,6 +139,21 @@ class VpnClientConfiguration(Model):
     root_certificates: list[RootCertificate] = []
     revoked_certificates: list[RevokedCertificate] = []
     custom_routes: list[Prefix] = []
+    radius_server_address: Optional[Address] = None
+    radius_server_secret: Optional[SecretStr] = None
+    radius_servers: list[RadiusServer] = []
+
+    def radius(self) -> list[RadiusServer]:
+        """The RADIUS servers, in either form."""
+        if self.radius_server_address is not None and self.radius_server_secret is not None:
+            return [RadiusServer(address=self.radius_server_address, secret=self.radius_server_secret)]
+        return list(self.radius_servers)
+
+
+class RadiusHost(Model):
+    """FreeRADIUS run by the lab on a VM or an on-prem host (the customer's RADIUS/NPS
+    server): the users it knows. The gateways that name its address are its clients."""
+    users: dict[UserName, SecretStr] = Field(min_length=1)
 
 
 class NatMapping(Model):
@@ -259,7 +288,12 @@ class Client(Model):
     """A point-to-site client the lab runs on its internet. count > 1: a crowd, one
     namespace and one charon with count identities (<certificate>-1 ...), for scale."""
     virtual_network_gateway: Name
-    protocol: Literal["IkeV2", "OpenVPN"]
+    protocol: Literal["IkeV2", "OpenVPN", "SSTP"]
+    # RADIUS authentication [RADIUSGW]: the user name and password the client gives
+    # (EAP-MSCHAPv2 over IKEv2, user name and password over OpenVPN); without them, a
+    # client certificate
+    username: Optional[UserName] = None
+    password: Optional[SecretStr] = None
     certificate: Optional[Name] = None    # default: the client's name
     issued_by: Optional[Name] = None      # a root certificate; default: the gateway's first.
     #                                       Another name: a CA the gateway does not trust
@@ -273,6 +307,10 @@ class Client(Model):
         cert = self.certificate or name
         return [cert] if self.count == 1 else [f"{cert}-{i}" for i in range(1, self.count + 1)]
 
+    @property
+    def uses_radius(self) -> bool:
+        return self.username is not None
+
 
 class Topology(Model):
     virtual_networks: dict[Name, VirtualNetwork]
@@ -282,6 +320,7 @@ class Topology(Model):
     clients: dict[Name, Client] = {}
     route_tables: dict[Name, RouteTable] = {}
     metric_alerts: dict[Name, MetricAlert] = {}     # Azure Monitor alert rules (monitoring.py)
+    radius_hosts: dict[Name, RadiusHost] = {}       # VMs and on-prem hosts running FreeRADIUS
     # dynamic addresses VMs of a running lab hold (Azure keeps them until the NIC is
     # deleted or moved to another subnet [IPADDR]): vm -> address
     _held: dict = PrivateAttr(default_factory=dict)
@@ -412,6 +451,20 @@ class Topology(Model):
         if not lng.managed:
             return []
         return list(lng.device.hosts or [f"{site}-host"])
+
+    def host_place(self, host: str) -> Optional[tuple[str, str, IPv4Address]]:
+        """Where a VM or an on-prem host is: ("vnet", VNet, address) or ("site", site,
+        address); None if no VM or site host has that name."""
+        for vnet_name, vnet in self.virtual_networks.items():
+            for sub_name in vnet.subnets:
+                addresses = self.subnet_addresses(vnet_name, sub_name)
+                if host in addresses:
+                    return "vnet", vnet_name, addresses[host]
+        for site in self.local_network_gateways:
+            hosts = self.site_hosts(site)
+            if host in hosts and self.site_lan(site):
+                return "site", site, self.site_lan(site)[0].network_address + FIRST_SITE_HOST + hosts.index(host)
+        return None
 
 
 # ---------------------------------------------------------------- validation

@@ -9,9 +9,15 @@ from ipaddress import IPv4Address, IPv4Network
 
 from vpnlab.model import names
 from vpnlab.model.defaults import defaults
-from vpnlab.model.topology import Topology, reverse_connection, throughput_mbps
+from vpnlab.model.topology import (
+    FIRST_SITE_HOST,
+    Topology,
+    reverse_connection,
+    throughput_mbps,
+)
 from vpnlab.plan import nat
 from vpnlab.plan import p2s as p2s_plan
+from vpnlab.plan import radius as radius_plan
 from vpnlab.plan import timers as timers_of
 from vpnlab.plan import vnet as vnet_plan
 from vpnlab.plan.parts import (
@@ -39,8 +45,6 @@ from vpnlab.plan.parts import (
     selector_anchors,
     serves,
 )
-
-FIRST_SITE_HOST = 10       # a site's hosts: .10 on (the device is .1)
 
 
 def _internet_side(public_ip: IPv4Address) -> str:
@@ -218,6 +222,7 @@ class _Builder:
         for conn in sorted(self.t.connections):
             self.connection(conn)
         p2s_ends, clients = p2s_plan.build(self)
+        radius_plan.build(self)
         if self.dataplane == "kernel":      # reach_end's rules (a later apply's too) go first
             for node in self.nodes.values():
                 if node.role == "device":

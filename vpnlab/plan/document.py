@@ -19,7 +19,7 @@ from vpnlab.errors import LabError
 from vpnlab.plan.parts import Plan
 
 FORMAT = 1
-SECRET_KEYS = {"secret"}          # where a plan holds a shared key (charon contexts)
+SECRET_KEYS = {"secret", "password"}   # where a plan holds a shared key or a password
 _ADAPTER = TypeAdapter(Plan)
 
 

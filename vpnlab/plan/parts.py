@@ -28,6 +28,7 @@ DATAPLANES = ("userspace", "kernel")
 # tunnelling) never captures it [7.3].
 TABLE_UNDERLAY = 103
 UNDERLAY_PRIORITY = 100
+TABLE_MAIN = 254          # the kernel's main table (a rule that sends some of the above back to it)
 # VNet routers: a subnet's route table, one kernel table per prefix length (see
 # vpnlab.plan.vnet), and the system routes alone for tables without BGP propagation.
 TABLE_SYSTEM = 200
@@ -155,6 +156,7 @@ class Node:
                                          # (see TABLE_FIRST_PEER)
     shares_public_address: bool = False  # the kernel data plane: a router, or a tunnel
                                          # end, that holds the router's public address
+    radius: dict | None = None       # context for radiusd.conf.j2 (FreeRADIUS, vpnlab.plan.radius)
     charon_host: str | None = None   # a tunnel end whose connection (charon) another
                                      # node's charon carries: the kernel data plane's
                                      # gateway instance, one charon for all its tunnels

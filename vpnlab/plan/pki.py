@@ -166,9 +166,12 @@ def issue(t, folder: Path) -> dict:
     for g, cfg in p2s_gateways.items():
         roots = [issuer(r.name) for r in cfg.root_certificates]
         certificate(f"server-{g}.pem", server_root, gateway_fqdn(g), store.key(f"server-{g}.key"), server=True)
-        store.files[f"bundle-{g}.pem"] = b"".join(_pem(r.cert) for r in roots)
+        # openvpn wants a CA even where it asks for no client certificate (RADIUS alone)
+        store.files[f"bundle-{g}.pem"] = b"".join(_pem(r.cert) for r in roots or [server_root])
     issued: dict[str, tuple[x509.Certificate, str]] = {}
     for name, c in sorted(t.clients.items()):
+        if c.uses_radius or c.protocol not in ("IkeV2", "OpenVPN"):     # a user name, no certificate
+            continue
         cfg = p2s_gateways[c.virtual_network_gateway]
         ca = issuer(c.issued_by or cfg.root_certificates[0].name)
         key = store.key(f"client-{name}.key")

@@ -17,11 +17,13 @@ PLUGINS = ("random nonce openssl aes sha1 sha2 md5 hmac gcm gmp curve25519 pem p
            "revocation constraints pubkey kdf kernel-libipsec kernel-netlink socket-default vici "
            "updown").split()
 KERNEL_PLUGINS = [p for p in PLUGINS if p != "kernel-libipsec"]     # ESP in the kernel (XFRM)
-SECRET_FILES = {"swanctl.conf"}
+SECRET_FILES = {"swanctl.conf", "strongswan.conf", "radiusd.conf", "users", "credentials"}
+SECRET_PREFIXES = ("radius-",)       # an OpenVPN server's RADIUS secrets (radius-<server>.secret)
 # where a P2S openvpn server's session hook writes (the agent reads it)
 SESSIONS_FILE = "openvpn-sessions.jsonl"
 # the table charon routes its clients' virtual IPs in (strongSwan's default routing_table)
 CHARON_ROUTES = 220
+RADIUS_PORT = defaults()["p2s"]["radius"]["port"]
 
 
 def _env() -> jinja2.Environment:
@@ -52,7 +54,7 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path, hosted: list
         files["vtysh.conf"] = "service integrated-vtysh-config\n"
     if node.nft is not None:
         files["nftables.conf"] = env.get_template("nftables.conf.j2").render(
-            ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"])
+            ctx, nft=node.nft, underlay=defaults()["internal"]["underlay"], radius_port=RADIUS_PORT)
     if node.charon is not None and node.charon.get("hosts"):
         files |= _hosting_charon(env, ctx, hosted)
     elif node.runs_charon:
@@ -61,18 +63,47 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path, hosted: list
         dpd = c["dpd_timeout"] or timers.azure_dpd()
         if_id = next((i.if_id for i in node.interfaces if i.kind == "xfrm"), None)
         files["strongswan.conf"] = env.get_template("strongswan.conf.j2").render(
-            ctx, c=c | {"dpd_timeout": dpd}, plugins=KERNEL_PLUGINS if if_id else PLUGINS,
-            if_id=if_id, retransmit=retransmit(dpd))
+            ctx, c=c | {"dpd_timeout": dpd}, plugins=(KERNEL_PLUGINS if if_id else PLUGINS) + _eap_plugins(c),
+            if_id=if_id, retransmit=retransmit(dpd), radius_port=RADIUS_PORT)
         template = "swanctl-p2s.conf.j2" if c.get("p2s") else "swanctl.conf.j2"
         files["swanctl.conf"] = env.get_template(template).render(
             ctx, c=c, dpd_delay=max(1, math.ceil(dpd / 3)) if c["dpd_timeout"] else 0, if_id=if_id)
     if node.openvpn is not None:
-        files["openvpn.conf"] = env.get_template("openvpn.conf.j2").render(ctx, o=node.openvpn)
-        if node.openvpn["role"] == "server":
-            files["openvpn-session.sh"] = env.get_template("openvpn-session.sh.j2").render(
-                ctx, o=node.openvpn, sessions_file=SESSIONS_FILE, into_tunnel=TABLE_INTO_TUNNEL,
-                charon_routes=CHARON_ROUTES, first=int(IPv4Address(node.openvpn["pool_start"])),
-                last=int(IPv4Address(node.openvpn["pool_end"])))
+        files |= _openvpn_files(env, ctx, node)
+    if node.radius is not None:
+        files["radiusd.conf"] = env.get_template("radiusd.conf.j2").render(ctx, r=node.radius)
+        files["users"] = "".join(f'"{u["name"]}" Cleartext-Password := "{_radius_quoted(u["password"])}"\n'
+                                 for u in node.radius["users"])
+    return files
+
+
+def _eap_plugins(c: dict) -> list[str]:
+    """A P2S server relays EAP to RADIUS; a RADIUS user's client speaks EAP-MSCHAPv2."""
+    if c.get("radius"):
+        return ["eap-identity", "eap-radius"]
+    if c.get("eap"):
+        return ["eap-identity", "eap-mschapv2"]
+    return []
+
+
+def _radius_quoted(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _openvpn_files(env: jinja2.Environment, ctx: dict, node: Node) -> dict[str, str]:
+    o = node.openvpn
+    files = {"openvpn.conf": env.get_template("openvpn.conf.j2").render(ctx, o=o)}
+    if o["role"] == "client":
+        if o.get("credentials"):
+            files["credentials"] = f'{o["credentials"]["username"]}\n{o["credentials"]["password"]}\n'
+        return files
+    if o.get("radius"):
+        files["openvpn-radius.sh"] = env.get_template("openvpn-radius.sh.j2").render(
+            ctx, o=o, sessions_file=SESSIONS_FILE, radius_port=RADIUS_PORT)
+        files |= {f"radius-{s['name']}.secret": s["secret"] + "\n" for s in o["radius"]}
+    files["openvpn-session.sh"] = env.get_template("openvpn-session.sh.j2").render(
+        ctx, o=o, sessions_file=SESSIONS_FILE, into_tunnel=TABLE_INTO_TUNNEL, charon_routes=CHARON_ROUTES,
+        first=int(IPv4Address(o["pool_start"])), last=int(IPv4Address(o["pool_end"])))
     return files
 
 
@@ -108,6 +139,6 @@ def write(rendered: dict[str, dict[str, str]], nodes_dir: Path):
         for name, text in files.items():
             path = d / name
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                         0o600 if name in SECRET_FILES else 0o644)
+                         0o600 if name in SECRET_FILES or name.startswith(SECRET_PREFIXES) else 0o644)
             with os.fdopen(fd, "w") as f:
                 f.write(text)

@@ -140,6 +140,7 @@ class ContainerlabBackend(DockerBackend):
         self.save_processes()
         daemons.start_health_probes(self, plan, [n.name for n in plan.nodes.values()
                                                  if n.role == "gateway-instance" and not n.standby])
+        daemons.start_radius(self, [n.name for n in plan.ordered_nodes() if n.radius is not None], budget)
         progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
         daemons.start_agent(self)
 

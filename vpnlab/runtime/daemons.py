@@ -6,6 +6,7 @@ rendered per node (start-daemons.sh.j2, for containerlab).
   routers    FRR: zebra alone first and its zserv socket awaited (a client that finds no
              zebra retries only 10 s later), then the rest, then the integrated config
   probes     the serving gateway instances' health probes (HTTPS on 8081)
+  radius     FreeRADIUS on the RADIUS hosts, before the point-to-site servers that ask it
   agent      the gateway's agent, before any charon, so its log sees the first exchanges
   tunnels    charon per tunnel end, Azure's ends first so that a device's first
              IKE_SA_INIT finds a responder; IKE is dropped until the connection is loaded
@@ -47,6 +48,10 @@ def start_lab(backend, plan: Plan, budget: float, progress):
     progress(f"starting FRR on {len(routers)} routers")
     start_routers(backend, routers, budget)
     start_health_probes(backend, plan, [n.name for n in nodes if n.role == "gateway-instance" and not n.standby])
+    radius = [n.name for n in nodes if n.radius is not None]
+    if radius:
+        progress(f"starting FreeRADIUS on {len(radius)} RADIUS hosts")
+        start_radius(backend, radius, budget)
     progress("starting the gateway's agent (connection modes, Azure's rekeys, events)")
     start_agent(backend)
     for side in ("az", "op"):
@@ -94,6 +99,31 @@ def start_health_probes(backend, plan: Plan, instances: list[str]):
         backend.start_daemon(node, PROBE, ["python3", str(d / "healthprobe.py"), address, str(probe["port"]),
                                            str(cert), str(key), text], d / "healthprobe.log")
     backend.save_processes()
+
+
+# ------------------------------------------------------------------ RADIUS
+RADIUS = "freeradius"
+
+
+def start_radius(backend, nodes: list[str], budget: float):
+    """FreeRADIUS in the foreground with the node's own config folder, ready once it
+    says so in its log (it has bound its address then)."""
+    def one(node: str):
+        d = backend.node_dir(node)
+        with contextlib.suppress(FileNotFoundError):
+            (d / "radius.log").unlink()         # the readiness line below is this run's
+        backend.start_daemon(node, RADIUS, ["freeradius", "-f", "-d", str(d), "-n", "radiusd"],
+                             d / "freeradius.out")
+    backend.each(nodes, one)
+    backend.save_processes()
+
+    def ready(node: str):
+        log = backend.node_dir(node) / "radius.log"
+        wait_until(lambda: log.read_text(errors="replace") if log.exists() else "",
+                   lambda text: "Ready to process requests" in text,
+                   f"FreeRADIUS in {node} to be ready (see {log} and "
+                   f"{backend.node_dir(node) / 'freeradius.out'})", budget)
+    backend.each(nodes, ready)
 
 
 # ------------------------------------------------------------------ FRR

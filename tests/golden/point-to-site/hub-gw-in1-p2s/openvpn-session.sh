@@ -38,8 +38,9 @@ if [ "$script_type" = client-connect ]; then
     echo 'push "route 10.80.1.0 255.255.255.0"' >> "$1"
     :
 fi
-printf '{"event": "%s", "certificate": "%s", "address": "%s", "source_port": "%s", "virtual_ip": "%s"}\n' \
-    "$script_type" "$common_name" "$trusted_ip" "$trusted_port" "$vip" \
+printf '{"event": "%s", "certificate": "%s", "address": "%s", "source_port": "%s", "virtual_ip": "%s", "radius": %s}\n' \
+    "$script_type" "${username:-$common_name}" "$trusted_ip" "$trusted_port" "$vip" \
+    "$([ -n "$username" ] && echo true || echo false)" \
     >> "/var/lib/vpnlab/golden/nodes/hub-gw-in1-p2s/openvpn-sessions.jsonl"
 # it exits 0 otherwise: a client-connect script that fails refuses the client
 exit 0
