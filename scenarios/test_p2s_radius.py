@@ -11,7 +11,7 @@ import pytest
 from vpnlab.checks import p2s_clients as p2s
 from vpnlab.checks.probe import worst
 from vpnlab.errors import LabError
-from vpnlab.gateway import live
+from vpnlab.gateway import control, live
 from vpnlab.gateway.events import read as read_events
 from vpnlab.model.defaults import defaults
 
@@ -110,6 +110,8 @@ def test_radius_server_loss_refuses_new_users_and_keeps_connected_ones(lab, scen
     scenario.start(lab, "alice", VNET_VM, a_addr=vip, flows=2, tcp=False)
     at = scenario.fail("crash", AZURE_SERVER, daemon="freeradius")
     start = time.monotonic()
+    # bob over IKEv2 (victor, his phone) and over OpenVPN at once
+    control.initiate(lab.backend, "victor", "victor", timeout=-1, ike="victor")
     with pytest.raises(LabError, match="refused by the gateway"):
         p2s.connect(lab.session, "bob", budget=RADIUS_TIMEOUT + MARGIN)
     refused = time.monotonic() - start
@@ -123,8 +125,11 @@ def test_radius_server_loss_refuses_new_users_and_keeps_connected_ones(lab, scen
     result = scenario.stop(at)
     scenario.record("connected user's probe loss", worst(result, "lost"), "packets", "0")
     assert worst(result, "lost") == 0, result["directions"]
-    assert any("no RADIUS server answered" in e["Message"] for e in read_events(lab.state.dir, "P2SDiagnosticLog"))
-    for client in ("alice", "bob"):
+    lab.eventually(lambda: sorted({(e["userName_s"], e["protocol_s"]) for e in read_events(lab.state.dir, "P2SDiagnosticLog")
+                                   if "no RADIUS server answered" in e["Message"]}),
+                   [("bob", "IkeV2"), ("bob", "OpenVPN")], "traffic_recovered",
+                   "P2SLogEvents: bob refused over both protocols, no RADIUS server answering")
+    for client in ("alice", "bob", "victor"):
         p2s.disconnect(lab.session, client)
 
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -240,8 +241,10 @@ def test_more_clients_than_the_sku_allows_are_refused():
         conf.write_text("".join(ln for ln in conf.read_text().splitlines(True) if "ikesa_limit" not in ln))
         rt.stop_daemon(server, "charon", graceful=True)      # IKE DELETE: the clients dial again
         daemons.start_tunnel_ends(rt, [server], 30)
+        # 251 clients dial again at once: under a loaded CI machine some take more than
+        # a minute to get back (seen: 239 of 251 after 90 s)
         wait_until(lambda: _refused_past_the_limit(lab, rt, plan), lambda seen: seen["refused"],
-                   "the agent to refuse an IKEv2 session past the limit", 90)
+                   "the agent to refuse an IKEv2 session past the limit", 180)
         # the refused client dials again at once and charon lets it in again: the gateway
         # holds 250, with the 251st there only between its IKE_AUTH and the agent's DELETE
         looks = _looks(lambda: live.p2s_sessions(rt, plan)[0]["connections"], 3)
@@ -314,6 +317,8 @@ def _refused_past_the_limit(lab, rt, plan) -> dict:
     tail = lambda path: live.last_lines(path, 3)     # a crowd's charon log grows to megabytes
     return {"refused": refused, "sessions": [s["connections"] for s in live.p2s_sessions(rt, plan)],
             "clients connected": sum(c["state"] == "CONNECTED" for c in clients.values()),
+            "clients not connected, by state": dict(Counter(c["state"] for c in clients.values()
+                                                            if c["state"] != "CONNECTED")),
             "agent": tail(lab.state.dir / "agent.log"),
             "server charon": tail(rt.node_dir(plan.p2s_ends[0].node) / "charon.log"),
             "crowd charon": tail(rt.node_dir(plan.clients[0].name) / "charon.log")}

@@ -172,3 +172,9 @@ def test_exports_carry_the_radius_servers_with_their_secrets_as_parameters():
                                     "secret": "${var.radiusSecret_branch_gw_0}"}]
     assert variables["radiusSecret_branch_gw_0"] == "Lab.Radius.Secret.2"
     assert "Lab.Radius.Secret" not in json.dumps(main)
+
+
+def test_vpnlab_logs_takes_radius_secrets_and_passwords_out():
+    from vpnlab.engine import radius_secrets
+    hidden = set(radius_secrets(load(RADIUS)))
+    assert {"Lab.Radius.Secret.1", "Lab.Radius.Secret.2", "Alice.Pa55", "Dave.Pa55", "guessed"} <= hidden

@@ -650,7 +650,8 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--percent", type=float, help="loss (and delay): share of packets dropped")
     fl.add_argument("--delay-ms", type=float, help="delay (netem only)")
     fl.add_argument("--jitter-ms", type=float, help="jitter (netem only)")
-    fl.add_argument("--daemon", help="crash: charon (tunnel end) or bgpd (router)")
+    fl.add_argument("--daemon", help="crash: charon (tunnel end), bgpd (router), charon or openvpn "
+                                     "(P2S server), freeradius (RADIUS host)")
     fl.set_defaults(func=cmd_fail)
     hl = sub.add_parser("heal", help="undo faults and wait for convergence")
     hl.add_argument("keys", nargs="*", metavar="FAULT", help="e.g. instance:hub-gw-in0")
@@ -763,7 +764,7 @@ def parser() -> argparse.ArgumentParser:
                                      "taken out")
     lg.add_argument("node")
     lg.add_argument("--name")
-    lg.add_argument("--daemon", help="one daemon's log: charon, frr, openvpn")
+    lg.add_argument("--daemon", help="one daemon's log: charon, frr, openvpn, radius")
     lg.add_argument("-n", "--lines", type=int, default=50, help="lines shown first (default 50)")
     lg.add_argument("-f", "--follow", action="store_true", help="then follow the logs until Ctrl-C")
     lg.set_defaults(func=cmd_logs)

@@ -328,16 +328,25 @@ def labs() -> list[dict]:
 
 
 def log_files(name: str, node: str, daemon: str | None = None) -> tuple[list[Path], list[str]]:
-    """A node's daemon logs that exist (charon.log, frr.log, openvpn.log ...), or the
-    gateway agent's (node "agent"), daemon picking one; and the lab's shared keys, which
-    whatever prints the logs takes out."""
+    """A node's daemon logs that exist (charon.log, frr.log, openvpn.log, radius.log ...),
+    or the gateway agent's (node "agent"), daemon picking one; and the lab's shared keys,
+    RADIUS secrets and passwords, which whatever prints the logs takes out."""
     with open_lab(name) as lab:
         if node != "agent" and node not in lab.plan.nodes:
             raise SourceError(f"unknown node {node!r}; nodes: agent, {', '.join(sorted(lab.plan.nodes))}")
         files = [lab.state.dir / "agent.log"] if node == "agent" else \
             sorted(f for f in lab.backend.node_dir(node).glob("*.log") if not daemon or f.stem.startswith(daemon))
-        keys = [c.shared_key.get_secret_value() for c in lab.topology.connections.values()]
+        keys = [c.shared_key.get_secret_value() for c in lab.topology.connections.values()] + \
+            radius_secrets(lab.topology)
     return [f for f in files if f.exists()], [k for k in keys if k]
+
+
+def radius_secrets(t) -> list[str]:
+    """RADIUS secrets and passwords of a topology (taken out of what logs print)."""
+    out = [s.secret.get_secret_value() for gw in t.virtual_network_gateways.values()
+           if gw.vpn_client_configuration for s in gw.vpn_client_configuration.radius()]
+    out += [p.get_secret_value() for h in t.radius_hosts.values() for p in h.users.values()]
+    return out + [c.password.get_secret_value() for c in t.clients.values() if c.password]
 
 
 def save(name: str, folder: str | Path) -> list[Path]:

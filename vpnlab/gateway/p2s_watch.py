@@ -29,8 +29,12 @@ _REFUSALS = (("certificate was revoked", "certificate revoked"),
 # RADIUS users (EAP relayed by eap-radius): why, then whose, in a later line; the client's
 # address comes from the SA's first line
 _RADIUS_REFUSALS = (("RADIUS authentication of", "the RADIUS server refused the user name or password"),
-                    ("timed out", "no RADIUS server answered"))
-_EAP_FAILED = re.compile(r"EAP method \S+ failed for peer (?P<user>\S+)")
+                    ("timed out", "no RADIUS server answered"),      # silence: Azure's 30 s
+                    ("RADIUS message failed", "no RADIUS server answered"))     # e.g. port unreachable
+# the EAP exchange failed: in a RADIUS round trip ("... failed for peer <id>"), or at its
+# first request to RADIUS, after the user's EAP identity came ("initiating ... failed")
+_EAP_FAILED = re.compile(r"EAP method \S+ failed for peer (?P<user>\S+)|^initiating \S+ method failed")
+_EAP_IDENTITY = re.compile(r"^received EAP identity '(?P<user>[^']+)'")
 _INITIATING = re.compile(r"^(?P<address>[\d.]+) is initiating an IKE_SA")
 SA_MEMORY = 4096       # SAs whose first line is kept (most end well and are never asked about)
 
@@ -147,11 +151,12 @@ def _refusal(agent, server: P2sEnd, event: dict, reasons: dict):
     """charon says why a certificate or a RADIUS user failed in one line, and whose it
     was in a later one."""
     msg, sa = event.get("msg", b"").decode(errors="replace"), event.get("ikesa-uniqueid", b"")
-    m = _INITIATING.match(msg)
-    if m:
-        reasons[sa, "address"] = m["address"]
-        while len(reasons) > SA_MEMORY:
-            reasons.pop(next(iter(reasons)))
+    for pattern, key, group in ((_INITIATING, "address", "address"), (_EAP_IDENTITY, "user", "user")):
+        m = pattern.match(msg)
+        if m:
+            reasons[sa, key] = m[group]
+            while len(reasons) > SA_MEMORY:
+                reasons.pop(next(iter(reasons)))
     for needle, why in _REFUSALS + _RADIUS_REFUSALS:
         if needle in msg:
             reasons[sa] = why
@@ -161,7 +166,8 @@ def _refusal(agent, server: P2sEnd, event: dict, reasons: dict):
                               reasons.pop(sa, "no trusted public key"))
     m = _EAP_FAILED.search(msg)
     if m:
-        agent.log.p2s_refused(server, m["user"], reasons.pop((sa, "address"), None),
+        user = reasons.pop((sa, "user"), None) or m["user"] or "(unknown)"
+        agent.log.p2s_refused(server, user, reasons.pop((sa, "address"), None),
                               reasons.pop(sa, "the RADIUS server refused the user name or password"), radius=True)
 
 

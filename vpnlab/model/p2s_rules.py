@@ -12,8 +12,8 @@ UNEMULATED_AUTH = {
     "AAD": "Microsoft Entra ID authentication needs Microsoft's identity platform and the Azure "
            "VPN Client; open tools cannot emulate it. Use Certificate or Radius"}
 # SSTP gateways are designs the lab takes (their pool split, their limits); SSTP clients
-# it cannot run: sstpc and the SSTP servers there are hand the tunnel to pppd, which needs
-# the kernel's PPP driver, and the kernels the lab runs on here are built without it.
+# it cannot run: sstpc and the SSTP servers that exist hand the tunnel to pppd, which
+# needs the kernel's PPP driver, and the kernels the lab runs on here are built without it.
 SSTP_CLIENTS = ("SSTP clients are not emulated: an SSTP client and server hand the tunnel to "
                 "pppd, which needs the kernel's PPP driver (CONFIG_PPP), missing on the lab's "
                 "machines; use IkeV2 or OpenVPN (the gateway may still offer SSTP)")
@@ -50,8 +50,45 @@ def pool_addresses(cfg) -> int:
     return hosts - (1 if "OpenVPN" in cfg.vpn_client_protocols else 0)
 
 
+# RADIUS secrets and passwords as the lab's tools take them (radclient refuses a secret
+# of one character; RFC 2865 bounds a password at 128 octets; the configs hold them
+# unquoted): Azure's own rules for them are UNCONFIRMED
+RADIUS_TEXT = {"secret": (2, 128), "password": (1, 128)}
+RADIUS_TEXT_FORBIDDEN = ' "\\#{}'
+
+
+def radius_text_error(value: str, kind: str) -> str | None:
+    shortest, longest = RADIUS_TEXT[kind]
+    if not shortest <= len(value) <= longest or any(ch in RADIUS_TEXT_FORBIDDEN or not 32 < ord(ch) < 127
+                                                   for ch in value):
+        return (f"a RADIUS {kind} here is {shortest}-{longest} printable ASCII characters except space, "
+                "'\"', '\\', '#', '{' and '}' (value not shown)")
+    return None
+
+
+def _radius_text_errors(t):
+    for name, gw in t.virtual_network_gateways.items():
+        cfg = gw.vpn_client_configuration
+        if cfg is None:
+            continue
+        loc = ("virtual_network_gateways", name, "vpn_client_configuration")
+        found = [(loc + ("radius_server_secret",), cfg.radius_server_secret)] + \
+            [(loc + ("radius_servers", i, "secret"), r.secret) for i, r in enumerate(cfg.radius_servers)]
+        for where, secret in found:
+            if secret is not None and (why := radius_text_error(secret.get_secret_value(), "secret")):
+                yield where, why
+    for host, h in t.radius_hosts.items():
+        for user, password in h.users.items():
+            if why := radius_text_error(password.get_secret_value(), "password"):
+                yield ("radius_hosts", host, "users", user), why
+    for name, c in t.clients.items():
+        if c.password is not None and (why := radius_text_error(c.password.get_secret_value(), "password")):
+            yield ("clients", name, "password"), why
+
+
 def p2s_errors(t):
     yield from radius_host_errors(t)
+    yield from _radius_text_errors(t)
     for name, gw in t.virtual_network_gateways.items():
         if gw.vpn_client_configuration is not None:
             yield from _gateway_errors(t, name, gw)

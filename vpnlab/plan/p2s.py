@@ -101,7 +101,7 @@ def _gateway(b, gw_name: str) -> list[P2sEnd]:
         return []
     pool = ikev2_openvpn_pool(cfg)      # with SSTP, their half of it [6 POOL]
     auth = dict(certificate="Certificate" in cfg.vpn_auth_types, radius=radius_plan.servers(b.t, gw_name),
-                radius_timeout=defaults()["p2s"]["radius"]["timeout_seconds"])
+                radius_retransmit=_radius_retransmit(defaults()["p2s"]["radius"]["timeout_seconds"]))
     ends = []
     for k in range(instance_count(gw)):
         if gw.active_active and k != 0:
@@ -158,10 +158,10 @@ def _ikev2_server(end: Node, gw_name: str, ul: str, pools: list[str], pushed, ro
                       local_id=gateway_fqdn(gw_name), pools=pools, local_ts=pushed,
                       policy=dict(ike=p2s["ike_proposals"], esp=p2s["esp_proposals"]),
                       dpd_timeout=timers_of.dpd_timeout(timers), ikesa_limit=limit,
-                      auths=[dict(name=IKEV2_CONNECTIONS[kind], auth=method) for kind, method in
-                             (("Certificate", "pubkey"), ("Radius", "eap-radius"))
-                             if (auth["certificate"] if kind == "Certificate" else auth["radius"])],
-                      radius=auth["radius"], radius_retransmit=_radius_retransmit(auth["radius_timeout"]))
+                      auths=([dict(name=IKEV2_CONNECTIONS["Certificate"], auth="pubkey")] if auth["certificate"]
+                             else []) + ([dict(name=IKEV2_CONNECTIONS["Radius"], auth="eap-radius")]
+                                         if auth["radius"] else []),
+                      radius=auth["radius"], radius_retransmit=auth["radius_retransmit"])
     # libipsec routes a CHILD SA only with a local address inside the local selector
     end.interfaces.append(Iface("lo", selector_anchors([IPv4Network(p) for p in pushed]), kind="lo"))
     end.pki += ([(f"x509ca/{r}.pem", f"ca-{r}.pem") for r in roots]
@@ -191,7 +191,7 @@ def _openvpn_server(end: Node, gw_name: str, ul: str, pool: IPv4Network, pushed,
                        push=[(str(n.network_address), str(n.netmask)) for n in map(IPv4Network, pushed)],
                        max_clients=limit, keepalive=p2s["openvpn_keepalive"][profile],
                        certificate=auth["certificate"], radius=auth["radius"],
-                       radius_retransmit=_radius_retransmit(auth["radius_timeout"]),
+                       radius_retransmit=auth["radius_retransmit"],
                        nas_identifier=p2s["radius"]["nas_identifier"])
     end.pki += [("ca.pem", f"bundle-{gw_name}.pem"), ("crl.pem", f"crl-{gw_name}.pem"),
                 ("server.pem", f"server-{gw_name}.pem"), ("server.key", f"server-{gw_name}.key")]

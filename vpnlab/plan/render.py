@@ -72,7 +72,8 @@ def node_files(env: jinja2.Environment, node: Node, node_dir: Path, hosted: list
         files |= _openvpn_files(env, ctx, node)
     if node.radius is not None:
         files["radiusd.conf"] = env.get_template("radiusd.conf.j2").render(ctx, r=node.radius)
-        files["users"] = "".join(f'"{u["name"]}" Cleartext-Password := "{_radius_quoted(u["password"])}"\n'
+        # names and passwords hold no quote or backslash (vpnlab.model.p2s_rules)
+        files["users"] = "".join(f'"{u["name"]}" Cleartext-Password := "{u["password"]}"\n'
                                  for u in node.radius["users"])
     return files
 
@@ -84,10 +85,6 @@ def _eap_plugins(c: dict) -> list[str]:
     if c.get("eap"):
         return ["eap-identity", "eap-mschapv2"]
     return []
-
-
-def _radius_quoted(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _openvpn_files(env: jinja2.Environment, ctx: dict, node: Node) -> dict[str, str]:
