@@ -139,11 +139,14 @@ def _add(rt, added: list[Node], links: list, ends: list):
 
 
 def start_new(rt, plan: Plan, added: list[Node], budget: float):
-    """The new nodes' daemons in the one start order: FRR, Azure's tunnel ends, the
-    devices' tunnel ends, point-to-site servers and clients."""
+    """The new nodes' daemons in the one start order: FRR, RADIUS servers, Azure's
+    tunnel ends, the devices' tunnel ends, point-to-site servers and clients."""
     names = {n.name for n in added}
     daemons.start_routers(rt, [n.name for n in plan.ordered_nodes()
                                if n.name in names and n.frr is not None and not n.standby], budget)
+    radius = [n.name for n in plan.ordered_nodes() if n.name in names and n.radius is not None]
+    if radius:
+        daemons.start_radius(rt, radius, budget)
     for side in ("az", "op"):
         ends = [e for t in plan.tunnels if (e := t.azure_end if side == "az" else t.onprem_end) in names
                 and not plan.nodes[e].standby]

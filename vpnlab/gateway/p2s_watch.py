@@ -36,6 +36,8 @@ _RADIUS_REFUSALS = (("RADIUS authentication of", "the RADIUS server refused the 
 _EAP_FAILED = re.compile(r"EAP method \S+ failed for peer (?P<user>\S+)|^initiating \S+ method failed")
 _EAP_IDENTITY = re.compile(r"^received EAP identity '(?P<user>[^']+)'")
 _INITIATING = re.compile(r"^(?P<address>[\d.]+) is initiating an IKE_SA")
+# the client's IKE identity: the user, where no EAP identity line was seen for the SA
+_PEER_ID = re.compile(r"^looking for peer configs matching \S+\.\.\.[^\[]*\[(?P<user>[^\]]+)\]")
 SA_MEMORY = 4096       # SAs whose first line is kept (most end well and are never asked about)
 
 
@@ -151,7 +153,8 @@ def _refusal(agent, server: P2sEnd, event: dict, reasons: dict):
     """charon says why a certificate or a RADIUS user failed in one line, and whose it
     was in a later one."""
     msg, sa = event.get("msg", b"").decode(errors="replace"), event.get("ikesa-uniqueid", b"")
-    for pattern, key, group in ((_INITIATING, "address", "address"), (_EAP_IDENTITY, "user", "user")):
+    for pattern, key, group in ((_INITIATING, "address", "address"), (_EAP_IDENTITY, "user", "user"),
+                                (_PEER_ID, "peer", "user")):
         m = pattern.match(msg)
         if m:
             reasons[sa, key] = m[group]
@@ -166,7 +169,8 @@ def _refusal(agent, server: P2sEnd, event: dict, reasons: dict):
                               reasons.pop(sa, "no trusted public key"))
     m = _EAP_FAILED.search(msg)
     if m:
-        user = reasons.pop((sa, "user"), None) or m["user"] or "(unknown)"
+        user = reasons.pop((sa, "user"), None) or m["user"] or reasons.get((sa, "peer")) or "(unknown)"
+        reasons.pop((sa, "peer"), None)
         agent.log.p2s_refused(server, user, reasons.pop((sa, "address"), None),
                               reasons.pop(sa, "the RADIUS server refused the user name or password"), radius=True)
 
