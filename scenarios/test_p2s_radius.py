@@ -14,6 +14,7 @@ from vpnlab.errors import LabError
 from vpnlab.gateway import control, live
 from vpnlab.gateway.events import read as read_events
 from vpnlab.model.defaults import defaults
+from vpnlab.waits import wait_until
 
 LAB_TOPOLOGY = "topologies/p2s-radius.yaml"
 LAB_RUNTIMES = ("netns", "docker")     # FreeRADIUS and the EAP plugins come from the node image too
@@ -155,14 +156,14 @@ def test_onprem_radius_needs_the_site_to_site_tunnel(lab, scenario):
     with pytest.raises(LabError, match="refused by the gateway"):
         p2s.connect(lab.session, "dave", budget=RADIUS_TIMEOUT + MARGIN)
     healed = scenario.heal()
-    connected = None
-    deadline = time.monotonic() + lab.budget("reconverge")
-    while connected is None and time.monotonic() < deadline:
+
+    def logon():
         try:
-            connected = p2s.connect(lab.session, "carol", budget=10)
-        except LabError:
-            continue
-    assert connected is not None, "carol could not log on again after the tunnel came back"
+            return p2s.connect(lab.session, "carol", budget=10)
+        except LabError as err:       # the tunnel, or RADIUS through it, is not back yet
+            return str(err)
+    wait_until(logon, lambda got: isinstance(got, dict), "carol to log on again after the tunnel came back",
+               lab.budget("reconverge"))
     back = scenario.event("carol logged on again", "state")
     scenario.record("new users log on again after heal", round((back - healed) / 1e9, 1), "s")
     result = scenario.stop(at)

@@ -358,13 +358,12 @@ def ikev2_server_clients(rt, node: str, noblock: bool = False) -> list[dict]:
     return [ikev2_client(ike, name) for name, ike in sas if ike["state"] == b"ESTABLISHED"]
 
 
-def ikev2_client(ike: dict, connection: str | bytes = "") -> dict:
+def ikev2_client(ike: dict, connection: str = "") -> dict:
     """A P2S IKEv2 server's IKE SA (VICI) of one of its connections, as a client:
     identity (a RADIUS user's EAP identity, or a certificate's CN), address, virtual IP."""
     eap = ike.get("remote-eap-id", b"").decode()
-    name = connection.decode() if isinstance(connection, bytes) else connection
     return {"certificate": eap or _cn(ike.get("remote-id", b"").decode()),
-            "radius": bool(eap) or name == IKEV2_CONNECTIONS["Radius"],
+            "radius": bool(eap) or connection == IKEV2_CONNECTIONS["Radius"],
             "address": ike.get("remote-host", b"").decode(),
             "virtual_ip": ", ".join(v.decode() for v in ike.get("remote-vips", [])),
             "ike_sa": ike.get("uniqueid", b"").decode(),

@@ -107,19 +107,28 @@ RADIUS = "freeradius"
 
 def start_radius(backend, nodes: list[str], budget: float):
     """FreeRADIUS in the foreground with the node's own config folder, ready once it
-    says so in its log (it has bound its address then)."""
+    says so in its log (it has bound its address then); the log is kept across
+    restarts (its logons are the server's record), so only what follows is read."""
+    logs = {n: backend.node_dir(n) / "radius.log" for n in nodes}
+    start = {n: log.stat().st_size if log.exists() else 0 for n, log in logs.items()}
+
     def one(node: str):
         d = backend.node_dir(node)
-        with contextlib.suppress(FileNotFoundError):
-            (d / "radius.log").unlink()         # the readiness line below is this run's
         backend.start_daemon(node, RADIUS, ["freeradius", "-f", "-d", str(d), "-n", "radiusd"],
                              d / "freeradius.out")
     backend.each(nodes, one)
     backend.save_processes()
 
+    def since_start(node: str) -> str:
+        if not logs[node].exists():
+            return ""
+        with logs[node].open("rb") as f:
+            f.seek(start[node])
+            return f.read().decode(errors="replace")
+
     def ready(node: str):
-        log = backend.node_dir(node) / "radius.log"
-        wait_until(lambda: log.read_text(errors="replace") if log.exists() else "",
+        log = logs[node]
+        wait_until(lambda: since_start(node),
                    lambda text: "Ready to process requests" in text,
                    f"FreeRADIUS in {node} to be ready (see {log} and "
                    f"{backend.node_dir(node) / 'freeradius.out'})", budget)
